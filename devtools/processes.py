@@ -1,0 +1,163 @@
+"""Start Sendout's service processes (and the fake provider) on free ports, wait until they
+are healthy, and stop exactly those processes. Used by the demo and the end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Proc:
+    name: str
+    port: int
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+@dataclass
+class Processes:
+    log_dir: Path
+    procs: list[Proc] = field(default_factory=list)
+
+    def start(self, name: str, args: list[str], env: dict[str, str], port: int) -> Proc:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{name}.log"
+        with log_path.open("ab") as log:
+            popen = subprocess.Popen(
+                [sys.executable, *args],
+                cwd=ROOT,
+                env={**os.environ, **env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        proc = Proc(name, port, popen, log_path)
+        self.procs.append(proc)
+        return proc
+
+    def wait_healthy(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        pending = list(self.procs)
+        while pending:
+            for proc in list(pending):
+                if proc.popen.poll() is not None:
+                    raise RuntimeError(
+                        f"{proc.name} exited with {proc.popen.returncode}:\n{proc.tail()}"
+                    )
+                try:
+                    if httpx.get(f"{proc.url}/health", timeout=2).status_code == 200:
+                        pending.remove(proc)
+                except httpx.HTTPError:
+                    pass
+            if pending and time.monotonic() > deadline:
+                names = ", ".join(p.name for p in pending)
+                raise RuntimeError(f"not healthy after {timeout}s: {names}\n{pending[0].tail()}")
+            if pending:
+                time.sleep(0.2)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        for proc in self.procs:
+            if proc.popen.poll() is None:
+                proc.popen.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in self.procs:
+            try:
+                proc.popen.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.popen.kill()
+                proc.popen.wait()
+        self.procs.clear()
+
+    def by_name(self, name: str) -> Proc:
+        return next(p for p in self.procs if p.name == name)
+
+
+@dataclass
+class Sendout:
+    """The three services plus a fake provider, as separate processes."""
+
+    processes: Processes
+    scheduler: str
+    tracker: str
+    dispatchers: list[str]
+    provider: str | None
+
+
+def start_sendout(
+    *,
+    kafka: str,
+    database_url: str,
+    log_dir: Path,
+    fail_pattern: str | None = None,
+    flaky_pattern: str | None = None,
+    provider_latency_ms: float = 0.0,
+    use_fake_provider: bool = True,
+    dispatchers: int = 1,
+    extra_env: dict[str, str] | None = None,
+) -> Sendout:
+    common = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka,
+        "DATABASE_URL": database_url,
+        **(extra_env or {}),
+    }
+    procs = Processes(log_dir)
+    try:
+        provider_url = None
+        if use_fake_provider:
+            port = free_port()
+            args = ["-m", "devtools.fake_provider", "--port", str(port),
+                    "--latency-ms", str(provider_latency_ms)]
+            if fail_pattern:
+                args += ["--fail-pattern", fail_pattern]
+            if flaky_pattern:
+                args += ["--flaky-pattern", flaky_pattern]
+            provider_url = procs.start("fake-provider", args, {}, port).url
+        # Migrations take an advisory lock, so services may start together.
+        for name in ("scheduler", "tracker"):
+            port = free_port()
+            procs.start(name, ["-m", f"services.{name}"],
+                        {**common, "SENDOUT_HTTP_PORT": str(port)}, port)
+        for i in range(dispatchers):
+            port = free_port()
+            env = {**common, "SENDOUT_HTTP_PORT": str(port)}
+            if provider_url:
+                env |= {"SENDOUT_PROVIDER": "http", "SENDOUT_PROVIDER_URL": provider_url}
+            procs.start(f"dispatcher-{i + 1}", ["-m", "services.dispatcher"], env, port)
+        procs.wait_healthy()
+    except BaseException:
+        procs.stop()
+        raise
+    return Sendout(
+        processes=procs,
+        scheduler=procs.by_name("scheduler").url,
+        tracker=procs.by_name("tracker").url,
+        dispatchers=[p.url for p in procs.procs if p.name.startswith("dispatcher")],
+        provider=provider_url,
+    )

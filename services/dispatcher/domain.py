@@ -1,0 +1,74 @@
+"""Dispatcher domain: rendering and the outcome of one send request. No I/O."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from jinja2 import StrictUndefined, Template, TemplateError
+from jinja2.sandbox import SandboxedEnvironment
+
+from shared.events import MessageFailed, MessageSent, MessageSkipped, SenderInfo, SendRequested
+
+_ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+
+Outcome = MessageSent | MessageFailed | MessageSkipped
+
+
+@dataclass(frozen=True)
+class CampaignTemplate:
+    campaign_id: uuid.UUID
+    version: int
+    body: str
+    subject: str | None
+    sender: SenderInfo
+
+
+class RenderError(Exception):
+    pass
+
+
+@lru_cache(maxsize=1024)
+def _compiled(body: str) -> Template:
+    return _ENV.from_string(body)
+
+
+def render(body: str, variables: dict[str, Any]) -> str:
+    try:
+        return _compiled(body).render(**variables)
+    except TemplateError as exc:
+        raise RenderError(f"template_error: {exc}") from exc
+
+
+def sender_address(template: CampaignTemplate, channel: str) -> str:
+    if channel == "email":
+        email = template.sender.email or ""
+        return f"{template.sender.name} <{email}>" if template.sender.name else email
+    return template.sender.sms_sender_id or template.sender.name
+
+
+def skipped(req: SendRequested, reason: str) -> MessageSkipped:
+    return MessageSkipped(
+        campaign_id=req.campaign_id, recipient_id=req.recipient_id, channel=req.channel,
+        reason=reason,
+    )
+
+
+def failed(req: SendRequested, reason: str) -> MessageFailed:
+    return MessageFailed(
+        campaign_id=req.campaign_id, recipient_id=req.recipient_id, channel=req.channel,
+        reason=reason[:1000],
+    )
+
+
+def sent(req: SendRequested, provider_message_id: str) -> MessageSent:
+    return MessageSent(
+        campaign_id=req.campaign_id, recipient_id=req.recipient_id, channel=req.channel,
+        provider_message_id=provider_message_id,
+    )
+
+
+def dedupe_key(req: SendRequested) -> tuple[uuid.UUID, int, str]:
+    return (req.campaign_id, req.recipient_id, req.channel)

@@ -1,0 +1,71 @@
+"""Dispatcher Kafka subscribers: send requests in, outcomes out; lifecycle → templates."""
+
+from __future__ import annotations
+
+import asyncpg
+from faststream.kafka import KafkaRouter
+from faststream.kafka.annotations import KafkaBroker, KafkaMessage
+from faststream.kafka.publisher.usecase import DefaultPublisher
+
+from services.dispatcher import repo
+from services.dispatcher.service import Dispatcher
+from shared import topics
+from shared.events import LIFECYCLE, SEND_REQUESTED, CampaignStarted
+from shared.kafka import (
+    BATCH_CONSUMER,
+    dead_letter,
+    decode_records,
+    pause_then_reraise,
+    publish_all,
+    records_of,
+)
+from shared.metrics import EVENTS_CONSUMED
+
+SERVICE = "dispatcher"
+
+
+def kafka_router(
+    pool: asyncpg.Pool, dispatcher: Dispatcher, outcomes_pub: DefaultPublisher, max_records: int
+) -> KafkaRouter:
+    router = KafkaRouter()
+
+    @router.subscriber(
+        topics.SEND_REQUESTED,
+        group_id="sendout-dispatcher",
+        max_records=max_records,
+        description="Renders and sends each requested message; reports its outcome.",
+        **BATCH_CONSUMER,
+    )
+    async def on_send_requested(body: list[bytes], msg: KafkaMessage, broker: KafkaBroker) -> None:
+        try:
+            good, bad = decode_records(records_of(msg), SEND_REQUESTED)
+            await dead_letter(broker, bad, service=SERVICE)
+            outcomes = await dispatcher.dispatch([event for _, event in good])
+            # Outcomes are acknowledged by Kafka before this returns and the offsets commit.
+            await publish_all(
+                outcomes_pub, [(o.campaign_id.bytes, o) for o in outcomes], service=SERVICE
+            )
+            EVENTS_CONSUMED.labels(SERVICE, topics.SEND_REQUESTED).inc(len(body))
+        except Exception as exc:
+            await pause_then_reraise(exc)
+
+    @router.subscriber(
+        topics.CAMPAIGN_LIFECYCLE,
+        group_id="sendout-dispatcher-lifecycle",
+        max_records=500,
+        description="Stores each started campaign's template and sender for rendering.",
+        **BATCH_CONSUMER,
+    )
+    async def on_lifecycle(body: list[bytes], msg: KafkaMessage, broker: KafkaBroker) -> None:
+        try:
+            good, bad = decode_records(records_of(msg), LIFECYCLE)
+            await dead_letter(broker, bad, service=SERVICE)
+            started = [e for _, e in good if isinstance(e, CampaignStarted)]
+            if started:
+                async with pool.acquire() as conn, conn.transaction():
+                    for event in started:
+                        await repo.save_template(conn, event)
+        except Exception as exc:
+            await pause_then_reraise(exc)
+
+    return router

@@ -1,0 +1,24 @@
+-- What each campaign renders with, learnt from `started` lifecycle events.
+CREATE TABLE templates (
+    campaign_id       uuid PRIMARY KEY,
+    template_id       uuid NOT NULL,
+    template_version  integer NOT NULL,
+    body              text NOT NULL,
+    subject           text,
+    sender            jsonb NOT NULL,
+    received_at       timestamptz NOT NULL DEFAULT now()
+);
+
+-- One row per (campaign, recipient, channel): the dedupe key. A row without an outcome is a
+-- claim whose send may or may not have reached the provider (a crash in between); it is retried
+-- with the same idempotency key. A row with an outcome is never sent again, only re-reported.
+CREATE TABLE deliveries (
+    campaign_id   uuid NOT NULL,
+    recipient_id  bigint NOT NULL,
+    channel       text NOT NULL,
+    request_id    uuid NOT NULL,
+    outcome       jsonb,
+    claimed_at    timestamptz NOT NULL DEFAULT now(),
+    done_at       timestamptz,
+    PRIMARY KEY (campaign_id, recipient_id, channel)
+);

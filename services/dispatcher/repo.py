@@ -1,0 +1,95 @@
+"""Dispatcher persistence (schema `dispatcher`): templates and delivery claims, in bulk."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+import asyncpg
+
+from services.dispatcher.domain import CampaignTemplate, Outcome
+from shared.events import OUTCOME, CampaignStarted, SenderInfo, SendRequested
+
+
+
+async def save_template(conn: asyncpg.Connection, event: CampaignStarted) -> None:
+    await conn.execute(
+        """
+        INSERT INTO templates (campaign_id, template_id, template_version, body, subject, sender)
+        VALUES ($1, $2, $3, $4, $5, $6::jsonb)
+        ON CONFLICT (campaign_id) DO NOTHING
+        """,
+        event.campaign_id, event.template.id, event.template.version, event.template_body,
+        event.subject, event.sender.model_dump_json(),
+    )
+
+
+async def load_templates(
+    conn: asyncpg.Connection, campaign_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, CampaignTemplate]:
+    rows = await conn.fetch(
+        """
+        SELECT campaign_id, template_version, body, subject, sender::text AS sender
+        FROM templates WHERE campaign_id = ANY($1::uuid[])
+        """,
+        list(campaign_ids),
+    )
+    return {
+        r["campaign_id"]: CampaignTemplate(
+            campaign_id=r["campaign_id"], version=r["template_version"], body=r["body"],
+            subject=r["subject"], sender=SenderInfo.model_validate_json(r["sender"]),
+        )
+        for r in rows
+    }
+
+
+async def claim(
+    conn: asyncpg.Connection, requests: Sequence[SendRequested]
+) -> dict[tuple[uuid.UUID, int, str], Outcome]:
+    """Claim every request's dedupe key; return the outcomes already recorded for some of them.
+
+    Keys returned with an outcome were sent (or settled) before and must not be sent again.
+    """
+    campaign_ids = [r.campaign_id for r in requests]
+    recipient_ids = [r.recipient_id for r in requests]
+    channels = [r.channel for r in requests]
+    await conn.execute(
+        """
+        INSERT INTO deliveries (campaign_id, recipient_id, channel, request_id)
+        SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::uuid[])
+        ON CONFLICT DO NOTHING
+        """,
+        campaign_ids, recipient_ids, channels, [r.event_id for r in requests],
+    )
+    rows = await conn.fetch(
+        """
+        SELECT d.campaign_id, d.recipient_id, d.channel, d.outcome::text AS outcome
+        FROM deliveries d
+        JOIN unnest($1::uuid[], $2::bigint[], $3::text[]) AS k(campaign_id, recipient_id, channel)
+          USING (campaign_id, recipient_id, channel)
+        WHERE d.outcome IS NOT NULL
+        """,
+        campaign_ids, recipient_ids, channels,
+    )
+    return {
+        (r["campaign_id"], r["recipient_id"], r["channel"]): OUTCOME.validate_json(r["outcome"])
+        for r in rows
+    }
+
+
+async def record_outcomes(conn: asyncpg.Connection, outcomes: Sequence[Outcome]) -> None:
+    await conn.execute(
+        """
+        UPDATE deliveries d SET outcome = v.outcome, done_at = now()
+        FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::jsonb[])
+             AS v(campaign_id, recipient_id, channel, outcome)
+        WHERE d.campaign_id = v.campaign_id AND d.recipient_id = v.recipient_id
+          AND d.channel = v.channel AND d.outcome IS NULL
+        """,
+        [o.campaign_id for o in outcomes],
+        [o.recipient_id for o in outcomes],
+        [o.channel for o in outcomes],
+        [o.model_dump_json() for o in outcomes],
+    )
+
+

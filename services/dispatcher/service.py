@@ -1,0 +1,127 @@
+"""Dispatching a batch of send requests: claim once, render, call the provider with bounded
+concurrency and a rate limit, record the outcomes — never holding a connection across a
+provider call."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+
+import asyncpg
+
+from services.dispatcher import domain, repo
+from services.dispatcher.domain import CampaignTemplate, Outcome
+from services.dispatcher.providers import (
+    OutgoingMessage,
+    PermanentProviderError,
+    Provider,
+    RetryableProviderError,
+)
+from shared.events import SendRequested
+
+log = logging.getLogger(__name__)
+
+
+class TemplateNotYetKnown(Exception):
+    """A send request overtook its campaign's `started` event; the batch is retried shortly."""
+
+
+class RateLimiter:
+    """Token bucket shared by every send of this process (`rate` per second, 0 = unlimited)."""
+
+    def __init__(self, rate: float) -> None:
+        self._rate = rate
+        self._tokens = rate
+        self._updated = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        if self._rate <= 0:
+            return
+        async with self._lock:
+            while True:
+                now = time.monotonic()
+                self._tokens = min(self._rate, self._tokens + (now - self._updated) * self._rate)
+                self._updated = now
+                if self._tokens >= 1:
+                    self._tokens -= 1
+                    return
+                await asyncio.sleep((1 - self._tokens) / self._rate)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        provider: Provider,
+        *,
+        concurrency: int,
+        rate_limiter: RateLimiter,
+        max_attempts: int,
+        retry_backoff_seconds: float,
+    ) -> None:
+        self._pool = pool
+        self._provider = provider
+        self._slots = asyncio.Semaphore(concurrency)
+        self._limiter = rate_limiter
+        self._max_attempts = max_attempts
+        self._backoff = retry_backoff_seconds
+        self._templates: dict[uuid.UUID, CampaignTemplate] = {}
+
+    async def dispatch(self, requests: Sequence[SendRequested]) -> list[Outcome]:
+        """Outcomes for every distinct request of the batch (re-reported if settled before)."""
+        unique = list({domain.dedupe_key(r): r for r in requests}.values())
+        async with self._pool.acquire() as conn:
+            await self._ensure_templates(conn, {r.campaign_id for r in unique})
+            async with conn.transaction():
+                settled = await repo.claim(conn, unique)
+        to_send = [r for r in unique if domain.dedupe_key(r) not in settled]
+        fresh = list(await asyncio.gather(*(self._settle(r) for r in to_send)))
+        if fresh:
+            async with self._pool.acquire() as conn:
+                await repo.record_outcomes(conn, fresh)
+        return [*settled.values(), *fresh]
+
+    async def _ensure_templates(
+        self, conn: asyncpg.Connection, campaign_ids: set[uuid.UUID]
+    ) -> None:
+        missing = [c for c in campaign_ids if c not in self._templates]
+        if not missing:
+            return
+        self._templates.update(await repo.load_templates(conn, missing))
+        unknown = [c for c in missing if c not in self._templates]
+        if unknown:
+            raise TemplateNotYetKnown(f"no started event seen yet for campaigns {unknown}")
+
+    async def _settle(self, req: SendRequested) -> Outcome:
+        if not req.address:
+            return domain.skipped(req, "missing_address")
+        template = self._templates[req.campaign_id]
+        try:
+            body = domain.render(template.body, req.variables)
+            subject = domain.render(template.subject, req.variables) if template.subject else None
+        except domain.RenderError as exc:
+            return domain.failed(req, str(exc))
+        message = OutgoingMessage(
+            channel=req.channel,
+            to=req.address,
+            sender=domain.sender_address(template, req.channel),
+            subject=subject,
+            body=body,
+            idempotency_key=str(req.event_id),
+        )
+        async with self._slots:
+            for attempt in range(1, self._max_attempts + 1):
+                await self._limiter.acquire()
+                try:
+                    return domain.sent(req, await self._provider.send(message))
+                except PermanentProviderError as exc:
+                    return domain.failed(req, str(exc))
+                except RetryableProviderError as exc:
+                    if attempt == self._max_attempts:
+                        return domain.failed(req, f"gave up after {attempt} attempts: {exc}")
+                    await asyncio.sleep(self._backoff * 2 ** (attempt - 1))
+        raise AssertionError("unreachable")

@@ -1,0 +1,74 @@
+"""Scheduler composition root: settings → pool → migrations → broker → HTTP app."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from services.scheduler import domain, handlers, repo
+from services.scheduler.fanout import FanoutRunner
+from services.scheduler.settings import SchedulerSettings
+from shared import db, http_errors, topics
+from shared.events import CampaignStarted, SendRequested
+from shared.kafka import make_broker, publish_all
+from shared.service import ops_router, standard_checks
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
+    settings = settings or SchedulerSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool = await db.create_pool(
+            settings.database_url, "scheduler", max_size=settings.db_pool_max,
+            init=repo.init_connection,
+        )
+        await db.migrate(pool, "scheduler", MIGRATIONS)
+        broker = make_broker(settings.kafka_bootstrap_servers, client_id="sendout-scheduler")
+        requests_pub = broker.publisher(
+            topics.SEND_REQUESTED,
+            description="One recipient and channel to send, keyed by recipient id.",
+        )
+        lifecycle_pub = broker.publisher(
+            topics.CAMPAIGN_LIFECYCLE, description="Campaign lifecycle, keyed by campaign id."
+        )
+        broker.include_router(handlers.kafka_router(pool))
+
+        async def publish_requests(events: list[SendRequested]) -> None:
+            keyed = [(str(e.recipient_id).encode(), e) for e in events]
+            await publish_all(requests_pub, keyed, service="scheduler")
+
+        async def publish_started(event: CampaignStarted) -> None:
+            keyed = [(event.campaign_id.bytes, event)]
+            await publish_all(lifecycle_pub, keyed, service="scheduler")
+
+        fanout = FanoutRunner(
+            pool,
+            publish_started=publish_started,
+            publish_requests=publish_requests,
+            page_size=settings.fanout_page_size,
+            rescan_seconds=settings.fanout_rescan_seconds,
+        )
+        await broker.start()
+        fanout.start()
+
+
+        app.include_router(handlers.http_router(pool, fanout))
+        app.include_router(ops_router(standard_checks(pool, broker)))
+        try:
+            yield
+        finally:
+            await fanout.stop()
+            await broker.stop()
+            await pool.close()
+
+    app = FastAPI(title="Sendout scheduler", lifespan=lifespan)
+    http_errors.install(
+        app, not_found=domain.NotFound, conflict=domain.InvalidTransition, invalid=domain.Invalid
+    )
+    return app

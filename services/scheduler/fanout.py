@@ -1,0 +1,161 @@
+"""Fan-out: turn a sending campaign's recipients into `send-requested` events.
+
+Pages through recipients by id (keyset) and publishes each page without awaiting each record,
+then stores the page's last id as a checkpoint. After a crash the fan-out resumes from the
+checkpoint; a page published twice carries the same event ids, so consumers drop the copies.
+A campaign's fan-out is driven by one process at a time: whoever holds its advisory lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+
+from services.scheduler import domain, repo
+from shared.events import CampaignStarted, SenderInfo, SendRequested, TemplateRef
+
+log = logging.getLogger(__name__)
+
+PublishRequests = Callable[[list[SendRequested]], Awaitable[None]]
+PublishStarted = Callable[[CampaignStarted], Awaitable[None]]
+
+
+def _lock_key(campaign_id: uuid.UUID) -> int:
+    return int.from_bytes(hashlib.sha256(b"fanout:" + campaign_id.bytes).digest()[:8], "big",
+                          signed=True)
+
+
+def started_event(row: asyncpg.Record) -> CampaignStarted:
+    return CampaignStarted(
+        event_id=row["started_event_id"],
+        campaign_id=row["id"],
+        total=row["total"],
+        channel=row["channel"],
+        template=TemplateRef(id=row["template_id"], version=row["template_version"]),
+        template_body=row["template_body"],
+        subject=row["subject"],
+        sender=SenderInfo(
+            name=row["sender_name"], email=row["sender_email"], sms_sender_id=row["sender_sms_id"]
+        ),
+    )
+
+
+async def fan_out(
+    pool: asyncpg.Pool,
+    campaign_id: uuid.UUID,
+    *,
+    publish_started: PublishStarted,
+    publish_requests: PublishRequests,
+    page_size: int,
+) -> bool:
+    """Drive one campaign's fan-out to its end. False if another process is driving it."""
+    async with pool.acquire() as lock_conn:
+        if not await lock_conn.fetchval("SELECT pg_try_advisory_lock($1)", _lock_key(campaign_id)):
+            return False
+        try:
+            async with pool.acquire() as conn:
+                row = await repo.get_campaign(conn, campaign_id)
+            if row is None or row["state"] != "sending" or row["fanout_done"]:
+                return True
+            # Re-published on resume on purpose: same event id, consumers apply it once.
+            await publish_started(started_event(row))
+            template = TemplateRef(id=row["template_id"], version=row["template_version"])
+            after_id: int = row["fanout_after_id"]
+            published = 0
+            while True:
+                async with pool.acquire() as conn:
+                    page = await repo.recipients_page(conn, campaign_id, after_id, page_size)
+                if page:
+                    await publish_requests(
+                        [
+                            domain.send_requested_for(
+                                campaign_id=campaign_id, channel=row["channel"],
+                                template=template, row=r,
+                            )
+                            for r in page
+                        ]
+                    )
+                    after_id = page[-1]["id"]
+                    published += len(page)
+                done = len(page) < page_size
+                async with pool.acquire() as conn:
+                    await repo.save_fanout_checkpoint(conn, campaign_id, after_id, done)
+                if done:
+                    break
+            log.info("fan-out finished",
+                     extra={"campaign_id": str(campaign_id), "published": published})
+            return True
+        finally:
+            await lock_conn.execute("SELECT pg_advisory_unlock($1)", _lock_key(campaign_id))
+
+
+class FanoutRunner:
+    """Runs fan-outs as supervised background tasks and picks up orphaned ones periodically."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        publish_started: PublishStarted,
+        publish_requests: PublishRequests,
+        page_size: int,
+        rescan_seconds: float,
+    ) -> None:
+        self._pool = pool
+        self._publish_started = publish_started
+        self._publish_requests = publish_requests
+        self._page_size = page_size
+        self._rescan_seconds = rescan_seconds
+        self._running: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._scanner: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._scanner = asyncio.create_task(self._scan_forever(), name="fanout-scanner")
+
+    async def stop(self) -> None:
+        tasks = [*self._running.values(), *([self._scanner] if self._scanner else [])]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def kick(self, campaign_id: uuid.UUID) -> None:
+        if campaign_id in self._running:
+            return
+        task = asyncio.create_task(self._drive(campaign_id), name=f"fanout-{campaign_id}")
+        self._running[campaign_id] = task
+        task.add_done_callback(lambda _t: self._running.pop(campaign_id, None))
+
+    async def _drive(self, campaign_id: uuid.UUID) -> None:
+        try:
+            await fan_out(
+                self._pool, campaign_id,
+                publish_started=self._publish_started,
+                publish_requests=self._publish_requests,
+                page_size=self._page_size,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Nothing is lost: the checkpoint is in the database and the scanner retries.
+            log.exception("fan-out interrupted; will resume",
+                          extra={"campaign_id": str(campaign_id)})
+
+    async def _scan_forever(self) -> None:
+        while True:
+            try:
+                async with self._pool.acquire() as conn:
+                    for campaign_id in await repo.unfinished_fanouts(conn):
+                        self.kick(campaign_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("fan-out scan failed; retrying")
+            await asyncio.sleep(self._rescan_seconds)

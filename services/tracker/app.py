@@ -1,0 +1,52 @@
+"""Tracker composition root: settings → pool → migrations → broker → HTTP app."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from services.tracker import handlers, repo
+from services.tracker.settings import TrackerSettings
+from shared import db, topics
+from shared.events import CampaignCompleted
+from shared.kafka import make_broker, publish_all
+from shared.service import ops_router, standard_checks
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def create_app(settings: TrackerSettings | None = None) -> FastAPI:
+    settings = settings or TrackerSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool = await db.create_pool(
+            settings.database_url, "tracker", max_size=settings.db_pool_max
+        )
+        await db.migrate(pool, "tracker", MIGRATIONS)
+        broker = make_broker(settings.kafka_bootstrap_servers, client_id="sendout-tracker")
+        lifecycle_pub = broker.publisher(
+            topics.CAMPAIGN_LIFECYCLE, description="Completed campaigns, keyed by campaign id."
+        )
+
+        async def publish_completed(events: list[CampaignCompleted]) -> None:
+            await publish_all(
+                lifecycle_pub, [(e.campaign_id.bytes, e) for e in events], service="tracker"
+            )
+
+        broker.include_router(
+            handlers.kafka_router(pool, publish_completed, settings.batch_max_records)
+        )
+        await broker.start()
+        app.include_router(handlers.http_router(pool))
+        app.include_router(ops_router(standard_checks(pool, broker)))
+        try:
+            yield
+        finally:
+            await broker.stop()
+            await pool.close()
+
+    return FastAPI(title="Sendout tracker", lifespan=lifespan)

@@ -1,0 +1,92 @@
+"""Tracker entry points: Kafka subscribers feeding the projection; HTTP progress reads."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Literal
+
+import asyncpg
+from fastapi import APIRouter, HTTPException, Query
+from faststream.kafka import KafkaRouter
+from faststream.kafka.annotations import KafkaBroker, KafkaMessage
+
+from services.tracker import repo, service
+from services.tracker.service import PublishCompleted
+from shared import topics
+from shared.events import LIFECYCLE, OUTCOME, CampaignStarted
+from shared.kafka import BATCH_CONSUMER, dead_letter, decode_records, pause_then_reraise, records_of
+from shared.metrics import EVENTS_CONSUMED
+
+SERVICE = "tracker"
+
+
+def kafka_router(
+    pool: asyncpg.Pool, publish_completed: PublishCompleted, max_records: int
+) -> KafkaRouter:
+    router = KafkaRouter()
+
+    @router.subscriber(
+        topics.OUTCOMES,
+        group_id="sendout-tracker",
+        max_records=max_records,
+        description="Counts each outcome once into its campaign's progress.",
+        **BATCH_CONSUMER,
+    )
+    async def on_outcomes(body: list[bytes], msg: KafkaMessage, broker: KafkaBroker) -> None:
+        try:
+            good, bad = decode_records(records_of(msg), OUTCOME)
+            await dead_letter(broker, bad, service=SERVICE)
+            await service.apply_outcomes(pool, topics.OUTCOMES, good, publish_completed)
+            EVENTS_CONSUMED.labels(SERVICE, topics.OUTCOMES).inc(len(body))
+        except Exception as exc:
+            await pause_then_reraise(exc)
+
+    @router.subscriber(
+        topics.CAMPAIGN_LIFECYCLE,
+        group_id="sendout-tracker-lifecycle",
+        max_records=500,
+        description="Learns each campaign's total when it starts sending.",
+        **BATCH_CONSUMER,
+    )
+    async def on_lifecycle(body: list[bytes], msg: KafkaMessage, broker: KafkaBroker) -> None:
+        try:
+            good, bad = decode_records(records_of(msg), LIFECYCLE)
+            await dead_letter(broker, bad, service=SERVICE)
+            started = [e for _, e in good if isinstance(e, CampaignStarted)]
+            await service.apply_started(pool, started, publish_completed)
+        except Exception as exc:
+            await pause_then_reraise(exc)
+
+    return router
+
+
+def http_router(pool: asyncpg.Pool) -> APIRouter:
+    router = APIRouter(prefix="/campaigns", tags=["progress"])
+
+    @router.get("/{campaign_id}/progress")
+    async def progress(campaign_id: uuid.UUID) -> dict[str, Any]:
+        async with pool.acquire() as conn:
+            p = await repo.get_progress(conn, campaign_id)
+        if p is None:
+            raise HTTPException(404, f"no progress for campaign {campaign_id}: not started")
+        return p.view()
+
+    @router.get("/{campaign_id}/recipients")
+    async def recipients(
+        campaign_id: uuid.UUID,
+        after: int = Query(0, ge=0, description="recipient id to continue after"),
+        limit: int = Query(1000, ge=1, le=10_000),
+        status: Literal["completed", "failed", "skipped"] | None = None,
+    ) -> dict[str, Any]:
+        async with pool.acquire() as conn:
+            if await repo.get_progress(conn, campaign_id) is None:
+                raise HTTPException(404, f"no progress for campaign {campaign_id}: not started")
+            rows = await repo.recipient_outcomes(
+                conn, campaign_id, after_recipient_id=after, limit=limit, status=status
+            )
+        return {
+            "recipients": rows,
+            "next_after": rows[-1]["recipient_id"] if len(rows) == limit else None,
+        }
+
+    return router

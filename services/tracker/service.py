@@ -1,0 +1,69 @@
+"""Applying consumed events to the progress projection, exactly once per outcome."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import asyncpg
+from aiokafka import ConsumerRecord
+
+from services.tracker import domain, repo
+from services.tracker.repo import Outcome
+from shared.events import CampaignCompleted, CampaignStarted
+
+PublishCompleted = Callable[[list[CampaignCompleted]], Awaitable[None]]
+
+
+def _not_yet_applied(
+    records: Sequence[tuple[ConsumerRecord[Any, Any], Outcome]], applied: dict[int, int]
+) -> list[Outcome]:
+    return [e for r, e in records if r.offset >= applied.get(r.partition, 0)]
+
+
+def _next_offsets(records: Sequence[tuple[ConsumerRecord[Any, Any], Any]]) -> dict[int, int]:
+    nxt: dict[int, int] = {}
+    for record, _ in records:
+        nxt[record.partition] = max(nxt.get(record.partition, 0), record.offset + 1)
+    return nxt
+
+
+async def _complete(
+    conn: asyncpg.Connection, moved: Sequence[domain.Progress], publish: PublishCompleted
+) -> None:
+    done = [p for p in moved if p.state == "sending" and p.is_done]
+    if not done:
+        return
+    await repo.mark_completed(conn, [p.campaign_id for p in done])
+    # Published before the transaction commits: if the commit then fails, the batch is
+    # redelivered, completion is detected again and re-published with the same event id.
+    await publish([domain.completion_event(p) for p in done])
+
+
+async def apply_outcomes(
+    pool: asyncpg.Pool,
+    topic: str,
+    records: Sequence[tuple[ConsumerRecord[Any, Any], Outcome]],
+    publish_completed: PublishCompleted,
+) -> None:
+    """One transaction per batch: outcome rows, one counter update per campaign, offsets."""
+    if not records:
+        return
+    async with pool.acquire() as conn, conn.transaction():
+        applied = await repo.applied_offsets(conn, topic)
+        fresh = _not_yet_applied(records, applied)
+        if fresh:
+            moved = await repo.apply_outcomes(conn, fresh)
+            await _complete(conn, moved, publish_completed)
+        await repo.save_offsets(conn, topic, _next_offsets(records))
+
+
+async def apply_started(
+    pool: asyncpg.Pool, events: Sequence[CampaignStarted], publish_completed: PublishCompleted
+) -> None:
+    if not events:
+        return
+    async with pool.acquire() as conn, conn.transaction():
+        moved = [await repo.apply_started(conn, e) for e in events]
+        # Every outcome may have arrived before the started event did.
+        await _complete(conn, moved, publish_completed)

@@ -1,0 +1,74 @@
+"""PostgreSQL plumbing: a pool per service and versioned SQL migrations applied at start.
+
+Each service owns one schema; its migrations are `NNN_name.sql` files applied in order, once,
+under an advisory lock so that replicas starting together do not race.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+
+async def create_pool(
+    dsn: str,
+    schema: str,
+    *,
+    max_size: int = 10,
+    init: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
+) -> asyncpg.Pool:
+    """A pool whose connections see only `schema` (plus `public`) unqualified.
+
+    The search path is a startup parameter rather than a `SET`, because the pool's
+    `RESET ALL` on release would undo a `SET`.
+    """
+    pool = await asyncpg.create_pool(
+        dsn, min_size=1, max_size=max_size, command_timeout=60, init=init,
+        server_settings={"search_path": f"{schema}, public"},
+    )
+    assert pool is not None
+    return pool
+
+
+def _read_migrations(folder: Path) -> list[tuple[str, str]]:
+    # Blocking reads are fine here: a few small files, once, before the service takes traffic.
+    return [(p.name, p.read_text()) for p in sorted(folder.glob("*.sql"))]
+
+
+async def migrate(pool: asyncpg.Pool, schema: str, folder: Path) -> list[str]:
+    """Apply the not-yet-applied `*.sql` files of `folder` to `schema`; return their names."""
+    lock_key = int.from_bytes(hashlib.sha256(schema.encode()).digest()[:8], "big", signed=True)
+    applied: list[str] = []
+    async with pool.acquire() as conn:
+        await conn.execute("SELECT pg_advisory_lock($1)", lock_key)
+        try:
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            await conn.execute(
+                f'CREATE TABLE IF NOT EXISTS "{schema}".schema_migrations '
+                "(name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {
+                r["name"]
+                for r in await conn.fetch(f'SELECT name FROM "{schema}".schema_migrations')
+            }
+            files = _read_migrations(folder)
+            for name, sql in files:
+                if name in done:
+                    continue
+                async with conn.transaction():
+                    await conn.execute(f'SET LOCAL search_path TO "{schema}", public')
+                    await conn.execute(sql)
+                    await conn.execute(
+                        f'INSERT INTO "{schema}".schema_migrations(name) VALUES ($1)', name
+                    )
+                applied.append(name)
+                log.info("migration applied", extra={"schema": schema, "migration": name})
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", lock_key)
+    return applied

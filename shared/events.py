@@ -1,0 +1,132 @@
+"""Versioned event schemas carried on Kafka.
+
+Events are facts, named in the past tense, frozen, and each has a unique `event_id` so every
+consumer can be idempotent on it. `schema_version` lets a consumer refuse (DLQ) a version it does
+not understand instead of misreading it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+Channel = Literal["email", "sms"]
+OutcomeStatus = Literal["completed", "failed", "skipped"]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    campaign_id: uuid.UUID
+    occurred_at: datetime = Field(default_factory=_now)
+    schema_version: Literal[1] = 1
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+class SenderInfo(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    email: str | None = None
+    sms_sender_id: str | None = None
+
+
+class TemplateRef(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: uuid.UUID
+    version: int
+
+
+class SendRequested(Event):
+    """Scheduler → dispatcher: send one recipient one channel's message of a campaign."""
+
+    type: Literal["send_requested"] = "send_requested"
+    recipient_id: int
+    channel: Channel
+    # None when the recipient has no address for the channel: the dispatcher reports it skipped.
+    address: str | None
+    variables: dict[str, Any] = Field(default_factory=dict)
+    template: TemplateRef
+    requested_at: datetime = Field(default_factory=_now)
+
+
+class _Outcome(Event):
+    recipient_id: int
+    channel: Channel
+    reason: str | None = None
+    provider_message_id: str | None = None
+
+
+class MessageSent(_Outcome):
+    """The provider accepted the message (recipient state `completed`)."""
+
+    type: Literal["sent"] = "sent"
+
+    @property
+    def status(self) -> OutcomeStatus:
+        return "completed"
+
+
+class MessageFailed(_Outcome):
+    """The provider refused the message for good, or retries ran out."""
+
+    type: Literal["failed"] = "failed"
+
+    @property
+    def status(self) -> OutcomeStatus:
+        return "failed"
+
+
+class MessageSkipped(_Outcome):
+    """Nothing was sent, by design (e.g. `missing_address`)."""
+
+    type: Literal["skipped"] = "skipped"
+
+    @property
+    def status(self) -> OutcomeStatus:
+        return "skipped"
+
+
+Outcome = Annotated[MessageSent | MessageFailed | MessageSkipped, Field(discriminator="type")]
+OUTCOME = TypeAdapter(Outcome)
+
+
+class CampaignStarted(Event):
+    """Scheduler: the campaign began sending; `total` recipient-channel messages will follow.
+
+    It carries the template and sender so dispatchers can render without reading the
+    scheduler's tables.
+    """
+
+    type: Literal["started"] = "started"
+    total: int
+    channel: Channel
+    template: TemplateRef
+    template_body: str
+    subject: str | None = None
+    sender: SenderInfo
+
+
+class CampaignCompleted(Event):
+    """Tracker: nothing is pending any more."""
+
+    type: Literal["completed"] = "completed"
+    completed: int
+    failed: int
+    skipped: int
+
+
+LifecycleEvent = Annotated[CampaignStarted | CampaignCompleted, Field(discriminator="type")]
+LIFECYCLE = TypeAdapter(LifecycleEvent)
+SEND_REQUESTED = TypeAdapter(SendRequested)

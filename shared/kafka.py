@@ -1,0 +1,143 @@
+"""Kafka plumbing shared by the services: broker construction, batch decoding, publishing a
+batch without awaiting each record, and dead-lettering records that can never be processed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from aiokafka import ConsumerRecord
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from faststream.kafka.message import KafkaMessage
+from faststream.kafka.publisher.usecase import DefaultPublisher
+from faststream.message import StreamMessage
+from pydantic import TypeAdapter, ValidationError
+
+from shared import topics
+from shared.events import Event
+from shared.metrics import DEAD_LETTERS, EVENTS_PUBLISHED
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def make_broker(bootstrap_servers: str, client_id: str) -> KafkaBroker:
+    # acks="all" + idempotence: an acknowledged publish survives a broker failover and a
+    # producer retry never duplicates a record.
+    return KafkaBroker(
+        bootstrap_servers,
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        max_batch_size=256 * 1024,
+        compression_type=None,
+        graceful_timeout=30.0,
+    )
+
+
+def records_of(message: KafkaMessage) -> Sequence[ConsumerRecord[Any, Any]]:
+    """The consumed records behind a (batch) message, with topic, partition and offset."""
+    raw = message.raw_message
+    return raw if isinstance(raw, (tuple, list)) else (raw,)
+
+
+async def raw_body(message: StreamMessage[Any]) -> Any:
+    """Decoder that leaves bodies as bytes: handlers decode each record with its own schema."""
+    return message.body
+
+
+BATCH_CONSUMER: dict[str, Any] = {
+    # Offsets are committed only after the handler returned (its effects are durable); on an
+    # exception the batch is rewound and redelivered.
+    "ack_policy": AckPolicy.NACK_ON_ERROR,
+    "auto_offset_reset": "earliest",
+    "batch": True,
+    "decoder": raw_body,
+}
+
+
+@dataclass(frozen=True)
+class BadRecord:
+    record: ConsumerRecord[Any, Any]
+    error: str
+
+
+def decode_records(
+    records: Iterable[ConsumerRecord[Any, Any]], adapter: TypeAdapter[T]
+) -> tuple[list[tuple[ConsumerRecord[Any, Any], T]], list[BadRecord]]:
+    """Decode each record on its own, so one poison record cannot block its batch."""
+    good: list[tuple[ConsumerRecord[Any, Any], T]] = []
+    bad: list[BadRecord] = []
+    for record in records:
+        try:
+            good.append((record, adapter.validate_json(record.value)))
+        except (ValidationError, ValueError, TypeError) as exc:
+            bad.append(BadRecord(record, f"{type(exc).__name__}: {exc}"[:2000]))
+    return good, bad
+
+
+async def publish_all(
+    publisher: DefaultPublisher,
+    items: Sequence[tuple[bytes | None, Event]],
+    *,
+    service: str,
+) -> None:
+    """Publish every (key, event) and return once the broker acknowledged all of them.
+
+    Each record is handed to the producer without waiting for its acknowledgement (the producer
+    batches them); the acknowledgements are awaited together at the end.
+    """
+    if not items:
+        return
+    futures = [
+        await publisher.publish(event.to_bytes(), key=key, no_confirm=True)
+        for key, event in items
+    ]
+    # The in-memory test broker returns None instead of a future.
+    await asyncio.gather(*(f for f in futures if f is not None))
+    EVENTS_PUBLISHED.labels(service, publisher.topic).inc(len(items))
+
+
+async def dead_letter(broker: KafkaBroker, bad: Sequence[BadRecord], *, service: str) -> None:
+    """Park records that can never be processed on `<topic>.dlq`, with the error, and move on.
+
+    The original bytes and key are kept as they were, so a fixed consumer can replay them.
+    """
+    futures = []
+    for item in bad:
+        rec = item.record
+        log.error(
+            "record dead-lettered",
+            extra={"topic": rec.topic, "partition": rec.partition, "offset": rec.offset,
+                   "error": item.error},
+        )
+        futures.append(
+            await broker.publish(
+                rec.value,
+                topics.dlq(rec.topic),
+                key=rec.key,
+                headers={
+                    "x-error": item.error,
+                    "x-source-topic": rec.topic,
+                    "x-source-partition": str(rec.partition),
+                    "x-source-offset": str(rec.offset),
+                },
+                no_confirm=True,
+            )
+        )
+        DEAD_LETTERS.labels(service, rec.topic).inc()
+    await asyncio.gather(*(f for f in futures if f is not None))
+
+
+async def pause_then_reraise(exc: BaseException, *, seconds: float = 1.0) -> None:
+    """Before a batch is rewound for redelivery, wait a little so that an outage (database
+    down, broker unreachable) becomes a slow retry loop rather than a hot one."""
+    log.warning("batch failed; it will be redelivered", exc_info=exc)
+    await asyncio.sleep(seconds)
+    raise exc

@@ -1,0 +1,69 @@
+"""Running a service: one process serving HTTP (FastAPI + uvicorn) and consuming Kafka
+(FastStream), with `/health` and Prometheus `/metrics` on every service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+import uvicorn
+from fastapi import APIRouter, FastAPI, Response
+from faststream.kafka import KafkaBroker
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from shared.settings import CommonSettings
+
+HealthCheck = Callable[[], Awaitable[dict[str, str]]]
+
+
+def ops_router(checks: dict[str, HealthCheck]) -> APIRouter:
+    """`/health` runs each named check; any failure answers 503 naming it."""
+    router = APIRouter(tags=["ops"])
+
+    @router.get("/health")
+    async def health(response: Response) -> dict[str, object]:
+        results: dict[str, object] = {}
+        ok = True
+        for name, check in checks.items():
+            try:
+                results[name] = await check()
+            except Exception as exc:  # a health check reports, it must not raise
+                ok = False
+                results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        response.status_code = 200 if ok else 503
+        return {"status": "ok" if ok else "unhealthy", "checks": results}
+
+    @router.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+def run(app: FastAPI, settings: CommonSettings) -> None:
+    uvicorn.run(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        loop="uvloop",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
+
+
+def standard_checks(pool: asyncpg.Pool, broker: KafkaBroker) -> dict[str, HealthCheck]:
+    """The database and the broker answer."""
+
+    async def database() -> dict[str, str]:
+        async with pool.acquire() as conn:
+            await conn.fetchval("SELECT 1")
+        return {"status": "ok"}
+
+    async def kafka() -> dict[str, str]:
+        if not await broker.ping(timeout=2.0):
+            raise RuntimeError("broker not reachable")
+        return {"status": "ok"}
+
+    return {"database": database, "kafka": kafka}

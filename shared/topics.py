@@ -1,0 +1,13 @@
+"""Kafka topic names: one place, so producers and consumers cannot drift apart."""
+
+SEND_REQUESTED = "sendout.send-requested.v1"
+OUTCOMES = "sendout.outcomes.v1"
+RECEIPTS = "sendout.receipts.v1"
+CAMPAIGN_LIFECYCLE = "sendout.campaign-lifecycle.v1"
+
+ALL = (SEND_REQUESTED, OUTCOMES, RECEIPTS, CAMPAIGN_LIFECYCLE)
+
+
+def dlq(topic: str) -> str:
+    """The dead-letter topic for records of `topic` that can never be processed."""
+    return f"{topic}.dlq"

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from devtools.processes import ROOT, Sendout, start_sendout
+from tests.conftest import Stack
+
+FAIL_PATTERN = r"\+bounce@"
+FLAKY_PATTERN = r"\+flaky@"
+
+
+@pytest.fixture(scope="session")
+def sendout(stack: Stack) -> Iterator[Sendout]:
+    """Scheduler, tracker and two dispatcher replicas as separate processes, with a fake provider."""
+    running = start_sendout(
+        kafka=stack.kafka,
+        database_url=stack.database_url,
+        log_dir=ROOT / ".sendout" / "logs" / "e2e",
+        fail_pattern=FAIL_PATTERN,
+        flaky_pattern=FLAKY_PATTERN,
+        dispatchers=2,
+    )
+    try:
+        yield running
+    finally:
+        running.processes.stop()
+
+
+@pytest.fixture
+def http() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=30) as client:
+        yield client
+
+
+def wait_for_completion(
+    http: httpx.Client, tracker: str, campaign_id: str, timeout: float = 120.0
+) -> dict[str, Any]:
+    """Poll progress until completed, checking the invariant at every read."""
+    deadline = time.monotonic() + timeout
+    last: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        r = http.get(f"{tracker}/campaigns/{campaign_id}/progress")
+        if r.status_code == 200:
+            last = r.json()
+            if last["total"] is not None:
+                assert (
+                    last["pending"] + last["completed"] + last["failed"] + last["skipped"]
+                    == last["total"]
+                ), last
+                if last["state"] == "completed":
+                    return last
+        time.sleep(0.1)
+    raise AssertionError(f"campaign {campaign_id} not completed in {timeout}s: {last}")

@@ -1,0 +1,126 @@
+"""The dispatcher's claim-once guard on real PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+import pytest
+
+from services.dispatcher import repo
+from services.dispatcher.providers import (
+    OutgoingMessage,
+    PermanentProviderError,
+    RetryableProviderError,
+)
+from services.dispatcher.service import Dispatcher, RateLimiter, TemplateNotYetKnown
+from tests.factories import send_requested, started
+
+pytestmark = pytest.mark.integration
+
+
+class RecordingProvider:
+    """A provider double that records every call and fails chosen addresses."""
+
+    def __init__(self, permanent: set[str] = frozenset(), flaky: set[str] = frozenset()) -> None:
+        self.calls: list[OutgoingMessage] = []
+        self.permanent = permanent
+        self.flaky = set(flaky)
+
+    async def send(self, message: OutgoingMessage) -> str:
+        self.calls.append(message)
+        if message.to in self.permanent:
+            raise PermanentProviderError("HTTP 422: landline")
+        if message.to in self.flaky:
+            self.flaky.discard(message.to)
+            raise RetryableProviderError("HTTP 503: busy")
+        return f"id-{len(self.calls)}"
+
+    async def close(self) -> None:
+        return None
+
+
+def _dispatcher(pool: asyncpg.Pool, provider: RecordingProvider) -> Dispatcher:
+    return Dispatcher(pool, provider, concurrency=10, rate_limiter=RateLimiter(0),
+                      max_attempts=3, retry_backoff_seconds=0.01)
+
+
+async def _campaign(pool: asyncpg.Pool) -> uuid.UUID:
+    cid = uuid.uuid4()
+    async with pool.acquire() as conn:
+        await repo.save_template(conn, started(cid, 10))
+    return cid
+
+
+async def test_a_request_delivered_twice_is_sent_once_and_reported_the_same(
+    dispatcher_pool: asyncpg.Pool,
+) -> None:
+    cid = await _campaign(dispatcher_pool)
+    provider = RecordingProvider()
+    d = _dispatcher(dispatcher_pool, provider)
+    batch = [send_requested(cid, i, f"v{i}@example.org") for i in range(1, 6)]
+    first = await d.dispatch(batch + batch[:2])  # duplicates inside a batch, too
+    second = await _dispatcher(dispatcher_pool, provider).dispatch(batch)
+    assert len(provider.calls) == 5
+    assert sorted((o.recipient_id, o.status, o.provider_message_id) for o in first) == sorted(
+        (o.recipient_id, o.status, o.provider_message_id) for o in second
+    )
+
+
+async def test_outcomes_map_provider_answers_and_missing_addresses(
+    dispatcher_pool: asyncpg.Pool,
+) -> None:
+    cid = await _campaign(dispatcher_pool)
+    provider = RecordingProvider(permanent={"dead@example.org"}, flaky={"flaky@example.org"})
+    outcomes = await _dispatcher(dispatcher_pool, provider).dispatch([
+        send_requested(cid, 1, "ok@example.org"),
+        send_requested(cid, 2, "dead@example.org"),
+        send_requested(cid, 3, "flaky@example.org"),
+        send_requested(cid, 4, None),
+    ])
+    by_id = {o.recipient_id: o for o in outcomes}
+    assert (by_id[1].status, by_id[2].status, by_id[3].status, by_id[4].status) == (
+        "completed", "failed", "completed", "skipped")
+    assert by_id[2].reason == "HTTP 422: landline"
+    assert by_id[4].reason == "missing_address"
+    assert [c.to for c in provider.calls].count("flaky@example.org") == 2
+    assert "None" not in {c.to for c in provider.calls}
+    assert provider.calls[0].body == "Hi Ada" and provider.calls[0].subject == "Subject for Ada"
+
+
+async def test_retries_running_out_fail_with_the_last_reason(
+    dispatcher_pool: asyncpg.Pool,
+) -> None:
+    class Down(RecordingProvider):
+        async def send(self, message: OutgoingMessage) -> str:
+            self.calls.append(message)
+            raise RetryableProviderError("HTTP 503: busy")
+
+    cid = await _campaign(dispatcher_pool)
+    provider = Down()
+    [o] = await _dispatcher(dispatcher_pool, provider).dispatch([send_requested(cid, 1)])
+    assert o.status == "failed" and "after 3 attempts: HTTP 503" in (o.reason or "")
+    assert len(provider.calls) == 3
+
+
+async def test_a_request_for_an_unknown_campaign_waits_for_its_template(
+    dispatcher_pool: asyncpg.Pool,
+) -> None:
+    provider = RecordingProvider()
+    with pytest.raises(TemplateNotYetKnown):
+        await _dispatcher(dispatcher_pool, provider).dispatch([send_requested(uuid.uuid4(), 1)])
+    assert provider.calls == []
+
+
+async def test_concurrent_migrations_apply_each_file_once(dispatcher_pool: asyncpg.Pool) -> None:
+    import asyncio
+
+    from services.dispatcher.app import MIGRATIONS
+    from shared import db
+
+    schema = f"mig_{uuid.uuid4().hex[:8]}"
+    results = await asyncio.gather(*(db.migrate(dispatcher_pool, schema, MIGRATIONS)
+                                     for _ in range(3)))
+    assert sorted(len(r) for r in results) == [0, 0, len(list(MIGRATIONS.glob("*.sql")))]
+    async with dispatcher_pool.acquire() as conn:
+        await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')

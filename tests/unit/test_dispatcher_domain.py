@@ -1,0 +1,91 @@
+import httpx
+import pytest
+
+from services.dispatcher import domain
+from services.dispatcher.providers import (
+    HttpProvider,
+    OutgoingMessage,
+    PermanentProviderError,
+    RetryableProviderError,
+)
+from services.dispatcher.service import RateLimiter
+from tests.factories import send_requested
+
+
+def test_render_fills_variables() -> None:
+    assert domain.render("Hi {{ first_name }}!", {"first_name": "Ada"}) == "Hi Ada!"
+
+
+def test_render_refuses_a_missing_variable() -> None:
+    with pytest.raises(domain.RenderError, match="first_name"):
+        domain.render("Hi {{ first_name }}!", {})
+
+
+def test_render_is_sandboxed() -> None:
+    with pytest.raises(domain.RenderError):
+        domain.render("{{ ''.__class__.__mro__[1].__subclasses__() }}", {})
+
+
+def test_outcomes_carry_the_request_identity() -> None:
+    req = send_requested(recipient_id=42)
+    for outcome, status in ((domain.sent(req, "p1"), "completed"),
+                            (domain.failed(req, "nope"), "failed"),
+                            (domain.skipped(req, "missing_address"), "skipped")):
+        assert (outcome.campaign_id, outcome.recipient_id, outcome.status) == (
+            req.campaign_id, 42, status)
+
+
+def _message() -> OutgoingMessage:
+    return OutgoingMessage(channel="sms", to="+4511223344", sender="Office", subject=None,
+                           body="hi", idempotency_key="k1")
+
+
+def _provider(handler) -> HttpProvider:  # type: ignore[no-untyped-def]
+    provider = HttpProvider("http://provider.test", timeout=1, max_connections=1)
+    provider._client = httpx.AsyncClient(
+        base_url="http://provider.test", transport=httpx.MockTransport(handler)
+    )
+    return provider
+
+
+async def test_http_provider_returns_the_provider_message_id_and_sends_idempotency_key() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(202, json={"id": "m-1"})
+
+    assert await _provider(handler).send(_message()) == "m-1"
+    assert seen[0].headers["Idempotency-Key"] == "k1"
+
+
+@pytest.mark.parametrize("status", [429, 500, 503])
+async def test_http_provider_throttling_and_server_errors_are_retryable(status: int) -> None:
+    provider = _provider(lambda r: httpx.Response(status, json={"error": "busy"}))
+    with pytest.raises(RetryableProviderError, match=f"HTTP {status}: busy"):
+        await provider.send(_message())
+
+
+async def test_http_provider_client_errors_are_permanent_with_the_provider_reason() -> None:
+    provider = _provider(lambda r: httpx.Response(422, json={"error": "landline"}))
+    with pytest.raises(PermanentProviderError, match="landline"):
+        await provider.send(_message())
+
+
+async def test_http_provider_connection_failure_is_retryable() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused")
+
+    with pytest.raises(RetryableProviderError, match="ConnectError"):
+        await _provider(handler).send(_message())
+
+
+async def test_rate_limiter_spaces_out_calls() -> None:
+    import time
+
+    limiter = RateLimiter(rate=50)
+    start = time.monotonic()
+    for _ in range(60):
+        await limiter.acquire()
+    # 50 tokens at once, then 10 more at 50/s: at least ~0.2 s.
+    assert time.monotonic() - start >= 0.18

@@ -1,0 +1,70 @@
+"""Handlers and wiring, in memory (FastStream's TestKafkaBroker): no network."""
+
+import uuid
+from typing import Any
+
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from faststream.kafka.testing import TestKafkaBroker
+
+from services.dispatcher import handlers as dispatcher_handlers
+from services.scheduler import handlers as scheduler_handlers
+from services.tracker import handlers as tracker_handlers
+from shared import topics
+from shared.events import SEND_REQUESTED
+from shared.kafka import decode_records
+from tests.factories import send_requested
+
+
+class _Record:
+    def __init__(self, value: bytes) -> None:
+        self.value = value
+
+
+def test_decode_records_sets_poison_records_aside_and_keeps_the_rest() -> None:
+    good_event = send_requested()
+    good, bad = decode_records(
+        [_Record(good_event.to_bytes()), _Record(b"{not json"), _Record(b'{"type": "x"}')],
+        SEND_REQUESTED,
+    )
+    assert [e for _, e in good] == [good_event]
+    assert len(bad) == 2 and "ValidationError" in bad[0].error
+
+
+def _all_routers() -> list[Any]:
+    pool: Any = None
+    return [
+        scheduler_handlers.kafka_router(pool),
+        dispatcher_handlers.kafka_router(pool, None, None, 10),  # type: ignore[arg-type]
+        tracker_handlers.kafka_router(pool, None, 10),  # type: ignore[arg-type]
+    ]
+
+
+def test_every_topic_but_receipts_has_a_consumer() -> None:
+    consumed = {
+        topic
+        for router in _all_routers()
+        for sub in router.subscribers
+        for topic in sub.topic_names
+    }
+    # Receipts (delivered / not delivered) arrive with the receipts webhook, not built yet.
+    assert consumed == set(topics.ALL) - {topics.RECEIPTS}
+
+
+async def test_a_poison_lifecycle_record_is_dead_lettered_with_its_error() -> None:
+    broker = KafkaBroker()
+    broker.include_router(scheduler_handlers.kafka_router(None))  # type: ignore[arg-type]
+    parked: list[tuple[bytes, dict[str, str]]] = []
+
+    @broker.subscriber(topics.dlq(topics.CAMPAIGN_LIFECYCLE))
+    async def dlq(msg: KafkaMessage) -> None:
+        parked.append((msg.body, msg.headers))
+
+    async with TestKafkaBroker(broker) as br:
+        await br.publish(b"garbage", topics.CAMPAIGN_LIFECYCLE, key=uuid.uuid4().bytes)
+
+    assert len(parked) == 1
+    body, headers = parked[0]
+    assert body == b"garbage"
+    assert headers["x-source-topic"] == topics.CAMPAIGN_LIFECYCLE
+    assert "ValidationError" in headers["x-error"]
