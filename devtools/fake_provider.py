@@ -18,19 +18,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
-from fastapi import FastAPI, Header, Query
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel
-
-
-class Message(BaseModel):
-    channel: str
-    to: str
-    body: str
-    subject: str | None = None
-    # `from` is a keyword in Python.
-    model_config = {"populate_by_name": True, "extra": "allow"}
+import uvloop
+from aiohttp import web
 
 
 @dataclass
@@ -46,61 +35,67 @@ class Recorder:
     flaked: set[str] = field(default_factory=set)
 
 
-def create_app(behaviour: Behaviour) -> FastAPI:
-    app = FastAPI(title="Sendout fake provider")
+def create_app(behaviour: Behaviour) -> web.Application:
+    # aiohttp.web: a fake provider must not be what bounds a benchmark.
     rec = Recorder()
 
-    @app.post("/messages")
-    async def send(
-        message: Message, idempotency_key: str | None = Header(default=None)
-    ) -> JSONResponse:
+    async def send(request: web.Request) -> web.Response:
+        try:
+            message = await request.json()
+            to, channel, body = str(message["to"]), message["channel"], message["body"]
+        except (ValueError, KeyError, TypeError) as exc:
+            return web.json_response({"error": f"bad request: {exc}"}, status=400)
+        key = request.headers.get("Idempotency-Key")
         entry: dict[str, Any] = {
-            "at": time.time(), "idempotency_key": idempotency_key, "channel": message.channel,
-            "to": message.to, "body": message.body, "subject": message.subject,
+            "at": time.time(), "idempotency_key": key, "channel": channel, "to": to,
+            "body": body, "subject": message.get("subject"),
         }
         rec.requests.append(entry)
         if behaviour.latency_ms:
             await asyncio.sleep(behaviour.latency_ms / 1000)
-        if behaviour.fail_pattern and behaviour.fail_pattern.search(message.to):
+        if behaviour.fail_pattern and behaviour.fail_pattern.search(to):
             entry["status"] = 422
-            return JSONResponse({"error": "recipient unreachable"}, status_code=422)
-        if (
-            behaviour.flaky_pattern
-            and behaviour.flaky_pattern.search(message.to)
-            and (idempotency_key or message.to) not in rec.flaked
-        ):
-            rec.flaked.add(idempotency_key or message.to)
+            return web.json_response({"error": "recipient unreachable"}, status=422)
+        if (behaviour.flaky_pattern and behaviour.flaky_pattern.search(to)
+                and (key or to) not in rec.flaked):
+            rec.flaked.add(key or to)
             entry["status"] = 503
-            return JSONResponse({"error": "temporarily unavailable"}, status_code=503)
+            return web.json_response({"error": "temporarily unavailable"}, status=503)
         entry["status"] = 202
         entry["id"] = f"fake-{uuid.uuid4().hex}"
-        return JSONResponse({"id": entry["id"]}, status_code=202)
+        return web.json_response({"id": entry["id"]}, status=202)
 
-    @app.get("/requests")
-    async def requests(offset: int = Query(0, ge=0), limit: int = Query(10_000, le=100_000)):
-        return {"requests": rec.requests[offset : offset + limit], "total": len(rec.requests)}
+    async def requests(request: web.Request) -> web.Response:
+        offset = int(request.query.get("offset", 0))
+        limit = int(request.query.get("limit", 10_000))
+        return web.json_response(
+            {"requests": rec.requests[offset : offset + limit], "total": len(rec.requests)}
+        )
 
-    @app.get("/stats")
-    async def stats() -> dict[str, Any]:
+    async def stats(request: web.Request) -> web.Response:
         by_status: dict[str, int] = {}
         for r in rec.requests:
             by_status[str(r.get("status"))] = by_status.get(str(r.get("status")), 0) + 1
-        return {
+        return web.json_response({
             "requests": len(rec.requests),
             "unique_keys": len({r["idempotency_key"] for r in rec.requests}),
             "by_status": by_status,
-        }
+        })
 
-    @app.post("/reset")
-    async def reset() -> dict[str, str]:
+    async def reset(request: web.Request) -> web.Response:
         rec.requests.clear()
         rec.flaked.clear()
-        return {"status": "ok"}
+        return web.json_response({"status": "ok"})
 
-    @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
 
+    app = web.Application()
+    app.router.add_post("/messages", send)
+    app.router.add_get("/requests", requests)
+    app.router.add_get("/stats", stats)
+    app.router.add_post("/reset", reset)
+    app.router.add_get("/health", health)
     return app
 
 
@@ -117,8 +112,9 @@ def main() -> None:
         flaky_pattern=re.compile(args.flaky_pattern) if args.flaky_pattern else None,
         latency_ms=args.latency_ms,
     )
-    uvicorn.run(create_app(behaviour), host=args.host, port=args.port, log_level="warning",
-                loop="uvloop")
+    uvloop.install()
+    web.run_app(create_app(behaviour), host=args.host, port=args.port, print=None,
+                access_log=None)
 
 
 if __name__ == "__main__":

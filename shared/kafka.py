@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from aiokafka import ConsumerRecord
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.message import KafkaMessage
@@ -38,6 +40,10 @@ def make_broker(bootstrap_servers: str, client_id: str) -> KafkaBroker:
         max_batch_size=256 * 1024,
         compression_type=None,
         graceful_timeout=30.0,
+        # Into the service's JSON logs; per-message lines only at DEBUG (one per batch is still
+        # too many at a million recipients).
+        logger=logging.getLogger("faststream"),
+        log_level=logging.DEBUG,
     )
 
 
@@ -141,3 +147,27 @@ async def pause_then_reraise(exc: BaseException, *, seconds: float = 1.0) -> Non
     log.warning("batch failed; it will be redelivered", exc_info=exc)
     await asyncio.sleep(seconds)
     raise exc
+
+
+async def ensure_topics(bootstrap_servers: str, names: Iterable[str], partitions: int) -> None:
+    """Create the topics (and their DLQs) that do not exist yet.
+
+    Explicit, because a consumer subscribing first would otherwise wait for a producer to
+    auto-create the topic, with the broker's default partition count.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="sendout-admin")
+    await admin.start()
+    try:
+        wanted = {n for name in names for n in (name, topics.dlq(name))}
+        existing = set(await admin.list_topics())
+        missing = [
+            NewTopic(name, num_partitions=partitions, replication_factor=1)
+            for name in sorted(wanted - existing)
+        ]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass  # another service created it meanwhile
+    finally:
+        await admin.close()

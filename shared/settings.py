@@ -19,6 +19,8 @@ class CommonSettings(BaseSettings):
         default="postgresql://postgres@127.0.0.1:5432/sendout",
         validation_alias=AliasChoices("SENDOUT_DATABASE_URL", "DATABASE_URL"),
     )
+    # Partitions of topics Sendout creates; bounds how many consumers of a group share work.
+    kafka_partitions: int = 8
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     log_level: str = "INFO"

@@ -45,7 +45,9 @@ def send_requested(
     )
 
 
-def started(campaign_id: uuid.UUID, total: int, body: str = "Hi {{ first_name }}") -> CampaignStarted:
+def started(
+    campaign_id: uuid.UUID, total: int, body: str = "Hi {{ first_name }}"
+) -> CampaignStarted:
     return CampaignStarted(
         campaign_id=campaign_id,
         total=total,

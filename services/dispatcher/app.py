@@ -8,12 +8,12 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from services.dispatcher import handlers, repo
+from services.dispatcher import handlers
 from services.dispatcher.providers import HttpProvider, NoopProvider, Provider
 from services.dispatcher.service import Dispatcher, RateLimiter
 from services.dispatcher.settings import DispatcherSettings
 from shared import db, topics
-from shared.kafka import make_broker
+from shared.kafka import ensure_topics, make_broker
 from shared.service import ops_router, standard_checks
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -46,6 +46,9 @@ def create_app(settings: DispatcherSettings | None = None) -> FastAPI:
             rate_limiter=RateLimiter(settings.rate_limit_per_second),
             max_attempts=settings.max_attempts,
             retry_backoff_seconds=settings.retry_backoff_seconds,
+        )
+        await ensure_topics(
+            settings.kafka_bootstrap_servers, topics.ALL, settings.kafka_partitions
         )
         broker = make_broker(settings.kafka_bootstrap_servers, client_id="sendout-dispatcher")
         outcomes_pub = broker.publisher(

@@ -11,7 +11,6 @@ from services.dispatcher.domain import CampaignTemplate, Outcome
 from shared.events import OUTCOME, CampaignStarted, SenderInfo, SendRequested
 
 
-
 async def save_template(conn: asyncpg.Connection, event: CampaignStarted) -> None:
     await conn.execute(
         """

@@ -13,7 +13,7 @@ from services.scheduler.fanout import FanoutRunner
 from services.scheduler.settings import SchedulerSettings
 from shared import db, http_errors, topics
 from shared.events import CampaignStarted, SendRequested
-from shared.kafka import make_broker, publish_all
+from shared.kafka import ensure_topics, make_broker, publish_all
 from shared.service import ops_router, standard_checks
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -29,6 +29,9 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
             init=repo.init_connection,
         )
         await db.migrate(pool, "scheduler", MIGRATIONS)
+        await ensure_topics(
+            settings.kafka_bootstrap_servers, topics.ALL, settings.kafka_partitions
+        )
         broker = make_broker(settings.kafka_bootstrap_servers, client_id="sendout-scheduler")
         requests_pub = broker.publisher(
             topics.SEND_REQUESTED,

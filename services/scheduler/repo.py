@@ -19,7 +19,15 @@ _CAMPAIGN_COLUMNS = """
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    # Binary, so that COPY (binary only) can carry recipient attributes too. jsonb's binary form
+    # is a version byte (1) followed by the JSON text.
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=lambda value: b"\x01" + json.dumps(value).encode(),
+        decoder=lambda data: json.loads(data[1:]),
+        schema="pg_catalog",
+        format="binary",
+    )
 
 
 async def insert_campaign(

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from services.tracker import handlers, repo
+from services.tracker import handlers
 from services.tracker.settings import TrackerSettings
 from shared import db, topics
 from shared.events import CampaignCompleted
-from shared.kafka import make_broker, publish_all
+from shared.kafka import ensure_topics, make_broker, publish_all
 from shared.service import ops_router, standard_checks
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -27,6 +27,9 @@ def create_app(settings: TrackerSettings | None = None) -> FastAPI:
             settings.database_url, "tracker", max_size=settings.db_pool_max
         )
         await db.migrate(pool, "tracker", MIGRATIONS)
+        await ensure_topics(
+            settings.kafka_bootstrap_servers, topics.ALL, settings.kafka_partitions
+        )
         broker = make_broker(settings.kafka_bootstrap_servers, client_id="sendout-tracker")
         lifecycle_pub = broker.publisher(
             topics.CAMPAIGN_LIFECYCLE, description="Completed campaigns, keyed by campaign id."

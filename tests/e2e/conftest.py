@@ -16,7 +16,7 @@ FLAKY_PATTERN = r"\+flaky@"
 
 @pytest.fixture(scope="session")
 def sendout(stack: Stack) -> Iterator[Sendout]:
-    """Scheduler, tracker and two dispatcher replicas as separate processes, with a fake provider."""
+    """Scheduler, tracker and two dispatcher replicas as processes, with a fake provider."""
     running = start_sendout(
         kafka=stack.kafka,
         database_url=stack.database_url,

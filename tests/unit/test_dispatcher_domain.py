@@ -1,5 +1,9 @@
-import httpx
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from services.dispatcher import domain
 from services.dispatcher.providers import (
@@ -40,44 +44,54 @@ def _message() -> OutgoingMessage:
                            body="hi", idempotency_key="k1")
 
 
-def _provider(handler) -> HttpProvider:  # type: ignore[no-untyped-def]
-    provider = HttpProvider("http://provider.test", timeout=1, max_connections=1)
-    provider._client = httpx.AsyncClient(
-        base_url="http://provider.test", transport=httpx.MockTransport(handler)
-    )
-    return provider
+@asynccontextmanager
+async def _provider(
+    status: int, body: dict[str, str], seen: list[web.Request] | None = None
+) -> AsyncIterator[HttpProvider]:
+    """The adapter against a real HTTP server on loopback that answers `status` with `body`."""
+
+    async def handler(request: web.Request) -> web.Response:
+        if seen is not None:
+            seen.append(request)
+        return web.json_response(body, status=status)
+
+    app = web.Application()
+    app.router.add_post("/messages", handler)
+    async with TestServer(app) as server:
+        provider = HttpProvider(str(server.make_url("")), timeout=2, max_connections=2)
+        try:
+            yield provider
+        finally:
+            await provider.close()
 
 
 async def test_http_provider_returns_the_provider_message_id_and_sends_idempotency_key() -> None:
-    seen: list[httpx.Request] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return httpx.Response(202, json={"id": "m-1"})
-
-    assert await _provider(handler).send(_message()) == "m-1"
+    seen: list[web.Request] = []
+    async with _provider(202, {"id": "m-1"}, seen) as provider:
+        assert await provider.send(_message()) == "m-1"
     assert seen[0].headers["Idempotency-Key"] == "k1"
 
 
 @pytest.mark.parametrize("status", [429, 500, 503])
 async def test_http_provider_throttling_and_server_errors_are_retryable(status: int) -> None:
-    provider = _provider(lambda r: httpx.Response(status, json={"error": "busy"}))
-    with pytest.raises(RetryableProviderError, match=f"HTTP {status}: busy"):
-        await provider.send(_message())
+    async with _provider(status, {"error": "busy"}) as provider:
+        with pytest.raises(RetryableProviderError, match=f"HTTP {status}: busy"):
+            await provider.send(_message())
 
 
 async def test_http_provider_client_errors_are_permanent_with_the_provider_reason() -> None:
-    provider = _provider(lambda r: httpx.Response(422, json={"error": "landline"}))
-    with pytest.raises(PermanentProviderError, match="landline"):
-        await provider.send(_message())
+    async with _provider(422, {"error": "landline"}) as provider:
+        with pytest.raises(PermanentProviderError, match="landline"):
+            await provider.send(_message())
 
 
 async def test_http_provider_connection_failure_is_retryable() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("refused")
-
-    with pytest.raises(RetryableProviderError, match="ConnectError"):
-        await _provider(handler).send(_message())
+    provider = HttpProvider("http://127.0.0.1:9", timeout=2, max_connections=1)
+    try:
+        with pytest.raises(RetryableProviderError, match="ClientConnectorError"):
+            await provider.send(_message())
+    finally:
+        await provider.close()
 
 
 async def test_rate_limiter_spaces_out_calls() -> None:

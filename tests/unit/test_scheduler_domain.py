@@ -19,7 +19,7 @@ def test_template_syntax_error_is_rejected_with_its_line() -> None:
 
 
 def test_email_campaign_needs_a_sender_address() -> None:
-    with pytest.raises(ValidationError, match="sender.email"):
+    with pytest.raises(ValidationError, match=r"sender\.email"):
         domain.CreateCampaign(**campaign_payload(sender={"name": "Office"}))
 
 
