@@ -54,8 +54,10 @@ class SendRequested(Event):
     type: Literal["send_requested"] = "send_requested"
     recipient_id: int
     channel: Channel
-    # None when the recipient has no address for the channel: the dispatcher reports it skipped.
+    # None when the recipient has no usable address for the channel: the dispatcher reports it
+    # skipped with `skip_reason` (`missing_address`, `invalid_address`) and calls no provider.
     address: str | None
+    skip_reason: str | None = None
     variables: dict[str, Any] = Field(default_factory=dict)
     template: TemplateRef
     requested_at: datetime = Field(default_factory=_now)
@@ -102,24 +104,60 @@ Outcome = Annotated[MessageSent | MessageFailed | MessageSkipped, Field(discrimi
 OUTCOME = TypeAdapter(Outcome)
 
 
+class ChannelTemplate(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    body: str
+    subject: str | None = None
+
+
 class CampaignStarted(Event):
     """Scheduler: the campaign began sending; `total` recipient-channel messages will follow.
 
-    It carries the template and sender so dispatchers can render without reading the
+    It carries the templates and sender so dispatchers can render without reading the
     scheduler's tables.
     """
 
     type: Literal["started"] = "started"
     total: int
-    channel: Channel
+    totals: dict[Channel, int]
     template: TemplateRef
-    template_body: str
-    subject: str | None = None
+    templates: dict[Channel, ChannelTemplate]
     sender: SenderInfo
 
 
+class CampaignScheduled(Event):
+    type: Literal["scheduled"] = "scheduled"
+    scheduled_for: datetime
+
+
+class CampaignCanceled(Event):
+    """A schedule was canceled before its time: nothing was sent, the campaign is a draft."""
+
+    type: Literal["canceled"] = "canceled"
+
+
+class CampaignAborted(Event):
+    """Operator abort: no provider call may start for this campaign any more; requests still in
+    Kafka are reported skipped (`aborted`)."""
+
+    type: Literal["aborted"] = "aborted"
+
+
+class AbortAcknowledged(Event):
+    """Dispatcher instance `instance`: no provider call for the campaign starts from now on.
+
+    `settled` is how many of the campaign's messages had an outcome in the dispatcher's records
+    when it acknowledged.
+    """
+
+    type: Literal["abort_acknowledged"] = "abort_acknowledged"
+    instance: str
+    settled: int
+
+
 class CampaignCompleted(Event):
-    """Tracker: nothing is pending any more."""
+    """Tracker: nothing is pending any more (after an abort too: then the campaign is aborted)."""
 
     type: Literal["completed"] = "completed"
     completed: int
@@ -127,6 +165,14 @@ class CampaignCompleted(Event):
     skipped: int
 
 
-LifecycleEvent = Annotated[CampaignStarted | CampaignCompleted, Field(discriminator="type")]
+LifecycleEvent = Annotated[
+    CampaignStarted
+    | CampaignScheduled
+    | CampaignCanceled
+    | CampaignAborted
+    | AbortAcknowledged
+    | CampaignCompleted,
+    Field(discriminator="type"),
+]
 LIFECYCLE = TypeAdapter(LifecycleEvent)
 SEND_REQUESTED = TypeAdapter(SendRequested)

@@ -171,3 +171,24 @@ async def ensure_topics(bootstrap_servers: str, names: Iterable[str], partitions
                 pass  # another service created it meanwhile
     finally:
         await admin.close()
+
+
+def instance_client_id(service: str, instance: str) -> str:
+    return f"sendout-{service}-{instance}"
+
+
+async def group_instances(admin: AIOKafkaAdminClient, group_id: str) -> set[str]:
+    """Instance ids of a consumer group's live members (client ids `sendout-<svc>-<instance>`).
+
+    Used to know whose acknowledgement to wait for: every member may be consuming.
+    """
+    responses = await admin.describe_consumer_groups([group_id])
+    instances: set[str] = set()
+    prefix = group_id + "-"
+    for response in responses:
+        for group in response.to_object()["groups"]:
+            for member in group["members"]:
+                client_id: str = member["client_id"]
+                if client_id.startswith(prefix):
+                    instances.add(client_id.removeprefix(prefix))
+    return instances

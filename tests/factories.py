@@ -7,6 +7,7 @@ from typing import Any
 
 from shared.events import (
     CampaignStarted,
+    ChannelTemplate,
     MessageFailed,
     MessageSent,
     MessageSkipped,
@@ -46,24 +47,30 @@ def send_requested(
 
 
 def started(
-    campaign_id: uuid.UUID, total: int, body: str = "Hi {{ first_name }}"
+    campaign_id: uuid.UUID,
+    total: int,
+    body: str = "Hi {{ first_name }}",
+    channels: tuple[str, ...] = ("email",),
 ) -> CampaignStarted:
+    templates = {
+        "email": ChannelTemplate(body=body, subject="Subject for {{ first_name }}"),
+        "sms": ChannelTemplate(body=body),
+    }
     return CampaignStarted(
         campaign_id=campaign_id,
-        total=total,
-        channel="email",
+        total=total * len(channels),
+        totals=dict.fromkeys(channels, total),
         template=TemplateRef(id=uuid.uuid4(), version=1),
-        template_body=body,
-        subject="Subject for {{ first_name }}",
-        sender=SenderInfo(name="Office", email="office@example.org"),
+        templates={c: templates[c] for c in channels},
+        sender=SenderInfo(name="Office", email="office@example.org", sms_sender_id="Office"),
     )
 
 
 def outcome(
-    campaign_id: uuid.UUID, recipient_id: int, status: str = "completed"
+    campaign_id: uuid.UUID, recipient_id: int, status: str = "completed", channel: str = "email"
 ) -> MessageSent | MessageFailed | MessageSkipped:
     common: dict[str, Any] = {
-        "campaign_id": campaign_id, "recipient_id": recipient_id, "channel": "email"
+        "campaign_id": campaign_id, "recipient_id": recipient_id, "channel": channel
     }
     if status == "completed":
         return MessageSent(**common, provider_message_id=f"p-{recipient_id}")

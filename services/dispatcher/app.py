@@ -8,25 +8,36 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from services.dispatcher import handlers
-from services.dispatcher.providers import HttpProvider, NoopProvider, Provider
-from services.dispatcher.service import Dispatcher, RateLimiter
+from services.dispatcher import handlers, repo
+from services.dispatcher.providers import HttpProvider, NoopProvider, Provider, SmtpProvider
+from services.dispatcher.service import AbortRegistry, Dispatcher, RateLimiter
 from services.dispatcher.settings import DispatcherSettings
 from shared import db, topics
-from shared.kafka import ensure_topics, make_broker
+from shared.events import Channel
+from shared.kafka import ensure_topics, instance_client_id, make_broker
 from shared.service import ops_router, standard_checks
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def build_provider(settings: DispatcherSettings) -> Provider:
-    if settings.provider == "http":
-        return HttpProvider(
-            settings.provider_url,
-            timeout=settings.provider_timeout_seconds,
-            max_connections=settings.concurrency,
+def build_providers(settings: DispatcherSettings) -> dict[Channel, Provider]:
+    email = settings.provider or settings.email_provider
+    sms = settings.provider or settings.sms_provider
+    http: Provider | None = None
+    if "http" in (email, sms):
+        http = HttpProvider(settings.provider_url, timeout=settings.provider_timeout_seconds,
+                            max_connections=settings.concurrency)
+    providers: dict[Channel, Provider] = {}
+    if email == "smtp":
+        providers["email"] = SmtpProvider(
+            settings.smtp_host, settings.smtp_port, connections=settings.smtp_connections,
+            timeout=settings.provider_timeout_seconds, username=settings.smtp_username,
+            password=settings.smtp_password, starttls=settings.smtp_starttls,
         )
-    return NoopProvider()
+    else:
+        providers["email"] = http if email == "http" and http else NoopProvider()
+    providers["sms"] = http if sms == "http" and http else NoopProvider()
+    return providers
 
 
 def create_app(settings: DispatcherSettings | None = None) -> FastAPI:
@@ -38,10 +49,14 @@ def create_app(settings: DispatcherSettings | None = None) -> FastAPI:
             settings.database_url, "dispatcher", max_size=settings.db_pool_max
         )
         await db.migrate(pool, "dispatcher", MIGRATIONS)
-        provider = build_provider(settings)
+        providers = build_providers(settings)
+        aborts = AbortRegistry()
+        async with pool.acquire() as conn:
+            aborts.add(await repo.aborted_campaigns(conn))
         dispatcher = Dispatcher(
             pool,
-            provider,
+            providers,
+            aborts=aborts,
             concurrency=settings.concurrency,
             rate_limiter=RateLimiter(settings.rate_limit_per_second),
             max_attempts=settings.max_attempts,
@@ -50,12 +65,23 @@ def create_app(settings: DispatcherSettings | None = None) -> FastAPI:
         await ensure_topics(
             settings.kafka_bootstrap_servers, topics.ALL, settings.kafka_partitions
         )
-        broker = make_broker(settings.kafka_bootstrap_servers, client_id="sendout-dispatcher")
+        # The client id names this instance: the scheduler waits for each member's abort
+        # acknowledgement.
+        broker = make_broker(
+            settings.kafka_bootstrap_servers,
+            client_id=instance_client_id("dispatcher", settings.instance_id),
+        )
         outcomes_pub = broker.publisher(
             topics.OUTCOMES, description="Sent / failed / skipped, keyed by campaign id."
         )
+        lifecycle_pub = broker.publisher(
+            topics.CAMPAIGN_LIFECYCLE, description="Abort acknowledgements, keyed by campaign id."
+        )
         broker.include_router(
-            handlers.kafka_router(pool, dispatcher, outcomes_pub, settings.batch_max_records)
+            handlers.kafka_router(
+                pool, dispatcher, aborts, outcomes_pub, lifecycle_pub,
+                instance=settings.instance_id, max_records=settings.batch_max_records,
+            )
         )
         await broker.start()
 
@@ -65,7 +91,8 @@ def create_app(settings: DispatcherSettings | None = None) -> FastAPI:
             yield
         finally:
             await broker.stop()
-            await provider.close()
+            for provider in {id(p): p for p in providers.values()}.values():
+                await provider.close()
             await pool.close()
 
     return FastAPI(title="Sendout dispatcher", lifespan=lifespan)

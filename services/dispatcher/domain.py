@@ -10,7 +10,15 @@ from typing import Any
 from jinja2 import StrictUndefined, Template, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
-from shared.events import MessageFailed, MessageSent, MessageSkipped, SenderInfo, SendRequested
+from shared.events import (
+    Channel,
+    ChannelTemplate,
+    MessageFailed,
+    MessageSent,
+    MessageSkipped,
+    SenderInfo,
+    SendRequested,
+)
 
 _ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
 
@@ -21,8 +29,7 @@ Outcome = MessageSent | MessageFailed | MessageSkipped
 class CampaignTemplate:
     campaign_id: uuid.UUID
     version: int
-    body: str
-    subject: str | None
+    templates: dict[Channel, ChannelTemplate]
     sender: SenderInfo
 
 
@@ -42,11 +49,11 @@ def render(body: str, variables: dict[str, Any]) -> str:
         raise RenderError(f"template_error: {exc}") from exc
 
 
-def sender_address(template: CampaignTemplate, channel: str) -> str:
+def sender_address(sender: SenderInfo, channel: str) -> str:
     if channel == "email":
-        email = template.sender.email or ""
-        return f"{template.sender.name} <{email}>" if template.sender.name else email
-    return template.sender.sms_sender_id or template.sender.name
+        email = sender.email or ""
+        return f"{sender.name} <{email}>" if sender.name else email
+    return sender.sms_sender_id or sender.name
 
 
 def skipped(req: SendRequested, reason: str) -> MessageSkipped:

@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import asyncpg
+from faststream import AckPolicy
 from faststream.kafka import KafkaRouter
 from faststream.kafka.annotations import KafkaBroker, KafkaMessage
 from faststream.kafka.publisher.usecase import DefaultPublisher
 
 from services.dispatcher import repo
-from services.dispatcher.service import Dispatcher
+from services.dispatcher.service import AbortRegistry, Dispatcher
 from shared import topics
-from shared.events import LIFECYCLE, SEND_REQUESTED, CampaignStarted
+from shared.events import (
+    LIFECYCLE,
+    SEND_REQUESTED,
+    AbortAcknowledged,
+    CampaignAborted,
+    CampaignStarted,
+)
 from shared.kafka import (
     BATCH_CONSUMER,
     dead_letter,
     decode_records,
     pause_then_reraise,
     publish_all,
+    raw_body,
     records_of,
 )
 from shared.metrics import EVENTS_CONSUMED
@@ -25,7 +33,14 @@ SERVICE = "dispatcher"
 
 
 def kafka_router(
-    pool: asyncpg.Pool, dispatcher: Dispatcher, outcomes_pub: DefaultPublisher, max_records: int
+    pool: asyncpg.Pool,
+    dispatcher: Dispatcher,
+    aborts: AbortRegistry,
+    outcomes_pub: DefaultPublisher,
+    lifecycle_pub: DefaultPublisher,
+    *,
+    instance: str,
+    max_records: int,
 ) -> KafkaRouter:
     router = KafkaRouter()
 
@@ -53,7 +68,8 @@ def kafka_router(
         topics.CAMPAIGN_LIFECYCLE,
         group_id="sendout-dispatcher-lifecycle",
         max_records=500,
-        description="Stores each started campaign's template and sender for rendering.",
+        description="Stores started campaigns' templates and aborted campaigns, for every "
+        "dispatcher process, present or future.",
         **BATCH_CONSUMER,
     )
     async def on_lifecycle(body: list[bytes], msg: KafkaMessage, broker: KafkaBroker) -> None:
@@ -61,11 +77,37 @@ def kafka_router(
             good, bad = decode_records(records_of(msg), LIFECYCLE)
             await dead_letter(broker, bad, service=SERVICE)
             started = [e for _, e in good if isinstance(e, CampaignStarted)]
-            if started:
+            aborted = [e.campaign_id for _, e in good if isinstance(e, CampaignAborted)]
+            if started or aborted:
                 async with pool.acquire() as conn, conn.transaction():
                     for event in started:
                         await repo.save_template(conn, event)
+                    await repo.save_aborts(conn, aborted)
         except Exception as exc:
             await pause_then_reraise(exc)
+
+    # No group: every dispatcher process must hear of an abort itself, at once, and say so.
+    @router.subscriber(
+        topics.CAMPAIGN_LIFECYCLE,
+        batch=True,
+        auto_offset_reset="latest",
+        ack_policy=AckPolicy.ACK_FIRST,
+        decoder=raw_body,
+        description="Aborts: stop starting provider calls for the campaign, then acknowledge.",
+    )
+    async def on_abort(body: list[bytes], msg: KafkaMessage) -> None:
+        good, _ = decode_records(records_of(msg), LIFECYCLE)
+        aborted = {e.campaign_id for _, e in good if isinstance(e, CampaignAborted)}
+        if not aborted:
+            return
+        aborts.add(aborted)
+        acks = []
+        async with pool.acquire() as conn:
+            for campaign_id in aborted:
+                settled = await repo.settled_count(conn, campaign_id)
+                acks.append(AbortAcknowledged(campaign_id=campaign_id, instance=instance,
+                                              settled=settled))
+        await publish_all(lifecycle_pub, [(a.campaign_id.bytes, a) for a in acks],
+                          service=SERVICE)
 
     return router

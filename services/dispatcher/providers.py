@@ -3,12 +3,17 @@ or a permanent failure, or a retryable one."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import uuid
 from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import make_msgid
 from typing import Protocol
 
 import aiohttp
+import aiosmtplib
 
 from shared.events import Channel
 
@@ -103,3 +108,77 @@ def _error_text(body: bytes) -> str:
         return str(parsed)[:500]
     except ValueError:
         return body.decode(errors="replace")[:500]
+
+
+class SmtpProvider:
+    """Email over SMTP (aiosmtplib), through a small pool of kept-open connections.
+
+    The provider message id is the Message-ID header we set. SMTP 4xx answers and dropped
+    connections are retryable; 5xx answers (unknown mailbox, policy) are permanent.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        connections: int,
+        timeout: float,
+        username: str | None = None,
+        password: str | None = None,
+        starttls: bool = False,
+    ) -> None:
+        self._options = {"hostname": host, "port": port, "timeout": timeout,
+                         "username": username, "password": password, "start_tls": starttls}
+        self._idle: asyncio.LifoQueue[aiosmtplib.SMTP | None] = asyncio.LifoQueue()
+        for _ in range(connections):
+            self._idle.put_nowait(None)  # a slot; connected on first use
+        self._domain = host
+
+    async def send(self, message: OutgoingMessage) -> str:
+        email = EmailMessage()
+        email["From"] = message.sender
+        email["To"] = message.to
+        email["Subject"] = message.subject or ""
+        message_id = make_msgid(idstring=message.idempotency_key[:16], domain="sendout.local")
+        email["Message-ID"] = message_id
+        email.set_content(message.body)
+        client = await self._idle.get()
+        try:
+            if client is None or not client.is_connected:
+                client = aiosmtplib.SMTP(**self._options)  # type: ignore[arg-type]
+                await client.connect()
+            errors, _ = await client.send_message(email)
+        except BaseException as exc:
+            # After any failure the session's state is unknown: start the next one afresh.
+            if client is not None:
+                client.close()
+            client = None
+            if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
+                refused = exc.recipients[0]
+                raise _smtp_error(refused.code, refused.message) from exc
+            if isinstance(exc, aiosmtplib.SMTPResponseException):
+                raise _smtp_error(exc.code, exc.message) from exc
+            if isinstance(exc, (aiosmtplib.SMTPException, OSError, TimeoutError)):
+                raise RetryableProviderError(f"SMTP {type(exc).__name__}: {exc}") from exc
+            raise
+        finally:
+            self._idle.put_nowait(client)
+        if errors:
+            code, text = next(iter(errors.values()))
+            raise _smtp_error(code, text)
+        return message_id.strip("<>")
+
+    async def close(self) -> None:
+        while not self._idle.empty():
+            client = self._idle.get_nowait()
+            if client is not None and client.is_connected:
+                with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+                    await client.quit()
+
+
+def _smtp_error(code: int, text: str) -> ProviderError:
+    reason = f"SMTP {code}: {text}"[:500]
+    if 400 <= code < 500:
+        return RetryableProviderError(reason)
+    return PermanentProviderError(reason)

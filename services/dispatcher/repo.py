@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 
 import asyncpg
 
 from services.dispatcher.domain import CampaignTemplate, Outcome
-from shared.events import OUTCOME, CampaignStarted, SenderInfo, SendRequested
+from shared.events import OUTCOME, CampaignStarted, ChannelTemplate, SenderInfo, SendRequested
 
 
 async def save_template(conn: asyncpg.Connection, event: CampaignStarted) -> None:
+    templates = {channel: t.model_dump() for channel, t in event.templates.items()}
     await conn.execute(
         """
-        INSERT INTO templates (campaign_id, template_id, template_version, body, subject, sender)
-        VALUES ($1, $2, $3, $4, $5, $6::jsonb)
+        INSERT INTO templates (campaign_id, template_id, template_version, templates, sender)
+        VALUES ($1, $2, $3, $4::jsonb, $5::jsonb)
         ON CONFLICT (campaign_id) DO NOTHING
         """,
-        event.campaign_id, event.template.id, event.template.version, event.template_body,
-        event.subject, event.sender.model_dump_json(),
+        event.campaign_id, event.template.id, event.template.version, json.dumps(templates),
+        event.sender.model_dump_json(),
     )
 
 
@@ -28,18 +30,44 @@ async def load_templates(
 ) -> dict[uuid.UUID, CampaignTemplate]:
     rows = await conn.fetch(
         """
-        SELECT campaign_id, template_version, body, subject, sender::text AS sender
+        SELECT campaign_id, template_version, templates::text AS templates, sender::text AS sender
         FROM templates WHERE campaign_id = ANY($1::uuid[])
         """,
         list(campaign_ids),
     )
     return {
         r["campaign_id"]: CampaignTemplate(
-            campaign_id=r["campaign_id"], version=r["template_version"], body=r["body"],
-            subject=r["subject"], sender=SenderInfo.model_validate_json(r["sender"]),
+            campaign_id=r["campaign_id"],
+            version=r["template_version"],
+            templates={
+                channel: ChannelTemplate(**t) for channel, t in json.loads(r["templates"]).items()
+            },
+            sender=SenderInfo.model_validate_json(r["sender"]),
         )
         for r in rows
     }
+
+
+async def save_aborts(conn: asyncpg.Connection, campaign_ids: Sequence[uuid.UUID]) -> None:
+    await conn.execute(
+        """
+        INSERT INTO aborted_campaigns (campaign_id) SELECT unnest($1::uuid[])
+        ON CONFLICT DO NOTHING
+        """,
+        list(campaign_ids),
+    )
+
+
+async def aborted_campaigns(conn: asyncpg.Connection) -> set[uuid.UUID]:
+    return {r["campaign_id"] for r in await conn.fetch("SELECT campaign_id FROM aborted_campaigns")}
+
+
+async def settled_count(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> int:
+    """How many of the campaign's messages have an outcome (sent, failed or skipped)."""
+    return int(await conn.fetchval(
+        "SELECT count(*) FROM deliveries WHERE campaign_id = $1 AND outcome IS NOT NULL",
+        campaign_id,
+    ))
 
 
 async def claim(

@@ -20,7 +20,7 @@ from services.dispatcher.providers import (
     Provider,
     RetryableProviderError,
 )
-from shared.events import SendRequested
+from shared.events import Channel, SendRequested
 
 log = logging.getLogger(__name__)
 
@@ -52,19 +52,34 @@ class RateLimiter:
                 await asyncio.sleep((1 - self._tokens) / self._rate)
 
 
+class AbortRegistry:
+    """Campaigns aborted, as this process knows them; consulted before every provider call."""
+
+    def __init__(self) -> None:
+        self._aborted: set[uuid.UUID] = set()
+
+    def add(self, campaign_ids: set[uuid.UUID]) -> None:
+        self._aborted |= campaign_ids
+
+    def __contains__(self, campaign_id: object) -> bool:
+        return campaign_id in self._aborted
+
+
 class Dispatcher:
     def __init__(
         self,
         pool: asyncpg.Pool,
-        provider: Provider,
+        providers: dict[Channel, Provider],
         *,
+        aborts: AbortRegistry,
         concurrency: int,
         rate_limiter: RateLimiter,
         max_attempts: int,
         retry_backoff_seconds: float,
     ) -> None:
         self._pool = pool
-        self._provider = provider
+        self._providers = providers
+        self._aborts = aborts
         self._slots = asyncio.Semaphore(concurrency)
         self._limiter = rate_limiter
         self._max_attempts = max_attempts
@@ -97,9 +112,14 @@ class Dispatcher:
             raise TemplateNotYetKnown(f"no started event seen yet for campaigns {unknown}")
 
     async def _settle(self, req: SendRequested) -> Outcome:
+        if req.campaign_id in self._aborts:
+            return domain.skipped(req, "aborted")
         if not req.address:
-            return domain.skipped(req, "missing_address")
-        template = self._templates[req.campaign_id]
+            return domain.skipped(req, req.skip_reason or "missing_address")
+        campaign = self._templates[req.campaign_id]
+        template = campaign.templates.get(req.channel)
+        if template is None:
+            return domain.failed(req, f"template_error: no {req.channel} template")
         try:
             body = domain.render(template.body, req.variables)
             subject = domain.render(template.subject, req.variables) if template.subject else None
@@ -108,16 +128,20 @@ class Dispatcher:
         message = OutgoingMessage(
             channel=req.channel,
             to=req.address,
-            sender=domain.sender_address(template, req.channel),
+            sender=domain.sender_address(campaign.sender, req.channel),
             subject=subject,
             body=body,
             idempotency_key=str(req.event_id),
         )
+        provider = self._providers[req.channel]
         async with self._slots:
             for attempt in range(1, self._max_attempts + 1):
                 await self._limiter.acquire()
+                # The last moment to honour an abort: after it, the call has started.
+                if req.campaign_id in self._aborts:
+                    return domain.skipped(req, "aborted")
                 try:
-                    return domain.sent(req, await self._provider.send(message))
+                    return domain.sent(req, await provider.send(message))
                 except PermanentProviderError as exc:
                     return domain.failed(req, str(exc))
                 except RetryableProviderError as exc:

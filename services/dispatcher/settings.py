@@ -1,14 +1,35 @@
+import os
+import socket
+import uuid
 from typing import Literal
+
+from pydantic import Field
 
 from shared.settings import CommonSettings
 
 
+def _instance_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
 class DispatcherSettings(CommonSettings):
     http_port: int = 8002
-    provider: Literal["noop", "http"] = "noop"
-    # Base URL of an HTTP provider API (the fake provider in tests and the demo).
+    # Names this process in abort acknowledgements; unique per process.
+    instance_id: str = Field(default_factory=_instance_id)
+    # Which adapter sends each channel. `http`: a JSON messaging API (the fake provider in tests
+    # and the demo); `smtp`: an SMTP server (email only); `noop`: accept, send nothing.
+    email_provider: Literal["noop", "http", "smtp"] = "noop"
+    sms_provider: Literal["noop", "http"] = "noop"
+    # Kept for one-setting set-ups: SENDOUT_PROVIDER=http sends both channels over HTTP.
+    provider: Literal["noop", "http"] | None = None
     provider_url: str = "http://127.0.0.1:8025"
     provider_timeout_seconds: float = 10.0
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 25
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_starttls: bool = False
+    smtp_connections: int = 10
     # Provider calls in flight at once per process, and the provider's rate limit.
     concurrency: int = 200
     rate_limit_per_second: float = 0.0  # 0 = unlimited

@@ -1,4 +1,4 @@
-"""Scheduler composition root: settings → pool → migrations → broker → HTTP app."""
+"""Scheduler composition root: settings → pool → migrations → broker → loops → HTTP app."""
 
 from __future__ import annotations
 
@@ -6,17 +6,21 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from aiokafka.admin import AIOKafkaAdminClient
 from fastapi import FastAPI
 
 from services.scheduler import domain, handlers, repo
 from services.scheduler.fanout import FanoutRunner
+from services.scheduler.schedules import ScheduleLoop
+from services.scheduler.service import AbortAcks
 from services.scheduler.settings import SchedulerSettings
 from shared import db, http_errors, topics
-from shared.events import CampaignStarted, SendRequested
-from shared.kafka import ensure_topics, make_broker, publish_all
+from shared.events import CampaignStarted, Event, SendRequested
+from shared.kafka import ensure_topics, group_instances, make_broker, publish_all
 from shared.service import ops_router, standard_checks
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+DISPATCHER_GROUP = "sendout-dispatcher"
 
 
 def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
@@ -32,6 +36,8 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
         await ensure_topics(
             settings.kafka_bootstrap_servers, topics.ALL, settings.kafka_partitions
         )
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+        await admin.start()
         broker = make_broker(settings.kafka_bootstrap_servers, client_id="sendout-scheduler")
         requests_pub = broker.publisher(
             topics.SEND_REQUESTED,
@@ -40,15 +46,22 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
         lifecycle_pub = broker.publisher(
             topics.CAMPAIGN_LIFECYCLE, description="Campaign lifecycle, keyed by campaign id."
         )
-        broker.include_router(handlers.kafka_router(pool))
+        acks = AbortAcks()
+        broker.include_router(handlers.kafka_router(pool, acks))
 
         async def publish_requests(events: list[SendRequested]) -> None:
             keyed = [(str(e.recipient_id).encode(), e) for e in events]
             await publish_all(requests_pub, keyed, service="scheduler")
 
-        async def publish_started(event: CampaignStarted) -> None:
+        async def publish_lifecycle(event: Event) -> None:
             keyed = [(event.campaign_id.bytes, event)]
             await publish_all(lifecycle_pub, keyed, service="scheduler")
+
+        async def publish_started(event: CampaignStarted) -> None:
+            await publish_lifecycle(event)
+
+        async def list_dispatchers() -> set[str]:
+            return await group_instances(admin, DISPATCHER_GROUP)
 
         fanout = FanoutRunner(
             pool,
@@ -57,17 +70,20 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
             page_size=settings.fanout_page_size,
             rescan_seconds=settings.fanout_rescan_seconds,
         )
+        schedules = ScheduleLoop(pool, fanout, settings.schedule_poll_seconds)
         await broker.start()
         fanout.start()
-
-
-        app.include_router(handlers.http_router(pool, fanout))
+        schedules.start()
+        deps = handlers.Deps(pool, fanout, publish_lifecycle, acks, list_dispatchers, settings)
+        app.include_router(handlers.http_router(deps))
         app.include_router(ops_router(standard_checks(pool, broker)))
         try:
             yield
         finally:
+            await schedules.stop()
             await fanout.stop()
             await broker.stop()
+            await admin.close()
             await pool.close()
 
     app = FastAPI(title="Sendout scheduler", lifespan=lifespan)

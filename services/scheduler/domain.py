@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from jinja2 import TemplateSyntaxError
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
+from jinja2 import TemplateSyntaxError, meta
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -19,6 +24,8 @@ CampaignState = Literal["draft", "scheduled", "sending", "aborting", "aborted", 
 # consumers see a duplicate, not a second request.
 _SEND_NS = uuid.UUID("6f1c7c33-0d1e-4c55-9d8b-5b0e3c1f6a10")
 _ENV = SandboxedEnvironment()
+# Variables every recipient row can provide, from its columns (the rest come from attributes).
+RECIPIENT_COLUMNS = ("first_name", "last_name", "email", "phone")
 
 
 class DomainError(Exception):
@@ -41,41 +48,206 @@ class Invalid(DomainError):
         self.errors = errors or []
 
 
-class Sender(BaseModel):
+# --- the state machine (../shared/DESIGN.md) ---------------------------------------------------
+
+ALLOWED_FROM: dict[str, frozenset[str]] = {
+    "add recipients": frozenset({"draft"}),
+    "send out now": frozenset({"draft"}),
+    "schedule": frozenset({"draft"}),
+    "cancel the schedule": frozenset({"scheduled"}),
+    "abort": frozenset({"sending"}),
+}
+
+
+def ensure_allowed(campaign_id: uuid.UUID, state: str, action: str) -> None:
+    if state not in ALLOWED_FROM[action]:
+        raise InvalidTransition(campaign_id, state, action)
+
+
+def ensure_can_send_now(campaign_id: uuid.UUID, state: str) -> None:
+    ensure_allowed(campaign_id, state, "send out now")
+
+
+def ensure_can_add_recipients(campaign_id: uuid.UUID, state: str) -> None:
+    ensure_allowed(campaign_id, state, "add recipients")
+
+
+def state_after_completion(state: str) -> str:
+    """What the tracker's "nothing pending" means for the campaign."""
+    return "aborted" if state == "aborting" else "completed"
+
+
+def ensure_schedulable_time(at: datetime, now: datetime | None = None) -> datetime:
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise Invalid("the schedule needs a time zone, e.g. 2026-12-01T09:00:00+01:00")
+    now = now or datetime.now(UTC)
+    if at <= now:
+        raise Invalid(f"the scheduled time {at.isoformat()} is in the past (now {now.isoformat()})")
+    if at > now + timedelta(days=366):
+        raise Invalid("the scheduled time is more than a year ahead")
+    return at
+
+
+# --- senders and templates ---------------------------------------------------------------------
+
+_SMS_SENDER = re.compile(r"^(?:[A-Za-z0-9 ]{1,11}|\+[1-9]\d{6,14})$")
+
+
+def _syntax_checked(value: str | None, what: str) -> str | None:
+    if value is None:
+        return None
+    if not value.strip():
+        raise ValueError(f"{what} must not be empty")
+    try:
+        _ENV.parse(value)
+    except TemplateSyntaxError as exc:
+        raise ValueError(f"{what} syntax error on line {exc.lineno}: {exc.message}") from exc
+    return value
+
+
+class SenderIn(BaseModel):
+    """Who a message is from: a display name, an email address and/or an SMS sender id."""
+
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200)
     email: str | None = Field(default=None, max_length=320)
-    sms_sender_id: str | None = Field(default=None, max_length=20)
+    sms_sender_id: str | None = Field(default=None, max_length=16)
+
+    @field_validator("email")
+    @classmethod
+    def email_is_valid(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return validate_email(value, check_deliverability=False).normalized
+        except EmailNotValidError as exc:
+            raise ValueError(f"sender email is invalid: {exc}") from exc
+
+    @field_validator("sms_sender_id")
+    @classmethod
+    def sms_sender_is_valid(cls, value: str | None) -> str | None:
+        if value is not None and not _SMS_SENDER.match(value):
+            raise ValueError("sms_sender_id must be 1-11 letters/digits or an E.164 number")
+        return value
 
 
-class CreateCampaign(BaseModel):
-    """Command: create a draft campaign."""
+class TemplateIn(BaseModel):
+    """A message template; each channel a campaign uses needs its body."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200)
-    channel: Channel
-    sender: Sender
+    email_subject: str | None = Field(default=None, max_length=500)
+    email_body: str | None = Field(default=None, max_length=100_000)
+    sms_body: str | None = Field(default=None, max_length=2_000)
+
+    @model_validator(mode="after")
+    def bodies_parse(self) -> TemplateIn:
+        _syntax_checked(self.email_subject, "email_subject")
+        _syntax_checked(self.email_body, "email_body")
+        _syntax_checked(self.sms_body, "sms_body")
+        if self.email_body is None and self.sms_body is None:
+            raise ValueError("a template needs an email_body or an sms_body")
+        return self
+
+
+@dataclass(frozen=True)
+class TemplateVersion:
+    template_id: uuid.UUID
+    version: int
+    email_subject: str | None
+    email_body: str | None
+    sms_body: str | None
+
+    def body(self, channel: Channel) -> str | None:
+        return self.email_body if channel == "email" else self.sms_body
+
+    def variables(self, channels: Iterable[Channel]) -> set[str]:
+        texts = [self.body(c) for c in channels]
+        if "email" in channels:
+            texts.append(self.email_subject)
+        return {v for t in texts if t for v in meta.find_undeclared_variables(_ENV.parse(t))}
+
+
+@dataclass(frozen=True)
+class Sender:
+    id: uuid.UUID
+    name: str
+    email: str | None
+    sms_sender_id: str | None
+
+
+def ensure_fits_channels(
+    channels: list[Channel], sender: Sender, template: TemplateVersion
+) -> None:
+    problems = []
+    for channel in channels:
+        if template.body(channel) is None:
+            problems.append(f"the template has no {channel} body")
+    if "email" in channels and not sender.email:
+        problems.append("an email campaign needs a sender with an email address")
+    if "sms" in channels and not sender.sms_sender_id:
+        problems.append("an SMS campaign needs a sender with an sms_sender_id")
+    if problems:
+        raise Invalid("; ".join(problems), [{"error": p} for p in problems])
+
+
+# --- campaigns ---------------------------------------------------------------------------------
+
+class CreateCampaign(BaseModel):
+    """Command: create a draft campaign, from a stored sender/template or inline ones."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    channels: list[Channel] = Field(default_factory=list, max_length=2)
+    # `channel` is shorthand for a one-channel campaign.
+    channel: Channel | None = None
+    sender_id: uuid.UUID | None = None
+    sender: SenderIn | None = None
+    template_id: uuid.UUID | None = None
+    # Inline template text: the body for every channel of the campaign (subject for email).
+    template: str | None = Field(default=None, max_length=100_000)
     subject: str | None = Field(default=None, max_length=500)
-    template: str = Field(max_length=100_000)
 
     @field_validator("template")
     @classmethod
-    def template_renders(cls, value: str) -> str:
-        if not value.strip():
+    def template_parses(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
             raise ValueError("template must not be empty")
-        try:
-            _ENV.parse(value)
-        except TemplateSyntaxError as exc:
-            raise ValueError(f"template syntax error on line {exc.lineno}: {exc.message}") from exc
-        return value
+        return _syntax_checked(value, "template")
 
     @model_validator(mode="after")
-    def sender_fits_channel(self) -> CreateCampaign:
-        if self.channel == "email" and not self.sender.email:
-            raise ValueError("an email campaign needs sender.email")
+    def one_of_each(self) -> CreateCampaign:
+        if self.channel and self.channel not in self.channels:
+            self.channels.append(self.channel)
+        if not self.channels:
+            raise ValueError("name at least one channel: channels ['email'] and/or ['sms']")
+        if len(set(self.channels)) != len(self.channels):
+            raise ValueError("channels must not repeat")
+        if (self.sender_id is None) == (self.sender is None):
+            raise ValueError("give exactly one of sender_id or sender")
+        if (self.template_id is None) == (self.template is None):
+            raise ValueError("give exactly one of template_id or template")
+        _syntax_checked(self.subject, "subject")
         return self
+
+    def inline_template(self) -> TemplateIn | None:
+        if self.template is None:
+            return None
+        return TemplateIn(
+            name=self.name,
+            email_subject=self.subject if "email" in self.channels else None,
+            email_body=self.template if "email" in self.channels else None,
+            sms_body=self.template if "sms" in self.channels else None,
+        )
+
+
+class ScheduleCampaign(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    at: datetime
 
 
 class Recipient(BaseModel):
@@ -100,6 +272,59 @@ class AddRecipients(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     recipients: list[Recipient] = Field(min_length=1, max_length=100_000)
+
+
+class SendIndividually(BaseModel):
+    """Command: send one recipient an email and/or SMS with a stored sender and template."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    recipient: Recipient
+    channels: list[Channel] = Field(min_length=1, max_length=2)
+    sender_id: uuid.UUID
+    template_id: uuid.UUID
+    name: str | None = Field(default=None, max_length=200)
+
+
+@dataclass(frozen=True)
+class RecipientRow:
+    """A recipient as stored: addresses normalised, invalid ones kept as given and flagged."""
+
+    email: str | None
+    email_invalid: bool
+    phone: str | None
+    phone_invalid: bool
+    first_name: str | None
+    last_name: str | None
+    attributes: dict[str, Any]
+
+
+def normalise_email(value: str | None) -> tuple[str | None, bool]:
+    if value is None:
+        return None, False
+    try:
+        return validate_email(value, check_deliverability=False).normalized, False
+    except EmailNotValidError:
+        return value, True
+
+
+def normalise_phone(value: str | None, region: str) -> tuple[str | None, bool]:
+    if value is None:
+        return None, False
+    try:
+        number = phonenumbers.parse(value, region)
+    except phonenumbers.NumberParseException:
+        return value, True
+    if not phonenumbers.is_valid_number(number):
+        return value, True
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164), False
+
+
+def to_row(recipient: Recipient, region: str) -> RecipientRow:
+    email, email_invalid = normalise_email(recipient.email)
+    phone, phone_invalid = normalise_phone(recipient.phone, region)
+    return RecipientRow(email, email_invalid, phone, phone_invalid, recipient.first_name,
+                        recipient.last_name, recipient.attributes)
 
 
 _KNOWN_COLUMNS = {"email", "phone", "first_name", "last_name"}
@@ -147,14 +372,12 @@ def csv_lines(data: bytes) -> io.StringIO:
         raise Invalid(f"CSV must be UTF-8: {exc}") from exc
 
 
-def ensure_can_send_now(campaign_id: uuid.UUID, state: str) -> None:
-    if state != "draft":
-        raise InvalidTransition(campaign_id, state, "send out now")
-
-
-def ensure_can_add_recipients(campaign_id: uuid.UUID, state: str) -> None:
-    if state != "draft":
-        raise InvalidTransition(campaign_id, state, "add recipients")
+def missing_variables_error(count: int, recipient_ids: list[int], variables: set[str]) -> Invalid:
+    return Invalid(
+        f"{count} recipients lack template variables {sorted(variables)}; add them or change "
+        "the template (nothing was sent)",
+        [{"recipient_id": rid} for rid in recipient_ids],
+    )
 
 
 def send_requested_for(
@@ -162,21 +385,25 @@ def send_requested_for(
     campaign_id: uuid.UUID,
     channel: Channel,
     template: TemplateRef,
-    row: dict[str, Any] | Any,
+    row: Any,
 ) -> SendRequested:
-    """The send-requested event of one recipient row (address None → the dispatcher skips it)."""
-    address = row["email"] if channel == "email" else row["phone"]
+    """The send-requested event of one recipient row for one channel."""
+    if channel == "email":
+        address, invalid = row["email"], row["email_invalid"]
+    else:
+        address, invalid = row["phone"], row["phone_invalid"]
+    skip_reason = "missing_address" if address is None else "invalid_address" if invalid else None
     variables: dict[str, Any] = dict(row["attributes"] or {})
-    variables.update(
-        first_name=row["first_name"] or "",
-        last_name=row["last_name"] or "",
-    )
+    for column in RECIPIENT_COLUMNS:
+        if row[column] is not None:
+            variables[column] = row[column]
     return SendRequested(
         event_id=uuid.uuid5(_SEND_NS, f"{campaign_id}:{row['id']}:{channel}"),
         campaign_id=campaign_id,
         recipient_id=row["id"],
         channel=channel,
-        address=address,
+        address=None if skip_reason else address,
+        skip_reason=skip_reason,
         variables=variables,
         template=template,
     )

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 
 from services.scheduler import domain, repo
-from shared.events import CampaignStarted, SenderInfo, SendRequested, TemplateRef
+from shared.events import CampaignStarted, ChannelTemplate, SenderInfo, SendRequested, TemplateRef
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +32,20 @@ def _lock_key(campaign_id: uuid.UUID) -> int:
 
 
 def started_event(row: asyncpg.Record) -> CampaignStarted:
+    channels = row["channels"]
+    templates = {}
+    if "email" in channels:
+        templates["email"] = ChannelTemplate(body=row["email_body"], subject=row["email_subject"])
+    if "sms" in channels:
+        templates["sms"] = ChannelTemplate(body=row["sms_body"])
+    per_channel = row["total"] // len(channels)
     return CampaignStarted(
         event_id=row["started_event_id"],
         campaign_id=row["id"],
         total=row["total"],
-        channel=row["channel"],
+        totals=dict.fromkeys(channels, per_channel),
         template=TemplateRef(id=row["template_id"], version=row["template_version"]),
-        template_body=row["template_body"],
-        subject=row["subject"],
+        templates=templates,
         sender=SenderInfo(
             name=row["sender_name"], email=row["sender_email"], sms_sender_id=row["sender_sms_id"]
         ),
@@ -61,7 +67,9 @@ async def fan_out(
         try:
             async with pool.acquire() as conn:
                 row = await repo.get_campaign(conn, campaign_id)
-            if row is None or row["state"] != "sending" or row["fanout_done"]:
+            # An aborting campaign is fanned out to its end as well: dispatchers report every
+            # request of it skipped (`aborted`), so each recipient gets its final state.
+            if row is None or row["state"] not in ("sending", "aborting") or row["fanout_done"]:
                 return True
             # Re-published on resume on purpose: same event id, consumers apply it once.
             await publish_started(started_event(row))
@@ -75,10 +83,10 @@ async def fan_out(
                     await publish_requests(
                         [
                             domain.send_requested_for(
-                                campaign_id=campaign_id, channel=row["channel"],
-                                template=template, row=r,
+                                campaign_id=campaign_id, channel=channel, template=template, row=r
                             )
                             for r in page
+                            for channel in row["channels"]
                         ]
                     )
                     after_id = page[-1]["id"]

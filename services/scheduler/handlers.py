@@ -1,83 +1,126 @@
-"""Scheduler entry points: HTTP routes (operator commands) and its Kafka subscriber."""
+"""Scheduler entry points: HTTP routes (operator commands) and its Kafka subscribers."""
 
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 import asyncpg
-from fastapi import APIRouter, HTTPException, Request, status
+from fastapi import APIRouter, Header, HTTPException, Request, status
+from faststream import AckPolicy
 from faststream.kafka import KafkaRouter
 from faststream.kafka.annotations import KafkaBroker, KafkaMessage
 
-from services.scheduler import domain, repo
+from services.scheduler import domain, repo, service
 from services.scheduler.fanout import FanoutRunner
+from services.scheduler.settings import SchedulerSettings
 from shared import topics
-from shared.events import LIFECYCLE, CampaignCompleted
-from shared.kafka import BATCH_CONSUMER, dead_letter, decode_records, pause_then_reraise, records_of
+from shared.events import LIFECYCLE, AbortAcknowledged, CampaignCompleted
+from shared.kafka import (
+    BATCH_CONSUMER,
+    dead_letter,
+    decode_records,
+    pause_then_reraise,
+    raw_body,
+    records_of,
+)
 
 SERVICE = "scheduler"
 MAX_CSV_BYTES = 200 * 1024 * 1024
+# Until users and tokens exist, callers may name themselves for the audit log.
+Actor = Annotated[str, Header(alias="X-Sendout-Actor", max_length=200)]
+
+
+@dataclass
+class Deps:
+    pool: asyncpg.Pool
+    fanout: FanoutRunner
+    publish_lifecycle: service.PublishLifecycle
+    acks: service.AbortAcks
+    list_dispatchers: service.ListDispatchers
+    settings: SchedulerSettings
 
 
 def campaign_view(row: asyncpg.Record) -> dict[str, Any]:
+    def iso(value: Any) -> str | None:
+        return value.isoformat() if value is not None else None
+
     return {
         "id": str(row["id"]),
         "name": row["name"],
-        "channel": row["channel"],
-        "sender": {
-            "name": row["sender_name"],
-            "email": row["sender_email"],
-            "sms_sender_id": row["sender_sms_id"],
-        },
-        "subject": row["subject"],
-        "template": row["template_body"],
+        "kind": row["kind"],
+        "channels": row["channels"],
+        "sender": {"id": str(row["sender_id"]), "name": row["sender_name"],
+                   "email": row["sender_email"], "sms_sender_id": row["sender_sms_id"]},
+        "template": {"id": str(row["template_id"]), "version": row["template_version"],
+                     "email_subject": row["email_subject"], "email_body": row["email_body"],
+                     "sms_body": row["sms_body"]},
         "state": row["state"],
+        "scheduled_for": iso(row["scheduled_for"]),
         "recipients": row["recipients"],
         "total": row["total"],
+        "abort_pending": row["abort_pending"],
         "final_counts": row["final_counts"],
-        "created_at": row["created_at"].isoformat(),
-        "started_at": row["started_at"] and row["started_at"].isoformat(),
-        "completed_at": row["completed_at"] and row["completed_at"].isoformat(),
+        "created_at": iso(row["created_at"]),
+        "started_at": iso(row["started_at"]),
+        "aborted_at": iso(row["aborted_at"]),
+        "completed_at": iso(row["completed_at"]),
     }
 
 
-def http_router(pool: asyncpg.Pool, fanout: FanoutRunner) -> APIRouter:
-    router = APIRouter(prefix="/campaigns", tags=["campaigns"])
+def http_router(deps: Deps) -> APIRouter:
+    router = APIRouter()
+    pool = deps.pool
+    region = deps.settings.default_phone_region
 
-    async def load(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> asyncpg.Record:
-        row = await repo.get_campaign(conn, campaign_id)
+    async def view(campaign_id: uuid.UUID) -> dict[str, Any]:
+        async with pool.acquire() as conn:
+            row = await repo.get_campaign(conn, campaign_id)
         if row is None:
             raise domain.NotFound(f"campaign {campaign_id} not found")
-        return row
-
-    @router.post("", status_code=status.HTTP_201_CREATED)
-    async def create_campaign(cmd: domain.CreateCampaign) -> dict[str, Any]:
-        async with pool.acquire() as conn:
-            row = await repo.insert_campaign(conn, uuid.uuid4(), cmd)
         return campaign_view(row)
 
-    @router.get("/{campaign_id}")
-    async def get_campaign(campaign_id: uuid.UUID) -> dict[str, Any]:
+    @router.post("/senders", status_code=status.HTTP_201_CREATED, tags=["senders"])
+    async def create_sender(cmd: domain.SenderIn) -> dict[str, Any]:
         async with pool.acquire() as conn:
-            return campaign_view(await load(conn, campaign_id))
+            sender = await repo.insert_sender(conn, cmd)
+        return {"id": str(sender.id), **cmd.model_dump()}
 
-    async def add(campaign_id: uuid.UUID, recipients: list[domain.Recipient]) -> dict[str, Any]:
+    @router.post("/templates", status_code=status.HTTP_201_CREATED, tags=["templates"])
+    async def create_template(cmd: domain.TemplateIn) -> dict[str, Any]:
         async with pool.acquire() as conn, conn.transaction():
-            state = await repo.lock_campaign_state(conn, campaign_id)
-            if state is None:
-                raise domain.NotFound(f"campaign {campaign_id} not found")
-            domain.ensure_can_add_recipients(campaign_id, state)
-            added = await repo.copy_recipients(conn, campaign_id, recipients)
+            version = await repo.insert_template(conn, cmd)
+        return {"id": str(version.template_id), "version": version.version, **cmd.model_dump()}
+
+    @router.put("/templates/{template_id}", tags=["templates"])
+    async def edit_template(template_id: uuid.UUID, cmd: domain.TemplateIn) -> dict[str, Any]:
+        """Adds a version; campaigns already created keep the version they pinned."""
+        async with pool.acquire() as conn, conn.transaction():
+            if await repo.template_name(conn, template_id) is None:
+                raise domain.NotFound(f"template {template_id} not found")
+            version = await repo.add_template_version(conn, template_id, cmd)
+        return {"id": str(template_id), "version": version.version, **cmd.model_dump()}
+
+    @router.post("/campaigns", status_code=status.HTTP_201_CREATED, tags=["campaigns"])
+    async def create_campaign(
+        cmd: domain.CreateCampaign, actor: Actor = "operator"
+    ) -> dict[str, Any]:
+        return await view(await service.create_campaign(pool, cmd, actor))
+
+    @router.get("/campaigns/{campaign_id}", tags=["campaigns"])
+    async def get_campaign(campaign_id: uuid.UUID) -> dict[str, Any]:
+        return await view(campaign_id)
+
+    @router.post("/campaigns/{campaign_id}/recipients", status_code=201, tags=["campaigns"])
+    async def add_recipients(campaign_id: uuid.UUID, cmd: domain.AddRecipients) -> dict[str, Any]:
+        added = await service.add_recipients(pool, campaign_id, cmd.recipients, region)
         return {"added": added}
 
-    @router.post("/{campaign_id}/recipients", status_code=status.HTTP_201_CREATED)
-    async def add_recipients(campaign_id: uuid.UUID, cmd: domain.AddRecipients) -> dict[str, Any]:
-        return await add(campaign_id, cmd.recipients)
-
     @router.post(
-        "/{campaign_id}/recipients.csv",
+        "/campaigns/{campaign_id}/recipients.csv",
         status_code=status.HTTP_201_CREATED,
+        tags=["campaigns"],
         openapi_extra={"requestBody": {"content": {"text/csv": {"schema": {"type": "string"}}}}},
     )
     async def upload_recipients_csv(campaign_id: uuid.UUID, request: Request) -> dict[str, Any]:
@@ -90,28 +133,54 @@ def http_router(pool: asyncpg.Pool, fanout: FanoutRunner) -> APIRouter:
                 raise HTTPException(413, f"CSV larger than {MAX_CSV_BYTES} bytes")
             chunks.append(chunk)
         recipients = domain.parse_csv(domain.csv_lines(b"".join(chunks)))
-        return await add(campaign_id, recipients)
+        return {"added": await service.add_recipients(pool, campaign_id, recipients, region)}
 
-    @router.post("/{campaign_id}/send-now", status_code=status.HTTP_202_ACCEPTED)
-    async def send_now(campaign_id: uuid.UUID) -> dict[str, Any]:
+    @router.post("/campaigns/{campaign_id}/send-now", status_code=202, tags=["campaigns"])
+    async def send_now(campaign_id: uuid.UUID, actor: Actor = "operator") -> dict[str, Any]:
+        await service.send_now(pool, deps.fanout, campaign_id, actor)
+        return await view(campaign_id)
+
+    @router.post("/campaigns/{campaign_id}/schedule", status_code=202, tags=["campaigns"])
+    async def schedule(
+        campaign_id: uuid.UUID, cmd: domain.ScheduleCampaign, actor: Actor = "operator"
+    ) -> dict[str, Any]:
+        await service.schedule(pool, campaign_id, cmd.at, actor, deps.publish_lifecycle)
+        return await view(campaign_id)
+
+    @router.post("/campaigns/{campaign_id}/cancel", tags=["campaigns"])
+    async def cancel(campaign_id: uuid.UUID, actor: Actor = "operator") -> dict[str, Any]:
+        """Cancel a schedule before its time: nothing is sent; the campaign is a draft again."""
+        await service.cancel(pool, campaign_id, actor, deps.publish_lifecycle)
+        return await view(campaign_id)
+
+    @router.post("/campaigns/{campaign_id}/abort", status_code=202, tags=["campaigns"])
+    async def abort(campaign_id: uuid.UUID, actor: Actor = "operator") -> dict[str, Any]:
+        """Answers once no provider call for the campaign can start any more."""
+        result = await service.abort(
+            pool, campaign_id, actor, publish=deps.publish_lifecycle, acks=deps.acks,
+            list_dispatchers=deps.list_dispatchers,
+            wait_seconds=deps.settings.abort_ack_timeout_seconds,
+        )
+        return {**await view(campaign_id), "abort": result}
+
+    @router.get("/campaigns/{campaign_id}/audit", tags=["campaigns"])
+    async def audit(campaign_id: uuid.UUID) -> dict[str, Any]:
+        await view(campaign_id)
         async with pool.acquire() as conn:
-            async with conn.transaction():
-                state = await repo.lock_campaign_state(conn, campaign_id)
-                if state is None:
-                    raise domain.NotFound(f"campaign {campaign_id} not found")
-                domain.ensure_can_send_now(campaign_id, state)
-                started = await repo.start_sending(conn, campaign_id)
-                if started["total"] == 0:
-                    raise domain.Invalid(f"campaign {campaign_id} has no recipients")
-            row = await load(conn, campaign_id)
-        # Committed first, then fanned out: if this process dies now, the scanner resumes it.
-        fanout.kick(campaign_id)
-        return campaign_view(row)
+            return {"events": await repo.audit_trail(conn, campaign_id)}
+
+    @router.post("/individual-sends", status_code=202, tags=["campaigns"])
+    async def send_individually(
+        cmd: domain.SendIndividually, actor: Actor = "operator"
+    ) -> dict[str, Any]:
+        """Send one recipient an email and/or SMS: a one-recipient campaign, sent now."""
+        campaign_id = await service.send_individually(pool, deps.fanout, cmd, actor, region)
+        return await view(campaign_id)
 
     return router
 
 
-def kafka_router(pool: asyncpg.Pool) -> KafkaRouter:
+def kafka_router(pool: asyncpg.Pool, acks: service.AbortAcks) -> KafkaRouter:
     router = KafkaRouter()
 
     @router.subscriber(
@@ -125,16 +194,26 @@ def kafka_router(pool: asyncpg.Pool) -> KafkaRouter:
         try:
             good, bad = decode_records(records_of(msg), LIFECYCLE)
             await dead_letter(broker, bad, service=SERVICE)
-            completed = [e for _, e in good if isinstance(e, CampaignCompleted)]
-            if completed:
-                async with pool.acquire() as conn, conn.transaction():
-                    for event in completed:
-                        await repo.mark_completed(
-                            conn, event.event_id, event.campaign_id,
-                            {"completed": event.completed, "failed": event.failed,
-                             "skipped": event.skipped},
-                        )
+            for _, event in good:
+                if isinstance(event, CampaignCompleted):
+                    await service.apply_completed(pool, event)
         except Exception as exc:
             await pause_then_reraise(exc)
+
+    # No group: every scheduler process sees every acknowledgement, since the abort request
+    # waiting for it may be on any of them. Bad records are the group consumer's to park.
+    @router.subscriber(
+        topics.CAMPAIGN_LIFECYCLE,
+        batch=True,
+        auto_offset_reset="latest",
+        ack_policy=AckPolicy.ACK_FIRST,
+        decoder=raw_body,
+        description="Abort acknowledgements from dispatcher instances.",
+    )
+    async def on_abort_acks(body: list[bytes], msg: KafkaMessage) -> None:
+        good, _ = decode_records(records_of(msg), LIFECYCLE)
+        for _, event in good:
+            if isinstance(event, AbortAcknowledged):
+                acks.acknowledged(event)
 
     return router

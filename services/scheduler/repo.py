@@ -9,12 +9,20 @@ from typing import Any
 
 import asyncpg
 
-from services.scheduler.domain import CreateCampaign, Recipient
+from services.scheduler.domain import RecipientRow, Sender, SenderIn, TemplateIn, TemplateVersion
 
-_CAMPAIGN_COLUMNS = """
-    c.id, c.name, c.channel, c.sender_name, c.sender_email, c.sender_sms_id, c.subject,
-    c.template_id, c.template_version, c.template_body, c.state, c.total, c.started_event_id,
-    c.fanout_after_id, c.fanout_done, c.final_counts, c.created_at, c.started_at, c.completed_at
+_CAMPAIGN = """
+    c.id, c.name, c.kind, c.channels, c.sender_id, c.template_id, c.template_version, c.state,
+    c.scheduled_for, c.total, c.started_event_id, c.fanout_after_id, c.fanout_done,
+    c.abort_pending, c.final_counts, c.created_at, c.started_at, c.aborted_at, c.completed_at,
+    s.name AS sender_name, s.email AS sender_email, s.sms_sender_id AS sender_sms_id,
+    v.email_subject, v.email_body, v.sms_body,
+    (SELECT count(*) FROM recipients r WHERE r.campaign_id = c.id) AS recipients
+"""
+_CAMPAIGN_FROM = """
+    FROM campaigns c
+    JOIN senders s ON s.id = c.sender_id
+    JOIN template_versions v ON v.template_id = c.template_id AND v.version = c.template_version
 """
 
 
@@ -30,64 +38,143 @@ async def init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
-async def insert_campaign(
-    conn: asyncpg.Connection, campaign_id: uuid.UUID, cmd: CreateCampaign
-) -> asyncpg.Record:
-    return await conn.fetchrow(
-        f"""
-        WITH c AS (
-            INSERT INTO campaigns (id, name, channel, sender_name, sender_email, sender_sms_id,
-                                   subject, template_id, template_version, template_body)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9)
-            RETURNING *
-        )
-        SELECT {_CAMPAIGN_COLUMNS}, 0::bigint AS recipients FROM c
-        """,
-        campaign_id, cmd.name, cmd.channel, cmd.sender.name, cmd.sender.email,
-        cmd.sender.sms_sender_id, cmd.subject, uuid.uuid4(), cmd.template,
+# --- senders and templates ---------------------------------------------------------------------
+
+async def insert_sender(conn: asyncpg.Connection, sender: SenderIn) -> Sender:
+    sender_id = uuid.uuid4()
+    await conn.execute(
+        "INSERT INTO senders (id, name, email, sms_sender_id) VALUES ($1, $2, $3, $4)",
+        sender_id, sender.name, sender.email, sender.sms_sender_id,
     )
+    return Sender(sender_id, sender.name, sender.email, sender.sms_sender_id)
+
+
+async def get_sender(conn: asyncpg.Connection, sender_id: uuid.UUID) -> Sender | None:
+    row = await conn.fetchrow(
+        "SELECT id, name, email, sms_sender_id FROM senders WHERE id = $1", sender_id
+    )
+    return Sender(row["id"], row["name"], row["email"], row["sms_sender_id"]) if row else None
+
+
+async def insert_template(conn: asyncpg.Connection, template: TemplateIn) -> TemplateVersion:
+    template_id = uuid.uuid4()
+    await conn.execute("INSERT INTO templates (id, name) VALUES ($1, $2)", template_id,
+                       template.name)
+    return await add_template_version(conn, template_id, template)
+
+
+async def add_template_version(
+    conn: asyncpg.Connection, template_id: uuid.UUID, template: TemplateIn
+) -> TemplateVersion:
+    row = await conn.fetchrow(
+        """
+        INSERT INTO template_versions (template_id, version, email_subject, email_body, sms_body)
+        SELECT $1, coalesce(max(version), 0) + 1, $2, $3, $4
+        FROM template_versions WHERE template_id = $1
+        RETURNING version
+        """,
+        template_id, template.email_subject, template.email_body, template.sms_body,
+    )
+    await conn.execute("UPDATE templates SET name = $2 WHERE id = $1", template_id, template.name)
+    return TemplateVersion(template_id, row["version"], template.email_subject,
+                           template.email_body, template.sms_body)
+
+
+async def latest_template(
+    conn: asyncpg.Connection, template_id: uuid.UUID
+) -> TemplateVersion | None:
+    row = await conn.fetchrow(
+        """
+        SELECT template_id, version, email_subject, email_body, sms_body
+        FROM template_versions WHERE template_id = $1 ORDER BY version DESC LIMIT 1
+        """,
+        template_id,
+    )
+    return TemplateVersion(**dict(row)) if row else None
+
+
+async def template_name(conn: asyncpg.Connection, template_id: uuid.UUID) -> str | None:
+    return await conn.fetchval("SELECT name FROM templates WHERE id = $1", template_id)
+
+
+# --- campaigns ---------------------------------------------------------------------------------
+
+async def insert_campaign(
+    conn: asyncpg.Connection,
+    *,
+    name: str,
+    kind: str,
+    channels: Sequence[str],
+    sender_id: uuid.UUID,
+    template: TemplateVersion,
+) -> uuid.UUID:
+    campaign_id = uuid.uuid4()
+    await conn.execute(
+        """
+        INSERT INTO campaigns (id, name, kind, channels, sender_id, template_id, template_version)
+        VALUES ($1, $2, $3, $4, $5, $6, $7)
+        """,
+        campaign_id, name, kind, list(channels), sender_id, template.template_id,
+        template.version,
+    )
+    return campaign_id
 
 
 async def get_campaign(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> asyncpg.Record | None:
-    return await conn.fetchrow(
-        f"""
-        SELECT {_CAMPAIGN_COLUMNS},
-               (SELECT count(*) FROM recipients r WHERE r.campaign_id = c.id) AS recipients
-        FROM campaigns c WHERE c.id = $1
-        """,
-        campaign_id,
-    )
+    return await conn.fetchrow(f"SELECT {_CAMPAIGN} {_CAMPAIGN_FROM} WHERE c.id = $1", campaign_id)
 
 
 async def lock_campaign_state(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> str | None:
     """The campaign's state, row-locked until the transaction ends (serialises transitions)."""
-    return await conn.fetchval(
-        "SELECT state FROM campaigns WHERE id = $1 FOR UPDATE", campaign_id
-    )
+    return await conn.fetchval("SELECT state FROM campaigns WHERE id = $1 FOR UPDATE", campaign_id)
 
 
 async def copy_recipients(
-    conn: asyncpg.Connection, campaign_id: uuid.UUID, recipients: Sequence[Recipient]
+    conn: asyncpg.Connection, campaign_id: uuid.UUID, rows: Sequence[RecipientRow]
 ) -> int:
     await conn.copy_records_to_table(
         "recipients",
         schema_name="scheduler",
-        columns=["campaign_id", "email", "phone", "first_name", "last_name", "attributes"],
+        columns=["campaign_id", "email", "email_invalid", "phone", "phone_invalid",
+                 "first_name", "last_name", "attributes"],
         records=(
-            (campaign_id, r.email, r.phone, r.first_name, r.last_name, r.attributes)
-            for r in recipients
+            (campaign_id, r.email, r.email_invalid, r.phone, r.phone_invalid, r.first_name,
+             r.last_name, r.attributes)
+            for r in rows
         ),
     )
-    return len(recipients)
+    return len(rows)
 
 
-async def start_sending(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> asyncpg.Record:
-    """Move a locked draft to `sending`, fixing its total and the id of its started event."""
-    return await conn.fetchrow(
+async def recipients_missing_variables(
+    conn: asyncpg.Connection, campaign_id: uuid.UUID, variables: set[str], limit: int = 100
+) -> tuple[int, list[int]]:
+    """Recipients that cannot fill every template variable (columns or attributes)."""
+    columns = {"first_name", "last_name", "email", "phone"} & variables
+    attributes = sorted(variables - columns)
+    if not variables:
+        return 0, []
+    missing = " OR ".join([f"{c} IS NULL" for c in sorted(columns)]
+                          + (["NOT (attributes ?& $2::text[])"] if attributes else []))
+    row = await conn.fetchrow(
+        f"""
+        SELECT count(*) AS n, (array_agg(id ORDER BY id))[1:{int(limit)}] AS ids
+        FROM recipients WHERE campaign_id = $1 AND ({missing})
+        """,
+        campaign_id, *([attributes] if attributes else []),
+    )
+    return row["n"], list(row["ids"] or [])
+
+
+async def start_sending(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> int:
+    """Move a locked campaign to `sending`, fixing its total and its started event's id."""
+    return await conn.fetchval(
         """
         UPDATE campaigns c
         SET state = 'sending', started_at = now(), started_event_id = gen_random_uuid(),
-            total = (SELECT count(*) FROM recipients r WHERE r.campaign_id = c.id)
+            scheduled_for = NULL,
+            total = cardinality(c.channels)
+                    * (SELECT count(*) FROM recipients r WHERE r.campaign_id = c.id)
         WHERE c.id = $1
         RETURNING c.total
         """,
@@ -95,9 +182,63 @@ async def start_sending(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> asy
     )
 
 
+async def claim_due(conn: asyncpg.Connection, limit: int) -> list[uuid.UUID]:
+    """Due scheduled campaigns, row-locked; replicas skip each other's (exactly one fires)."""
+    rows = await conn.fetch(
+        """
+        SELECT id FROM campaigns
+        WHERE state = 'scheduled' AND scheduled_for <= now()
+        ORDER BY scheduled_for
+        FOR UPDATE SKIP LOCKED
+        LIMIT $1
+        """,
+        limit,
+    )
+    return [r["id"] for r in rows]
+
+
+async def next_due_in(conn: asyncpg.Connection) -> float | None:
+    return await conn.fetchval(
+        """
+        SELECT extract(epoch FROM min(scheduled_for) - now())::float8
+        FROM campaigns WHERE state = 'scheduled'
+        """
+    )
+
+
+async def set_scheduled(conn: asyncpg.Connection, campaign_id: uuid.UUID, at: Any) -> None:
+    await conn.execute(
+        "UPDATE campaigns SET state = 'scheduled', scheduled_for = $2 WHERE id = $1",
+        campaign_id, at,
+    )
+
+
+async def set_draft(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> None:
+    await conn.execute(
+        "UPDATE campaigns SET state = 'draft', scheduled_for = NULL WHERE id = $1", campaign_id
+    )
+
+
+async def set_aborting(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> None:
+    await conn.execute(
+        "UPDATE campaigns SET state = 'aborting', aborted_at = now() WHERE id = $1", campaign_id
+    )
+
+
+async def set_abort_pending(
+    conn: asyncpg.Connection, campaign_id: uuid.UUID, pending: int
+) -> None:
+    await conn.execute(
+        "UPDATE campaigns SET abort_pending = $2 WHERE id = $1", campaign_id, pending
+    )
+
+
 async def unfinished_fanouts(conn: asyncpg.Connection) -> list[uuid.UUID]:
     rows = await conn.fetch(
-        "SELECT id FROM campaigns WHERE state = 'sending' AND NOT fanout_done ORDER BY started_at"
+        """
+        SELECT id FROM campaigns
+        WHERE state IN ('sending', 'aborting') AND NOT fanout_done ORDER BY started_at
+        """
     )
     return [r["id"] for r in rows]
 
@@ -107,7 +248,7 @@ async def recipients_page(
 ) -> list[asyncpg.Record]:
     return await conn.fetch(
         """
-        SELECT id, email, phone, first_name, last_name, attributes
+        SELECT id, email, email_invalid, phone, phone_invalid, first_name, last_name, attributes
         FROM recipients WHERE campaign_id = $1 AND id > $2 ORDER BY id LIMIT $3
         """,
         campaign_id, after_id, limit,
@@ -123,21 +264,42 @@ async def save_fanout_checkpoint(
     )
 
 
-async def mark_completed(
-    conn: asyncpg.Connection, event_id: uuid.UUID, campaign_id: uuid.UUID, counts: dict[str, Any]
-) -> bool:
-    """Apply a tracker's completed event once; False if this event was already applied."""
-    first = await conn.fetchval(
-        "INSERT INTO processed_events (event_id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING true",
+async def first_time(conn: asyncpg.Connection, event_id: uuid.UUID) -> bool:
+    """Record an event as processed; False if it already was (consumers apply events once)."""
+    return bool(await conn.fetchval(
+        """
+        INSERT INTO processed_events (event_id) VALUES ($1)
+        ON CONFLICT DO NOTHING RETURNING true
+        """,
         event_id,
-    )
-    if not first:
-        return False
+    ))
+
+
+async def finish(
+    conn: asyncpg.Connection, campaign_id: uuid.UUID, state: str, counts: dict[str, Any]
+) -> None:
     await conn.execute(
         """
-        UPDATE campaigns SET state = 'completed', completed_at = now(), final_counts = $2
-        WHERE id = $1 AND state = 'sending'
+        UPDATE campaigns SET state = $2, completed_at = now(), final_counts = $3
+        WHERE id = $1 AND state IN ('sending', 'aborting')
         """,
-        campaign_id, counts,
+        campaign_id, state, counts,
     )
-    return True
+
+
+async def audit(
+    conn: asyncpg.Connection, campaign_id: uuid.UUID, action: str, actor: str,
+    details: dict[str, Any],
+) -> None:
+    await conn.execute(
+        "INSERT INTO audit_log (campaign_id, action, actor, details) VALUES ($1, $2, $3, $4)",
+        campaign_id, action, actor, details,
+    )
+
+
+async def audit_trail(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        "SELECT action, actor, at, details FROM audit_log WHERE campaign_id = $1 ORDER BY id",
+        campaign_id,
+    )
+    return [{**dict(r), "at": r["at"].isoformat()} for r in rows]

@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from shared.events import CampaignCompleted
 
 # Deterministic so that a completion re-detected after a redelivery has the same event id.
 _COMPLETED_NS = uuid.UUID("3b8f8d7e-4f0a-4b0e-9a55-2f7c2e6d9c01")
+COUNTERS = ("completed", "failed", "skipped")
 
 
 @dataclass(frozen=True)
-class Progress:
-    campaign_id: uuid.UUID
+class Counts:
     total: int | None
-    completed: int
-    failed: int
-    skipped: int
-    state: str
+    completed: int = 0
+    failed: int = 0
+    skipped: int = 0
 
     @property
     def pending(self) -> int | None:
@@ -27,28 +26,54 @@ class Progress:
             return None
         return self.total - self.completed - self.failed - self.skipped
 
+    def view(self) -> dict[str, Any]:
+        return {"total": self.total, "pending": self.pending, "completed": self.completed,
+                "failed": self.failed, "skipped": self.skipped}
+
+
+@dataclass(frozen=True)
+class Progress:
+    campaign_id: uuid.UUID
+    state: str
+    started: bool
+    channels: dict[str, Counts] = field(default_factory=dict)
+
+    @property
+    def counts(self) -> Counts:
+        totals = [c.total for c in self.channels.values()]
+        return Counts(
+            total=sum(t for t in totals if t is not None)
+            if self.started and None not in totals else None,
+            completed=sum(c.completed for c in self.channels.values()),
+            failed=sum(c.failed for c in self.channels.values()),
+            skipped=sum(c.skipped for c in self.channels.values()),
+        )
+
     @property
     def is_done(self) -> bool:
-        return self.pending is not None and self.pending <= 0
+        pending = self.counts.pending
+        return pending is not None and pending <= 0
+
+    @property
+    def final_state(self) -> str:
+        return "aborted" if self.state == "aborting" else "completed"
 
     def view(self) -> dict[str, Any]:
         return {
             "campaign_id": str(self.campaign_id),
             # Before the `started` event arrives the total is not known yet.
-            "state": self.state if self.total is not None else "starting",
-            "total": self.total,
-            "pending": self.pending,
-            "completed": self.completed,
-            "failed": self.failed,
-            "skipped": self.skipped,
+            "state": self.state if self.started else "starting",
+            **self.counts.view(),
+            "by_channel": {name: c.view() for name, c in sorted(self.channels.items())},
         }
 
 
 def completion_event(p: Progress) -> CampaignCompleted:
+    counts = p.counts
     return CampaignCompleted(
         event_id=uuid.uuid5(_COMPLETED_NS, str(p.campaign_id)),
         campaign_id=p.campaign_id,
-        completed=p.completed,
-        failed=p.failed,
-        skipped=p.skipped,
+        completed=counts.completed,
+        failed=counts.failed,
+        skipped=counts.skipped,
     )

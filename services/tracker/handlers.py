@@ -13,7 +13,7 @@ from faststream.kafka.annotations import KafkaBroker, KafkaMessage
 from services.tracker import repo, service
 from services.tracker.service import PublishCompleted
 from shared import topics
-from shared.events import LIFECYCLE, OUTCOME, CampaignStarted
+from shared.events import LIFECYCLE, OUTCOME
 from shared.kafka import BATCH_CONSUMER, dead_letter, decode_records, pause_then_reraise, records_of
 from shared.metrics import EVENTS_CONSUMED
 
@@ -45,15 +45,14 @@ def kafka_router(
         topics.CAMPAIGN_LIFECYCLE,
         group_id="sendout-tracker-lifecycle",
         max_records=500,
-        description="Learns each campaign's total when it starts sending.",
+        description="Learns each campaign's totals when it starts sending, and its aborts.",
         **BATCH_CONSUMER,
     )
     async def on_lifecycle(body: list[bytes], msg: KafkaMessage, broker: KafkaBroker) -> None:
         try:
             good, bad = decode_records(records_of(msg), LIFECYCLE)
             await dead_letter(broker, bad, service=SERVICE)
-            started = [e for _, e in good if isinstance(e, CampaignStarted)]
-            await service.apply_started(pool, started, publish_completed)
+            await service.apply_lifecycle(pool, [e for _, e in good], publish_completed)
         except Exception as exc:
             await pause_then_reraise(exc)
 
@@ -84,9 +83,10 @@ def http_router(pool: asyncpg.Pool) -> APIRouter:
             rows = await repo.recipient_outcomes(
                 conn, campaign_id, after_recipient_id=after, limit=limit, status=status
             )
+        distinct = len({r["recipient_id"] for r in rows})
         return {
             "recipients": rows,
-            "next_after": rows[-1]["recipient_id"] if len(rows) == limit else None,
+            "next_after": rows[-1]["recipient_id"] if distinct == limit else None,
         }
 
     return router

@@ -8,19 +8,10 @@ from typing import Any
 
 import asyncpg
 
-from services.tracker.domain import Progress
+from services.tracker.domain import Counts, Progress
 from shared.events import CampaignStarted, MessageFailed, MessageSent, MessageSkipped
 
 Outcome = MessageSent | MessageFailed | MessageSkipped
-_PROGRESS_COLUMNS = "campaign_id, total, completed, failed, skipped, state"
-
-
-
-def _progress(row: asyncpg.Record) -> Progress:
-    return Progress(
-        campaign_id=row["campaign_id"], total=row["total"], completed=row["completed"],
-        failed=row["failed"], skipped=row["skipped"], state=row["state"],
-    )
 
 
 async def applied_offsets(conn: asyncpg.Connection, topic: str) -> dict[int, int]:
@@ -42,33 +33,38 @@ async def save_offsets(conn: asyncpg.Connection, topic: str, next_offsets: dict[
     )
 
 
-async def apply_outcomes(conn: asyncpg.Connection, outcomes: Sequence[Outcome]) -> list[Progress]:
-    """Insert the outcomes not seen before and add them to their campaigns' counters, in one
-    statement; return the progress of every campaign whose counters moved."""
+async def apply_outcomes(
+    conn: asyncpg.Connection, outcomes: Sequence[Outcome]
+) -> list[uuid.UUID]:
+    """Insert the outcomes not seen before and add them to their counters, in one statement;
+    return the campaigns whose counters moved."""
     rows = await conn.fetch(
-        f"""
+        """
         WITH inserted AS (
             INSERT INTO recipient_outcomes (campaign_id, recipient_id, channel, status, reason,
                                             provider_message_id, event_id, occurred_at)
             SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[],
                                  $6::text[], $7::uuid[], $8::timestamptz[])
             ON CONFLICT DO NOTHING
-            RETURNING campaign_id, status
+            RETURNING campaign_id, channel, status
         ), counts AS (
-            SELECT campaign_id,
+            SELECT campaign_id, channel,
                    count(*) FILTER (WHERE status = 'completed') AS completed,
                    count(*) FILTER (WHERE status = 'failed') AS failed,
                    count(*) FILTER (WHERE status = 'skipped') AS skipped
-            FROM inserted GROUP BY campaign_id
+            FROM inserted GROUP BY campaign_id, channel
+        ), campaigns_seen AS (
+            INSERT INTO campaigns (campaign_id)
+            SELECT DISTINCT campaign_id FROM counts
+            ON CONFLICT DO NOTHING
         )
-        INSERT INTO campaigns AS c (campaign_id, completed, failed, skipped)
-        SELECT campaign_id, completed, failed, skipped FROM counts
-        ON CONFLICT (campaign_id) DO UPDATE
+        INSERT INTO campaign_channels AS c (campaign_id, channel, completed, failed, skipped)
+        SELECT campaign_id, channel, completed, failed, skipped FROM counts
+        ON CONFLICT (campaign_id, channel) DO UPDATE
         SET completed = c.completed + excluded.completed,
             failed = c.failed + excluded.failed,
-            skipped = c.skipped + excluded.skipped,
-            updated_at = now()
-        RETURNING {_PROGRESS_COLUMNS}
+            skipped = c.skipped + excluded.skipped
+        RETURNING campaign_id
         """,
         [o.campaign_id for o in outcomes],
         [o.recipient_id for o in outcomes],
@@ -79,39 +75,75 @@ async def apply_outcomes(conn: asyncpg.Connection, outcomes: Sequence[Outcome]) 
         [o.event_id for o in outcomes],
         [o.occurred_at for o in outcomes],
     )
-    return [_progress(r) for r in rows]
+    return list({r["campaign_id"] for r in rows})
 
 
-async def apply_started(conn: asyncpg.Connection, event: CampaignStarted) -> Progress:
-    row = await conn.fetchrow(
-        f"""
-        INSERT INTO campaigns AS c (campaign_id, total, channel, started_at)
-        VALUES ($1, $2, $3, $4)
-        ON CONFLICT (campaign_id) DO UPDATE
-        SET total = excluded.total, channel = excluded.channel, started_at = excluded.started_at,
-            updated_at = now()
-        RETURNING {_PROGRESS_COLUMNS}
-        """,
-        event.campaign_id, event.total, event.channel, event.occurred_at,
-    )
-    return _progress(row)
-
-
-async def mark_completed(conn: asyncpg.Connection, campaign_ids: Sequence[uuid.UUID]) -> None:
+async def apply_started(conn: asyncpg.Connection, event: CampaignStarted) -> None:
     await conn.execute(
         """
-        UPDATE campaigns SET state = 'completed', completed_at = now(), updated_at = now()
-        WHERE campaign_id = ANY($1::uuid[]) AND state = 'sending'
+        INSERT INTO campaigns (campaign_id, started, started_at) VALUES ($1, true, $2)
+        ON CONFLICT (campaign_id) DO UPDATE
+        SET started = true, started_at = excluded.started_at, updated_at = now()
+        """,
+        event.campaign_id, event.occurred_at,
+    )
+    await conn.execute(
+        """
+        INSERT INTO campaign_channels AS c (campaign_id, channel, total)
+        SELECT $1, * FROM unnest($2::text[], $3::int[])
+        ON CONFLICT (campaign_id, channel) DO UPDATE SET total = excluded.total
+        """,
+        event.campaign_id, list(event.totals), list(event.totals.values()),
+    )
+
+
+async def apply_aborted(conn: asyncpg.Connection, campaign_id: uuid.UUID, at: Any) -> None:
+    await conn.execute(
+        """
+        INSERT INTO campaigns (campaign_id, state, aborted_at) VALUES ($1, 'aborting', $2)
+        ON CONFLICT (campaign_id) DO UPDATE
+        SET state = 'aborting', aborted_at = excluded.aborted_at, updated_at = now()
+        WHERE campaigns.state = 'sending'
+        """,
+        campaign_id, at,
+    )
+
+
+async def finish(conn: asyncpg.Connection, finished: Sequence[Progress]) -> None:
+    await conn.execute(
+        """
+        UPDATE campaigns c SET state = f.state, completed_at = now(), updated_at = now()
+        FROM unnest($1::uuid[], $2::text[]) AS f(campaign_id, state)
+        WHERE c.campaign_id = f.campaign_id AND c.state IN ('sending', 'aborting')
+        """,
+        [p.campaign_id for p in finished], [p.final_state for p in finished],
+    )
+
+
+async def progress_of(
+    conn: asyncpg.Connection, campaign_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, Progress]:
+    rows = await conn.fetch(
+        """
+        SELECT c.campaign_id, c.state, c.started, ch.channel, ch.total, ch.completed, ch.failed,
+               ch.skipped
+        FROM campaigns c LEFT JOIN campaign_channels ch USING (campaign_id)
+        WHERE c.campaign_id = ANY($1::uuid[])
         """,
         list(campaign_ids),
     )
+    progress: dict[uuid.UUID, Progress] = {}
+    for r in rows:
+        p = progress.setdefault(
+            r["campaign_id"], Progress(r["campaign_id"], r["state"], r["started"], {})
+        )
+        if r["channel"] is not None:
+            p.channels[r["channel"]] = Counts(r["total"], r["completed"], r["failed"], r["skipped"])
+    return progress
 
 
 async def get_progress(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> Progress | None:
-    row = await conn.fetchrow(
-        f"SELECT {_PROGRESS_COLUMNS} FROM campaigns WHERE campaign_id = $1", campaign_id
-    )
-    return _progress(row) if row else None
+    return (await progress_of(conn, [campaign_id])).get(campaign_id)
 
 
 async def recipient_outcomes(
@@ -122,13 +154,19 @@ async def recipient_outcomes(
     limit: int,
     status: str | None,
 ) -> list[dict[str, Any]]:
+    """Whole recipients per page (all their channels), so a page never splits one."""
     rows = await conn.fetch(
         """
-        SELECT recipient_id, channel, status, reason, provider_message_id, occurred_at
-        FROM recipient_outcomes
-        WHERE campaign_id = $1 AND recipient_id > $2 AND ($4::text IS NULL OR status = $4)
-        ORDER BY recipient_id, channel
-        LIMIT $3
+        WITH page AS (
+            SELECT DISTINCT recipient_id FROM recipient_outcomes
+            WHERE campaign_id = $1 AND recipient_id > $2 AND ($4::text IS NULL OR status = $4)
+            ORDER BY recipient_id LIMIT $3
+        )
+        SELECT o.recipient_id, o.channel, o.status, o.reason, o.provider_message_id,
+               o.occurred_at
+        FROM recipient_outcomes o JOIN page USING (recipient_id)
+        WHERE o.campaign_id = $1 AND ($4::text IS NULL OR o.status = $4)
+        ORDER BY o.recipient_id, o.channel
         """,
         campaign_id, after_recipient_id, limit, status,
     )

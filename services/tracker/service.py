@@ -10,7 +10,7 @@ from aiokafka import ConsumerRecord
 
 from services.tracker import domain, repo
 from services.tracker.repo import Outcome
-from shared.events import CampaignCompleted, CampaignStarted
+from shared.events import CampaignAborted, CampaignCompleted, CampaignStarted, Event
 
 PublishCompleted = Callable[[list[CampaignCompleted]], Awaitable[None]]
 
@@ -28,13 +28,16 @@ def _next_offsets(records: Sequence[tuple[ConsumerRecord[Any, Any], Any]]) -> di
     return nxt
 
 
-async def _complete(
-    conn: asyncpg.Connection, moved: Sequence[domain.Progress], publish: PublishCompleted
+async def _finish_done(
+    conn: asyncpg.Connection, campaign_ids: Sequence[Any], publish: PublishCompleted
 ) -> None:
-    done = [p for p in moved if p.state == "sending" and p.is_done]
+    if not campaign_ids:
+        return
+    progress = await repo.progress_of(conn, campaign_ids)
+    done = [p for p in progress.values() if p.state in ("sending", "aborting") and p.is_done]
     if not done:
         return
-    await repo.mark_completed(conn, [p.campaign_id for p in done])
+    await repo.finish(conn, done)
     # Published before the transaction commits: if the commit then fails, the batch is
     # redelivered, completion is detected again and re-published with the same event id.
     await publish([domain.completion_event(p) for p in done])
@@ -46,7 +49,8 @@ async def apply_outcomes(
     records: Sequence[tuple[ConsumerRecord[Any, Any], Outcome]],
     publish_completed: PublishCompleted,
 ) -> None:
-    """One transaction per batch: outcome rows, one counter update per campaign, offsets."""
+    """One transaction per batch: outcome rows, one counter update per campaign and channel,
+    the consumed offsets."""
     if not records:
         return
     async with pool.acquire() as conn, conn.transaction():
@@ -54,16 +58,21 @@ async def apply_outcomes(
         fresh = _not_yet_applied(records, applied)
         if fresh:
             moved = await repo.apply_outcomes(conn, fresh)
-            await _complete(conn, moved, publish_completed)
+            await _finish_done(conn, moved, publish_completed)
         await repo.save_offsets(conn, topic, _next_offsets(records))
 
 
-async def apply_started(
-    pool: asyncpg.Pool, events: Sequence[CampaignStarted], publish_completed: PublishCompleted
+async def apply_lifecycle(
+    pool: asyncpg.Pool, events: Sequence[Event], publish_completed: PublishCompleted
 ) -> None:
-    if not events:
+    relevant = [e for e in events if isinstance(e, (CampaignStarted, CampaignAborted))]
+    if not relevant:
         return
     async with pool.acquire() as conn, conn.transaction():
-        moved = [await repo.apply_started(conn, e) for e in events]
+        for event in relevant:
+            if isinstance(event, CampaignStarted):
+                await repo.apply_started(conn, event)
+            else:
+                await repo.apply_aborted(conn, event.campaign_id, event.occurred_at)
         # Every outcome may have arrived before the started event did.
-        await _complete(conn, moved, publish_completed)
+        await _finish_done(conn, list({e.campaign_id for e in relevant}), publish_completed)

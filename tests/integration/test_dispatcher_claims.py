@@ -13,7 +13,12 @@ from services.dispatcher.providers import (
     PermanentProviderError,
     RetryableProviderError,
 )
-from services.dispatcher.service import Dispatcher, RateLimiter, TemplateNotYetKnown
+from services.dispatcher.service import (
+    AbortRegistry,
+    Dispatcher,
+    RateLimiter,
+    TemplateNotYetKnown,
+)
 from tests.factories import send_requested, started
 
 pytestmark = pytest.mark.integration
@@ -40,9 +45,12 @@ class RecordingProvider:
         return None
 
 
-def _dispatcher(pool: asyncpg.Pool, provider: RecordingProvider) -> Dispatcher:
-    return Dispatcher(pool, provider, concurrency=10, rate_limiter=RateLimiter(0),
-                      max_attempts=3, retry_backoff_seconds=0.01)
+def _dispatcher(
+    pool: asyncpg.Pool, provider: RecordingProvider, aborts: AbortRegistry | None = None
+) -> Dispatcher:
+    return Dispatcher(pool, {"email": provider, "sms": provider},
+                      aborts=aborts or AbortRegistry(), concurrency=10,
+                      rate_limiter=RateLimiter(0), max_attempts=3, retry_backoff_seconds=0.01)
 
 
 async def _campaign(pool: asyncpg.Pool) -> uuid.UUID:
@@ -77,12 +85,14 @@ async def test_outcomes_map_provider_answers_and_missing_addresses(
         send_requested(cid, 2, "dead@example.org"),
         send_requested(cid, 3, "flaky@example.org"),
         send_requested(cid, 4, None),
+        send_requested(cid, 5, None, skip_reason="invalid_address"),
     ])
     by_id = {o.recipient_id: o for o in outcomes}
     assert (by_id[1].status, by_id[2].status, by_id[3].status, by_id[4].status) == (
         "completed", "failed", "completed", "skipped")
     assert by_id[2].reason == "HTTP 422: landline"
     assert by_id[4].reason == "missing_address"
+    assert (by_id[5].status, by_id[5].reason) == ("skipped", "invalid_address")
     assert [c.to for c in provider.calls].count("flaky@example.org") == 2
     assert "None" not in {c.to for c in provider.calls}
     assert provider.calls[0].body == "Hi Ada" and provider.calls[0].subject == "Subject for Ada"
@@ -124,3 +134,35 @@ async def test_concurrent_migrations_apply_each_file_once(dispatcher_pool: async
     assert sorted(len(r) for r in results) == [0, 0, len(list(MIGRATIONS.glob("*.sql")))]
     async with dispatcher_pool.acquire() as conn:
         await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+async def test_no_provider_call_starts_for_an_aborted_campaign(
+    dispatcher_pool: asyncpg.Pool,
+) -> None:
+    cid = await _campaign(dispatcher_pool)
+    provider = RecordingProvider()
+    aborts = AbortRegistry()
+    aborts.add({cid})
+    outcomes = await _dispatcher(dispatcher_pool, provider, aborts).dispatch(
+        [send_requested(cid, i, f"a{i}@example.org") for i in range(1, 4)]
+    )
+    assert provider.calls == []
+    assert {(o.status, o.reason) for o in outcomes} == {("skipped", "aborted")}
+    async with dispatcher_pool.acquire() as conn:
+        assert await repo.settled_count(conn, cid) == 3
+
+
+async def test_each_channel_goes_to_its_own_provider(dispatcher_pool: asyncpg.Pool) -> None:
+    cid = uuid.uuid4()
+    async with dispatcher_pool.acquire() as conn:
+        await repo.save_template(conn, started(cid, 1, channels=("email", "sms")))
+    email, sms = RecordingProvider(), RecordingProvider()
+    d = Dispatcher(dispatcher_pool, {"email": email, "sms": sms}, aborts=AbortRegistry(),
+                   concurrency=5, rate_limiter=RateLimiter(0), max_attempts=1,
+                   retry_backoff_seconds=0)
+    await d.dispatch([send_requested(cid, 1, "a@example.org"),
+                      send_requested(cid, 1, "+4520123456", channel="sms")])
+    assert [(c.channel, c.to, c.subject) for c in email.calls] == [
+        ("email", "a@example.org", "Subject for Ada")]
+    assert [(c.channel, c.to, c.sender, c.subject) for c in sms.calls] == [
+        ("sms", "+4520123456", "Office", None)]

@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from services.tracker import repo, service
-from shared.events import CampaignCompleted
+from shared.events import CampaignAborted, CampaignCompleted
 from tests.factories import outcome, started
 
 pytestmark = pytest.mark.integration
@@ -42,7 +42,7 @@ async def test_each_outcome_is_counted_once_even_when_redelivered(
 ) -> None:
     cid = uuid.uuid4()
     published = Published()
-    await service.apply_started(tracker_pool, [started(cid, 5)], published)
+    await service.apply_lifecycle(tracker_pool, [started(cid, 5)], published)
     batch = [(Rec(0, 100 + i), outcome(cid, i, s))
              for i, s in enumerate(["completed", "completed", "failed"])]
     await service.apply_outcomes(tracker_pool, TOPIC, batch, published)
@@ -60,7 +60,7 @@ async def test_campaign_completes_when_nothing_is_pending_and_says_so_once(
 ) -> None:
     cid = uuid.uuid4()
     published = Published()
-    await service.apply_started(tracker_pool, [started(cid, 3)], published)
+    await service.apply_lifecycle(tracker_pool, [started(cid, 3)], published)
     batch = [(Rec(1, i), outcome(cid, i, s))
              for i, s in enumerate(["completed", "skipped", "failed"])]
     await service.apply_outcomes(tracker_pool, TOPIC, batch, published)
@@ -82,7 +82,7 @@ async def test_outcomes_that_overtake_the_started_event_are_kept_and_complete_it
         published,
     )
     assert (await _progress(tracker_pool, cid))["state"] == "starting"
-    await service.apply_started(tracker_pool, [started(cid, 2)], published)
+    await service.apply_lifecycle(tracker_pool, [started(cid, 2)], published)
     p = await _progress(tracker_pool, cid)
     assert (p["state"], p["completed"], p["pending"]) == ("completed", 2, 0)
     assert len(published.events) == 1
@@ -94,7 +94,7 @@ async def test_a_batch_that_fails_leaves_no_partial_counts(tracker_pool: asyncpg
     async def broken_publish(events: list[CampaignCompleted]) -> None:
         raise ConnectionError("broker down")
 
-    await service.apply_started(tracker_pool, [started(cid, 1)], Published())
+    await service.apply_lifecycle(tracker_pool, [started(cid, 1)], Published())
     with pytest.raises(ConnectionError):
         await service.apply_outcomes(tracker_pool, TOPIC, [(Rec(3, 0), outcome(cid, 1))],
                                      broken_publish)
@@ -104,3 +104,36 @@ async def test_a_batch_that_fails_leaves_no_partial_counts(tracker_pool: asyncpg
     published = Published()
     await service.apply_outcomes(tracker_pool, TOPIC, [(Rec(3, 0), outcome(cid, 1))], published)
     assert (await _progress(tracker_pool, cid))["state"] == "completed"
+
+
+async def test_counts_are_kept_per_channel_and_add_up(tracker_pool: asyncpg.Pool) -> None:
+    cid = uuid.uuid4()
+    published = Published()
+    await service.apply_lifecycle(tracker_pool, [started(cid, 2, channels=("email", "sms"))],
+                                  published)
+    await service.apply_outcomes(tracker_pool, TOPIC, [
+        (Rec(4, 0), outcome(cid, 1, "completed", "email")),
+        (Rec(4, 1), outcome(cid, 1, "skipped", "sms")),
+        (Rec(4, 2), outcome(cid, 2, "failed", "email")),
+    ], published)
+    p = await _progress(tracker_pool, cid)
+    assert (p["total"], p["pending"], p["completed"], p["failed"], p["skipped"]) == (4, 1, 1, 1, 1)
+    assert p["by_channel"] == {
+        "email": {"total": 2, "pending": 0, "completed": 1, "failed": 1, "skipped": 0},
+        "sms": {"total": 2, "pending": 1, "completed": 0, "failed": 0, "skipped": 1},
+    }
+
+
+async def test_an_aborted_campaign_ends_aborted_when_nothing_is_pending(
+    tracker_pool: asyncpg.Pool,
+) -> None:
+    cid = uuid.uuid4()
+    published = Published()
+    await service.apply_lifecycle(tracker_pool, [started(cid, 2)], published)
+    await service.apply_lifecycle(tracker_pool, [CampaignAborted(campaign_id=cid)], published)
+    assert (await _progress(tracker_pool, cid))["state"] == "aborting"
+    await service.apply_outcomes(tracker_pool, TOPIC, [
+        (Rec(5, 0), outcome(cid, 1)), (Rec(5, 1), outcome(cid, 2, "skipped")),
+    ], published)
+    assert (await _progress(tracker_pool, cid))["state"] == "aborted"
+    assert len(published.events) == 1

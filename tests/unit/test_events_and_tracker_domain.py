@@ -3,7 +3,7 @@ import uuid
 import pytest
 from pydantic import ValidationError
 
-from services.tracker.domain import Progress, completion_event
+from services.tracker.domain import Counts, Progress, completion_event
 from shared.events import LIFECYCLE, OUTCOME, MessageFailed, MessageSkipped
 from tests.factories import outcome, started
 
@@ -33,22 +33,33 @@ def test_events_are_frozen() -> None:
         event.reason = "x"  # type: ignore[misc]
 
 
+def _progress(total: int | None, completed: int, failed: int, skipped: int,
+              started: bool = True) -> Progress:
+    return Progress(uuid.uuid4(), "sending", started,
+                    {"email": Counts(total, completed, failed, skipped)})
+
+
 def test_progress_pending_is_total_minus_terminal_states() -> None:
-    p = Progress(uuid.uuid4(), total=10, completed=5, failed=2, skipped=1, state="sending")
-    assert (p.pending, p.is_done) == (2, False)
+    p = _progress(10, 5, 2, 1)
+    assert (p.counts.pending, p.is_done) == (2, False)
     assert p.view()["pending"] + 5 + 2 + 1 == 10
 
 
+def test_progress_sums_channels() -> None:
+    p = Progress(uuid.uuid4(), "sending", True,
+                 {"email": Counts(3, 3, 0, 0), "sms": Counts(3, 1, 1, 1)})
+    assert (p.counts.total, p.counts.pending, p.is_done) == (6, 0, True)
+
+
 def test_progress_before_total_is_known_is_starting() -> None:
-    p = Progress(uuid.uuid4(), total=None, completed=3, failed=0, skipped=0, state="sending")
-    assert p.view()["state"] == "starting" and p.pending is None and not p.is_done
+    p = _progress(None, 3, 0, 0, started=False)
+    assert p.view()["state"] == "starting" and p.counts.pending is None and not p.is_done
 
 
 def test_completion_event_id_is_stable_for_a_campaign() -> None:
-    cid = uuid.uuid4()
-    p = Progress(cid, total=1, completed=1, failed=0, skipped=0, state="sending")
+    p = _progress(1, 1, 0, 0)
     assert completion_event(p).event_id == completion_event(p).event_id
-    assert completion_event(p).campaign_id == cid
+    assert completion_event(p).campaign_id == p.campaign_id
 
 
 def test_failed_reason_survives_round_trip() -> None:

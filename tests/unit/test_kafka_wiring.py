@@ -8,10 +8,12 @@ from faststream.kafka.annotations import KafkaMessage
 from faststream.kafka.testing import TestKafkaBroker
 
 from services.dispatcher import handlers as dispatcher_handlers
+from services.dispatcher.service import AbortRegistry
 from services.scheduler import handlers as scheduler_handlers
+from services.scheduler.service import AbortAcks
 from services.tracker import handlers as tracker_handlers
 from shared import topics
-from shared.events import SEND_REQUESTED
+from shared.events import SEND_REQUESTED, AbortAcknowledged
 from shared.kafka import decode_records
 from tests.factories import send_requested
 
@@ -34,8 +36,10 @@ def test_decode_records_sets_poison_records_aside_and_keeps_the_rest() -> None:
 def _all_routers() -> list[Any]:
     pool: Any = None
     return [
-        scheduler_handlers.kafka_router(pool),
-        dispatcher_handlers.kafka_router(pool, None, None, 10),  # type: ignore[arg-type]
+        scheduler_handlers.kafka_router(pool, AbortAcks()),
+        dispatcher_handlers.kafka_router(
+            pool, None, AbortRegistry(), None, None, instance="i", max_records=10  # type: ignore[arg-type]
+        ),
         tracker_handlers.kafka_router(pool, None, 10),  # type: ignore[arg-type]
     ]
 
@@ -53,7 +57,7 @@ def test_every_topic_but_receipts_has_a_consumer() -> None:
 
 async def test_a_poison_lifecycle_record_is_dead_lettered_with_its_error() -> None:
     broker = KafkaBroker()
-    broker.include_router(scheduler_handlers.kafka_router(None))  # type: ignore[arg-type]
+    broker.include_router(scheduler_handlers.kafka_router(None, AbortAcks()))  # type: ignore[arg-type]
     parked: list[tuple[bytes, dict[str, str]]] = []
 
     @broker.subscriber(topics.dlq(topics.CAMPAIGN_LIFECYCLE))
@@ -68,3 +72,26 @@ async def test_a_poison_lifecycle_record_is_dead_lettered_with_its_error() -> No
     assert body == b"garbage"
     assert headers["x-source-topic"] == topics.CAMPAIGN_LIFECYCLE
     assert "ValidationError" in headers["x-error"]
+
+
+async def test_an_abort_reaches_every_dispatcher_instance_and_each_acknowledges() -> None:
+    """The abort subscriber is a broadcast one: it has no consumer group."""
+    routers = _all_routers()
+    broadcast = [
+        (router, sub) for router in routers for sub in router.subscribers
+        if topics.CAMPAIGN_LIFECYCLE in sub.topic_names and not sub.group_id
+    ]
+    # One in the scheduler (acknowledgements), one in the dispatcher (aborts).
+    assert len(broadcast) == 2
+
+
+def test_abort_acks_complete_when_every_expected_instance_answered() -> None:
+    acks = AbortAcks()
+    cid = uuid.uuid4()
+    with acks.expecting(cid, {"a", "b"}) as wait:
+        acks.acknowledged(AbortAcknowledged(campaign_id=cid, instance="a", settled=3))
+        assert not wait.done.is_set()
+        acks.acknowledged(AbortAcknowledged(campaign_id=uuid.uuid4(), instance="b", settled=1))
+        assert not wait.done.is_set()
+        acks.acknowledged(AbortAcknowledged(campaign_id=cid, instance="b", settled=5))
+        assert wait.done.is_set() and wait.acks == {"a": 3, "b": 5}

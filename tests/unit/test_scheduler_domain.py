@@ -19,8 +19,69 @@ def test_template_syntax_error_is_rejected_with_its_line() -> None:
 
 
 def test_email_campaign_needs_a_sender_address() -> None:
-    with pytest.raises(ValidationError, match=r"sender\.email"):
-        domain.CreateCampaign(**campaign_payload(sender={"name": "Office"}))
+    sender = domain.Sender(uuid.uuid4(), "Office", None, "Office")
+    template = domain.TemplateVersion(uuid.uuid4(), 1, None, "hi", "hi")
+    with pytest.raises(domain.Invalid, match="sender with an email address"):
+        domain.ensure_fits_channels(["email"], sender, template)
+
+
+def test_each_channel_needs_its_template_body() -> None:
+    sender = domain.Sender(uuid.uuid4(), "Office", "o@example.org", "Office")
+    template = domain.TemplateVersion(uuid.uuid4(), 1, None, "hi", None)
+    with pytest.raises(domain.Invalid, match="no sms body"):
+        domain.ensure_fits_channels(["email", "sms"], sender, template)
+
+
+def test_campaign_needs_exactly_one_sender_and_template() -> None:
+    with pytest.raises(ValidationError, match="exactly one of sender_id or sender"):
+        domain.CreateCampaign(**campaign_payload(sender_id=str(uuid.uuid4())))
+    with pytest.raises(ValidationError, match="exactly one of template_id or template"):
+        domain.CreateCampaign(**campaign_payload(template=None))
+
+
+def test_template_variables_cover_bodies_and_subject_of_the_channels_used() -> None:
+    t = domain.TemplateVersion(uuid.uuid4(), 1, "For {{ first_name }}", "{{ ward }}",
+                               "{{ city }}")
+    assert t.variables(["email"]) == {"first_name", "ward"}
+    assert t.variables(["sms"]) == {"city"}
+
+
+def test_schedule_needs_a_time_zone_and_a_future_time() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    with pytest.raises(domain.Invalid, match="time zone"):
+        domain.ensure_schedulable_time(datetime(2026, 6, 1), now)
+    with pytest.raises(domain.Invalid, match="in the past"):
+        domain.ensure_schedulable_time(now - timedelta(seconds=1), now)
+    assert domain.ensure_schedulable_time(now + timedelta(hours=1), now)
+
+
+def test_addresses_are_normalised_and_invalid_ones_flagged() -> None:
+    assert domain.normalise_email("Ada@Example.ORG") == ("Ada@example.org", False)
+    assert domain.normalise_email("not an email") == ("not an email", True)
+    assert domain.normalise_phone("20 12 34 56", "DK") == ("+4520123456", False)
+    assert domain.normalise_phone("+44 20 7946 0958", "DK") == ("+442079460958", False)
+    assert domain.normalise_phone("12", "DK") == ("12", True)
+    assert domain.normalise_phone(None, "DK") == (None, False)
+
+
+@pytest.mark.parametrize(
+    ("action", "allowed"),
+    [("abort", {"sending"}), ("cancel the schedule", {"scheduled"}), ("schedule", {"draft"})],
+)
+def test_transitions_are_allowed_only_from_their_states(action: str, allowed: set[str]) -> None:
+    for state in ("draft", "scheduled", "sending", "aborting", "aborted", "completed"):
+        if state in allowed:
+            domain.ensure_allowed(uuid.uuid4(), state, action)
+        else:
+            with pytest.raises(domain.InvalidTransition, match=f"cannot {action}.*is {state}"):
+                domain.ensure_allowed(uuid.uuid4(), state, action)
+
+
+def test_completion_of_an_aborting_campaign_means_aborted() -> None:
+    assert domain.state_after_completion("aborting") == "aborted"
+    assert domain.state_after_completion("sending") == "completed"
 
 
 def test_csv_unknown_columns_become_attributes_and_blanks_are_missing() -> None:
@@ -57,22 +118,25 @@ def test_send_now_is_refused_unless_draft(state: str) -> None:
 
 def test_send_requested_uses_the_channel_address_and_a_stable_event_id() -> None:
     cid = uuid.uuid4()
-    row = {"id": 7, "email": "a@x.org", "phone": "+4511223344", "first_name": "Ada",
-           "last_name": None, "attributes": {"city": "Aarhus"}}
+    row = {"id": 7, "email": "a@x.org", "email_invalid": False, "phone": "+4511223344",
+           "phone_invalid": False, "first_name": "Ada", "last_name": None,
+           "attributes": {"city": "Aarhus"}}
     ref = TemplateRef(id=uuid.uuid4(), version=1)
     email = domain.send_requested_for(campaign_id=cid, channel="email", template=ref, row=row)
     sms = domain.send_requested_for(campaign_id=cid, channel="sms", template=ref, row=row)
     again = domain.send_requested_for(campaign_id=cid, channel="email", template=ref, row=row)
     assert (email.address, sms.address) == ("a@x.org", "+4511223344")
-    assert email.variables == {"city": "Aarhus", "first_name": "Ada", "last_name": ""}
+    assert email.variables == {"city": "Aarhus", "first_name": "Ada", "email": "a@x.org",
+                               "phone": "+4511223344"}
     assert email.event_id == again.event_id != sms.event_id
 
 
-def test_recipient_without_address_yields_request_without_address() -> None:
-    row = {"id": 1, "email": None, "phone": None, "first_name": "A", "last_name": "B",
-           "attributes": {}}
-    req = domain.send_requested_for(
-        campaign_id=uuid.uuid4(), channel="email", template=TemplateRef(id=uuid.uuid4(), version=1),
-        row=row,
-    )
-    assert req.address is None
+def test_missing_and_invalid_addresses_become_skip_reasons() -> None:
+    row = {"id": 1, "email": None, "email_invalid": False, "phone": "12", "phone_invalid": True,
+           "first_name": "A", "last_name": "B", "attributes": {}}
+    ref = TemplateRef(id=uuid.uuid4(), version=1)
+    cid = uuid.uuid4()
+    email = domain.send_requested_for(campaign_id=cid, channel="email", template=ref, row=row)
+    sms = domain.send_requested_for(campaign_id=cid, channel="sms", template=ref, row=row)
+    assert (email.address, email.skip_reason) == (None, "missing_address")
+    assert (sms.address, sms.skip_reason) == (None, "invalid_address")

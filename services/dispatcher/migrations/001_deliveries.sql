@@ -3,10 +3,15 @@ CREATE TABLE templates (
     campaign_id       uuid PRIMARY KEY,
     template_id       uuid NOT NULL,
     template_version  integer NOT NULL,
-    body              text NOT NULL,
-    subject           text,
+    templates         jsonb NOT NULL,   -- {channel: {body, subject}}
     sender            jsonb NOT NULL,
     received_at       timestamptz NOT NULL DEFAULT now()
+);
+
+-- Campaigns whose send-out was aborted: no provider call starts for them any more.
+CREATE TABLE aborted_campaigns (
+    campaign_id  uuid PRIMARY KEY,
+    aborted_at   timestamptz NOT NULL DEFAULT now()
 );
 
 -- One row per (campaign, recipient, channel): the dedupe key. A row without an outcome is a

@@ -1,15 +1,24 @@
--- Per-campaign counters: one row updated once per consumed batch, never per message.
+-- One row per campaign: its state and when it moved.
 CREATE TABLE campaigns (
     campaign_id   uuid PRIMARY KEY,
+    state         text NOT NULL DEFAULT 'sending'
+        CHECK (state IN ('sending', 'aborting', 'completed', 'aborted')),
+    started       boolean NOT NULL DEFAULT false,  -- the `started` event (with totals) was seen
+    started_at    timestamptz,
+    aborted_at    timestamptz,
+    completed_at  timestamptz,
+    updated_at    timestamptz NOT NULL DEFAULT now()
+);
+
+-- Counters per campaign and channel: updated once per consumed batch, never per message.
+CREATE TABLE campaign_channels (
+    campaign_id   uuid NOT NULL,
+    channel       text NOT NULL,
     total         integer,               -- known once the `started` event is seen
-    channel       text,
     completed     bigint NOT NULL DEFAULT 0,
     failed        bigint NOT NULL DEFAULT 0,
     skipped       bigint NOT NULL DEFAULT 0,
-    state         text NOT NULL DEFAULT 'sending' CHECK (state IN ('sending', 'completed')),
-    started_at    timestamptz,
-    completed_at  timestamptz,
-    updated_at    timestamptz NOT NULL DEFAULT now()
+    PRIMARY KEY (campaign_id, channel)
 );
 
 -- One row per recipient × channel that reached a terminal state. Its primary key is what makes

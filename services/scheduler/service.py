@@ -1,0 +1,249 @@
+"""Scheduler use cases: each operator command as one function, its dependencies passed in."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from services.scheduler import domain, repo
+from services.scheduler.fanout import FanoutRunner
+from shared.events import (
+    AbortAcknowledged,
+    CampaignAborted,
+    CampaignCanceled,
+    CampaignCompleted,
+    CampaignScheduled,
+    Event,
+)
+
+log = logging.getLogger(__name__)
+
+PublishLifecycle = Callable[[Event], Awaitable[None]]
+ListDispatchers = Callable[[], Awaitable[set[str]]]
+
+
+async def _locked_state(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> str:
+    state = await repo.lock_campaign_state(conn, campaign_id)
+    if state is None:
+        raise domain.NotFound(f"campaign {campaign_id} not found")
+    return state
+
+
+async def _template(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> tuple[Any, Any]:
+    row = await repo.get_campaign(conn, campaign_id)
+    assert row is not None
+    template = domain.TemplateVersion(row["template_id"], row["template_version"],
+                                      row["email_subject"], row["email_body"], row["sms_body"])
+    return row, template
+
+
+async def _ensure_recipients_fit(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> int:
+    """Before anything is sent: recipients exist and each can fill the template."""
+    row, template = await _template(conn, campaign_id)
+    if row["recipients"] == 0:
+        raise domain.Invalid(f"campaign {campaign_id} has no recipients")
+    variables = template.variables(row["channels"])
+    count, ids = await repo.recipients_missing_variables(conn, campaign_id, variables)
+    if count:
+        raise domain.missing_variables_error(count, ids, variables)
+    return int(row["recipients"])
+
+
+async def create_campaign(
+    pool: asyncpg.Pool, cmd: domain.CreateCampaign, actor: str, kind: str = "mass"
+) -> uuid.UUID:
+    async with pool.acquire() as conn, conn.transaction():
+        if cmd.sender is not None:
+            sender = await repo.insert_sender(conn, cmd.sender)
+        else:
+            assert cmd.sender_id is not None
+            found = await repo.get_sender(conn, cmd.sender_id)
+            if found is None:
+                raise domain.Invalid(f"sender {cmd.sender_id} does not exist")
+            sender = found
+        inline = cmd.inline_template()
+        if inline is not None:
+            template = await repo.insert_template(conn, inline)
+        else:
+            assert cmd.template_id is not None
+            latest = await repo.latest_template(conn, cmd.template_id)
+            if latest is None:
+                raise domain.Invalid(f"template {cmd.template_id} does not exist")
+            template = latest
+        domain.ensure_fits_channels(cmd.channels, sender, template)
+        campaign_id = await repo.insert_campaign(
+            conn, name=cmd.name, kind=kind, channels=cmd.channels, sender_id=sender.id,
+            template=template,
+        )
+        await repo.audit(conn, campaign_id, "created", actor,
+                         {"channels": cmd.channels, "template_version": template.version})
+    return campaign_id
+
+
+async def add_recipients(
+    pool: asyncpg.Pool, campaign_id: uuid.UUID, recipients: list[domain.Recipient], region: str
+) -> int:
+    rows = [domain.to_row(r, region) for r in recipients]
+    async with pool.acquire() as conn, conn.transaction():
+        domain.ensure_can_add_recipients(campaign_id, await _locked_state(conn, campaign_id))
+        return await repo.copy_recipients(conn, campaign_id, rows)
+
+
+async def send_now(
+    pool: asyncpg.Pool, fanout: FanoutRunner, campaign_id: uuid.UUID, actor: str
+) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        domain.ensure_can_send_now(campaign_id, await _locked_state(conn, campaign_id))
+        await _ensure_recipients_fit(conn, campaign_id)
+        total = await repo.start_sending(conn, campaign_id)
+        await repo.audit(conn, campaign_id, "sent out now", actor, {"total": total})
+    # Committed first, then fanned out: if this process dies now, the scanner resumes it.
+    fanout.kick(campaign_id)
+
+
+async def schedule(
+    pool: asyncpg.Pool, campaign_id: uuid.UUID, at: Any, actor: str, publish: PublishLifecycle
+) -> None:
+    at = domain.ensure_schedulable_time(at)
+    async with pool.acquire() as conn, conn.transaction():
+        domain.ensure_allowed(campaign_id, await _locked_state(conn, campaign_id), "schedule")
+        recipients = await _ensure_recipients_fit(conn, campaign_id)
+        await repo.set_scheduled(conn, campaign_id, at)
+        await repo.audit(conn, campaign_id, "scheduled", actor,
+                         {"scheduled_for": at.isoformat(), "recipients": recipients})
+        # Inside the transaction: if the publish fails, the schedule is not taken either.
+        await publish(CampaignScheduled(campaign_id=campaign_id, scheduled_for=at))
+
+
+async def cancel(
+    pool: asyncpg.Pool, campaign_id: uuid.UUID, actor: str, publish: PublishLifecycle
+) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        state = await _locked_state(conn, campaign_id)
+        domain.ensure_allowed(campaign_id, state, "cancel the schedule")
+        await repo.set_draft(conn, campaign_id)
+        await repo.audit(conn, campaign_id, "canceled", actor, {})
+        await publish(CampaignCanceled(campaign_id=campaign_id))
+
+
+async def fire_due(pool: asyncpg.Pool, fanout: FanoutRunner, limit: int = 50) -> list[uuid.UUID]:
+    """Start every scheduled campaign whose time has come. Safe with many replicas: a due row
+    is locked by the one that claims it, and the state change makes it fire once."""
+    async with pool.acquire() as conn, conn.transaction():
+        due = await repo.claim_due(conn, limit)
+        for campaign_id in due:
+            total = await repo.start_sending(conn, campaign_id)
+            await repo.audit(conn, campaign_id, "sent on schedule", "scheduler", {"total": total})
+    for campaign_id in due:
+        fanout.kick(campaign_id)
+    return due
+
+
+@dataclass
+class _Wait:
+    expected: set[str]
+    acks: dict[str, int] = field(default_factory=dict)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class AbortAcks:
+    """Collects dispatcher instances' abort acknowledgements for waiting abort requests."""
+
+    def __init__(self) -> None:
+        self._waits: dict[uuid.UUID, _Wait] = {}
+
+    @contextlib.contextmanager
+    def expecting(self, campaign_id: uuid.UUID, instances: set[str]) -> Any:
+        wait = _Wait(set(instances))
+        if not instances:
+            wait.done.set()
+        self._waits[campaign_id] = wait
+        try:
+            yield wait
+        finally:
+            self._waits.pop(campaign_id, None)
+
+    def acknowledged(self, event: AbortAcknowledged) -> None:
+        wait = self._waits.get(event.campaign_id)
+        if wait is None:
+            return
+        wait.acks[event.instance] = event.settled
+        if wait.expected <= set(wait.acks):
+            wait.done.set()
+
+
+async def abort(
+    pool: asyncpg.Pool,
+    campaign_id: uuid.UUID,
+    actor: str,
+    *,
+    publish: PublishLifecycle,
+    acks: AbortAcks,
+    list_dispatchers: ListDispatchers,
+    wait_seconds: float,
+) -> dict[str, Any]:
+    """Stop a send-out: answer only once every running dispatcher confirmed that no provider
+    call for the campaign will start any more, with how many messages were still pending."""
+    async with pool.acquire() as conn, conn.transaction():
+        domain.ensure_allowed(campaign_id, await _locked_state(conn, campaign_id), "abort")
+        await repo.set_aborting(conn, campaign_id)
+    instances = await list_dispatchers()
+    with acks.expecting(campaign_id, instances) as wait:
+        await publish(CampaignAborted(campaign_id=campaign_id))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wait.done.wait(), wait_seconds)
+    async with pool.acquire() as conn, conn.transaction():
+        row = await repo.get_campaign(conn, campaign_id)
+        assert row is not None
+        confirmed = wait.expected <= set(wait.acks)
+        # Each dispatcher counts the same shared records; the latest count is the largest.
+        settled = max(wait.acks.values(), default=None)
+        pending = row["total"] - settled if settled is not None else None
+        if pending is not None:
+            await repo.set_abort_pending(conn, campaign_id, pending)
+        result = {
+            "pending": pending,
+            "acknowledged": confirmed,
+            "acknowledged_by": sorted(wait.acks),
+            "missing_acknowledgements": sorted(wait.expected - set(wait.acks)),
+        }
+        await repo.audit(conn, campaign_id, "aborted", actor, result)
+    if not confirmed:
+        log.error("abort not acknowledged by every dispatcher",
+                  extra={"campaign_id": str(campaign_id), **result})
+    return result
+
+
+async def apply_completed(pool: asyncpg.Pool, event: CampaignCompleted) -> None:
+    counts = {"completed": event.completed, "failed": event.failed, "skipped": event.skipped}
+    async with pool.acquire() as conn, conn.transaction():
+        if not await repo.first_time(conn, event.event_id):
+            return
+        state = await repo.lock_campaign_state(conn, event.campaign_id)
+        if state not in ("sending", "aborting"):
+            return
+        final = domain.state_after_completion(state)
+        await repo.finish(conn, event.campaign_id, final, counts)
+        await repo.audit(conn, event.campaign_id, final, "tracker", counts)
+
+
+async def send_individually(
+    pool: asyncpg.Pool, fanout: FanoutRunner, cmd: domain.SendIndividually, actor: str,
+    region: str,
+) -> uuid.UUID:
+    """One recipient, email and/or SMS: a one-recipient campaign, sent out now."""
+    create = domain.CreateCampaign(
+        name=cmd.name or "Individual send", channels=cmd.channels, sender_id=cmd.sender_id,
+        template_id=cmd.template_id,
+    )
+    campaign_id = await create_campaign(pool, create, actor, kind="individual")
+    await add_recipients(pool, campaign_id, [cmd.recipient], region)
+    await send_now(pool, fanout, campaign_id, actor)
+    return campaign_id
