@@ -82,6 +82,13 @@ def create_app(behaviour: Behaviour) -> web.Application:
             "by_status": by_status,
         })
 
+    async def configure(request: web.Request) -> web.Response:
+        """Change behaviour at run time, e.g. `{"latency_ms": 20}` for one test."""
+        body = await request.json()
+        if "latency_ms" in body:
+            behaviour.latency_ms = float(body["latency_ms"])
+        return web.json_response({"latency_ms": behaviour.latency_ms})
+
     async def reset(request: web.Request) -> web.Response:
         rec.requests.clear()
         rec.flaked.clear()
@@ -95,6 +102,7 @@ def create_app(behaviour: Behaviour) -> web.Application:
     app.router.add_get("/requests", requests)
     app.router.add_get("/stats", stats)
     app.router.add_post("/reset", reset)
+    app.router.add_post("/config", configure)
     app.router.add_get("/health", health)
     return app
 

@@ -45,6 +45,14 @@ class Proc:
 class Processes:
     log_dir: Path
     procs: list[Proc] = field(default_factory=list)
+    stopped: set[str] = field(default_factory=set)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one process, as a crash would."""
+        proc = self.by_name(name)
+        proc.popen.kill()
+        proc.popen.wait()
+        self.stopped.add(name)
 
     def start(self, name: str, args: list[str], env: dict[str, str], port: int) -> Proc:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -64,7 +72,7 @@ class Processes:
 
     def wait_healthy(self, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
-        pending = list(self.procs)
+        pending = [p for p in self.procs if p.popen.poll() is None or p.name not in self.stopped]
         while pending:
             for proc in list(pending):
                 if proc.popen.poll() is not None:
@@ -101,13 +109,27 @@ class Processes:
 
 @dataclass
 class Sendout:
-    """The three services plus a fake provider, as separate processes."""
+    """The three services plus a fake HTTP provider (SMS) and an SMTP sink (email), as
+    separate processes."""
 
     processes: Processes
+    env: dict[str, str]
     scheduler: str
     tracker: str
     dispatchers: list[str]
     provider: str | None
+    smtp: str | None
+
+    def start_service(self, service: str, name: str | None = None,
+                      extra_env: dict[str, str] | None = None) -> Proc:
+        """One more service process (e.g. a second scheduler replica), healthy on return."""
+        port = free_port()
+        proc = self.processes.start(
+            name or f"{service}-{port}", ["-m", f"services.{service}"],
+            {**self.env, **(extra_env or {}), "SENDOUT_HTTP_PORT": str(port)}, port,
+        )
+        self.processes.wait_healthy()
+        return proc
 
 
 def start_sendout(
@@ -118,7 +140,7 @@ def start_sendout(
     fail_pattern: str | None = None,
     flaky_pattern: str | None = None,
     provider_latency_ms: float = 0.0,
-    use_fake_provider: bool = True,
+    use_fakes: bool = True,
     dispatchers: int = 1,
     extra_env: dict[str, str] | None = None,
 ) -> Sendout:
@@ -129,16 +151,35 @@ def start_sendout(
     }
     procs = Processes(log_dir)
     try:
-        provider_url = None
-        if use_fake_provider:
-            port = free_port()
-            args = ["-m", "devtools.fake_provider", "--port", str(port),
-                    "--latency-ms", str(provider_latency_ms)]
+        dispatcher_env: dict[str, str] = {}
+        provider_url = smtp_url = None
+        if use_fakes:
+            patterns: list[str] = []
             if fail_pattern:
-                args += ["--fail-pattern", fail_pattern]
+                patterns += ["--fail-pattern", fail_pattern]
             if flaky_pattern:
-                args += ["--flaky-pattern", flaky_pattern]
-            provider_url = procs.start("fake-provider", args, {}, port).url
+                patterns += ["--flaky-pattern", flaky_pattern]
+            port = free_port()
+            provider_url = procs.start(
+                "fake-provider",
+                ["-m", "devtools.fake_provider", "--port", str(port),
+                 "--latency-ms", str(provider_latency_ms), *patterns],
+                {}, port,
+            ).url
+            smtp_port, http_port = free_port(), free_port()
+            smtp_url = procs.start(
+                "fake-smtp",
+                ["-m", "devtools.fake_smtp", "--smtp-port", str(smtp_port),
+                 "--http-port", str(http_port), *patterns],
+                {}, http_port,
+            ).url
+            dispatcher_env = {
+                "SENDOUT_EMAIL_PROVIDER": "smtp",
+                "SENDOUT_SMTP_HOST": "127.0.0.1",
+                "SENDOUT_SMTP_PORT": str(smtp_port),
+                "SENDOUT_SMS_PROVIDER": "http",
+                "SENDOUT_PROVIDER_URL": provider_url,
+            }
         # Migrations take an advisory lock, so services may start together.
         for name in ("scheduler", "tracker"):
             port = free_port()
@@ -146,18 +187,18 @@ def start_sendout(
                         {**common, "SENDOUT_HTTP_PORT": str(port)}, port)
         for i in range(dispatchers):
             port = free_port()
-            env = {**common, "SENDOUT_HTTP_PORT": str(port)}
-            if provider_url:
-                env |= {"SENDOUT_PROVIDER": "http", "SENDOUT_PROVIDER_URL": provider_url}
-            procs.start(f"dispatcher-{i + 1}", ["-m", "services.dispatcher"], env, port)
+            procs.start(f"dispatcher-{i + 1}", ["-m", "services.dispatcher"],
+                        {**common, **dispatcher_env, "SENDOUT_HTTP_PORT": str(port)}, port)
         procs.wait_healthy()
     except BaseException:
         procs.stop()
         raise
     return Sendout(
         processes=procs,
+        env={**common, **dispatcher_env},
         scheduler=procs.by_name("scheduler").url,
         tracker=procs.by_name("tracker").url,
         dispatchers=[p.url for p in procs.procs if p.name.startswith("dispatcher")],
         provider=provider_url,
+        smtp=smtp_url,
     )

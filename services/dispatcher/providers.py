@@ -9,7 +9,6 @@ import json
 import uuid
 from dataclasses import dataclass
 from email.message import EmailMessage
-from email.utils import make_msgid
 from typing import Protocol
 
 import aiohttp
@@ -140,8 +139,10 @@ class SmtpProvider:
         email["From"] = message.sender
         email["To"] = message.to
         email["Subject"] = message.subject or ""
-        message_id = make_msgid(idstring=message.idempotency_key[:16], domain="sendout.local")
+        # Stable across retries, so a receiving system can tell a retry from a new message.
+        message_id = f"<{message.idempotency_key}@sendout.local>"
         email["Message-ID"] = message_id
+        email["X-Sendout-Idempotency-Key"] = message.idempotency_key
         email.set_content(message.body)
         client = await self._idle.get()
         try:

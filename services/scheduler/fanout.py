@@ -61,12 +61,13 @@ async def fan_out(
     page_size: int,
 ) -> bool:
     """Drive one campaign's fan-out to its end. False if another process is driving it."""
-    async with pool.acquire() as lock_conn:
-        if not await lock_conn.fetchval("SELECT pg_try_advisory_lock($1)", _lock_key(campaign_id)):
+    # One connection for the lock and the queries: a fan-out never waits on the pool while
+    # holding a connection (many fan-outs at once would otherwise starve each other).
+    async with pool.acquire() as conn:
+        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _lock_key(campaign_id)):
             return False
         try:
-            async with pool.acquire() as conn:
-                row = await repo.get_campaign(conn, campaign_id)
+            row = await repo.get_campaign(conn, campaign_id)
             # An aborting campaign is fanned out to its end as well: dispatchers report every
             # request of it skipped (`aborted`), so each recipient gets its final state.
             if row is None or row["state"] not in ("sending", "aborting") or row["fanout_done"]:
@@ -77,8 +78,7 @@ async def fan_out(
             after_id: int = row["fanout_after_id"]
             published = 0
             while True:
-                async with pool.acquire() as conn:
-                    page = await repo.recipients_page(conn, campaign_id, after_id, page_size)
+                page = await repo.recipients_page(conn, campaign_id, after_id, page_size)
                 if page:
                     await publish_requests(
                         [
@@ -92,15 +92,14 @@ async def fan_out(
                     after_id = page[-1]["id"]
                     published += len(page)
                 done = len(page) < page_size
-                async with pool.acquire() as conn:
-                    await repo.save_fanout_checkpoint(conn, campaign_id, after_id, done)
+                await repo.save_fanout_checkpoint(conn, campaign_id, after_id, done)
                 if done:
                     break
             log.info("fan-out finished",
                      extra={"campaign_id": str(campaign_id), "published": published})
             return True
         finally:
-            await lock_conn.execute("SELECT pg_advisory_unlock($1)", _lock_key(campaign_id))
+            await conn.execute("SELECT pg_advisory_unlock($1)", _lock_key(campaign_id))
 
 
 class FanoutRunner:
@@ -114,6 +113,7 @@ class FanoutRunner:
         publish_requests: PublishRequests,
         page_size: int,
         rescan_seconds: float,
+        max_parallel: int = 4,
     ) -> None:
         self._pool = pool
         self._publish_started = publish_started
@@ -121,6 +121,9 @@ class FanoutRunner:
         self._page_size = page_size
         self._rescan_seconds = rescan_seconds
         self._running: dict[uuid.UUID, asyncio.Task[None]] = {}
+        # Fan-outs at once, each holding one pooled connection: leaves the pool room for the
+        # HTTP API.
+        self._slots = asyncio.Semaphore(max_parallel)
         self._scanner: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -143,12 +146,13 @@ class FanoutRunner:
 
     async def _drive(self, campaign_id: uuid.UUID) -> None:
         try:
-            await fan_out(
-                self._pool, campaign_id,
-                publish_started=self._publish_started,
-                publish_requests=self._publish_requests,
-                page_size=self._page_size,
-            )
+            async with self._slots:
+                await fan_out(
+                    self._pool, campaign_id,
+                    publish_started=self._publish_started,
+                    publish_requests=self._publish_requests,
+                    page_size=self._page_size,
+                )
         except asyncio.CancelledError:
             raise
         except Exception:

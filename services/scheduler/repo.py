@@ -172,7 +172,6 @@ async def start_sending(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> int
         """
         UPDATE campaigns c
         SET state = 'sending', started_at = now(), started_event_id = gen_random_uuid(),
-            scheduled_for = NULL,
             total = cardinality(c.channels)
                     * (SELECT count(*) FROM recipients r WHERE r.campaign_id = c.id)
         WHERE c.id = $1

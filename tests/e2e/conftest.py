@@ -24,6 +24,8 @@ def sendout(stack: Stack) -> Iterator[Sendout]:
         fail_pattern=FAIL_PATTERN,
         flaky_pattern=FLAKY_PATTERN,
         dispatchers=2,
+        # Modest, so that an abort test can catch a send-out in the middle.
+        extra_env={"SENDOUT_CONCURRENCY": "50"},
     )
     try:
         yield running

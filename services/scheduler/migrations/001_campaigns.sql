@@ -48,7 +48,7 @@ CREATE TABLE campaigns (
     aborted_at        timestamptz,
     completed_at      timestamptz,
     FOREIGN KEY (template_id, template_version) REFERENCES template_versions (template_id, version),
-    CHECK ((state = 'scheduled') = (scheduled_for IS NOT NULL))
+    CHECK (state <> 'scheduled' OR scheduled_for IS NOT NULL)
 );
 
 CREATE INDEX campaigns_unfinished_fanout ON campaigns (id)

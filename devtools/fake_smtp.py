@@ -1,0 +1,127 @@
+"""A local SMTP sink (aiosmtpd) for tests and the demo, with an HTTP side to read what it got.
+
+Every message is recorded with its idempotency key (header `X-Sendout-Idempotency-Key`), so
+tests can check exactly what was and was not sent. Behaviour:
+- `--fail-pattern REGEX`: matching recipients are refused for good (550 at RCPT);
+- `--flaky-pattern REGEX`: the first delivery to a matching recipient gets 451, retries pass.
+HTTP (`--http-port`): GET /requests, GET /stats, POST /reset, GET /health — like the fake HTTP
+provider's. Loopback only; not a product component.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import time
+from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from typing import Any
+
+import uvloop
+from aiohttp import web
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+
+@dataclass
+class Sink:
+    fail_pattern: re.Pattern[str] | None = None
+    flaky_pattern: re.Pattern[str] | None = None
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    flaked: set[str] = field(default_factory=set)
+
+    def _record(self, to: str, status: int, **extra: Any) -> None:
+        self.requests.append({"at": time.time(), "channel": "email", "to": to,
+                              "status": status, **extra})
+
+    # aiosmtpd handler hooks
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        if self.fail_pattern and self.fail_pattern.search(address):
+            self._record(address, 550)
+            return "550 5.1.1 mailbox unavailable"
+        if self.flaky_pattern and self.flaky_pattern.search(address) \
+                and address not in self.flaked:
+            self.flaked.add(address)
+            self._record(address, 451)
+            return "451 4.3.0 try again later"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(
+        self, server: SMTP, session: Session, envelope: Envelope
+    ) -> str:
+        message = message_from_bytes(envelope.original_content or b"", policy=policy.default)
+        body = message.get_body(preferencelist=("plain",))
+        text = body.get_content().rstrip("\r\n") if body is not None else ""
+        for to in envelope.rcpt_tos:
+            self._record(
+                to, 250, subject=str(message["Subject"] or ""), body=text,
+                sender=str(message["From"] or ""),
+                idempotency_key=str(message["X-Sendout-Idempotency-Key"] or ""),
+                id=str(message["Message-ID"] or "").strip("<>"),
+            )
+        return "250 Message accepted"
+
+
+def http_app(sink: Sink) -> web.Application:
+    async def requests(request: web.Request) -> web.Response:
+        offset = int(request.query.get("offset", 0))
+        limit = int(request.query.get("limit", 10_000))
+        return web.json_response({"requests": sink.requests[offset : offset + limit],
+                                  "total": len(sink.requests)})
+
+    async def stats(request: web.Request) -> web.Response:
+        delivered = [r for r in sink.requests if r["status"] == 250]
+        return web.json_response({
+            "requests": len(sink.requests),
+            "delivered": len(delivered),
+            "unique_keys": len({r["idempotency_key"] for r in delivered}),
+        })
+
+    async def reset(request: web.Request) -> web.Response:
+        sink.requests.clear()
+        sink.flaked.clear()
+        return web.json_response({"status": "ok"})
+
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    app = web.Application()
+    app.router.add_get("/requests", requests)
+    app.router.add_get("/stats", stats)
+    app.router.add_post("/reset", reset)
+    app.router.add_get("/health", health)
+    return app
+
+
+async def serve(sink: Sink, host: str, smtp_port: int, http_port: int) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: SMTP(sink, hostname="sendout-sink"), host,
+                                      smtp_port)
+    runner = web.AppRunner(http_app(sink), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, http_port).start()
+    async with server:
+        await server.serve_forever()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--smtp-port", type=int, default=8026)
+    parser.add_argument("--http-port", type=int, default=8027)
+    parser.add_argument("--fail-pattern")
+    parser.add_argument("--flaky-pattern")
+    args = parser.parse_args()
+    sink = Sink(
+        fail_pattern=re.compile(args.fail_pattern) if args.fail_pattern else None,
+        flaky_pattern=re.compile(args.flaky_pattern) if args.flaky_pattern else None,
+    )
+    uvloop.run(serve(sink, args.host, args.smtp_port, args.http_port))
+
+
+if __name__ == "__main__":
+    main()

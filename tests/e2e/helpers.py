@@ -1,0 +1,57 @@
+"""Small clients for the e2e tests: the user's actions and what the fakes recorded."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+
+from devtools.processes import Sendout
+from tests.factories import campaign_payload
+
+
+def create_campaign(http: httpx.Client, sendout: Sendout, **overrides: Any) -> str:
+    r = http.post(f"{sendout.scheduler}/campaigns", json=campaign_payload(**overrides))
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+def add_recipients(http: httpx.Client, sendout: Sendout, cid: str,
+                   recipients: list[dict[str, Any]]) -> None:
+    r = http.post(f"{sendout.scheduler}/campaigns/{cid}/recipients",
+                  json={"recipients": recipients})
+    assert r.status_code == 201, r.text
+
+
+def campaign(http: httpx.Client, sendout: Sendout, cid: str) -> dict[str, Any]:
+    return dict(http.get(f"{sendout.scheduler}/campaigns/{cid}").raise_for_status().json())
+
+
+def wait_state(http: httpx.Client, sendout: Sendout, cid: str, states: set[str],
+               timeout: float = 60.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        c = campaign(http, sendout, cid)
+        if c["state"] in states:
+            return c
+        if time.monotonic() > deadline:
+            raise AssertionError(f"campaign {cid} still {c['state']}, wanted {states}")
+        time.sleep(0.05)
+
+
+def requests_to(http: httpx.Client, fake_url: str | None, addresses: set[str]) -> list[dict]:
+    """What a fake provider / SMTP sink recorded for these addresses."""
+    assert fake_url
+    got = http.get(f"{fake_url}/requests", params={"limit": 100_000}).raise_for_status().json()
+    return [q for q in got["requests"] if q["to"] in addresses]
+
+
+def in_seconds(seconds: float) -> datetime:
+    return datetime.now(UTC) + timedelta(seconds=seconds)
+
+
+def audit_actions(http: httpx.Client, sendout: Sendout, cid: str) -> list[str]:
+    events = http.get(f"{sendout.scheduler}/campaigns/{cid}/audit").raise_for_status().json()
+    return [e["action"] for e in events["events"]]
