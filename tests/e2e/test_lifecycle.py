@@ -187,3 +187,187 @@ def test_scheduler_killed_and_restarted_before_the_time_still_fires_once(
                                                              f"{tag}1@example.org"})
                  if q["status"] == 250]
     assert len(delivered) == 2
+
+
+def _sms_campaign(http: httpx.Client, sendout: Sendout, template: str) -> str:
+    r = http.post(f"{sendout.scheduler}/campaigns", json={
+        "name": "SMS", "channels": ["sms"], "template": template,
+        "sender": {"name": "Office", "sms_sender_id": "Office"}})
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+def test_abort_stops_provider_calls_and_ends_aborted_with_exact_counters(
+    sendout: Sendout, http: httpx.Client
+) -> None:
+    """20,000 recipients, a provider answering in 20 ms; abort at about a quarter."""
+    assert sendout.provider
+    n = 20_000
+    phones = [f"+4520{100_000 + i:06d}" for i in range(n)]
+    cid = _sms_campaign(http, sendout, "Vote, {{ first_name }}")
+    csv = "phone,first_name\n" + "".join(f"{p},V{i}\n" for i, p in enumerate(phones))
+    http.post(f"{sendout.scheduler}/campaigns/{cid}/recipients.csv", content=csv.encode(),
+              headers={"content-type": "text/csv"}).raise_for_status()
+    http.post(f"{sendout.provider}/config", json={"latency_ms": 20}).raise_for_status()
+    reads: list[dict[str, Any]] = []
+    try:
+        http.post(f"{sendout.scheduler}/campaigns/{cid}/send-now").raise_for_status()
+        deadline = time.monotonic() + 60
+        while True:
+            assert time.monotonic() < deadline, reads[-1:]
+            r = http.get(f"{sendout.tracker}/campaigns/{cid}/progress")
+            if r.status_code == 200 and r.json()["total"]:
+                reads.append(r.json())
+                if r.json()["completed"] >= n // 4:
+                    break
+            time.sleep(0.02)
+        abort_sent_at = time.time()
+        abort = http.post(f"{sendout.scheduler}/campaigns/{cid}/abort",
+                          headers={"X-Sendout-Actor": "grace"})
+        answered_at = time.time()
+        assert abort.status_code == 202, abort.text
+        result = abort.json()["abort"]
+        assert result["acknowledged"] is True
+        assert len(result["acknowledged_by"]) == len(sendout.dispatchers)
+        assert 0 < result["pending"] < n
+        print(f"\nabort answered with {result['pending']} pending")
+        # Keep reading progress until it ends: the invariant holds at every read.
+        deadline = time.monotonic() + 120
+        while (p := http.get(f"{sendout.tracker}/campaigns/{cid}/progress").json())["state"] \
+                != "aborted":
+            reads.append(p)
+            assert time.monotonic() < deadline, p
+            time.sleep(0.05)
+        reads.append(p)
+    finally:
+        http.post(f"{sendout.provider}/config", json={"latency_ms": 0})
+
+    for read in reads:
+        assert read["pending"] + read["completed"] + read["failed"] + read["skipped"] == n, read
+    requests = requests_to(http, sendout.provider, set(phones))
+    late = [q for q in requests if q["at"] > answered_at]
+    assert late == [], f"{len(late)} provider requests began after the abort answer"
+    last = max(q["at"] for q in requests)
+    print(f"abort request → answer {1000 * (answered_at - abort_sent_at):.0f} ms; "
+          f"abort request → last provider request {1000 * (last - abort_sent_at):.0f} ms")
+    # Messages already with the provider are reported as what they became; the rest skipped.
+    final = reads[-1]
+    assert final["completed"] == len({q["to"] for q in requests if q["status"] == 202})
+    assert final["skipped"] == n - final["completed"] - final["failed"] > 0
+    skipped = http.get(f"{sendout.tracker}/campaigns/{cid}/recipients",
+                       params={"status": "skipped", "limit": 10_000}).json()["recipients"]
+    assert {r["reason"] for r in skipped} == {"aborted"}
+    c = wait_state(http, sendout, cid, {"aborted"})
+    assert c["abort_pending"] == result["pending"]
+    assert c["final_counts"]["skipped"] == final["skipped"]
+    trail = http.get(f"{sendout.scheduler}/campaigns/{cid}/audit").json()["events"]
+    aborted = next(e for e in trail if e["action"] == "aborted" and e["actor"] == "grace")
+    assert aborted["details"]["pending"] == result["pending"]
+    assert [e["action"] for e in trail] == ["created", "sent out now", "aborted", "aborted"]
+
+
+def test_both_channels_count_and_explain_each_channel_exactly(
+    sendout: Sendout, http: httpx.Client
+) -> None:
+    tag = uuid.uuid4().hex[:6]
+    sender = http.post(f"{sendout.scheduler}/senders", json={
+        "name": "Election Office", "email": "office@example.org", "sms_sender_id": "ElectOffice",
+    }).raise_for_status().json()
+    template = http.post(f"{sendout.scheduler}/templates", json={
+        "name": "Reminder", "email_subject": "Reminder for {{ first_name }}",
+        "email_body": "Dear {{ first_name }}, vote on Sunday.",
+        "sms_body": "{{ first_name }}: vote Sunday",
+    }).raise_for_status().json()
+    r = http.post(f"{sendout.scheduler}/campaigns", json={
+        "name": "Both", "channels": ["email", "sms"], "sender_id": sender["id"],
+        "template_id": template["id"]})
+    assert r.status_code == 201, r.text
+    cid = r.json()["id"]
+    people = {
+        "email_only": {"email": f"e-{tag}@example.org"},
+        "phone_only": {"phone": "+4540100001"},
+        "neither": {},
+        "both": {"email": f"b-{tag}@example.org", "phone": "40 10 00 02"},
+        "bad_email": {"email": "not-an-email", "phone": "+4540100003"},
+        "bad_phone": {"email": f"p-{tag}@example.org", "phone": "12"},
+        "bouncing": {"email": f"x-{tag}+bounce@example.org"},
+    }
+    add_recipients(http, sendout, cid, [{**a, "first_name": name}
+                                        for name, a in people.items()])
+    http.post(f"{sendout.scheduler}/campaigns/{cid}/send-now").raise_for_status()
+    final = wait_for_completion(http, sendout.tracker, cid)
+    assert final["total"] == 14 and final["pending"] == 0
+    assert final["by_channel"] == {
+        "email": {"total": 7, "pending": 0, "completed": 3, "failed": 1, "skipped": 3},
+        "sms": {"total": 7, "pending": 0, "completed": 3, "failed": 0, "skipped": 4},
+    }
+    rows = http.get(f"{sendout.tracker}/campaigns/{cid}/recipients").json()["recipients"]
+    first = min(r["recipient_id"] for r in rows)
+    names = list(people)
+    got = {(names[r["recipient_id"] - first], r["channel"]): (r["status"], r["reason"])
+           for r in rows}
+    assert got == {
+        ("email_only", "email"): ("completed", None),
+        ("email_only", "sms"): ("skipped", "missing_address"),
+        ("phone_only", "email"): ("skipped", "missing_address"),
+        ("phone_only", "sms"): ("completed", None),
+        ("neither", "email"): ("skipped", "missing_address"),
+        ("neither", "sms"): ("skipped", "missing_address"),
+        ("both", "email"): ("completed", None),
+        ("both", "sms"): ("completed", None),
+        ("bad_email", "email"): ("skipped", "invalid_address"),
+        ("bad_email", "sms"): ("completed", None),
+        ("bad_phone", "email"): ("completed", None),
+        ("bad_phone", "sms"): ("skipped", "invalid_address"),
+        ("bouncing", "email"): ("failed", "SMTP 550: 5.1.1 mailbox unavailable"),
+        ("bouncing", "sms"): ("skipped", "missing_address"),
+    }
+    # The SMS went out normalised to E.164, rendered, from the sender id.
+    sms = requests_to(http, sendout.provider, {"+4540100002"})
+    assert [(q["body"], q["status"]) for q in sms] == [("both: vote Sunday", 202)]
+
+
+def test_individual_send_reaches_one_recipient_by_email_and_sms(
+    sendout: Sendout, http: httpx.Client
+) -> None:
+    tag = uuid.uuid4().hex[:6]
+    sender = http.post(f"{sendout.scheduler}/senders", json={
+        "name": "Office", "email": "office@example.org", "sms_sender_id": "Office",
+    }).raise_for_status().json()
+    template = http.post(f"{sendout.scheduler}/templates", json={
+        "name": "Personal", "email_subject": "Hi {{ first_name }}",
+        "email_body": "Your ward is {{ ward }}.", "sms_body": "Ward {{ ward }}",
+    }).raise_for_status().json()
+    r = http.post(f"{sendout.scheduler}/individual-sends", json={
+        "recipient": {"email": f"one-{tag}@example.org", "phone": "+4540100011",
+                      "first_name": "Ada", "attributes": {"ward": "North"}},
+        "channels": ["email", "sms"], "sender_id": sender["id"], "template_id": template["id"]})
+    assert r.status_code == 202, r.text
+    assert r.json()["kind"] == "individual" and r.json()["total"] == 2
+    final = wait_for_completion(http, sendout.tracker, r.json()["id"])
+    assert final["by_channel"]["email"]["completed"] == 1
+    assert final["by_channel"]["sms"]["completed"] == 1
+    [mail] = [q for q in requests_to(http, sendout.smtp, {f"one-{tag}@example.org"})]
+    assert (mail["subject"], mail["body"]) == ("Hi Ada", "Your ward is North.")
+    [sms] = requests_to(http, sendout.provider, {"+4540100011"})
+    assert sms["body"] == "Ward North"
+
+
+def test_recipients_missing_a_template_variable_are_listed_and_nothing_is_sent(
+    sendout: Sendout, http: httpx.Client
+) -> None:
+    tag = uuid.uuid4().hex[:6]
+    cid = create_campaign(http, sendout, template="Hi {{ first_name }} in {{ ward }}")
+    add_recipients(http, sendout, cid, [
+        {"email": f"ok-{tag}@example.org", "first_name": "A", "attributes": {"ward": "N"}},
+        {"email": f"noward-{tag}@example.org", "first_name": "B"},
+        {"email": f"noname-{tag}@example.org", "attributes": {"ward": "S"}},
+    ])
+    r = http.post(f"{sendout.scheduler}/campaigns/{cid}/send-now")
+    assert r.status_code == 422, r.text
+    assert "2 recipients lack template variables ['first_name', 'ward']" in r.json()["detail"]
+    assert len(r.json()["errors"]) == 2
+    r = http.post(f"{sendout.scheduler}/campaigns/{cid}/schedule",
+                  json={"at": in_seconds(60).isoformat()})
+    assert r.status_code == 422
+    assert campaign(http, sendout, cid)["state"] == "draft"
