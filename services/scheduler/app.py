@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from services.scheduler import domain, handlers, repo
 from services.scheduler.fanout import FanoutRunner
 from services.scheduler.settings import SchedulerSettings
+from services.scheduler.voters import handlers as voters
 from shared import db, http_errors, topics
 from shared.events import CampaignStarted, SendRequested
 from shared.kafka import ensure_topics, make_broker, publish_all
@@ -62,6 +63,7 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
 
 
         app.include_router(handlers.http_router(pool, fanout))
+        app.include_router(voters.http_router(pool, settings.default_phone_region))
         app.include_router(ops_router(standard_checks(pool, broker)))
         try:
             yield

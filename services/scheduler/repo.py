@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 
 from services.scheduler.domain import CreateCampaign, Recipient
+from services.scheduler.voters import repo as voters_repo
 
 _CAMPAIGN_COLUMNS = """
     c.id, c.name, c.channel, c.sender_name, c.sender_email, c.sender_sms_id, c.subject,
@@ -83,6 +84,7 @@ async def copy_recipients(
 
 async def start_sending(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> asyncpg.Record:
     """Move a locked draft to `sending`, fixing its total and the id of its started event."""
+    await voters_repo.snapshot_lists_into_recipients(conn, campaign_id)
     return await conn.fetchrow(
         """
         UPDATE campaigns c
@@ -107,7 +109,7 @@ async def recipients_page(
 ) -> list[asyncpg.Record]:
     return await conn.fetch(
         """
-        SELECT id, email, phone, first_name, last_name, attributes
+        SELECT id, email, phone, first_name, last_name, attributes, voter_id
         FROM recipients WHERE campaign_id = $1 AND id > $2 ORDER BY id LIMIT $3
         """,
         campaign_id, after_id, limit,
