@@ -252,7 +252,8 @@ async def upsert_import_batch(
             ) s WHERE line <> kept ORDER BY line
             """
         )
-        # `xmax = 0` tells a fresh insert from an update of an existing row.
+        # In key order, so that two imports touching the same voters lock them in the same
+        # order and cannot deadlock. `xmax = 0` tells a fresh insert from an update.
         results = await conn.fetch(
             f"""
             INSERT INTO voters AS v (organisation_id, external_id, first_name, last_name, email,
@@ -264,7 +265,7 @@ async def upsert_import_batch(
                 FROM voter_import
                 ORDER BY voter_match_key(external_id, email, phone), line DESC
             ) latest
-            ORDER BY line
+            ORDER BY voter_match_key(external_id, email, phone)
             ON CONFLICT (organisation_id, match_key) DO UPDATE
             SET {", ".join([*sets, "updated_at = now()"])}
             WHERE ({", ".join(old)}) IS DISTINCT FROM ({", ".join(new)})
