@@ -143,3 +143,37 @@ def test_deleting_a_voter_mid_send_does_not_break_the_campaign(
     # Erased once the campaign ended (the scheduler learnt it from the tracker's event).
     assert _deleted_voters_copy(stack.database_url, cid) == {
         "voter_id": None, "email": None, "first_name": None, "erase_pending": False}
+
+
+def test_voter_directory_errors_map_to_404_409_422(sendout: Sendout, http: httpx.Client) -> None:
+    s = sendout.scheduler
+    tag = run_tag()
+    assert http.get(f"{s}/voters/-1").status_code == 404
+    assert http.delete(f"{s}/voters/-1").status_code == 404
+    r = http.post(f"{s}/voters.csv", content=b"first_name,ward\nAda,W1\n",
+                  headers={"content-type": "text/csv"})
+    assert r.status_code == 422 and "must name at least one of" in r.json()["detail"]
+    r = http.post(f"{s}/voters", json={"first_name": "Ada", "phone": "123"})
+    assert r.status_code == 422 and "invalid phone" in r.json()["detail"]
+    assert http.get(f"{s}/voters", params={"q": "  "}).status_code == 422
+
+    r = http.post(f"{s}/voters", json={"external_id": f"{tag}-1", "first_name": "Ada",
+                                        "phone": "20 10 00 07"})
+    assert r.status_code == 201 and r.json()["phone"] == "+4520100007", r.text
+    voter_id = r.json()["id"]
+    r = http.patch(f"{s}/voters/{voter_id}", json={"last_name": "Lovelace"})
+    assert r.status_code == 200 and (r.json()["first_name"], r.json()["last_name"]) == (
+        "Ada", "Lovelace")
+    list_id = _new_list(http, sendout, tag)
+    assert http.post(f"{s}/lists", json={"name": tag}).status_code == 422
+    r = http.post(f"{s}/lists/{list_id}/voters", json={"voter_ids": [voter_id]})
+    assert r.json() == {"added": 1}
+    cid = _campaign_over(http, sendout, [list_id])
+    assert http.post(f"{s}/campaigns/{cid}/send-now").status_code == 202
+    r = http.post(f"{s}/campaigns/{cid}/lists", json={"list_ids": [list_id]})
+    assert r.status_code == 409 and r.json()["state"] in ("sending", "completed")
+    r = http.delete(f"{s}/lists/{list_id}")
+    assert r.status_code == 204  # the started campaign holds its own copy of the voters
+    export = http.get(f"{s}/voters/{voter_id}/export").raise_for_status().json()
+    assert [x["campaign_id"] for x in export["recipient_snapshots"]] == [cid]
+    wait_for_completion(http, sendout.tracker, cid)
