@@ -6,9 +6,11 @@ import uuid
 
 import pytest
 
+from services.dispatcher import domain as dispatcher_domain
+from services.scheduler import domain as scheduler_domain
 from services.scheduler.domain import Invalid, InvalidTransition
 from services.scheduler.voters import domain
-from shared.events import OUTCOME, SEND_REQUESTED, MessageSent
+from shared.events import OUTCOME, SEND_REQUESTED, MessageSent, TemplateRef
 from tests.factories import send_requested
 from tests.voter_factories import chunks_of, voters_csv
 
@@ -160,3 +162,15 @@ def test_voter_id_travels_on_events_and_is_optional_for_older_producers() -> Non
     sent = MessageSent(campaign_id=req.campaign_id, recipient_id=1, channel="email",
                        voter_id=42, provider_message_id="p")
     assert OUTCOME.validate_json(sent.to_bytes()).voter_id == 42
+
+
+def test_fan_out_and_dispatcher_carry_the_voter_id_from_recipient_to_outcome() -> None:
+    row = {"id": 7, "email": "a@x.org", "phone": None, "first_name": "Ada", "last_name": None,
+           "attributes": {}, "voter_id": 42}
+    req = scheduler_domain.send_requested_for(
+        campaign_id=uuid.uuid4(), channel="email", template=TemplateRef(id=uuid.uuid4(),
+                                                                        version=1), row=row)
+    assert req.voter_id == 42
+    outcomes = [dispatcher_domain.sent(req, "p-1"), dispatcher_domain.failed(req, "no"),
+                dispatcher_domain.skipped(req, "missing_address")]
+    assert [o.voter_id for o in outcomes] == [42, 42, 42]
