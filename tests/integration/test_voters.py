@@ -112,8 +112,9 @@ class Imported:
 
 
 @pytest.fixture(scope="module")
-async def hundred_thousand(scheduler_pool: asyncpg.Pool) -> Imported:
-    """100,000 CSV rows, every 1000th of them bad, imported once for the tests that need it."""
+async def hundred_thousand(scheduler_pool: asyncpg.Pool) -> AsyncIterator[Imported]:
+    """100,000 CSV rows, every 1000th of them bad, imported once for the tests that need it
+    (and deleted after them: the local database outlives test runs)."""
     tag = run_tag()
     data, bad = voters_csv(tag, 100_000, bad_every=1000)
     started = time.perf_counter()
@@ -123,7 +124,9 @@ async def hundred_thousand(scheduler_pool: asyncpg.Pool) -> Imported:
           f"{100_000 / seconds:,.0f} rows/s")
     async with scheduler_pool.acquire() as conn:
         await conn.execute("ANALYZE voters")  # what autovacuum would do after a bulk load
-    return Imported(tag, result, bad, seconds)
+    yield Imported(tag, result, bad, seconds)
+    async with scheduler_pool.acquire() as conn:
+        await conn.execute("DELETE FROM voters WHERE external_id LIKE $1 || '-%'", tag)
 
 
 async def test_importing_100000_voters_keeps_good_rows_and_lists_each_bad_row(
