@@ -53,6 +53,9 @@ class SendRequested(Event):
 
     type: Literal["send_requested"] = "send_requested"
     recipient_id: int
+    # The directory voter the recipient was copied from, if any; carried through to outcomes
+    # so the tracker can answer "what did this voter get?". Optional: older producers omit it.
+    voter_id: int | None = None
     channel: Channel
     # None when the recipient has no usable address for the channel: the dispatcher reports it
     # skipped with `skip_reason` (`missing_address`, `invalid_address`) and calls no provider.
@@ -65,6 +68,7 @@ class SendRequested(Event):
 
 class _Outcome(Event):
     recipient_id: int
+    voter_id: int | None = None  # copied from the SendRequested
     channel: Channel
     reason: str | None = None
     provider_message_id: str | None = None

@@ -100,7 +100,7 @@ def kafka_libs() -> Path:
         return libs
     if not shutil.which("mvn"):
         raise StackError("Maven (mvn) is needed to fetch Kafka's jars; apt-get install maven")
-    log("fetching Kafka jars from Maven Central (once; cached in %s)" % libs.parent)
+    log(f"fetching Kafka jars from Maven Central (once; cached in {libs.parent})")
     shutil.rmtree(libs, ignore_errors=True)
     try:
         run(["mvn", "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
@@ -393,7 +393,7 @@ def stop() -> None:
 
 def status() -> int:
     pid = _kafka_pid()
-    print(f"kafka: {'running, pid %d' % pid if pid else 'stopped'}")
+    print(f"kafka: {f'running, pid {pid}' if pid else 'stopped'}")
     print(f"postgres: {'running' if _pg_running() else 'stopped'}")
     return 0 if ENV_FILE.exists() else 1
 

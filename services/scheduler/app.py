@@ -14,6 +14,7 @@ from services.scheduler.fanout import FanoutRunner
 from services.scheduler.schedules import ScheduleLoop
 from services.scheduler.service import AbortAcks
 from services.scheduler.settings import SchedulerSettings
+from services.scheduler.voters import handlers as voters
 from shared import db, http_errors, topics
 from shared.events import CampaignStarted, Event, SendRequested
 from shared.kafka import ensure_topics, group_instances, make_broker, publish_all
@@ -76,6 +77,7 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
         schedules.start()
         deps = handlers.Deps(pool, fanout, publish_lifecycle, acks, list_dispatchers, settings)
         app.include_router(handlers.http_router(deps))
+        app.include_router(voters.http_router(pool, settings.default_phone_region))
         app.include_router(ops_router(standard_checks(pool, broker)))
         try:
             yield

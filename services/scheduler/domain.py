@@ -401,6 +401,7 @@ def send_requested_for(
         event_id=uuid.uuid5(_SEND_NS, f"{campaign_id}:{row['id']}:{channel}"),
         campaign_id=campaign_id,
         recipient_id=row["id"],
+        voter_id=row.get("voter_id"),
         channel=channel,
         address=None if skip_reason else address,
         skip_reason=skip_reason,

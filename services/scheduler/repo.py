@@ -166,6 +166,18 @@ async def recipients_missing_variables(
     return row["n"], list(row["ids"] or [])
 
 
+async def list_voter_count(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> int:
+    """Voters the campaign's target lists hold now (copied into recipients when it starts)."""
+    return int(await conn.fetchval(
+        """
+        SELECT count(DISTINCT m.voter_id)
+        FROM campaign_lists cl JOIN list_members m ON m.list_id = cl.list_id
+        WHERE cl.campaign_id = $1
+        """,
+        campaign_id,
+    ))
+
+
 async def start_sending(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> int:
     """Move a locked campaign to `sending`, fixing its total and its started event's id."""
     return await conn.fetchval(
@@ -247,7 +259,8 @@ async def recipients_page(
 ) -> list[asyncpg.Record]:
     return await conn.fetch(
         """
-        SELECT id, email, email_invalid, phone, phone_invalid, first_name, last_name, attributes
+        SELECT id, email, email_invalid, phone, phone_invalid, first_name, last_name, attributes,
+               voter_id
         FROM recipients WHERE campaign_id = $1 AND id > $2 ORDER BY id LIMIT $3
         """,
         campaign_id, after_id, limit,

@@ -14,6 +14,7 @@ import asyncpg
 
 from services.scheduler import domain, repo
 from services.scheduler.fanout import FanoutRunner
+from services.scheduler.voters import repo as voters_repo
 from shared.events import (
     AbortAcknowledged,
     CampaignAborted,
@@ -45,15 +46,20 @@ async def _template(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> tuple[A
 
 
 async def _ensure_recipients_fit(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> int:
-    """Before anything is sent: recipients exist and each can fill the template."""
+    """Before anything is sent: recipients exist and each can fill the template.
+
+    Voters of target lists count too; they are checked against the template once copied into
+    recipients (at send-now, in the same transaction; for a schedule, when it fires).
+    """
     row, template = await _template(conn, campaign_id)
-    if row["recipients"] == 0:
+    recipients = int(row["recipients"]) + await repo.list_voter_count(conn, campaign_id)
+    if recipients == 0:
         raise domain.Invalid(f"campaign {campaign_id} has no recipients")
     variables = template.variables(row["channels"])
     count, ids = await repo.recipients_missing_variables(conn, campaign_id, variables)
     if count:
         raise domain.missing_variables_error(count, ids, variables)
-    return int(row["recipients"])
+    return recipients
 
 
 async def create_campaign(
@@ -101,6 +107,8 @@ async def send_now(
 ) -> None:
     async with pool.acquire() as conn, conn.transaction():
         domain.ensure_can_send_now(campaign_id, await _locked_state(conn, campaign_id))
+        # The campaign's list voters as they are now: later edits do not change this send-out.
+        await voters_repo.snapshot_lists_into_recipients(conn, campaign_id)
         await _ensure_recipients_fit(conn, campaign_id)
         total = await repo.start_sending(conn, campaign_id)
         await repo.audit(conn, campaign_id, "sent out now", actor, {"total": total})
@@ -139,6 +147,7 @@ async def fire_due(pool: asyncpg.Pool, fanout: FanoutRunner, limit: int = 50) ->
     async with pool.acquire() as conn, conn.transaction():
         due = await repo.claim_due(conn, limit)
         for campaign_id in due:
+            await voters_repo.snapshot_lists_into_recipients(conn, campaign_id)
             total = await repo.start_sending(conn, campaign_id)
             await repo.audit(conn, campaign_id, "sent on schedule", "scheduler", {"total": total})
     for campaign_id in due:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from services.tracker import handlers
+from services.tracker import handlers, voters
 from services.tracker.settings import TrackerSettings
 from shared import db, topics
 from shared.events import CampaignCompleted
@@ -45,6 +45,7 @@ def create_app(settings: TrackerSettings | None = None) -> FastAPI:
         )
         await broker.start()
         app.include_router(handlers.http_router(pool))
+        app.include_router(voters.http_router(pool))
         app.include_router(ops_router(standard_checks(pool, broker)))
         try:
             yield

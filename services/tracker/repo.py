@@ -42,9 +42,10 @@ async def apply_outcomes(
         """
         WITH inserted AS (
             INSERT INTO recipient_outcomes (campaign_id, recipient_id, channel, status, reason,
-                                            provider_message_id, event_id, occurred_at)
+                                            provider_message_id, event_id, occurred_at,
+                                            voter_id)
             SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[],
-                                 $6::text[], $7::uuid[], $8::timestamptz[])
+                                 $6::text[], $7::uuid[], $8::timestamptz[], $9::bigint[])
             ON CONFLICT DO NOTHING
             RETURNING campaign_id, channel, status
         ), counts AS (
@@ -74,6 +75,7 @@ async def apply_outcomes(
         [o.provider_message_id for o in outcomes],
         [o.event_id for o in outcomes],
         [o.occurred_at for o in outcomes],
+        [o.voter_id for o in outcomes],
     )
     return list({r["campaign_id"] for r in rows})
 
