@@ -274,6 +274,24 @@ class AddRecipients(BaseModel):
     recipients: list[Recipient] = Field(min_length=1, max_length=100_000)
 
 
+class SendToVoter(BaseModel):
+    """Command, from a voter's page: send them an email and/or SMS."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    channels: list[Channel] = Field(min_length=1, max_length=2)
+    sender_id: uuid.UUID
+    template_id: uuid.UUID
+
+
+def voter_recipient(voter: Any) -> Recipient:
+    attributes = dict(voter["attributes"] or {})
+    if voter["preferred_language"]:
+        attributes["preferred_language"] = voter["preferred_language"]
+    return Recipient(email=voter["email"], phone=voter["phone"], first_name=voter["first_name"],
+                     last_name=voter["last_name"], attributes=attributes)
+
+
 class SendIndividually(BaseModel):
     """Command: send one recipient an email and/or SMS with a stored sender and template."""
 
@@ -297,6 +315,7 @@ class RecipientRow:
     first_name: str | None
     last_name: str | None
     attributes: dict[str, Any]
+    voter_id: int | None = None
 
 
 def normalise_email(value: str | None) -> tuple[str | None, bool]:
@@ -320,11 +339,11 @@ def normalise_phone(value: str | None, region: str) -> tuple[str | None, bool]:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164), False
 
 
-def to_row(recipient: Recipient, region: str) -> RecipientRow:
+def to_row(recipient: Recipient, region: str, voter_id: int | None = None) -> RecipientRow:
     email, email_invalid = normalise_email(recipient.email)
     phone, phone_invalid = normalise_phone(recipient.phone, region)
     return RecipientRow(email, email_invalid, phone, phone_invalid, recipient.first_name,
-                        recipient.last_name, recipient.attributes)
+                        recipient.last_name, recipient.attributes, voter_id)
 
 
 _KNOWN_COLUMNS = {"email", "phone", "first_name", "last_name"}

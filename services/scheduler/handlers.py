@@ -177,6 +177,17 @@ def http_router(deps: Deps) -> APIRouter:
         campaign_id = await service.send_individually(pool, deps.fanout, cmd, actor, region)
         return await view(campaign_id)
 
+    @router.post("/voters/{voter_id}/send", status_code=202, tags=["voters"])
+    async def send_to_voter(
+        voter_id: int, cmd: domain.SendToVoter, actor: Actor = "operator"
+    ) -> dict[str, Any]:
+        """The voter's page action "send email / SMS": an individual send with the chosen
+        sender and template, rendered with the voter's attributes."""
+        campaign_id = await service.send_to_voter(
+            pool, deps.fanout, voter_id, cmd, actor, region
+        )
+        return await view(campaign_id)
+
     return router
 
 

@@ -136,10 +136,10 @@ async def copy_recipients(
         "recipients",
         schema_name="scheduler",
         columns=["campaign_id", "email", "email_invalid", "phone", "phone_invalid",
-                 "first_name", "last_name", "attributes"],
+                 "first_name", "last_name", "attributes", "voter_id"],
         records=(
             (campaign_id, r.email, r.email_invalid, r.phone, r.phone_invalid, r.first_name,
-             r.last_name, r.attributes)
+             r.last_name, r.attributes, r.voter_id)
             for r in rows
         ),
     )

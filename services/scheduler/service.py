@@ -15,6 +15,7 @@ import asyncpg
 from services.scheduler import domain, repo
 from services.scheduler.fanout import FanoutRunner
 from services.scheduler.voters import repo as voters_repo
+from services.scheduler.voters.domain import DEFAULT_ORG
 from shared.events import (
     AbortAcknowledged,
     CampaignAborted,
@@ -94,9 +95,13 @@ async def create_campaign(
 
 
 async def add_recipients(
-    pool: asyncpg.Pool, campaign_id: uuid.UUID, recipients: list[domain.Recipient], region: str
+    pool: asyncpg.Pool,
+    campaign_id: uuid.UUID,
+    recipients: list[domain.Recipient],
+    region: str,
+    voter_id: int | None = None,
 ) -> int:
-    rows = [domain.to_row(r, region) for r in recipients]
+    rows = [domain.to_row(r, region, voter_id) for r in recipients]
     async with pool.acquire() as conn, conn.transaction():
         domain.ensure_can_add_recipients(campaign_id, await _locked_state(conn, campaign_id))
         return await repo.copy_recipients(conn, campaign_id, rows)
@@ -245,7 +250,7 @@ async def apply_completed(pool: asyncpg.Pool, event: CampaignCompleted) -> None:
 
 async def send_individually(
     pool: asyncpg.Pool, fanout: FanoutRunner, cmd: domain.SendIndividually, actor: str,
-    region: str,
+    region: str, voter_id: int | None = None,
 ) -> uuid.UUID:
     """One recipient, email and/or SMS: a one-recipient campaign, sent out now."""
     create = domain.CreateCampaign(
@@ -253,6 +258,25 @@ async def send_individually(
         template_id=cmd.template_id,
     )
     campaign_id = await create_campaign(pool, create, actor, kind="individual")
-    await add_recipients(pool, campaign_id, [cmd.recipient], region)
+    await add_recipients(pool, campaign_id, [cmd.recipient], region, voter_id)
     await send_now(pool, fanout, campaign_id, actor)
     return campaign_id
+
+
+async def send_to_voter(
+    pool: asyncpg.Pool, fanout: FanoutRunner, voter_id: int, cmd: domain.SendToVoter,
+    actor: str, region: str,
+) -> uuid.UUID:
+    """The "send email / SMS" action of a voter's page: an individual send to the voter."""
+    async with pool.acquire() as conn:
+        voter = await voters_repo.get_voter(conn, DEFAULT_ORG, voter_id)
+    if voter is None:
+        raise domain.NotFound(f"voter {voter_id} not found")
+    if voter["opted_out"]:
+        raise domain.Invalid(f"voter {voter_id} opted out of messages; nothing was sent")
+    name = " ".join(n for n in (voter["first_name"], voter["last_name"]) if n) or str(voter_id)
+    individual = domain.SendIndividually(
+        recipient=domain.voter_recipient(voter), channels=cmd.channels,
+        sender_id=cmd.sender_id, template_id=cmd.template_id, name=f"To {name}",
+    )
+    return await send_individually(pool, fanout, individual, actor, region, voter_id)
