@@ -21,7 +21,7 @@ from faststream.message import StreamMessage
 from pydantic import TypeAdapter, ValidationError
 
 from shared import topics
-from shared.events import Event
+from shared.events import AddressOptedOut, Event
 from shared.metrics import DEAD_LETTERS, EVENTS_PUBLISHED
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def decode_records(
 
 async def publish_all(
     publisher: DefaultPublisher,
-    items: Sequence[tuple[bytes | None, Event]],
+    items: Sequence[tuple[bytes | None, Event | AddressOptedOut]],
     *,
     service: str,
 ) -> None:
