@@ -68,6 +68,17 @@ BATCH_CONSUMER: dict[str, Any] = {
 }
 
 
+# No group: every process gets every record, from the moment it starts (signals every
+# instance must act on itself: aborts, opt-outs, acknowledgements). Nothing to commit: a
+# restarted process reloads what it must know from its own tables.
+BROADCAST_CONSUMER: dict[str, Any] = {
+    "ack_policy": AckPolicy.ACK_FIRST,
+    "auto_offset_reset": "latest",
+    "batch": True,
+    "decoder": raw_body,
+}
+
+
 @dataclass(frozen=True)
 class BadRecord:
     record: ConsumerRecord[Any, Any]

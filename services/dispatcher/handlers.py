@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncpg
-from faststream import AckPolicy
 from faststream.kafka import KafkaRouter
 from faststream.kafka.annotations import KafkaBroker, KafkaMessage
 from faststream.kafka.publisher.usecase import DefaultPublisher
@@ -21,11 +20,11 @@ from shared.events import (
 )
 from shared.kafka import (
     BATCH_CONSUMER,
+    BROADCAST_CONSUMER,
     dead_letter,
     decode_records,
     pause_then_reraise,
     publish_all,
-    raw_body,
     records_of,
 )
 from shared.metrics import EVENTS_CONSUMED
@@ -91,11 +90,8 @@ def kafka_router(
     # No group: every dispatcher process must hear of an abort itself, at once, and say so.
     @router.subscriber(
         topics.CAMPAIGN_LIFECYCLE,
-        batch=True,
-        auto_offset_reset="latest",
-        ack_policy=AckPolicy.ACK_FIRST,
-        decoder=raw_body,
         description="Aborts: stop starting provider calls for the campaign, then acknowledge.",
+        **BROADCAST_CONSUMER,
     )
     async def on_abort(body: list[bytes], msg: KafkaMessage) -> None:
         good, _ = decode_records(records_of(msg), LIFECYCLE)
@@ -132,11 +128,8 @@ def kafka_router(
     # No group: every process stops messaging an opted-out address at once.
     @router.subscriber(
         topics.OPT_OUTS,
-        batch=True,
-        auto_offset_reset="latest",
-        ack_policy=AckPolicy.ACK_FIRST,
-        decoder=raw_body,
         description="Opt-outs: no provider call for the address starts from now on.",
+        **BROADCAST_CONSUMER,
     )
     async def on_opt_out_now(body: list[bytes], msg: KafkaMessage) -> None:
         good, _ = decode_records(records_of(msg), OPTED_OUT)

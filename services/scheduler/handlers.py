@@ -8,7 +8,6 @@ from typing import Annotated, Any
 
 import asyncpg
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, status
-from faststream import AckPolicy
 from faststream.kafka import KafkaRouter
 from faststream.kafka.annotations import KafkaBroker, KafkaMessage
 
@@ -19,10 +18,10 @@ from shared import topics
 from shared.events import LIFECYCLE, AbortAcknowledged, CampaignCompleted
 from shared.kafka import (
     BATCH_CONSUMER,
+    BROADCAST_CONSUMER,
     dead_letter,
     decode_records,
     pause_then_reraise,
-    raw_body,
     records_of,
 )
 
@@ -322,11 +321,8 @@ def kafka_router(pool: asyncpg.Pool, acks: service.AbortAcks) -> KafkaRouter:
     # waiting for it may be on any of them. Bad records are the group consumer's to park.
     @router.subscriber(
         topics.CAMPAIGN_LIFECYCLE,
-        batch=True,
-        auto_offset_reset="latest",
-        ack_policy=AckPolicy.ACK_FIRST,
-        decoder=raw_body,
         description="Abort acknowledgements from dispatcher instances.",
+        **BROADCAST_CONSUMER,
     )
     async def on_abort_acks(body: list[bytes], msg: KafkaMessage) -> None:
         good, _ = decode_records(records_of(msg), LIFECYCLE)
