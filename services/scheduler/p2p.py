@@ -114,11 +114,12 @@ async def end(
     cmd: domain.EndCampaign,
 ) -> None:
     async with pool.acquire() as conn, conn.transaction():
+        # Wait for a fan-out pass in flight, so that the last pass starts after this ends.
+        # Before the row lock: a pass in flight updates the row, and must not wait on us.
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key(campaign_id))
         row = await _campaign(conn, campaign_id, principal, share=False)
         if row["state"] not in ("draft", "scheduled", "sending"):
             raise domain.InvalidTransition(campaign_id, row["state"], "end the campaign")
-        # Wait for a fan-out pass in flight, so that the last pass starts after this ends.
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key(campaign_id))
         if row["state"] in ("draft", "scheduled"):
             # Never started: nobody is messaged, not even those queued with SEND.
             await repo.clear_presses(conn, campaign_id)
