@@ -60,6 +60,8 @@ def campaign_view(row: asyncpg.Record) -> dict[str, Any]:
         "state": row["state"],
         "scheduled_for": iso(row["scheduled_for"]),
         "recipients": row["recipients"],
+        # Peer to peer: recipients a user pressed SEND for (the seed's "processed").
+        "processed": row["processed"],
         "total": row["total"],
         "abort_pending": row["abort_pending"],
         "final_counts": row["final_counts"],

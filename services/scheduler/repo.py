@@ -18,7 +18,10 @@ _CAMPAIGN = """
     c.organisation_id,
     s.name AS sender_name, s.email AS sender_email, s.sms_sender_id AS sender_sms_id,
     v.email_subject, v.email_body, v.sms_body,
-    (SELECT count(*) FROM recipients r WHERE r.campaign_id = c.id) AS recipients
+    (SELECT count(*) FROM recipients r WHERE r.campaign_id = c.id) AS recipients,
+    CASE WHEN c.kind = 'p2p' THEN (SELECT count(*) FROM recipients r
+                                   WHERE r.campaign_id = c.id AND r.pressed_at IS NOT NULL)
+    END AS processed
 """
 _CAMPAIGN_FROM = """
     FROM campaigns c

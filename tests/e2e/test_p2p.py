@@ -262,6 +262,8 @@ def test_opted_out_recipient_never_messaged(sendout: Sendout, http: httpx.Client
     assert r.status_code == 201
     final = wait_for_completion(http, sendout.tracker, cid, timeout=30)
     assert (final["completed"], final["skipped"]) == (1, 2)
+    processed = http.get(f"{sendout.scheduler}/campaigns/{cid}").json()["processed"]
+    assert processed == 3  # SEND was pressed for all three; two were opted out
     reasons = _reasons(http, sendout, cid)
     assert reasons[rids[0]] == reasons[rids[1]] == ("skipped", "opted_out")
     assert _texts(http, sendout, phones) == [phones[2]]
