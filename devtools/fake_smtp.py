@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
+import socket
 import time
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
@@ -66,6 +67,16 @@ class Sink:
         return "250 Message accepted"
 
 
+class _NoDelaySMTP(SMTP):
+    """Replies go out at once (no Nagle delay), as a real MTA's do."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().connection_made(transport)
+
+
 def http_app(sink: Sink) -> web.Application:
     async def requests(request: web.Request) -> web.Response:
         offset = int(request.query.get("offset", 0))
@@ -99,8 +110,8 @@ def http_app(sink: Sink) -> web.Application:
 
 async def serve(sink: Sink, host: str, smtp_port: int, http_port: int) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: SMTP(sink, hostname="sendout-sink"), host,
-                                      smtp_port)
+    server = await loop.create_server(lambda: _NoDelaySMTP(sink, hostname="sendout-sink"),
+                                      host, smtp_port)
     runner = web.AppRunner(http_app(sink), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, http_port).start()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import uuid
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -149,6 +150,7 @@ class SmtpProvider:
             if client is None or not client.is_connected:
                 client = aiosmtplib.SMTP(**self._options)  # type: ignore[arg-type]
                 await client.connect()
+                _no_delay(client)
             errors, _ = await client.send_message(email)
         except BaseException as exc:
             # After any failure the session's state is unknown: start the next one afresh.
@@ -176,6 +178,14 @@ class SmtpProvider:
             if client is not None and client.is_connected:
                 with contextlib.suppress(aiosmtplib.SMTPException, OSError):
                     await client.quit()
+
+
+def _no_delay(client: aiosmtplib.SMTP) -> None:
+    # An SMTP transaction is a chain of small writes each waiting for a reply: with Nagle's
+    # algorithm on, each can sit out a delayed ACK (measured: about half the throughput).
+    sock = client.transport.get_extra_info("socket") if client.transport else None
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _smtp_error(code: int, text: str) -> ProviderError:
