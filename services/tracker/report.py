@@ -1,4 +1,4 @@
-"""The recipient report: one CSV row per recipient × channel, streamed."""
+"""The recipient report: one CSV row per recipient and channel, streamed."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def http_router(pool: asyncpg.Pool) -> APIRouter:
 
     @router.get("/{campaign_id}/report.csv", response_class=StreamingResponse)
     async def report(campaign_id: uuid.UUID) -> StreamingResponse:
-        """The recipient report: per recipient × channel its address, when it was processed,
+        """The recipient report: per recipient and channel its address, when it was processed,
         its status and reason, the provider's message id, and delivered / not delivered with
         the provider's reason (empty until the receipt arrives).
 

@@ -16,7 +16,7 @@ COLUMNS = (
 async def report_rows(
     conn: asyncpg.Connection, campaign_id: uuid.UUID, *, prefetch: int = 2000
 ) -> AsyncIterator[asyncpg.Record]:
-    """Every settled recipient × channel of the campaign, by recipient id then channel.
+    """Every settled recipient and channel of the campaign, by recipient id then channel.
 
     A cursor, so only `prefetch` rows are in memory at a time; the caller holds a transaction
     open for as long as it reads (asyncpg cursors need one).
