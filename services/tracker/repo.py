@@ -159,18 +159,25 @@ async def recipient_outcomes(
     limit: int,
     status: str | None,
 ) -> list[dict[str, Any]]:
-    """Whole recipients per page (all their channels), so a page never splits one."""
+    """Whole recipients per page (all their channels), so a page never splits one.
+
+    The page's last recipient id is computed once and the rows read as one key range. Joining
+    the page instead left the plan to the statistics; taken mid-send (receipts now update
+    these rows during a send-out) they once made it a 60 s query at 20,000 recipients.
+    """
     rows = await conn.fetch(
         """
-        WITH page AS (
-            SELECT DISTINCT recipient_id FROM recipient_outcomes
-            WHERE campaign_id = $1 AND recipient_id > $2 AND ($4::text IS NULL OR status = $4)
-            ORDER BY recipient_id LIMIT $3
-        )
         SELECT o.recipient_id, o.channel, o.status, o.reason, o.provider_message_id,
                o.occurred_at
-        FROM recipient_outcomes o JOIN page USING (recipient_id)
-        WHERE o.campaign_id = $1 AND ($4::text IS NULL OR o.status = $4)
+        FROM recipient_outcomes o
+        WHERE o.campaign_id = $1 AND o.recipient_id > $2 AND ($4::text IS NULL OR o.status = $4)
+          AND o.recipient_id <= (
+              SELECT max(recipient_id) FROM (
+                  SELECT DISTINCT recipient_id FROM recipient_outcomes
+                  WHERE campaign_id = $1 AND recipient_id > $2
+                    AND ($4::text IS NULL OR status = $4)
+                  ORDER BY recipient_id LIMIT $3
+              ) AS page)
         ORDER BY o.recipient_id, o.channel
         """,
         campaign_id, after_recipient_id, limit, status,
