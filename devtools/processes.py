@@ -156,7 +156,9 @@ def start_sendout(
     use_fakes: bool = True,
     dispatchers: int = 1,
     extra_env: dict[str, str] | None = None,
+    email_via: str = "smtp",
 ) -> Sendout:
+    """`email_via`: `smtp` sends email to the SMTP sink, `http` to the fake HTTP provider."""
     common = {
         "KAFKA_BOOTSTRAP_SERVERS": kafka,
         "DATABASE_URL": database_url,
@@ -193,7 +195,7 @@ def start_sendout(
                 {}, http_port,
             ).url
             dispatcher_env = {
-                "SENDOUT_EMAIL_PROVIDER": "smtp",
+                "SENDOUT_EMAIL_PROVIDER": email_via,
                 "SENDOUT_SMTP_HOST": "127.0.0.1",
                 "SENDOUT_SMTP_PORT": str(smtp_port),
                 "SENDOUT_SMS_PROVIDER": "http",

@@ -126,6 +126,7 @@ class CampaignStarted(Event):
     """
 
     type: Literal["started"] = "started"
+    organisation_id: uuid.UUID | None = None
     total: int
     totals: dict[Channel, int]
     template: TemplateRef
@@ -191,6 +192,29 @@ class DeliveryReported(Event):
 
 
 RECEIPT = TypeAdapter(DeliveryReported)
+
+
+class AddressOptedOut(BaseModel):
+    """Scheduler: an organisation's recipient asked not to be messaged (STOP, or the API).
+
+    Dispatchers check it before every provider call, so an opt-out that arrives after SEND was
+    pressed but before the message left still stops it.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    organisation_id: uuid.UUID
+    address: str
+    occurred_at: datetime = Field(default_factory=_now)
+    schema_version: Literal[1] = 1
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+OPTED_OUT = TypeAdapter(AddressOptedOut)
+
 
 LifecycleEvent = Annotated[
     CampaignStarted

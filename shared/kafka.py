@@ -21,7 +21,7 @@ from faststream.message import StreamMessage
 from pydantic import TypeAdapter, ValidationError
 
 from shared import topics
-from shared.events import Event
+from shared.events import AddressOptedOut, Event
 from shared.metrics import DEAD_LETTERS, EVENTS_PUBLISHED
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,17 @@ BATCH_CONSUMER: dict[str, Any] = {
 }
 
 
+# No group: every process gets every record, from the moment it starts (signals every
+# instance must act on itself: aborts, opt-outs, acknowledgements). Nothing to commit: a
+# restarted process reloads what it must know from its own tables.
+BROADCAST_CONSUMER: dict[str, Any] = {
+    "ack_policy": AckPolicy.ACK_FIRST,
+    "auto_offset_reset": "latest",
+    "batch": True,
+    "decoder": raw_body,
+}
+
+
 @dataclass(frozen=True)
 class BadRecord:
     record: ConsumerRecord[Any, Any]
@@ -90,7 +101,7 @@ def decode_records(
 
 async def publish_all(
     publisher: DefaultPublisher,
-    items: Sequence[tuple[bytes | None, Event]],
+    items: Sequence[tuple[bytes | None, Event | AddressOptedOut]],
     *,
     service: str,
 ) -> None:

@@ -4,8 +4,9 @@ SEND_REQUESTED = "sendout.send-requested.v1"
 OUTCOMES = "sendout.outcomes.v1"
 RECEIPTS = "sendout.receipts.v1"
 CAMPAIGN_LIFECYCLE = "sendout.campaign-lifecycle.v1"
+OPT_OUTS = "sendout.opt-outs.v1"
 
-ALL = (SEND_REQUESTED, OUTCOMES, RECEIPTS, CAMPAIGN_LIFECYCLE)
+ALL = (SEND_REQUESTED, OUTCOMES, RECEIPTS, CAMPAIGN_LIFECYCLE, OPT_OUTS)
 
 
 def dlq(topic: str) -> str:

@@ -10,7 +10,12 @@ from fastapi import FastAPI
 
 from services.dispatcher import handlers, repo
 from services.dispatcher.providers import HttpProvider, NoopProvider, Provider, SmtpProvider
-from services.dispatcher.service import AbortRegistry, Dispatcher, RateLimiter
+from services.dispatcher.service import (
+    AbortRegistry,
+    Dispatcher,
+    OptOutRegistry,
+    RateLimiter,
+)
 from services.dispatcher.settings import DispatcherSettings
 from shared import db, topics
 from shared.events import Channel
@@ -50,13 +55,15 @@ def create_app(settings: DispatcherSettings | None = None) -> FastAPI:
         )
         await db.migrate(pool, "dispatcher", MIGRATIONS)
         providers = build_providers(settings)
-        aborts = AbortRegistry()
+        aborts, opt_outs = AbortRegistry(), OptOutRegistry()
         async with pool.acquire() as conn:
             aborts.add(await repo.aborted_campaigns(conn))
+            opt_outs.add(await repo.all_opt_outs(conn))
         dispatcher = Dispatcher(
             pool,
             providers,
             aborts=aborts,
+            opt_outs=opt_outs,
             concurrency=settings.concurrency,
             rate_limiter=RateLimiter(settings.rate_limit_per_second),
             max_attempts=settings.max_attempts,
@@ -79,7 +86,7 @@ def create_app(settings: DispatcherSettings | None = None) -> FastAPI:
         )
         broker.include_router(
             handlers.kafka_router(
-                pool, dispatcher, aborts, outcomes_pub, lifecycle_pub,
+                pool, dispatcher, aborts, opt_outs, outcomes_pub, lifecycle_pub,
                 instance=settings.instance_id, max_records=settings.batch_max_records,
             )
         )

@@ -28,6 +28,7 @@ Outcome = MessageSent | MessageFailed | MessageSkipped
 @dataclass(frozen=True)
 class CampaignTemplate:
     campaign_id: uuid.UUID
+    organisation_id: uuid.UUID | None
     version: int
     templates: dict[Channel, ChannelTemplate]
     sender: SenderInfo

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import asyncpg
-from faststream import AckPolicy
 from faststream.kafka import KafkaRouter
 from faststream.kafka.annotations import KafkaBroker, KafkaMessage
 from faststream.kafka.publisher.usecase import DefaultPublisher
 
 from services.dispatcher import repo
-from services.dispatcher.service import AbortRegistry, Dispatcher
+from services.dispatcher.service import AbortRegistry, Dispatcher, OptOutRegistry
 from shared import topics
 from shared.events import (
     LIFECYCLE,
+    OPTED_OUT,
     SEND_REQUESTED,
     AbortAcknowledged,
     CampaignAborted,
@@ -20,11 +20,11 @@ from shared.events import (
 )
 from shared.kafka import (
     BATCH_CONSUMER,
+    BROADCAST_CONSUMER,
     dead_letter,
     decode_records,
     pause_then_reraise,
     publish_all,
-    raw_body,
     records_of,
 )
 from shared.metrics import EVENTS_CONSUMED
@@ -36,6 +36,7 @@ def kafka_router(
     pool: asyncpg.Pool,
     dispatcher: Dispatcher,
     aborts: AbortRegistry,
+    opt_outs: OptOutRegistry,
     outcomes_pub: DefaultPublisher,
     lifecycle_pub: DefaultPublisher,
     *,
@@ -89,11 +90,8 @@ def kafka_router(
     # No group: every dispatcher process must hear of an abort itself, at once, and say so.
     @router.subscriber(
         topics.CAMPAIGN_LIFECYCLE,
-        batch=True,
-        auto_offset_reset="latest",
-        ack_policy=AckPolicy.ACK_FIRST,
-        decoder=raw_body,
         description="Aborts: stop starting provider calls for the campaign, then acknowledge.",
+        **BROADCAST_CONSUMER,
     )
     async def on_abort(body: list[bytes], msg: KafkaMessage) -> None:
         good, _ = decode_records(records_of(msg), LIFECYCLE)
@@ -109,5 +107,32 @@ def kafka_router(
                                               settled=settled))
         await publish_all(lifecycle_pub, [(a.campaign_id.bytes, a) for a in acks],
                           service=SERVICE)
+
+    @router.subscriber(
+        topics.OPT_OUTS,
+        group_id="sendout-dispatcher-opt-outs",
+        max_records=1000,
+        description="Stores opted-out addresses for every dispatcher process, present or future.",
+        **BATCH_CONSUMER,
+    )
+    async def on_opt_outs(body: list[bytes], msg: KafkaMessage, broker: KafkaBroker) -> None:
+        try:
+            good, bad = decode_records(records_of(msg), OPTED_OUT)
+            await dead_letter(broker, bad, service=SERVICE)
+            if good:
+                async with pool.acquire() as conn:
+                    await repo.save_opt_outs(conn, [e for _, e in good])
+        except Exception as exc:
+            await pause_then_reraise(exc)
+
+    # No group: every process stops messaging an opted-out address at once.
+    @router.subscriber(
+        topics.OPT_OUTS,
+        description="Opt-outs: no provider call for the address starts from now on.",
+        **BROADCAST_CONSUMER,
+    )
+    async def on_opt_out_now(body: list[bytes], msg: KafkaMessage) -> None:
+        good, _ = decode_records(records_of(msg), OPTED_OUT)
+        opt_outs.add({(e.organisation_id, e.address) for _, e in good})
 
     return router

@@ -9,19 +9,27 @@ from collections.abc import Sequence
 import asyncpg
 
 from services.dispatcher.domain import CampaignTemplate, Outcome
-from shared.events import OUTCOME, CampaignStarted, ChannelTemplate, SenderInfo, SendRequested
+from shared.events import (
+    OUTCOME,
+    AddressOptedOut,
+    CampaignStarted,
+    ChannelTemplate,
+    SenderInfo,
+    SendRequested,
+)
 
 
 async def save_template(conn: asyncpg.Connection, event: CampaignStarted) -> None:
     templates = {channel: t.model_dump() for channel, t in event.templates.items()}
     await conn.execute(
         """
-        INSERT INTO templates (campaign_id, template_id, template_version, templates, sender)
-        VALUES ($1, $2, $3, $4::jsonb, $5::jsonb)
+        INSERT INTO templates (campaign_id, organisation_id, template_id, template_version,
+                               templates, sender)
+        VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb)
         ON CONFLICT (campaign_id) DO NOTHING
         """,
-        event.campaign_id, event.template.id, event.template.version, json.dumps(templates),
-        event.sender.model_dump_json(),
+        event.campaign_id, event.organisation_id, event.template.id, event.template.version,
+        json.dumps(templates), event.sender.model_dump_json(),
     )
 
 
@@ -30,7 +38,8 @@ async def load_templates(
 ) -> dict[uuid.UUID, CampaignTemplate]:
     rows = await conn.fetch(
         """
-        SELECT campaign_id, template_version, templates::text AS templates, sender::text AS sender
+        SELECT campaign_id, organisation_id, template_version, templates::text AS templates,
+               sender::text AS sender
         FROM templates WHERE campaign_id = ANY($1::uuid[])
         """,
         list(campaign_ids),
@@ -38,6 +47,7 @@ async def load_templates(
     return {
         r["campaign_id"]: CampaignTemplate(
             campaign_id=r["campaign_id"],
+            organisation_id=r["organisation_id"],
             version=r["template_version"],
             templates={
                 channel: ChannelTemplate(**t) for channel, t in json.loads(r["templates"]).items()
@@ -120,3 +130,19 @@ async def record_outcomes(conn: asyncpg.Connection, outcomes: Sequence[Outcome])
     )
 
 
+
+
+async def save_opt_outs(conn: asyncpg.Connection, events: Sequence[AddressOptedOut]) -> None:
+    await conn.execute(
+        """
+        INSERT INTO opt_outs (organisation_id, address)
+        SELECT * FROM unnest($1::uuid[], $2::text[])
+        ON CONFLICT DO NOTHING
+        """,
+        [e.organisation_id for e in events], [e.address for e in events],
+    )
+
+
+async def all_opt_outs(conn: asyncpg.Connection) -> set[tuple[uuid.UUID, str]]:
+    rows = await conn.fetch("SELECT organisation_id, address FROM opt_outs")
+    return {(r["organisation_id"], r["address"]) for r in rows}

@@ -9,6 +9,7 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
+from typing import Generic, TypeVar
 
 import asyncpg
 
@@ -23,6 +24,7 @@ from services.dispatcher.providers import (
 from shared.events import Channel, SendRequested
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class TemplateNotYetKnown(Exception):
@@ -52,17 +54,22 @@ class RateLimiter:
                 await asyncio.sleep((1 - self._tokens) / self._rate)
 
 
-class AbortRegistry:
-    """Campaigns aborted, as this process knows them; consulted before every provider call."""
+class Registry(Generic[T]):
+    """What this process knows to stop for (aborted campaigns, opted-out addresses);
+    consulted before every provider call."""
 
     def __init__(self) -> None:
-        self._aborted: set[uuid.UUID] = set()
+        self._items: set[T] = set()
 
-    def add(self, campaign_ids: set[uuid.UUID]) -> None:
-        self._aborted |= campaign_ids
+    def add(self, items: set[T]) -> None:
+        self._items |= items
 
-    def __contains__(self, campaign_id: object) -> bool:
-        return campaign_id in self._aborted
+    def __contains__(self, item: object) -> bool:
+        return item in self._items
+
+
+AbortRegistry = Registry[uuid.UUID]
+OptOutRegistry = Registry[tuple[uuid.UUID | None, str]]
 
 
 class Dispatcher:
@@ -72,6 +79,7 @@ class Dispatcher:
         providers: dict[Channel, Provider],
         *,
         aborts: AbortRegistry,
+        opt_outs: OptOutRegistry | None = None,
         concurrency: int,
         rate_limiter: RateLimiter,
         max_attempts: int,
@@ -80,6 +88,7 @@ class Dispatcher:
         self._pool = pool
         self._providers = providers
         self._aborts = aborts
+        self._opt_outs = opt_outs if opt_outs is not None else OptOutRegistry()
         self._slots = asyncio.Semaphore(concurrency)
         self._limiter = rate_limiter
         self._max_attempts = max_attempts
@@ -117,6 +126,8 @@ class Dispatcher:
         if not req.address:
             return domain.skipped(req, req.skip_reason or "missing_address")
         campaign = self._templates[req.campaign_id]
+        if (campaign.organisation_id, req.address) in self._opt_outs:
+            return domain.skipped(req, "opted_out")
         template = campaign.templates.get(req.channel)
         if template is None:
             return domain.failed(req, f"template_error: no {req.channel} template")
@@ -137,9 +148,11 @@ class Dispatcher:
         async with self._slots:
             for attempt in range(1, self._max_attempts + 1):
                 await self._limiter.acquire()
-                # The last moment to honour an abort: after it, the call has started.
+                # The last moment to honour an abort or an opt-out: then the call starts.
                 if req.campaign_id in self._aborts:
                     return domain.skipped(req, "aborted")
+                if (campaign.organisation_id, req.address) in self._opt_outs:
+                    return domain.skipped(req, "opted_out")
                 try:
                     return domain.sent(req, await provider.send(message))
                 except PermanentProviderError as exc:

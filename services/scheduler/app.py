@@ -16,7 +16,7 @@ from services.scheduler.service import AbortAcks
 from services.scheduler.settings import SchedulerSettings
 from services.scheduler.voters import handlers as voters
 from shared import db, http_errors, topics
-from shared.events import CampaignStarted, Event, SendRequested
+from shared.events import AddressOptedOut, CampaignStarted, Event, SendRequested
 from shared.kafka import ensure_topics, group_instances, make_broker, publish_all
 from shared.service import ops_router, standard_checks
 
@@ -47,6 +47,9 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
         lifecycle_pub = broker.publisher(
             topics.CAMPAIGN_LIFECYCLE, description="Campaign lifecycle, keyed by campaign id."
         )
+        opt_outs_pub = broker.publisher(
+            topics.OPT_OUTS, description="Addresses opted out, keyed by organisation id."
+        )
         acks = AbortAcks()
         broker.include_router(handlers.kafka_router(pool, acks))
 
@@ -57,6 +60,10 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
         async def publish_lifecycle(event: Event) -> None:
             keyed = [(event.campaign_id.bytes, event)]
             await publish_all(lifecycle_pub, keyed, service="scheduler")
+
+        async def publish_opt_out(event: AddressOptedOut) -> None:
+            keyed = [(event.organisation_id.bytes, event)]
+            await publish_all(opt_outs_pub, keyed, service="scheduler")
 
         async def publish_started(event: CampaignStarted) -> None:
             await publish_lifecycle(event)
@@ -75,7 +82,8 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
         await broker.start()
         fanout.start()
         schedules.start()
-        deps = handlers.Deps(pool, fanout, publish_lifecycle, acks, list_dispatchers, settings)
+        deps = handlers.Deps(pool, fanout, publish_lifecycle, publish_requests, publish_opt_out,
+                             acks, list_dispatchers, settings)
         app.include_router(handlers.http_router(deps))
         app.include_router(voters.http_router(pool, settings.default_phone_region))
         app.include_router(ops_router(standard_checks(pool, broker)))
@@ -90,6 +98,6 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
 
     app = FastAPI(title="Sendout scheduler", lifespan=lifespan)
     http_errors.install(
-        app, not_found=domain.NotFound, conflict=domain.InvalidTransition, invalid=domain.Invalid
+        app, not_found=domain.NotFound, conflict=domain.Conflict, invalid=domain.Invalid
     )
     return app

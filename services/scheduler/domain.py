@@ -36,7 +36,13 @@ class NotFound(DomainError):
     pass
 
 
-class InvalidTransition(DomainError):
+class Conflict(DomainError):
+    """The request conflicts with the current state of things (HTTP 409)."""
+
+    state: str | None = None
+
+
+class InvalidTransition(Conflict):
     def __init__(self, campaign_id: uuid.UUID, state: str, action: str) -> None:
         super().__init__(f"cannot {action}: campaign {campaign_id} is {state}")
         self.state = state
@@ -201,6 +207,8 @@ class CreateCampaign(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200)
+    # `p2p`: peer to peer, a user presses SEND per recipient.
+    kind: Literal["mass", "p2p"] = "mass"
     channels: list[Channel] = Field(default_factory=list, max_length=2)
     # `channel` is shorthand for a one-channel campaign.
     channel: Channel | None = None
@@ -274,6 +282,24 @@ class AddRecipients(BaseModel):
     recipients: list[Recipient] = Field(min_length=1, max_length=100_000)
 
 
+class SendToVoter(BaseModel):
+    """Command, from a voter's page: send them an email and/or SMS."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    channels: list[Channel] = Field(min_length=1, max_length=2)
+    sender_id: uuid.UUID
+    template_id: uuid.UUID
+
+
+def voter_recipient(voter: Any) -> Recipient:
+    attributes = dict(voter["attributes"] or {})
+    if voter["preferred_language"]:
+        attributes["preferred_language"] = voter["preferred_language"]
+    return Recipient(email=voter["email"], phone=voter["phone"], first_name=voter["first_name"],
+                     last_name=voter["last_name"], attributes=attributes)
+
+
 class SendIndividually(BaseModel):
     """Command: send one recipient an email and/or SMS with a stored sender and template."""
 
@@ -297,6 +323,7 @@ class RecipientRow:
     first_name: str | None
     last_name: str | None
     attributes: dict[str, Any]
+    voter_id: int | None = None
 
 
 def normalise_email(value: str | None) -> tuple[str | None, bool]:
@@ -320,11 +347,11 @@ def normalise_phone(value: str | None, region: str) -> tuple[str | None, bool]:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164), False
 
 
-def to_row(recipient: Recipient, region: str) -> RecipientRow:
+def to_row(recipient: Recipient, region: str, voter_id: int | None = None) -> RecipientRow:
     email, email_invalid = normalise_email(recipient.email)
     phone, phone_invalid = normalise_phone(recipient.phone, region)
     return RecipientRow(email, email_invalid, phone, phone_invalid, recipient.first_name,
-                        recipient.last_name, recipient.attributes)
+                        recipient.last_name, recipient.attributes, voter_id)
 
 
 _KNOWN_COLUMNS = {"email", "phone", "first_name", "last_name"}
@@ -386,13 +413,25 @@ def send_requested_for(
     channel: Channel,
     template: TemplateRef,
     row: Any,
+    opted_out: frozenset[str] | set[str] = frozenset(),
+    skip_reason: str | None = None,
 ) -> SendRequested:
-    """The send-requested event of one recipient row for one channel."""
+    """The send-requested event of one recipient row for one channel.
+
+    `skip_reason` forces a skip (e.g. `not_sent`); otherwise a missing, invalid or opted-out
+    address is skipped with that reason.
+    """
     if channel == "email":
         address, invalid = row["email"], row["email_invalid"]
     else:
         address, invalid = row["phone"], row["phone_invalid"]
-    skip_reason = "missing_address" if address is None else "invalid_address" if invalid else None
+    if skip_reason is None:
+        skip_reason = (
+            "missing_address" if address is None
+            else "invalid_address" if invalid
+            else "opted_out" if address in opted_out
+            else None
+        )
     variables: dict[str, Any] = dict(row["attributes"] or {})
     for column in RECIPIENT_COLUMNS:
         if row[column] is not None:
@@ -408,3 +447,61 @@ def send_requested_for(
         variables=variables,
         template=template,
     )
+
+
+# --- peer to peer ------------------------------------------------------------------------------
+
+# Replies that opt a recipient out (compared case-insensitively, the whole message trimmed).
+STOP_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"})
+
+
+def is_stop_message(text: str) -> bool:
+    return text.strip().upper() in STOP_WORDS
+
+
+class EndCampaign(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    confirmation: str
+
+    @field_validator("confirmation")
+    @classmethod
+    def typed_end(cls, value: str) -> str:
+        if value != "END":
+            raise ValueError('type END (in capitals) to end the campaign')
+        return value
+
+
+class OptOut(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    address: str = Field(min_length=1, max_length=320)
+
+
+class InboundSms(BaseModel):
+    """A provider's inbound-SMS callback (the fields every SMS API has in some form)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    sender: str = Field(alias="from", min_length=1, max_length=32)
+    to: str | None = None
+    body: str = Field(max_length=2_000)
+
+
+class CreateUser(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    organisation: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=200)
+
+
+def ensure_p2p(campaign_id: uuid.UUID, kind: str) -> None:
+    if kind != "p2p":
+        raise Invalid(f"campaign {campaign_id} is not a peer-to-peer campaign")
+
+
+def normalise_address(address: str, region: str) -> str:
+    """An opt-out's address in the form recipients are stored in (E.164 or normalised email)."""
+    if "@" in address:
+        return normalise_email(address)[0] or address
+    return normalise_phone(address, region)[0] or address

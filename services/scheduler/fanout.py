@@ -26,7 +26,7 @@ PublishRequests = Callable[[list[SendRequested]], Awaitable[None]]
 PublishStarted = Callable[[CampaignStarted], Awaitable[None]]
 
 
-def _lock_key(campaign_id: uuid.UUID) -> int:
+def lock_key(campaign_id: uuid.UUID) -> int:
     return int.from_bytes(hashlib.sha256(b"fanout:" + campaign_id.bytes).digest()[:8], "big",
                           signed=True)
 
@@ -42,6 +42,7 @@ def started_event(row: asyncpg.Record) -> CampaignStarted:
     return CampaignStarted(
         event_id=row["started_event_id"],
         campaign_id=row["id"],
+        organisation_id=row["organisation_id"],
         total=row["total"],
         totals=dict.fromkeys(channels, per_channel),
         template=TemplateRef(id=row["template_id"], version=row["template_version"]),
@@ -64,26 +65,30 @@ async def fan_out(
     # One connection for the lock and the queries: a fan-out never waits on the pool while
     # holding a connection (many fan-outs at once would otherwise starve each other).
     async with pool.acquire() as conn:
-        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _lock_key(campaign_id)):
+        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_key(campaign_id)):
             return False
         try:
             row = await repo.get_campaign(conn, campaign_id)
-            # An aborting campaign is fanned out to its end as well: dispatchers report every
-            # request of it skipped (`aborted`), so each recipient gets its final state.
-            if row is None or row["state"] not in ("sending", "aborting") or row["fanout_done"]:
+            if row is None or row["fanout_done"] or not _fans_out(row["kind"], row["state"]):
                 return True
             # Re-published on resume on purpose: same event id, consumers apply it once.
             await publish_started(started_event(row))
             template = TemplateRef(id=row["template_id"], version=row["template_version"])
+            pressed, skip_reason = _selection(row["kind"], row["state"])
             after_id: int = row["fanout_after_id"]
             published = 0
             while True:
-                page = await repo.recipients_page(conn, campaign_id, after_id, page_size)
+                page = await repo.recipients_page_where(
+                    conn, campaign_id, after_id, page_size, pressed=pressed
+                )
                 if page:
+                    addresses = [a for r in page for a in (r["email"], r["phone"]) if a]
+                    suppressed = await repo.opted_out(conn, row["organisation_id"], addresses)
                     await publish_requests(
                         [
                             domain.send_requested_for(
-                                campaign_id=campaign_id, channel=channel, template=template, row=r
+                                campaign_id=campaign_id, channel=channel, template=template,
+                                row=r, opted_out=suppressed, skip_reason=skip_reason,
                             )
                             for r in page
                             for channel in row["channels"]
@@ -99,7 +104,24 @@ async def fan_out(
                      extra={"campaign_id": str(campaign_id), "published": published})
             return True
         finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", _lock_key(campaign_id))
+            await conn.execute("SELECT pg_advisory_unlock($1)", lock_key(campaign_id))
+
+
+def _fans_out(kind: str, state: str) -> bool:
+    # An aborting campaign is fanned out to its end as well: dispatchers report every request
+    # of it skipped (`aborted`), so each recipient gets its final state. An ended peer-to-peer
+    # campaign is fanned out once more to report the recipients nobody pressed SEND for.
+    return state in ("sending", "aborting") or (kind == "p2p" and state == "completed")
+
+
+def _selection(kind: str, state: str) -> tuple[bool | None, str | None]:
+    """Which recipients a pass publishes, and the skip reason it forces on them."""
+    if kind != "p2p":
+        return None, None
+    if state == "completed":
+        return False, "not_sent"
+    # Peer to peer: only those a user pressed SEND for (the rest go out when pressed).
+    return True, None
 
 
 class FanoutRunner:

@@ -7,22 +7,21 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import asyncpg
-from fastapi import APIRouter, Header, HTTPException, Request, status
-from faststream import AckPolicy
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, status
 from faststream.kafka import KafkaRouter
 from faststream.kafka.annotations import KafkaBroker, KafkaMessage
 
-from services.scheduler import domain, repo, service
+from services.scheduler import auth, domain, p2p, repo, service
 from services.scheduler.fanout import FanoutRunner
 from services.scheduler.settings import SchedulerSettings
 from shared import topics
 from shared.events import LIFECYCLE, AbortAcknowledged, CampaignCompleted
 from shared.kafka import (
     BATCH_CONSUMER,
+    BROADCAST_CONSUMER,
     dead_letter,
     decode_records,
     pause_then_reraise,
-    raw_body,
     records_of,
 )
 
@@ -37,6 +36,8 @@ class Deps:
     pool: asyncpg.Pool
     fanout: FanoutRunner
     publish_lifecycle: service.PublishLifecycle
+    publish_requests: p2p.PublishRequests
+    publish_opt_out: p2p.PublishOptOut
     acks: service.AbortAcks
     list_dispatchers: service.ListDispatchers
     settings: SchedulerSettings
@@ -59,6 +60,8 @@ def campaign_view(row: asyncpg.Record) -> dict[str, Any]:
         "state": row["state"],
         "scheduled_for": iso(row["scheduled_for"]),
         "recipients": row["recipients"],
+        # Peer to peer: recipients a user pressed SEND for (the seed's "processed").
+        "processed": row["processed"],
         "total": row["total"],
         "abort_pending": row["abort_pending"],
         "final_counts": row["final_counts"],
@@ -102,11 +105,20 @@ def http_router(deps: Deps) -> APIRouter:
             version = await repo.add_template_version(conn, template_id, cmd)
         return {"id": str(template_id), "version": version.version, **cmd.model_dump()}
 
+    user = Depends(auth.require_user(pool))
+    maybe_user = Depends(auth.optional_user(pool))
+
     @router.post("/campaigns", status_code=status.HTTP_201_CREATED, tags=["campaigns"])
     async def create_campaign(
-        cmd: domain.CreateCampaign, actor: Actor = "operator"
+        cmd: domain.CreateCampaign,
+        actor: Actor = "operator",
+        principal: auth.Principal | None = maybe_user,
     ) -> dict[str, Any]:
-        return await view(await service.create_campaign(pool, cmd, actor))
+        """With an API token the campaign belongs to the caller's organisation."""
+        if principal is None:
+            return await view(await service.create_campaign(pool, cmd, actor))
+        return await view(await service.create_campaign(
+            pool, cmd, principal.name, organisation_id=principal.organisation_id))
 
     @router.get("/campaigns/{campaign_id}", tags=["campaigns"])
     async def get_campaign(campaign_id: uuid.UUID) -> dict[str, Any]:
@@ -177,6 +189,113 @@ def http_router(deps: Deps) -> APIRouter:
         campaign_id = await service.send_individually(pool, deps.fanout, cmd, actor, region)
         return await view(campaign_id)
 
+    @router.post("/voters/{voter_id}/send", status_code=202, tags=["voters"])
+    async def send_to_voter(
+        voter_id: int, cmd: domain.SendToVoter, actor: Actor = "operator"
+    ) -> dict[str, Any]:
+        """The voter's page action "send email / SMS": an individual send with the chosen
+        sender and template, rendered with the voter's attributes."""
+        campaign_id = await service.send_to_voter(
+            pool, deps.fanout, voter_id, cmd, actor, region
+        )
+        return await view(campaign_id)
+
+    # --- users (administration) ----------------------------------------------------------------
+
+    @router.post("/admin/users", status_code=201, tags=["admin"],
+                 dependencies=[Depends(auth.require_admin(deps.settings.admin_token))])
+    async def create_user(cmd: domain.CreateUser) -> dict[str, Any]:
+        """Creates the organisation if new, and the user; the API token is shown only here."""
+        token = auth.new_token()
+        async with pool.acquire() as conn, conn.transaction():
+            org = await repo.ensure_organisation(conn, cmd.organisation)
+            user_id = await repo.insert_user(conn, org, cmd.name, auth.hash_token(token))
+        return {"user_id": str(user_id), "organisation_id": str(org), "name": cmd.name,
+                "token": token}
+
+    # --- peer to peer ------------------------------------------------------------------------
+
+    @router.post("/campaigns/{campaign_id}/p2p/start", tags=["peer to peer"])
+    async def start_sending(
+        campaign_id: uuid.UUID, principal: auth.Principal = user
+    ) -> dict[str, Any]:
+        """Start sending from this campaign. One campaign at a time per user: 409 names the
+        campaign the user is already sending."""
+        try:
+            state = await p2p.start_sending(pool, deps.fanout, campaign_id, principal)
+        except p2p.Busy as busy:
+            raise HTTPException(409, {"message": str(busy),
+                                      "active_campaign": str(busy.active_campaign)}) from busy
+        return {"campaign_id": str(campaign_id), "state": state}
+
+    @router.get("/campaigns/{campaign_id}/p2p/recipients", tags=["peer to peer"])
+    async def p2p_recipients(
+        campaign_id: uuid.UUID,
+        after: int = 0,
+        limit: int = Query(100, ge=1, le=1000),
+        principal: auth.Principal = user,
+    ) -> dict[str, Any]:
+        """The recipients to press SEND for, with whether SEND was pressed."""
+        async with pool.acquire() as conn:
+            row = await repo.lock_campaign(conn, campaign_id, share=True)
+            if row is None or row["organisation_id"] != principal.organisation_id:
+                raise domain.NotFound(f"campaign {campaign_id} not found")
+            rows = await repo.p2p_recipients(conn, campaign_id, after, limit)
+        return {
+            "recipients": [
+                {"id": r["id"], "first_name": r["first_name"], "last_name": r["last_name"],
+                 "email": r["email"], "phone": r["phone"],
+                 "sent": r["pressed_at"] is not None} for r in rows],
+            "next_after": rows[-1]["id"] if len(rows) == limit else None,
+        }
+
+    @router.post("/campaigns/{campaign_id}/recipients/{recipient_id}/send", tags=["peer to peer"])
+    async def press_send(
+        campaign_id: uuid.UUID, recipient_id: int, principal: auth.Principal = user
+    ) -> dict[str, Any]:
+        """SEND (or Enter) for one recipient: sends now, or queues it for the scheduled time."""
+        return await p2p.press_send(pool, campaign_id, recipient_id, principal,
+                                    deps.publish_requests)
+
+    @router.post("/campaigns/{campaign_id}/end", tags=["peer to peer"])
+    async def end_campaign(
+        campaign_id: uuid.UUID, cmd: domain.EndCampaign, principal: auth.Principal = user
+    ) -> dict[str, Any]:
+        """End Campaign: needs {"confirmation": "END"}; the campaign moves to Completed."""
+        await p2p.end(pool, deps.fanout, campaign_id, principal, cmd)
+        return await view(campaign_id)
+
+    @router.get("/campaigns", tags=["campaigns"])
+    async def list_campaigns(
+        state: str | None = None, principal: auth.Principal = user
+    ) -> dict[str, Any]:
+        """The organisation's campaigns, e.g. `?state=completed` for Completed Campaigns."""
+        async with pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT id FROM campaigns WHERE organisation_id = $1 "
+                "AND ($2::text IS NULL OR state = $2) ORDER BY created_at DESC LIMIT 500",
+                principal.organisation_id, state,
+            )
+        return {"campaigns": [await view(r["id"]) for r in rows]}
+
+    # --- opt-outs ----------------------------------------------------------------------------
+
+    @router.post("/opt-outs", status_code=201, tags=["opt-outs"])
+    async def add_opt_out(cmd: domain.OptOut, principal: auth.Principal = user) -> dict[str, Any]:
+        address = await p2p.opt_out(pool, principal.organisation_id, cmd.address, source="api",
+                                    keyword=None, region=region, publish=deps.publish_opt_out)
+        return {"address": address, "opted_out": True}
+
+    @router.post("/organisations/{organisation_id}/inbound-sms", tags=["opt-outs"])
+    async def inbound_sms(organisation_id: uuid.UUID, msg: domain.InboundSms) -> dict[str, Any]:
+        """The SMS provider's inbound-message callback: STOP and its synonyms opt out."""
+        if not domain.is_stop_message(msg.body):
+            return {"opted_out": False}
+        address = await p2p.opt_out(pool, organisation_id, msg.sender, source="inbound_sms",
+                                    keyword=msg.body.strip().upper(), region=region,
+                                    publish=deps.publish_opt_out)
+        return {"opted_out": True, "address": address}
+
     return router
 
 
@@ -204,11 +323,8 @@ def kafka_router(pool: asyncpg.Pool, acks: service.AbortAcks) -> KafkaRouter:
     # waiting for it may be on any of them. Bad records are the group consumer's to park.
     @router.subscriber(
         topics.CAMPAIGN_LIFECYCLE,
-        batch=True,
-        auto_offset_reset="latest",
-        ack_policy=AckPolicy.ACK_FIRST,
-        decoder=raw_body,
         description="Abort acknowledgements from dispatcher instances.",
+        **BROADCAST_CONSUMER,
     )
     async def on_abort_acks(body: list[bytes], msg: KafkaMessage) -> None:
         good, _ = decode_records(records_of(msg), LIFECYCLE)

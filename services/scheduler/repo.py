@@ -15,9 +15,13 @@ _CAMPAIGN = """
     c.id, c.name, c.kind, c.channels, c.sender_id, c.template_id, c.template_version, c.state,
     c.scheduled_for, c.total, c.started_event_id, c.fanout_after_id, c.fanout_done,
     c.abort_pending, c.final_counts, c.created_at, c.started_at, c.aborted_at, c.completed_at,
+    c.organisation_id,
     s.name AS sender_name, s.email AS sender_email, s.sms_sender_id AS sender_sms_id,
     v.email_subject, v.email_body, v.sms_body,
-    (SELECT count(*) FROM recipients r WHERE r.campaign_id = c.id) AS recipients
+    (SELECT count(*) FROM recipients r WHERE r.campaign_id = c.id) AS recipients,
+    CASE WHEN c.kind = 'p2p' THEN (SELECT count(*) FROM recipients r
+                                   WHERE r.campaign_id = c.id AND r.pressed_at IS NOT NULL)
+    END AS processed
 """
 _CAMPAIGN_FROM = """
     FROM campaigns c
@@ -107,15 +111,17 @@ async def insert_campaign(
     channels: Sequence[str],
     sender_id: uuid.UUID,
     template: TemplateVersion,
+    organisation_id: uuid.UUID,
 ) -> uuid.UUID:
     campaign_id = uuid.uuid4()
     await conn.execute(
         """
-        INSERT INTO campaigns (id, name, kind, channels, sender_id, template_id, template_version)
-        VALUES ($1, $2, $3, $4, $5, $6, $7)
+        INSERT INTO campaigns (id, name, kind, channels, sender_id, template_id, template_version,
+                               organisation_id)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
         """,
         campaign_id, name, kind, list(channels), sender_id, template.template_id,
-        template.version,
+        template.version, organisation_id,
     )
     return campaign_id
 
@@ -136,10 +142,10 @@ async def copy_recipients(
         "recipients",
         schema_name="scheduler",
         columns=["campaign_id", "email", "email_invalid", "phone", "phone_invalid",
-                 "first_name", "last_name", "attributes"],
+                 "first_name", "last_name", "attributes", "voter_id"],
         records=(
             (campaign_id, r.email, r.email_invalid, r.phone, r.phone_invalid, r.first_name,
-             r.last_name, r.attributes)
+             r.last_name, r.attributes, r.voter_id)
             for r in rows
         ),
     )
@@ -193,11 +199,11 @@ async def start_sending(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> int
     )
 
 
-async def claim_due(conn: asyncpg.Connection, limit: int) -> list[uuid.UUID]:
+async def claim_due(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
     """Due scheduled campaigns, row-locked; replicas skip each other's (exactly one fires)."""
-    rows = await conn.fetch(
+    return await conn.fetch(
         """
-        SELECT id FROM campaigns
+        SELECT id, kind FROM campaigns
         WHERE state = 'scheduled' AND scheduled_for <= now()
         ORDER BY scheduled_for
         FOR UPDATE SKIP LOCKED
@@ -205,7 +211,6 @@ async def claim_due(conn: asyncpg.Connection, limit: int) -> list[uuid.UUID]:
         """,
         limit,
     )
-    return [r["id"] for r in rows]
 
 
 async def next_due_in(conn: asyncpg.Connection) -> float | None:
@@ -248,7 +253,9 @@ async def unfinished_fanouts(conn: asyncpg.Connection) -> list[uuid.UUID]:
     rows = await conn.fetch(
         """
         SELECT id FROM campaigns
-        WHERE state IN ('sending', 'aborting') AND NOT fanout_done ORDER BY started_at
+        WHERE NOT fanout_done AND started_at IS NOT NULL
+          AND (state IN ('sending', 'aborting') OR (kind = 'p2p' AND state = 'completed'))
+        ORDER BY started_at
         """
     )
     return [r["id"] for r in rows]
@@ -292,8 +299,9 @@ async def finish(
 ) -> None:
     await conn.execute(
         """
-        UPDATE campaigns SET state = $2, completed_at = now(), final_counts = $3
-        WHERE id = $1 AND state IN ('sending', 'aborting')
+        UPDATE campaigns SET state = $2, completed_at = coalesce(completed_at, now()),
+                             final_counts = $3
+        WHERE id = $1 AND state IN ('sending', 'aborting', 'completed')
         """,
         campaign_id, state, counts,
     )
@@ -315,3 +323,192 @@ async def audit_trail(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> list[
         campaign_id,
     )
     return [{**dict(r), "at": r["at"].isoformat()} for r in rows]
+
+
+# --- organisations, users, tokens --------------------------------------------------------------
+
+async def ensure_organisation(conn: asyncpg.Connection, name: str) -> uuid.UUID:
+    return await conn.fetchval(
+        """
+        WITH ins AS (
+            INSERT INTO organisations (id, name) VALUES (gen_random_uuid(), $1)
+            ON CONFLICT (name) DO NOTHING RETURNING id
+        )
+        SELECT id FROM ins UNION ALL SELECT id FROM organisations WHERE name = $1 LIMIT 1
+        """,
+        name,
+    )
+
+
+async def insert_user(
+    conn: asyncpg.Connection, organisation_id: uuid.UUID, name: str, token_hash: bytes
+) -> uuid.UUID:
+    user_id = await conn.fetchval(
+        """
+        INSERT INTO users (id, organisation_id, name) VALUES (gen_random_uuid(), $1, $2)
+        ON CONFLICT (organisation_id, name) DO UPDATE SET name = excluded.name
+        RETURNING id
+        """,
+        organisation_id, name,
+    )
+    await conn.execute("INSERT INTO api_tokens (token_hash, user_id) VALUES ($1, $2)",
+                       token_hash, user_id)
+    return user_id
+
+
+async def principal_by_token(conn: asyncpg.Connection, token_hash: bytes) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        """
+        SELECT u.id AS user_id, u.organisation_id, u.name
+        FROM api_tokens t JOIN users u ON u.id = t.user_id
+        WHERE t.token_hash = $1 AND t.revoked_at IS NULL
+        """,
+        token_hash,
+    )
+
+
+# --- peer to peer ------------------------------------------------------------------------------
+
+async def lock_campaign(conn: asyncpg.Connection, campaign_id: uuid.UUID,
+                        *, share: bool = False) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        f"""
+        SELECT id, state, kind, organisation_id, channels, scheduled_for FROM campaigns
+        WHERE id = $1 FOR {"SHARE" if share else "UPDATE"}
+        """,
+        campaign_id,
+    )
+
+
+async def claim_sender(
+    conn: asyncpg.Connection, user_id: uuid.UUID, campaign_id: uuid.UUID
+) -> tuple[bool, uuid.UUID | None]:
+    """Make the user a sender of the campaign: (True, campaign) if this call did; else
+    (False, the campaign the user is already sending from)."""
+    inserted = await conn.fetchval(
+        """
+        INSERT INTO p2p_senders (user_id, campaign_id) VALUES ($1, $2)
+        ON CONFLICT (user_id) DO NOTHING RETURNING campaign_id
+        """,
+        user_id, campaign_id,
+    )
+    if inserted is not None:
+        return True, inserted
+    # A new statement, so it sees a concurrent winner that committed meanwhile.
+    return False, await conn.fetchval(
+        "SELECT campaign_id FROM p2p_senders WHERE user_id = $1", user_id
+    )
+
+
+async def is_sender(conn: asyncpg.Connection, user_id: uuid.UUID, campaign_id: uuid.UUID) -> bool:
+    return bool(await conn.fetchval(
+        "SELECT true FROM p2p_senders WHERE user_id = $1 AND campaign_id = $2",
+        user_id, campaign_id,
+    ))
+
+
+async def release_senders(conn: asyncpg.Connection, campaign_ids: Sequence[uuid.UUID]) -> None:
+    await conn.execute("DELETE FROM p2p_senders WHERE campaign_id = ANY($1::uuid[])",
+                       list(campaign_ids))
+
+
+_RECIPIENT = """id, email, email_invalid, phone, phone_invalid, first_name, last_name, attributes,
+                voter_id, pressed_at"""
+
+
+async def press(
+    conn: asyncpg.Connection, campaign_id: uuid.UUID, recipient_id: int, user_id: uuid.UUID
+) -> tuple[asyncpg.Record | None, bool]:
+    """Mark SEND pressed for a recipient; (row, True) the first time, (row, False) after."""
+    row = await conn.fetchrow(
+        f"""
+        UPDATE recipients SET pressed_at = now(), pressed_by = $3
+        WHERE campaign_id = $1 AND id = $2 AND pressed_at IS NULL
+        RETURNING {_RECIPIENT}
+        """,
+        campaign_id, recipient_id, user_id,
+    )
+    if row is not None:
+        return row, True
+    row = await conn.fetchrow(
+        f"SELECT {_RECIPIENT} FROM recipients WHERE campaign_id = $1 AND id = $2",
+        campaign_id, recipient_id,
+    )
+    return row, False
+
+
+async def clear_presses(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> None:
+    await conn.execute(
+        "UPDATE recipients SET pressed_at = NULL, pressed_by = NULL "
+        "WHERE campaign_id = $1 AND pressed_at IS NOT NULL",
+        campaign_id,
+    )
+
+
+async def pressed_count(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> int:
+    return int(await conn.fetchval(
+        "SELECT count(*) FROM recipients WHERE campaign_id = $1 AND pressed_at IS NOT NULL",
+        campaign_id,
+    ))
+
+
+async def recipients_page_where(
+    conn: asyncpg.Connection, campaign_id: uuid.UUID, after_id: int, limit: int,
+    *, pressed: bool | None,
+) -> list[asyncpg.Record]:
+    """A keyset page of recipients: all (None), only pressed (True) or only unpressed (False)."""
+    condition = {None: "", True: "AND pressed_at IS NOT NULL", False: "AND pressed_at IS NULL"}
+    return await conn.fetch(
+        f"""
+        SELECT {_RECIPIENT} FROM recipients
+        WHERE campaign_id = $1 AND id > $2 {condition[pressed]} ORDER BY id LIMIT $3
+        """,
+        campaign_id, after_id, limit,
+    )
+
+
+async def p2p_recipients(
+    conn: asyncpg.Connection, campaign_id: uuid.UUID, after_id: int, limit: int
+) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """
+        SELECT id, first_name, last_name, email, phone, pressed_at FROM recipients
+        WHERE campaign_id = $1 AND id > $2 ORDER BY id LIMIT $3
+        """,
+        campaign_id, after_id, limit,
+    )
+
+
+async def opted_out(
+    conn: asyncpg.Connection, organisation_id: uuid.UUID, addresses: Sequence[str]
+) -> set[str]:
+    rows = await conn.fetch(
+        "SELECT address FROM opt_outs WHERE organisation_id = $1 AND address = ANY($2::text[])",
+        organisation_id, list(addresses),
+    )
+    return {r["address"] for r in rows}
+
+
+async def insert_opt_out(
+    conn: asyncpg.Connection, organisation_id: uuid.UUID, address: str, source: str,
+    keyword: str | None,
+) -> bool:
+    return bool(await conn.fetchval(
+        """
+        INSERT INTO opt_outs (organisation_id, address, source, keyword) VALUES ($1, $2, $3, $4)
+        ON CONFLICT DO NOTHING RETURNING true
+        """,
+        organisation_id, address, source, keyword,
+    ))
+
+
+async def end_campaign(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> None:
+    """Completed; the fan-out runs once more to report everyone nobody pressed SEND for."""
+    await conn.execute(
+        """
+        UPDATE campaigns SET state = 'completed', completed_at = now(), fanout_after_id = 0,
+                             fanout_done = false
+        WHERE id = $1
+        """,
+        campaign_id,
+    )

@@ -15,6 +15,7 @@ import asyncpg
 from services.scheduler import domain, repo
 from services.scheduler.fanout import FanoutRunner
 from services.scheduler.voters import repo as voters_repo
+from services.scheduler.voters.domain import DEFAULT_ORG
 from shared.events import (
     AbortAcknowledged,
     CampaignAborted,
@@ -63,7 +64,11 @@ async def _ensure_recipients_fit(conn: asyncpg.Connection, campaign_id: uuid.UUI
 
 
 async def create_campaign(
-    pool: asyncpg.Pool, cmd: domain.CreateCampaign, actor: str, kind: str = "mass"
+    pool: asyncpg.Pool,
+    cmd: domain.CreateCampaign,
+    actor: str,
+    kind: str | None = None,
+    organisation_id: uuid.UUID = DEFAULT_ORG,
 ) -> uuid.UUID:
     async with pool.acquire() as conn, conn.transaction():
         if cmd.sender is not None:
@@ -85,8 +90,8 @@ async def create_campaign(
             template = latest
         domain.ensure_fits_channels(cmd.channels, sender, template)
         campaign_id = await repo.insert_campaign(
-            conn, name=cmd.name, kind=kind, channels=cmd.channels, sender_id=sender.id,
-            template=template,
+            conn, name=cmd.name, kind=kind or cmd.kind, channels=cmd.channels,
+            sender_id=sender.id, template=template, organisation_id=organisation_id,
         )
         await repo.audit(conn, campaign_id, "created", actor,
                          {"channels": cmd.channels, "template_version": template.version})
@@ -94,9 +99,13 @@ async def create_campaign(
 
 
 async def add_recipients(
-    pool: asyncpg.Pool, campaign_id: uuid.UUID, recipients: list[domain.Recipient], region: str
+    pool: asyncpg.Pool,
+    campaign_id: uuid.UUID,
+    recipients: list[domain.Recipient],
+    region: str,
+    voter_id: int | None = None,
 ) -> int:
-    rows = [domain.to_row(r, region) for r in recipients]
+    rows = [domain.to_row(r, region, voter_id) for r in recipients]
     async with pool.acquire() as conn, conn.transaction():
         domain.ensure_can_add_recipients(campaign_id, await _locked_state(conn, campaign_id))
         return await repo.copy_recipients(conn, campaign_id, rows)
@@ -137,6 +146,9 @@ async def cancel(
         state = await _locked_state(conn, campaign_id)
         domain.ensure_allowed(campaign_id, state, "cancel the schedule")
         await repo.set_draft(conn, campaign_id)
+        # Canceled before its time, a campaign sends to nobody: SENDs queued so far are void.
+        await repo.clear_presses(conn, campaign_id)
+        await repo.release_senders(conn, [campaign_id])
         await repo.audit(conn, campaign_id, "canceled", actor, {})
         await publish(CampaignCanceled(campaign_id=campaign_id))
 
@@ -146,13 +158,19 @@ async def fire_due(pool: asyncpg.Pool, fanout: FanoutRunner, limit: int = 50) ->
     is locked by the one that claims it, and the state change makes it fire once."""
     async with pool.acquire() as conn, conn.transaction():
         due = await repo.claim_due(conn, limit)
-        for campaign_id in due:
+        for campaign in due:
+            campaign_id = campaign["id"]
             await voters_repo.snapshot_lists_into_recipients(conn, campaign_id)
             total = await repo.start_sending(conn, campaign_id)
             await repo.audit(conn, campaign_id, "sent on schedule", "scheduler", {"total": total})
-    for campaign_id in due:
-        fanout.kick(campaign_id)
-    return due
+            if campaign["kind"] == "p2p" and not await repo.pressed_count(conn, campaign_id):
+                # Nobody pressed SEND before the time: nobody is messaged; it is completed.
+                await repo.end_campaign(conn, campaign_id)
+                await repo.release_senders(conn, [campaign_id])
+                await repo.audit(conn, campaign_id, "ended", "scheduler", {"pressed": 0})
+    for campaign in due:
+        fanout.kick(campaign["id"])
+    return [c["id"] for c in due]
 
 
 @dataclass
@@ -236,16 +254,17 @@ async def apply_completed(pool: asyncpg.Pool, event: CampaignCompleted) -> None:
         if not await repo.first_time(conn, event.event_id):
             return
         state = await repo.lock_campaign_state(conn, event.campaign_id)
-        if state not in ("sending", "aborting"):
+        if state not in ("sending", "aborting", "completed"):
             return
         final = domain.state_after_completion(state)
         await repo.finish(conn, event.campaign_id, final, counts)
+        await repo.release_senders(conn, [event.campaign_id])
         await repo.audit(conn, event.campaign_id, final, "tracker", counts)
 
 
 async def send_individually(
     pool: asyncpg.Pool, fanout: FanoutRunner, cmd: domain.SendIndividually, actor: str,
-    region: str,
+    region: str, voter_id: int | None = None,
 ) -> uuid.UUID:
     """One recipient, email and/or SMS: a one-recipient campaign, sent out now."""
     create = domain.CreateCampaign(
@@ -253,6 +272,25 @@ async def send_individually(
         template_id=cmd.template_id,
     )
     campaign_id = await create_campaign(pool, create, actor, kind="individual")
-    await add_recipients(pool, campaign_id, [cmd.recipient], region)
+    await add_recipients(pool, campaign_id, [cmd.recipient], region, voter_id)
     await send_now(pool, fanout, campaign_id, actor)
     return campaign_id
+
+
+async def send_to_voter(
+    pool: asyncpg.Pool, fanout: FanoutRunner, voter_id: int, cmd: domain.SendToVoter,
+    actor: str, region: str,
+) -> uuid.UUID:
+    """The "send email / SMS" action of a voter's page: an individual send to the voter."""
+    async with pool.acquire() as conn:
+        voter = await voters_repo.get_voter(conn, DEFAULT_ORG, voter_id)
+    if voter is None:
+        raise domain.NotFound(f"voter {voter_id} not found")
+    if voter["opted_out"]:
+        raise domain.Invalid(f"voter {voter_id} opted out of messages; nothing was sent")
+    name = " ".join(n for n in (voter["first_name"], voter["last_name"]) if n) or str(voter_id)
+    individual = domain.SendIndividually(
+        recipient=domain.voter_recipient(voter), channels=cmd.channels,
+        sender_id=cmd.sender_id, template_id=cmd.template_id, name=f"To {name}",
+    )
+    return await send_individually(pool, fanout, individual, actor, region, voter_id)

@@ -12,3 +12,5 @@ class SchedulerSettings(CommonSettings):
     schedule_poll_seconds: float = 0.2
     # How long an abort waits for every dispatcher's acknowledgement before answering anyway.
     abort_ack_timeout_seconds: float = 10.0
+    # Enables POST /admin/users (creating users and their API tokens) for whoever has it.
+    admin_token: str | None = None

@@ -10,6 +10,7 @@ import pytest
 from devtools.processes import ROOT, Sendout, start_sendout
 from tests.conftest import Stack
 
+ADMIN_TOKEN = "e2e-admin-token"
 FAIL_PATTERN = r"\+bounce@"
 FLAKY_PATTERN = r"\+flaky@"
 
@@ -25,7 +26,7 @@ def sendout(stack: Stack) -> Iterator[Sendout]:
         flaky_pattern=FLAKY_PATTERN,
         dispatchers=2,
         # Modest, so that an abort test can catch a send-out in the middle.
-        extra_env={"SENDOUT_CONCURRENCY": "50"},
+        extra_env={"SENDOUT_CONCURRENCY": "50", "SENDOUT_ADMIN_TOKEN": ADMIN_TOKEN},
     )
     try:
         yield running

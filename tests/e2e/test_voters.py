@@ -179,3 +179,53 @@ def test_voter_directory_errors_map_to_404_409_422(sendout: Sendout, http: httpx
     export = http.get(f"{s}/voters/{voter_id}/export").raise_for_status().json()
     assert [x["campaign_id"] for x in export["recipient_snapshots"]] == [cid]
     wait_for_completion(http, sendout.tracker, cid)
+
+
+def test_send_one_voter_an_sms_and_an_email_from_their_page(
+    sendout: Sendout, http: httpx.Client
+) -> None:
+    s = sendout.scheduler
+    tag = run_tag()
+    r = http.post(f"{s}/voters", json={
+        "external_id": f"{tag}-page", "first_name": "Grace", "last_name": "Hopper",
+        "email": f"{tag}.page@example.org", "phone": "40 10 00 21",
+        "attributes": {"ward": "Harbour"}})
+    assert r.status_code == 201, r.text
+    voter = r.json()
+    sender = http.post(f"{s}/senders", json={
+        "name": "Election Office", "email": "office@example.org", "sms_sender_id": "Office",
+    }).raise_for_status().json()
+    template = http.post(f"{s}/templates", json={
+        "name": "Polling station", "email_subject": "{{ first_name }}, your polling station",
+        "email_body": "Dear {{ first_name }} {{ last_name }}, vote in {{ ward }}.",
+        "sms_body": "{{ first_name }}: vote in {{ ward }}",
+    }).raise_for_status().json()
+
+    r = http.post(f"{s}/voters/{voter['id']}/send", json={
+        "channels": ["email", "sms"], "sender_id": sender["id"], "template_id": template["id"]})
+    assert r.status_code == 202, r.text
+    assert r.json()["kind"] == "individual"
+    cid = r.json()["id"]
+    final = wait_for_completion(http, sendout.tracker, cid)
+    assert final["by_channel"]["email"]["completed"] == 1
+    assert final["by_channel"]["sms"]["completed"] == 1
+
+    assert sendout.smtp and sendout.provider
+    mails = http.get(f"{sendout.smtp}/requests", params={"limit": 100_000}).json()["requests"]
+    [mail] = [m for m in mails if m["to"] == f"{tag}.page@example.org"]
+    assert (mail["subject"], mail["body"]) == (
+        "Grace, your polling station", "Dear Grace Hopper, vote in Harbour.")
+    texts = http.get(f"{sendout.provider}/requests", params={"limit": 100_000}).json()
+    [sms] = [m for m in texts["requests"] if m["to"] == "+4540100021"]
+    assert sms["body"] == "Grace: vote in Harbour"
+
+    # The voter's page lists it, and the tracker's history has both channels.
+    page = http.get(f"{s}/voters/{voter['id']}").raise_for_status().json()
+    assert cid in [c["campaign_id"] for c in page["campaigns"]]
+    history = http.get(f"{sendout.tracker}{page['statuses']['path']}").json()["history"]
+    assert sorted((h["channel"], h["status"]) for h in history if h["campaign_id"] == cid) == [
+        ("email", "completed"), ("sms", "completed")]
+
+    assert http.post(f"{s}/voters/999999999/send", json={
+        "channels": ["sms"], "sender_id": sender["id"], "template_id": template["id"],
+    }).status_code == 404

@@ -8,7 +8,7 @@ from faststream.kafka.annotations import KafkaMessage
 from faststream.kafka.testing import TestKafkaBroker
 
 from services.dispatcher import handlers as dispatcher_handlers
-from services.dispatcher.service import AbortRegistry
+from services.dispatcher.service import AbortRegistry, OptOutRegistry
 from services.scheduler import handlers as scheduler_handlers
 from services.scheduler.service import AbortAcks
 from services.tracker import handlers as tracker_handlers
@@ -38,7 +38,8 @@ def _all_routers() -> list[Any]:
     return [
         scheduler_handlers.kafka_router(pool, AbortAcks()),
         dispatcher_handlers.kafka_router(
-            pool, None, AbortRegistry(), None, None, instance="i", max_records=10  # type: ignore[arg-type]
+            pool, None, AbortRegistry(), OptOutRegistry(), None, None,  # type: ignore[arg-type]
+            instance="i", max_records=10,
         ),
         tracker_handlers.kafka_router(pool, None, 10),  # type: ignore[arg-type]
     ]
@@ -83,6 +84,9 @@ async def test_an_abort_reaches_every_dispatcher_instance_and_each_acknowledges(
     ]
     # One in the scheduler (acknowledgements), one in the dispatcher (aborts).
     assert len(broadcast) == 2
+    opt_outs = [sub for router in routers for sub in router.subscribers
+                if topics.OPT_OUTS in sub.topic_names and not sub.group_id]
+    assert len(opt_outs) == 1
 
 
 def test_abort_acks_complete_when_every_expected_instance_answered() -> None:

@@ -1,6 +1,7 @@
 -- What each campaign renders with, learnt from `started` lifecycle events.
 CREATE TABLE templates (
     campaign_id       uuid PRIMARY KEY,
+    organisation_id   uuid,
     template_id       uuid NOT NULL,
     template_version  integer NOT NULL,
     templates         jsonb NOT NULL,   -- {channel: {body, subject}}
@@ -12,6 +13,14 @@ CREATE TABLE templates (
 CREATE TABLE aborted_campaigns (
     campaign_id  uuid PRIMARY KEY,
     aborted_at   timestamptz NOT NULL DEFAULT now()
+);
+
+-- Organisations' opted-out addresses: never messaged.
+CREATE TABLE opt_outs (
+    organisation_id  uuid NOT NULL,
+    address          text NOT NULL,
+    at               timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (organisation_id, address)
 );
 
 -- One row per (campaign, recipient, channel): the dedupe key. A row without an outcome is a

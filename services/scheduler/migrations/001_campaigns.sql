@@ -51,8 +51,7 @@ CREATE TABLE campaigns (
     CHECK (state <> 'scheduled' OR scheduled_for IS NOT NULL)
 );
 
-CREATE INDEX campaigns_unfinished_fanout ON campaigns (id)
-    WHERE state IN ('sending', 'aborting') AND NOT fanout_done;
+CREATE INDEX campaigns_unfinished_fanout ON campaigns (started_at) WHERE NOT fanout_done;
 -- The schedule loop's question, "what is due?", answered from a small index.
 CREATE INDEX campaigns_due ON campaigns (scheduled_for) WHERE state = 'scheduled';
 
