@@ -5,6 +5,11 @@ with its idempotency key so tests can check exactly what was (and was not) sent.
 - `--fail-pattern REGEX`: addresses that match are refused for good (422, like a dead mailbox);
 - `--flaky-pattern REGEX`: the first attempt for a matching address gets 503, retries succeed;
 - `--latency-ms N`: every answer waits N ms.
+- `--receipts-url URL --receipts-secret S`: for every accepted message, a signed delivery
+  receipt is posted to URL shortly afterwards (batched, like real providers' callbacks);
+  `--not-delivered-pattern REGEX` / `--not-delivered-reason TEXT`: matching addresses are
+  reported not delivered with that reason, the others delivered. All four can be changed at run
+  time through `POST /config`.
 Loopback only; not a product component.
 """
 
@@ -12,12 +17,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
 import re
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import uvloop
 from aiohttp import web
 
@@ -27,6 +39,74 @@ class Behaviour:
     fail_pattern: re.Pattern[str] | None = None
     flaky_pattern: re.Pattern[str] | None = None
     latency_ms: float = 0.0
+    receipts_url: str | None = None
+    receipts_secret: str = ""
+    not_delivered_pattern: re.Pattern[str] | None = None
+    not_delivered_reason: str = "unreachable handset"
+    receipts_delay_ms: float = 50.0
+
+
+def _signed(secret: str, body: bytes) -> dict[str, str]:
+    """Headers of a receipts callback: HMAC-SHA256 over `<timestamp>.<body>`."""
+    timestamp = str(int(time.time()))
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return {"content-type": "application/json", "X-Sendout-Timestamp": timestamp,
+            "X-Sendout-Signature": f"sha256={mac.hexdigest()}"}
+
+
+class ReceiptPoster:
+    """Posts receipts in the background, in batches: one callback per message would make the
+    fake, not Sendout, the bottleneck of a mass send."""
+
+    def __init__(self, behaviour: Behaviour) -> None:
+        self._behaviour = behaviour
+        self._queue: list[dict[str, Any]] = []
+        self._wakeup = asyncio.Event()
+        self.posted = 0
+        self.errors = 0
+
+    def receipt_for(self, message_id: str, to: str) -> None:
+        b = self._behaviour
+        if not b.receipts_url:
+            return
+        not_delivered = b.not_delivered_pattern is not None and b.not_delivered_pattern.search(to)
+        self._queue.append({
+            "provider_message_id": message_id,
+            "status": "not_delivered" if not_delivered else "delivered",
+            "reason": b.not_delivered_reason if not_delivered else None,
+            "at": datetime.now(UTC).isoformat(),
+        })
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            while True:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                # "Shortly after accepting": the delay also gathers a batch.
+                await asyncio.sleep(self._behaviour.receipts_delay_ms / 1000)
+                while self._queue:
+                    batch, self._queue = self._queue[:500], self._queue[500:]
+                    await self._post(session, batch)
+
+    async def _post(self, session: aiohttp.ClientSession, batch: list[dict[str, Any]]) -> None:
+        b = self._behaviour
+        body = json.dumps({"receipts": batch}).encode()
+        for _attempt in range(5):
+            url = b.receipts_url
+            if not url:
+                return
+            try:
+                async with session.post(url, data=body,
+                                        headers=_signed(b.receipts_secret, body)) as response:
+                    if response.status < 500:
+                        self.posted += len(batch) if response.status == 202 else 0
+                        self.errors += 0 if response.status == 202 else 1
+                        return
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            await asyncio.sleep(0.5)  # like a real provider: retry callbacks for a while
+        self.errors += 1
 
 
 @dataclass
@@ -38,6 +118,7 @@ class Recorder:
 def create_app(behaviour: Behaviour) -> web.Application:
     # aiohttp.web: a fake provider must not be what bounds a benchmark.
     rec = Recorder()
+    poster = ReceiptPoster(behaviour)
 
     async def send(request: web.Request) -> web.Response:
         try:
@@ -63,6 +144,7 @@ def create_app(behaviour: Behaviour) -> web.Application:
             return web.json_response({"error": "temporarily unavailable"}, status=503)
         entry["status"] = 202
         entry["id"] = f"fake-{uuid.uuid4().hex}"
+        poster.receipt_for(entry["id"], to)
         return web.json_response({"id": entry["id"]}, status=202)
 
     async def requests(request: web.Request) -> web.Response:
@@ -87,7 +169,22 @@ def create_app(behaviour: Behaviour) -> web.Application:
         body = await request.json()
         if "latency_ms" in body:
             behaviour.latency_ms = float(body["latency_ms"])
-        return web.json_response({"latency_ms": behaviour.latency_ms})
+        if "receipts_url" in body:
+            behaviour.receipts_url = body["receipts_url"]
+        if "receipts_secret" in body:
+            behaviour.receipts_secret = body["receipts_secret"]
+        if "not_delivered_pattern" in body:
+            pattern = body["not_delivered_pattern"]
+            behaviour.not_delivered_pattern = re.compile(pattern) if pattern else None
+        if "not_delivered_reason" in body:
+            behaviour.not_delivered_reason = body["not_delivered_reason"]
+        return web.json_response({
+            "latency_ms": behaviour.latency_ms, "receipts_url": behaviour.receipts_url,
+            "not_delivered_pattern": behaviour.not_delivered_pattern.pattern
+            if behaviour.not_delivered_pattern else None,
+            "not_delivered_reason": behaviour.not_delivered_reason,
+            "receipts_posted": poster.posted, "receipts_errors": poster.errors,
+        })
 
     async def reset(request: web.Request) -> web.Response:
         rec.requests.clear()
@@ -97,7 +194,15 @@ def create_app(behaviour: Behaviour) -> web.Application:
     async def health(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
+    async def receipts_task(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(poster.run())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
     app = web.Application()
+    app.cleanup_ctx.append(receipts_task)
     app.router.add_post("/messages", send)
     app.router.add_get("/requests", requests)
     app.router.add_get("/stats", stats)
@@ -114,11 +219,20 @@ def main() -> None:
     parser.add_argument("--fail-pattern")
     parser.add_argument("--flaky-pattern")
     parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--receipts-url")
+    parser.add_argument("--receipts-secret", default="")
+    parser.add_argument("--not-delivered-pattern")
+    parser.add_argument("--not-delivered-reason", default="unreachable handset")
     args = parser.parse_args()
     behaviour = Behaviour(
         fail_pattern=re.compile(args.fail_pattern) if args.fail_pattern else None,
         flaky_pattern=re.compile(args.flaky_pattern) if args.flaky_pattern else None,
         latency_ms=args.latency_ms,
+        receipts_url=args.receipts_url,
+        receipts_secret=args.receipts_secret,
+        not_delivered_pattern=re.compile(args.not_delivered_pattern)
+        if args.not_delivered_pattern else None,
+        not_delivered_reason=args.not_delivered_reason,
     )
     uvloop.install()
     web.run_app(create_app(behaviour), host=args.host, port=args.port, print=None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -161,8 +162,12 @@ def start_sendout(
     common = {
         "KAFKA_BOOTSTRAP_SERVERS": kafka,
         "DATABASE_URL": database_url,
+        # The fake provider signs its delivery receipts with it.
+        "SENDOUT_RECEIPTS_SECRET": secrets.token_hex(16),
         **(extra_env or {}),
     }
+    # Known before the tracker starts: the fake provider posts receipts to it.
+    tracker_port = free_port()
     procs = Processes(log_dir)
     try:
         dispatcher_env: dict[str, str] = {}
@@ -177,7 +182,9 @@ def start_sendout(
             provider_url = procs.start(
                 "fake-provider",
                 ["-m", "devtools.fake_provider", "--port", str(port),
-                 "--latency-ms", str(provider_latency_ms), *patterns],
+                 "--latency-ms", str(provider_latency_ms), *patterns,
+                 "--receipts-url", f"http://127.0.0.1:{tracker_port}/receipts",
+                 "--receipts-secret", common["SENDOUT_RECEIPTS_SECRET"]],
                 {}, port,
             ).url
             smtp_port, http_port = free_port(), free_port()
@@ -196,7 +203,7 @@ def start_sendout(
             }
         # Migrations take an advisory lock, so services may start together.
         for name in ("scheduler", "tracker"):
-            port = free_port()
+            port = tracker_port if name == "tracker" else free_port()
             procs.start(name, ["-m", f"services.{name}"],
                         {**common, "SENDOUT_HTTP_PORT": str(port)}, port)
         for i in range(dispatchers):

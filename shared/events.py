@@ -72,6 +72,9 @@ class _Outcome(Event):
     channel: Channel
     reason: str | None = None
     provider_message_id: str | None = None
+    # The address the message went (or would have gone) to, for the recipient report.
+    # Optional: older producers omit it.
+    address: str | None = None
 
 
 class MessageSent(_Outcome):
@@ -168,6 +171,27 @@ class CampaignCompleted(Event):
     completed: int
     failed: int
     skipped: int
+
+
+DeliveryStatus = Literal["delivered", "not_delivered"]
+
+
+class DeliveryReported(Event):
+    """Receipts webhook → tracker: the provider says what became of a message it accepted.
+
+    It refines a `completed` recipient into delivered / not delivered. The webhook knows the
+    campaign only once the message's outcome has been projected; a receipt that overtakes its
+    outcome has no campaign yet (and is keyed by the provider message id instead).
+    """
+
+    campaign_id: uuid.UUID | None = None  # type: ignore[assignment]
+    type: Literal["delivery_reported"] = "delivery_reported"
+    provider_message_id: str
+    status: DeliveryStatus
+    reason: str | None = None
+
+
+RECEIPT = TypeAdapter(DeliveryReported)
 
 
 class AddressOptedOut(BaseModel):

@@ -60,7 +60,7 @@ def sender_address(sender: SenderInfo, channel: str) -> str:
 def skipped(req: SendRequested, reason: str) -> MessageSkipped:
     return MessageSkipped(
         campaign_id=req.campaign_id, recipient_id=req.recipient_id, channel=req.channel,
-        voter_id=req.voter_id,
+        voter_id=req.voter_id, address=req.address,
         reason=reason,
     )
 
@@ -68,7 +68,7 @@ def skipped(req: SendRequested, reason: str) -> MessageSkipped:
 def failed(req: SendRequested, reason: str) -> MessageFailed:
     return MessageFailed(
         campaign_id=req.campaign_id, recipient_id=req.recipient_id, channel=req.channel,
-        voter_id=req.voter_id,
+        voter_id=req.voter_id, address=req.address,
         reason=reason[:1000],
     )
 
@@ -76,7 +76,7 @@ def failed(req: SendRequested, reason: str) -> MessageFailed:
 def sent(req: SendRequested, provider_message_id: str) -> MessageSent:
     return MessageSent(
         campaign_id=req.campaign_id, recipient_id=req.recipient_id, channel=req.channel,
-        voter_id=req.voter_id,
+        voter_id=req.voter_id, address=req.address,
         provider_message_id=provider_message_id,
     )
 

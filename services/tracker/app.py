@@ -8,10 +8,10 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from services.tracker import handlers, voters
+from services.tracker import handlers, receipts, report, voters
 from services.tracker.settings import TrackerSettings
 from shared import db, topics
-from shared.events import CampaignCompleted
+from shared.events import CampaignCompleted, DeliveryReported
 from shared.kafka import ensure_topics, make_broker, publish_all
 from shared.service import ops_router, standard_checks
 
@@ -43,9 +43,21 @@ def create_app(settings: TrackerSettings | None = None) -> FastAPI:
         broker.include_router(
             handlers.kafka_router(pool, publish_completed, settings.batch_max_records)
         )
+        receipts_pub = broker.publisher(
+            topics.RECEIPTS, description="Delivery receipts from providers, keyed by campaign id."
+        )
+
+        async def publish_receipts(items: list[tuple[bytes, DeliveryReported]]) -> None:
+            await publish_all(receipts_pub, items, service="tracker")
+
+        broker.include_router(receipts.kafka_router(pool, settings.batch_max_records))
         await broker.start()
         app.include_router(handlers.http_router(pool))
         app.include_router(voters.http_router(pool))
+        app.include_router(receipts.http_router(
+            pool, publish_receipts, settings.receipts_secret, settings.receipts_max_skew_seconds
+        ))
+        app.include_router(report.http_router(pool))
         app.include_router(ops_router(standard_checks(pool, broker)))
         try:
             yield

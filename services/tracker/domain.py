@@ -19,6 +19,9 @@ class Counts:
     completed: int = 0
     failed: int = 0
     skipped: int = 0
+    # Receipts refine `completed`: delivered + not_delivered <= completed (receipts lag).
+    delivered: int = 0
+    not_delivered: int = 0
 
     @property
     def pending(self) -> int | None:
@@ -28,7 +31,8 @@ class Counts:
 
     def view(self) -> dict[str, Any]:
         return {"total": self.total, "pending": self.pending, "completed": self.completed,
-                "failed": self.failed, "skipped": self.skipped}
+                "failed": self.failed, "skipped": self.skipped, "delivered": self.delivered,
+                "not_delivered": self.not_delivered}
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,8 @@ class Progress:
             completed=sum(c.completed for c in self.channels.values()),
             failed=sum(c.failed for c in self.channels.values()),
             skipped=sum(c.skipped for c in self.channels.values()),
+            delivered=sum(c.delivered for c in self.channels.values()),
+            not_delivered=sum(c.not_delivered for c in self.channels.values()),
         )
 
     @property

@@ -43,9 +43,10 @@ async def apply_outcomes(
         WITH inserted AS (
             INSERT INTO recipient_outcomes (campaign_id, recipient_id, channel, status, reason,
                                             provider_message_id, event_id, occurred_at,
-                                            voter_id)
+                                            voter_id, address)
             SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[],
-                                 $6::text[], $7::uuid[], $8::timestamptz[], $9::bigint[])
+                                 $6::text[], $7::uuid[], $8::timestamptz[], $9::bigint[],
+                                 $10::text[])
             ON CONFLICT DO NOTHING
             RETURNING campaign_id, channel, status
         ), counts AS (
@@ -76,6 +77,7 @@ async def apply_outcomes(
         [o.event_id for o in outcomes],
         [o.occurred_at for o in outcomes],
         [o.voter_id for o in outcomes],
+        [o.address for o in outcomes],
     )
     return list({r["campaign_id"] for r in rows})
 
@@ -128,7 +130,7 @@ async def progress_of(
     rows = await conn.fetch(
         """
         SELECT c.campaign_id, c.state, c.started, ch.channel, ch.total, ch.completed, ch.failed,
-               ch.skipped
+               ch.skipped, ch.delivered, ch.not_delivered
         FROM campaigns c LEFT JOIN campaign_channels ch USING (campaign_id)
         WHERE c.campaign_id = ANY($1::uuid[])
         """,
@@ -140,7 +142,8 @@ async def progress_of(
             r["campaign_id"], Progress(r["campaign_id"], r["state"], r["started"], {})
         )
         if r["channel"] is not None:
-            p.channels[r["channel"]] = Counts(r["total"], r["completed"], r["failed"], r["skipped"])
+            p.channels[r["channel"]] = Counts(r["total"], r["completed"], r["failed"], r["skipped"],
+                                              r["delivered"], r["not_delivered"])
     return progress
 
 
@@ -156,18 +159,25 @@ async def recipient_outcomes(
     limit: int,
     status: str | None,
 ) -> list[dict[str, Any]]:
-    """Whole recipients per page (all their channels), so a page never splits one."""
+    """Whole recipients per page (all their channels), so a page never splits one.
+
+    The page's last recipient id is computed once and the rows read as one key range. Joining
+    the page instead left the plan to the statistics; taken mid-send (receipts now update
+    these rows during a send-out) they once made it a 60 s query at 20,000 recipients.
+    """
     rows = await conn.fetch(
         """
-        WITH page AS (
-            SELECT DISTINCT recipient_id FROM recipient_outcomes
-            WHERE campaign_id = $1 AND recipient_id > $2 AND ($4::text IS NULL OR status = $4)
-            ORDER BY recipient_id LIMIT $3
-        )
         SELECT o.recipient_id, o.channel, o.status, o.reason, o.provider_message_id,
                o.occurred_at
-        FROM recipient_outcomes o JOIN page USING (recipient_id)
-        WHERE o.campaign_id = $1 AND ($4::text IS NULL OR o.status = $4)
+        FROM recipient_outcomes o
+        WHERE o.campaign_id = $1 AND o.recipient_id > $2 AND ($4::text IS NULL OR o.status = $4)
+          AND o.recipient_id <= (
+              SELECT max(recipient_id) FROM (
+                  SELECT DISTINCT recipient_id FROM recipient_outcomes
+                  WHERE campaign_id = $1 AND recipient_id > $2
+                    AND ($4::text IS NULL OR status = $4)
+                  ORDER BY recipient_id LIMIT $3
+              ) AS page)
         ORDER BY o.recipient_id, o.channel
         """,
         campaign_id, after_recipient_id, limit, status,

@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 from aiokafka import ConsumerRecord
 
-from services.tracker import domain, repo
+from services.tracker import domain, receipts_repo, repo
 from services.tracker.repo import Outcome
 from shared.events import CampaignAborted, CampaignCompleted, CampaignStarted, Event
 
@@ -54,10 +54,15 @@ async def apply_outcomes(
     if not records:
         return
     async with pool.acquire() as conn, conn.transaction():
+        await receipts_repo.lock_for_outcomes(conn)
         applied = await repo.applied_offsets(conn, topic)
         fresh = _not_yet_applied(records, applied)
         if fresh:
             moved = await repo.apply_outcomes(conn, fresh)
+            # Receipts that overtook these outcomes were parked; they count now.
+            await receipts_repo.apply_pending(
+                conn, [o.provider_message_id for o in fresh if o.provider_message_id]
+            )
             await _finish_done(conn, moved, publish_completed)
         await repo.save_offsets(conn, topic, _next_offsets(records))
 

@@ -119,8 +119,10 @@ async def test_counts_are_kept_per_channel_and_add_up(tracker_pool: asyncpg.Pool
     p = await _progress(tracker_pool, cid)
     assert (p["total"], p["pending"], p["completed"], p["failed"], p["skipped"]) == (4, 1, 1, 1, 1)
     assert p["by_channel"] == {
-        "email": {"total": 2, "pending": 0, "completed": 1, "failed": 1, "skipped": 0},
-        "sms": {"total": 2, "pending": 1, "completed": 0, "failed": 0, "skipped": 1},
+        "email": {"total": 2, "pending": 0, "completed": 1, "failed": 1, "skipped": 0,
+                  "delivered": 0, "not_delivered": 0},
+        "sms": {"total": 2, "pending": 1, "completed": 0, "failed": 0, "skipped": 1,
+                "delivered": 0, "not_delivered": 0},
     }
 
 

@@ -1,0 +1,80 @@
+"""Receipts entry points: the providers' status-callback webhook (it only publishes to
+`sendout.receipts.v1`) and the Kafka subscriber that projects receipts."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import asyncpg
+from fastapi import APIRouter, HTTPException, Request
+from faststream.kafka import KafkaRouter
+from faststream.kafka.annotations import KafkaBroker, KafkaMessage
+from pydantic import SecretStr, ValidationError
+
+from services.tracker import receipts_domain, receipts_service
+from services.tracker.receipts_domain import RECEIPT_BODY, ReceiptRejected
+from services.tracker.receipts_service import PublishReceipts
+from shared import topics
+from shared.events import RECEIPT
+from shared.kafka import BATCH_CONSUMER, dead_letter, decode_records, pause_then_reraise, records_of
+from shared.metrics import EVENTS_CONSUMED
+
+SERVICE = "tracker"
+
+
+def kafka_router(pool: asyncpg.Pool, max_records: int) -> KafkaRouter:
+    router = KafkaRouter()
+
+    @router.subscriber(
+        topics.RECEIPTS,
+        group_id="sendout-tracker-receipts",
+        max_records=max_records,
+        description="Refines completed recipients into delivered / not delivered.",
+        **BATCH_CONSUMER,
+    )
+    async def on_receipts(body: list[bytes], msg: KafkaMessage, broker: KafkaBroker) -> None:
+        try:
+            good, bad = decode_records(records_of(msg), RECEIPT)
+            await dead_letter(broker, bad, service=SERVICE)
+            await receipts_service.apply_receipts(pool, topics.RECEIPTS, good)
+            EVENTS_CONSUMED.labels(SERVICE, topics.RECEIPTS).inc(len(body))
+        except Exception as exc:
+            await pause_then_reraise(exc)
+
+    return router
+
+
+def http_router(
+    pool: asyncpg.Pool,
+    publish: PublishReceipts,
+    secret: SecretStr | None,
+    max_skew_seconds: float,
+) -> APIRouter:
+    router = APIRouter(tags=["receipts"])
+
+    @router.post("/receipts", status_code=202)
+    async def receipts(request: Request) -> dict[str, Any]:
+        """Providers' delivery receipts: one `{provider_message_id, status: delivered |
+        not_delivered, reason?, at}` or `{"receipts": [...]}` (at most 1000), signed (see
+        `receipts_domain`). 202 once they are on Kafka; the progress counts them shortly."""
+        if secret is None:
+            raise HTTPException(503, "receipts webhook not configured (SENDOUT_RECEIPTS_SECRET)")
+        # The raw bytes: the signature is over the body exactly as sent.
+        body = await request.body()
+        try:
+            receipts_domain.verify(secret.get_secret_value().encode(), request.headers, body,
+                                   now=time.time(), max_skew_seconds=max_skew_seconds)
+        except ReceiptRejected as exc:
+            raise HTTPException(401, str(exc)) from exc
+        try:
+            parsed = RECEIPT_BODY.validate_json(body)
+        except ValidationError as exc:
+            raise HTTPException(422, json.loads(exc.json(include_url=False))) from exc
+        accepted = await receipts_service.accept(
+            pool, publish, receipts_domain.receipts_of(parsed)
+        )
+        return {"accepted": accepted}
+
+    return router
