@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -10,11 +12,12 @@ import asyncpg
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, status
 from faststream.kafka import KafkaRouter
 from faststream.kafka.annotations import KafkaBroker, KafkaMessage
+from pydantic import ValidationError
 
 from services.scheduler import auth, domain, p2p, repo, service
 from services.scheduler.fanout import FanoutRunner
 from services.scheduler.settings import SchedulerSettings
-from shared import topics
+from shared import topics, webhooks
 from shared.events import LIFECYCLE, AbortAcknowledged, CampaignCompleted
 from shared.kafka import (
     BATCH_CONSUMER,
@@ -287,8 +290,22 @@ def http_router(deps: Deps) -> APIRouter:
         return {"address": address, "opted_out": True}
 
     @router.post("/organisations/{organisation_id}/inbound-sms", tags=["opt-outs"])
-    async def inbound_sms(organisation_id: uuid.UUID, msg: domain.InboundSms) -> dict[str, Any]:
-        """The SMS provider's inbound-message callback: STOP and its synonyms opt out."""
+    async def inbound_sms(organisation_id: uuid.UUID, request: Request) -> dict[str, Any]:
+        """The SMS provider's inbound-message callback `{from, to?, body}`, signed like the
+        receipts webhook (shared/webhooks.py): STOP and its synonyms opt the sender out."""
+        secret = deps.settings.inbound_sms_secret
+        if secret is None:
+            raise HTTPException(503, "inbound SMS not configured (SENDOUT_INBOUND_SMS_SECRET)")
+        body = await request.body()
+        try:
+            webhooks.verify(secret.get_secret_value().encode(), request.headers, body,
+                            now=time.time(), max_skew_seconds=300)
+        except webhooks.WebhookRejected as exc:
+            raise HTTPException(401, str(exc)) from exc
+        try:
+            msg = domain.InboundSms.model_validate_json(body)
+        except ValidationError as exc:
+            raise HTTPException(422, json.loads(exc.json(include_url=False))) from exc
         if not domain.is_stop_message(msg.body):
             return {"opted_out": False}
         address = await p2p.opt_out(pool, organisation_id, msg.sender, source="inbound_sms",

@@ -1,3 +1,5 @@
+from pydantic import SecretStr
+
 from shared.settings import CommonSettings
 
 
@@ -14,3 +16,5 @@ class SchedulerSettings(CommonSettings):
     abort_ack_timeout_seconds: float = 10.0
     # Enables POST /admin/users (creating users and their API tokens) for whoever has it.
     admin_token: str | None = None
+    # Shared with the SMS provider: inbound messages (STOP replies) must be signed with it.
+    inbound_sms_secret: SecretStr | None = None

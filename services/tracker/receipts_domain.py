@@ -1,29 +1,20 @@
-"""Receipts webhook rules: who may post (a signature over timestamp and body) and what a
-receipt is. No I/O.
-
-Signature: `X-Sendout-Signature: sha256=<hex>` where hex is HMAC-SHA256 with the shared secret
-over `<X-Sendout-Timestamp>.<raw body>` (Unix seconds, a dot, the bytes as sent). The
-timestamp is signed so that a captured request cannot be replayed later than the allowed skew.
-"""
+"""Receipts webhook rules: who may post (signed, see shared/webhooks.py) and what a receipt
+is. No I/O."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import uuid
 from collections.abc import Mapping, Sequence
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 
 from shared.events import DeliveryReported, DeliveryStatus
+from shared.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature, verify
+from shared.webhooks import WebhookRejected as ReceiptRejected
 
-TIMESTAMP_HEADER = "X-Sendout-Timestamp"
-SIGNATURE_HEADER = "X-Sendout-Signature"
+__all__ = ["SIGNATURE_HEADER", "TIMESTAMP_HEADER", "ReceiptRejected", "signature", "verify"]
+
 MAX_RECEIPTS_PER_REQUEST = 1000
-
-
-class ReceiptRejected(Exception):
-    """The request is not from a provider we share the secret with (→ 401)."""
 
 
 class Receipt(BaseModel):
@@ -46,35 +37,6 @@ class ReceiptBatch(BaseModel):
 
 
 RECEIPT_BODY: TypeAdapter[Receipt | ReceiptBatch] = TypeAdapter(Receipt | ReceiptBatch)
-
-
-def signature(secret: bytes, timestamp: str, body: bytes) -> str:
-    mac = hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256)
-    return f"sha256={mac.hexdigest()}"
-
-
-def verify(
-    secret: bytes,
-    headers: Mapping[str, str],
-    body: bytes,
-    *,
-    now: float,
-    max_skew_seconds: float,
-) -> None:
-    """Raise ReceiptRejected unless the request is signed with `secret` and recent."""
-    timestamp = headers.get(TIMESTAMP_HEADER)
-    given = headers.get(SIGNATURE_HEADER)
-    if not timestamp or not given:
-        raise ReceiptRejected(f"unsigned: {TIMESTAMP_HEADER} and {SIGNATURE_HEADER} required")
-    try:
-        sent_at = int(timestamp)
-    except ValueError:
-        raise ReceiptRejected(f"{TIMESTAMP_HEADER} must be Unix seconds") from None
-    if abs(now - sent_at) > max_skew_seconds:
-        raise ReceiptRejected("stale timestamp")
-    # Constant-time comparison: the signature must not leak through answer timing.
-    if not hmac.compare_digest(signature(secret, timestamp, body), given):
-        raise ReceiptRejected("bad signature")
 
 
 def receipts_of(body: Receipt | ReceiptBatch) -> list[Receipt]:

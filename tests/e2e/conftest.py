@@ -11,6 +11,7 @@ from devtools.processes import ROOT, Sendout, start_sendout
 from tests.conftest import Stack
 
 ADMIN_TOKEN = "e2e-admin-token"
+INBOUND_SMS_SECRET = "e2e-inbound-secret"
 FAIL_PATTERN = r"\+bounce@"
 FLAKY_PATTERN = r"\+flaky@"
 
@@ -26,7 +27,8 @@ def sendout(stack: Stack) -> Iterator[Sendout]:
         flaky_pattern=FLAKY_PATTERN,
         dispatchers=2,
         # Modest, so that an abort test can catch a send-out in the middle.
-        extra_env={"SENDOUT_CONCURRENCY": "50", "SENDOUT_ADMIN_TOKEN": ADMIN_TOKEN},
+        extra_env={"SENDOUT_CONCURRENCY": "50", "SENDOUT_ADMIN_TOKEN": ADMIN_TOKEN,
+                   "SENDOUT_INBOUND_SMS_SECRET": INBOUND_SMS_SECRET},
     )
     try:
         yield running
