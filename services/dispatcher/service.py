@@ -91,10 +91,20 @@ class Dispatcher:
         unique = list({domain.dedupe_key(r): r for r in requests}.values())
         async with self._pool.acquire() as conn:
             await self._ensure_templates(conn, {r.campaign_id for r in unique})
-            async with conn.transaction():
-                settled = await repo.claim(conn, unique)
+            settled = await repo.claim(conn, unique)
         to_send = [r for r in unique if domain.dedupe_key(r) not in settled]
-        fresh = list(await asyncio.gather(*(self._settle(r) for r in to_send)))
+        # Requests settled without a provider call (aborted, no address, template error) need
+        # no task of their own; the others are sent concurrently.
+        fresh: list[Outcome] = []
+        calls = []
+        for req in to_send:
+            ready = self._prepare(req)
+            if isinstance(ready, OutgoingMessage):
+                calls.append(self._send(req, ready))
+            else:
+                fresh.append(ready)
+        if calls:
+            fresh.extend(await asyncio.gather(*calls))
         if fresh:
             async with self._pool.acquire() as conn:
                 await repo.record_outcomes(conn, fresh)
@@ -111,7 +121,8 @@ class Dispatcher:
         if unknown:
             raise TemplateNotYetKnown(f"no started event seen yet for campaigns {unknown}")
 
-    async def _settle(self, req: SendRequested) -> Outcome:
+    def _prepare(self, req: SendRequested) -> Outcome | OutgoingMessage:
+        """The message to send for a request, or its outcome if nothing is to be sent."""
         if req.campaign_id in self._aborts:
             return domain.skipped(req, "aborted")
         if not req.address:
@@ -125,7 +136,7 @@ class Dispatcher:
             subject = domain.render(template.subject, req.variables) if template.subject else None
         except domain.RenderError as exc:
             return domain.failed(req, str(exc))
-        message = OutgoingMessage(
+        return OutgoingMessage(
             channel=req.channel,
             to=req.address,
             sender=domain.sender_address(campaign.sender, req.channel),
@@ -133,6 +144,8 @@ class Dispatcher:
             body=body,
             idempotency_key=str(req.event_id),
         )
+
+    async def _send(self, req: SendRequested, message: OutgoingMessage) -> Outcome:
         provider = self._providers[req.channel]
         async with self._slots:
             for attempt in range(1, self._max_attempts + 1):
