@@ -80,6 +80,7 @@ class Dispatcher:
         self._pool = pool
         self._providers = providers
         self._aborts = aborts
+        self._concurrency = concurrency
         self._slots = asyncio.Semaphore(concurrency)
         self._limiter = rate_limiter
         self._max_attempts = max_attempts
@@ -96,19 +97,34 @@ class Dispatcher:
         # Requests settled without a provider call (aborted, no address, template error) need
         # no task of their own; the others are sent concurrently.
         fresh: list[Outcome] = []
-        calls = []
+        calls: list[tuple[SendRequested, OutgoingMessage]] = []
         for req in to_send:
             ready = self._prepare(req)
             if isinstance(ready, OutgoingMessage):
-                calls.append(self._send(req, ready))
+                calls.append((req, ready))
             else:
                 fresh.append(ready)
-        if calls:
-            fresh.extend(await asyncio.gather(*calls))
+        fresh.extend(await self._send_all(calls))
         if fresh:
             async with self._pool.acquire() as conn:
                 await repo.record_outcomes(conn, fresh)
         return [*settled.values(), *fresh]
+
+    async def _send_all(
+        self, calls: Sequence[tuple[SendRequested, OutgoingMessage]]
+    ) -> list[Outcome]:
+        """Send concurrently through at most `concurrency` workers sharing one queue: a task and
+        a semaphore waiter per message cost more than a no-op provider call (and the waiters
+        make each semaphore release scan thousands of them)."""
+        results: list[Outcome | None] = [None] * len(calls)
+        queue = iter(enumerate(calls))
+
+        async def worker() -> None:
+            for i, (req, message) in queue:
+                results[i] = await self._send(req, message)
+
+        await asyncio.gather(*(worker() for _ in range(min(self._concurrency, len(calls)))))
+        return [r for r in results if r is not None]
 
     async def _ensure_templates(
         self, conn: asyncpg.Connection, campaign_ids: set[uuid.UUID]
