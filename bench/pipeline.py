@@ -73,6 +73,38 @@ def peak_rss_mib(pid: int) -> float:
     return 0.0
 
 
+def _stat(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def stack_cpu_seconds() -> dict[str, float]:
+    """CPU of the local Kafka broker and of PostgreSQL (postmaster, its live backends and the
+    ones that exited), when this folder's stack runs them."""
+    out: dict[str, float] = {}
+    kafka_pid = ROOT / ".sendout" / "kafka" / "kafka.pid"
+    pg_pid = ROOT / ".sendout" / "pg" / "data" / "postmaster.pid"
+    try:
+        out["kafka"] = cpu_seconds(int(kafka_pid.read_text().split()[0]))
+    except (OSError, ValueError):
+        pass
+    try:
+        master = int(pg_pid.read_text().split()[0])
+        fields = _stat(master)
+        total = (sum(int(f) for f in fields[11:15])) / CLK_TCK  # utime stime cutime cstime
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                try:
+                    child = _stat(int(proc.name))
+                except OSError:
+                    continue
+                if int(child[1]) == master:
+                    total += (int(child[11]) + int(child[12])) / CLK_TCK
+        out["postgres"] = total
+    except (OSError, ValueError):
+        pass
+    return out
+
+
 def service_pids(sendout: Sendout) -> dict[str, int]:
     return {p.name: p.popen.pid for p in sendout.processes.procs
             if p.name in ("scheduler", "tracker") or p.name.startswith("dispatcher")}
@@ -219,6 +251,7 @@ async def run_campaign(sendout: Sendout, database_url: str, n: int, channel: str
         db = await asyncpg.connect(database_url)
         await db.execute("ANALYZE scheduler.recipients")
         cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        cpu0.update(stack_cpu_seconds())
         t0 = time.monotonic()
         wall0 = time.time()
         (await http.post(f"{sendout.scheduler}/campaigns/{cid}/send-now")).raise_for_status()
@@ -243,6 +276,7 @@ async def run_campaign(sendout: Sendout, database_url: str, n: int, channel: str
             await asyncio.sleep(0.1)
         e2e_s = time.monotonic() - t0
         cpu1 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        cpu1.update(stack_cpu_seconds())
         c = uuid.UUID(cid)
         disp = await db.fetchrow(
             "SELECT count(*) n, extract(epoch FROM max(done_at) - min(done_at)) s, "
@@ -280,7 +314,7 @@ async def run_campaign(sendout: Sendout, database_url: str, n: int, channel: str
                                      "max": round(max(lags), 3) if lags else None},
             "peak_rss_mib": {name: round(peak_rss_mib(pid), 1) for name, pid in pids.items()},
             "cpu_seconds_per_1k": {name: round((cpu1[name] - cpu0[name]) / n * 1000, 3)
-                                   for name in pids},
+                                   for name in cpu1 if name in cpu0},
         }
         if abort_answer is not None:
             result["abort"] = await abort_figures(http, sendout, abort_answer)
