@@ -397,7 +397,9 @@ def send_requested_for(
     for column in RECIPIENT_COLUMNS:
         if row[column] is not None:
             variables[column] = row[column]
-    return SendRequested(
+    # Built without validation: every field comes from our own tables, typed by their columns,
+    # and this runs once per recipient of a million (validation was a third of the fan-out's CPU).
+    return SendRequested.model_construct(
         event_id=uuid.uuid5(_SEND_NS, f"{campaign_id}:{row['id']}:{channel}"),
         campaign_id=campaign_id,
         recipient_id=row["id"],
