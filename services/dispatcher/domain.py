@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -74,10 +75,14 @@ def failed(req: SendRequested, reason: str) -> MessageFailed:
 
 
 def sent(req: SendRequested, provider_message_id: str) -> MessageSent:
-    return MessageSent(
-        campaign_id=req.campaign_id, recipient_id=req.recipient_id, channel=req.channel,
-        voter_id=req.voter_id, address=req.address,
-        provider_message_id=provider_message_id,
+    # The hot path (one per message sent): built without re-validating fields taken from an
+    # already validated request, and with every field given (model_construct would otherwise
+    # inspect each default factory's signature per call).
+    return MessageSent.model_construct(
+        event_id=uuid.uuid4(), campaign_id=req.campaign_id, occurred_at=datetime.now(UTC),
+        schema_version=1, type="sent", recipient_id=req.recipient_id, voter_id=req.voter_id,
+        channel=req.channel, reason=None, provider_message_id=str(provider_message_id),
+        address=req.address,
     )
 
 

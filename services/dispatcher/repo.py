@@ -87,26 +87,24 @@ async def claim(
 
     Keys returned with an outcome were sent (or settled) before and must not be sent again.
     """
-    campaign_ids = [r.campaign_id for r in requests]
-    recipient_ids = [r.recipient_id for r in requests]
-    channels = [r.channel for r in requests]
-    await conn.execute(
-        """
-        INSERT INTO deliveries (campaign_id, recipient_id, channel, request_id)
-        SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::uuid[])
-        ON CONFLICT DO NOTHING
-        """,
-        campaign_ids, recipient_ids, channels, [r.event_id for r in requests],
-    )
+    # One statement, one round trip: the SELECT reads the snapshot from before the INSERT, which
+    # is all it needs (a row inserted now has no outcome yet).
     rows = await conn.fetch(
         """
+        WITH k AS (
+            SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::uuid[])
+                AS k(campaign_id, recipient_id, channel, request_id)
+        ), claimed AS (
+            INSERT INTO deliveries (campaign_id, recipient_id, channel, request_id)
+            SELECT * FROM k
+            ON CONFLICT DO NOTHING
+        )
         SELECT d.campaign_id, d.recipient_id, d.channel, d.outcome::text AS outcome
-        FROM deliveries d
-        JOIN unnest($1::uuid[], $2::bigint[], $3::text[]) AS k(campaign_id, recipient_id, channel)
-          USING (campaign_id, recipient_id, channel)
+        FROM deliveries d JOIN k USING (campaign_id, recipient_id, channel)
         WHERE d.outcome IS NOT NULL
         """,
-        campaign_ids, recipient_ids, channels,
+        [r.campaign_id for r in requests], [r.recipient_id for r in requests],
+        [r.channel for r in requests], [r.event_id for r in requests],
     )
     return {
         (r["campaign_id"], r["recipient_id"], r["channel"]): OUTCOME.validate_json(r["outcome"])

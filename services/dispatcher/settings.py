@@ -35,4 +35,4 @@ class DispatcherSettings(CommonSettings):
     rate_limit_per_second: float = 0.0  # 0 = unlimited
     max_attempts: int = 3
     retry_backoff_seconds: float = 0.2
-    batch_max_records: int = 1000
+    batch_max_records: int = 5000
