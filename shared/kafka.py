@@ -22,7 +22,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from shared import topics
 from shared.events import AddressOptedOut, Event
-from shared.metrics import DEAD_LETTERS, EVENTS_PUBLISHED
+from shared.metrics import DEAD_LETTERS, EVENTS_CONSUMED, EVENTS_PUBLISHED
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -246,3 +246,20 @@ async def group_instances(admin: AIOKafkaAdminClient, group_id: str) -> set[str]
                 if client_id.startswith(prefix):
                     instances.add(client_id.removeprefix(prefix))
     return instances
+
+
+async def accept_batch(
+    message: KafkaMessage,
+    broker: KafkaBroker,
+    adapter: TypeAdapter[T],
+    *,
+    service: str,
+) -> list[tuple[ConsumerRecord[Any, Any], T]]:
+    """A group consumer's first step: decode each record, park the undecodable on the DLQ,
+    count the batch, and hand back the good ones."""
+    records = records_of(message)
+    good, bad = decode_records(records, adapter)
+    await dead_letter(broker, bad, service=service)
+    if records:
+        EVENTS_CONSUMED.labels(service, records[0].topic).inc(len(records))
+    return good

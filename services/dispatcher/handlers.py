@@ -21,13 +21,12 @@ from shared.events import (
 from shared.kafka import (
     BATCH_CONSUMER,
     BROADCAST_CONSUMER,
-    dead_letter,
+    accept_batch,
     decode_records,
     pause_then_reraise,
     publish_all,
     records_of,
 )
-from shared.metrics import EVENTS_CONSUMED
 
 SERVICE = "dispatcher"
 
@@ -54,14 +53,12 @@ def kafka_router(
     )
     async def on_send_requested(body: list[bytes], msg: KafkaMessage, broker: KafkaBroker) -> None:
         try:
-            good, bad = decode_records(records_of(msg), SEND_REQUESTED)
-            await dead_letter(broker, bad, service=SERVICE)
+            good = await accept_batch(msg, broker, SEND_REQUESTED, service=SERVICE)
             outcomes = await dispatcher.dispatch([event for _, event in good])
             # Outcomes are acknowledged by Kafka before this returns and the offsets commit.
             await publish_all(
                 outcomes_pub, [(o.campaign_id.bytes, o) for o in outcomes], service=SERVICE
             )
-            EVENTS_CONSUMED.labels(SERVICE, topics.SEND_REQUESTED).inc(len(body))
         except Exception as exc:
             await pause_then_reraise(exc)
 
@@ -75,8 +72,7 @@ def kafka_router(
     )
     async def on_lifecycle(body: list[bytes], msg: KafkaMessage, broker: KafkaBroker) -> None:
         try:
-            good, bad = decode_records(records_of(msg), LIFECYCLE)
-            await dead_letter(broker, bad, service=SERVICE)
+            good = await accept_batch(msg, broker, LIFECYCLE, service=SERVICE)
             started = [e for _, e in good if isinstance(e, CampaignStarted)]
             aborted = [e.campaign_id for _, e in good if isinstance(e, CampaignAborted)]
             if started or aborted:
@@ -117,8 +113,7 @@ def kafka_router(
     )
     async def on_opt_outs(body: list[bytes], msg: KafkaMessage, broker: KafkaBroker) -> None:
         try:
-            good, bad = decode_records(records_of(msg), OPTED_OUT)
-            await dead_letter(broker, bad, service=SERVICE)
+            good = await accept_batch(msg, broker, OPTED_OUT, service=SERVICE)
             if good:
                 async with pool.acquire() as conn:
                     await repo.save_opt_outs(conn, [e for _, e in good])

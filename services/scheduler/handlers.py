@@ -22,7 +22,7 @@ from shared.events import LIFECYCLE, AbortAcknowledged, CampaignCompleted
 from shared.kafka import (
     BATCH_CONSUMER,
     BROADCAST_CONSUMER,
-    dead_letter,
+    accept_batch,
     decode_records,
     pause_then_reraise,
     records_of,
@@ -328,8 +328,7 @@ def kafka_router(pool: asyncpg.Pool, acks: service.AbortAcks) -> KafkaRouter:
     )
     async def on_lifecycle(body: list[bytes], msg: KafkaMessage, broker: KafkaBroker) -> None:
         try:
-            good, bad = decode_records(records_of(msg), LIFECYCLE)
-            await dead_letter(broker, bad, service=SERVICE)
+            good = await accept_batch(msg, broker, LIFECYCLE, service=SERVICE)
             for _, event in good:
                 if isinstance(event, CampaignCompleted):
                     await service.apply_completed(pool, event)

@@ -14,8 +14,11 @@ from services.tracker import repo, service
 from services.tracker.service import PublishCompleted
 from shared import topics
 from shared.events import LIFECYCLE, OUTCOME
-from shared.kafka import BATCH_CONSUMER, dead_letter, decode_records, pause_then_reraise, records_of
-from shared.metrics import EVENTS_CONSUMED
+from shared.kafka import (
+    BATCH_CONSUMER,
+    accept_batch,
+    pause_then_reraise,
+)
 
 SERVICE = "tracker"
 
@@ -34,10 +37,8 @@ def kafka_router(
     )
     async def on_outcomes(body: list[bytes], msg: KafkaMessage, broker: KafkaBroker) -> None:
         try:
-            good, bad = decode_records(records_of(msg), OUTCOME)
-            await dead_letter(broker, bad, service=SERVICE)
+            good = await accept_batch(msg, broker, OUTCOME, service=SERVICE)
             await service.apply_outcomes(pool, topics.OUTCOMES, good, publish_completed)
-            EVENTS_CONSUMED.labels(SERVICE, topics.OUTCOMES).inc(len(body))
         except Exception as exc:
             await pause_then_reraise(exc)
 
@@ -50,8 +51,7 @@ def kafka_router(
     )
     async def on_lifecycle(body: list[bytes], msg: KafkaMessage, broker: KafkaBroker) -> None:
         try:
-            good, bad = decode_records(records_of(msg), LIFECYCLE)
-            await dead_letter(broker, bad, service=SERVICE)
+            good = await accept_batch(msg, broker, LIFECYCLE, service=SERVICE)
             await service.apply_lifecycle(pool, [e for _, e in good], publish_completed)
         except Exception as exc:
             await pause_then_reraise(exc)

@@ -18,8 +18,11 @@ from services.tracker.receipts_domain import RECEIPT_BODY, ReceiptRejected
 from services.tracker.receipts_service import PublishReceipts
 from shared import topics
 from shared.events import RECEIPT
-from shared.kafka import BATCH_CONSUMER, dead_letter, decode_records, pause_then_reraise, records_of
-from shared.metrics import EVENTS_CONSUMED
+from shared.kafka import (
+    BATCH_CONSUMER,
+    accept_batch,
+    pause_then_reraise,
+)
 
 SERVICE = "tracker"
 
@@ -36,10 +39,8 @@ def kafka_router(pool: asyncpg.Pool, max_records: int) -> KafkaRouter:
     )
     async def on_receipts(body: list[bytes], msg: KafkaMessage, broker: KafkaBroker) -> None:
         try:
-            good, bad = decode_records(records_of(msg), RECEIPT)
-            await dead_letter(broker, bad, service=SERVICE)
+            good = await accept_batch(msg, broker, RECEIPT, service=SERVICE)
             await receipts_service.apply_receipts(pool, topics.RECEIPTS, good)
-            EVENTS_CONSUMED.labels(SERVICE, topics.RECEIPTS).inc(len(body))
         except Exception as exc:
             await pause_then_reraise(exc)
 
