@@ -55,3 +55,19 @@ def in_seconds(seconds: float) -> datetime:
 def audit_actions(http: httpx.Client, sendout: Sendout, cid: str) -> list[str]:
     events = http.get(f"{sendout.scheduler}/campaigns/{cid}/audit").raise_for_status().json()
     return [e["action"] for e in events["events"]]
+
+
+def sender_and_template(
+    http: httpx.Client, sendout: Sendout, *, email_subject: str, email_body: str,
+    sms_body: str, sms_sender_id: str = "Office",
+) -> tuple[str, str]:
+    """A stored sender (email and SMS) and template; their ids."""
+    sender = http.post(f"{sendout.scheduler}/senders", json={
+        "name": "Election Office", "email": "office@example.org",
+        "sms_sender_id": sms_sender_id,
+    }).raise_for_status().json()
+    template = http.post(f"{sendout.scheduler}/templates", json={
+        "name": "Template", "email_subject": email_subject, "email_body": email_body,
+        "sms_body": sms_body,
+    }).raise_for_status().json()
+    return str(sender["id"]), str(template["id"])

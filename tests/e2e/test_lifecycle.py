@@ -20,6 +20,7 @@ from tests.e2e.helpers import (
     create_campaign,
     in_seconds,
     requests_to,
+    sender_and_template,
     wait_state,
 )
 
@@ -270,17 +271,14 @@ def test_both_channels_count_and_explain_each_channel_exactly(
     sendout: Sendout, http: httpx.Client
 ) -> None:
     tag = uuid.uuid4().hex[:6]
-    sender = http.post(f"{sendout.scheduler}/senders", json={
-        "name": "Election Office", "email": "office@example.org", "sms_sender_id": "ElectOffice",
-    }).raise_for_status().json()
-    template = http.post(f"{sendout.scheduler}/templates", json={
-        "name": "Reminder", "email_subject": "Reminder for {{ first_name }}",
-        "email_body": "Dear {{ first_name }}, vote on Sunday.",
-        "sms_body": "{{ first_name }}: vote Sunday",
-    }).raise_for_status().json()
+    sender_id, template_id = sender_and_template(
+        http, sendout, email_subject="Reminder for {{ first_name }}",
+        email_body="Dear {{ first_name }}, vote on Sunday.",
+        sms_body="{{ first_name }}: vote Sunday", sms_sender_id="ElectOffice",
+    )
     r = http.post(f"{sendout.scheduler}/campaigns", json={
-        "name": "Both", "channels": ["email", "sms"], "sender_id": sender["id"],
-        "template_id": template["id"]})
+        "name": "Both", "channels": ["email", "sms"], "sender_id": sender_id,
+        "template_id": template_id})
     assert r.status_code == 201, r.text
     cid = r.json()["id"]
     people = {
@@ -333,17 +331,14 @@ def test_individual_send_reaches_one_recipient_by_email_and_sms(
     sendout: Sendout, http: httpx.Client
 ) -> None:
     tag = uuid.uuid4().hex[:6]
-    sender = http.post(f"{sendout.scheduler}/senders", json={
-        "name": "Office", "email": "office@example.org", "sms_sender_id": "Office",
-    }).raise_for_status().json()
-    template = http.post(f"{sendout.scheduler}/templates", json={
-        "name": "Personal", "email_subject": "Hi {{ first_name }}",
-        "email_body": "Your ward is {{ ward }}.", "sms_body": "Ward {{ ward }}",
-    }).raise_for_status().json()
+    sender_id, template_id = sender_and_template(
+        http, sendout, email_subject="Hi {{ first_name }}",
+        email_body="Your ward is {{ ward }}.", sms_body="Ward {{ ward }}",
+    )
     r = http.post(f"{sendout.scheduler}/individual-sends", json={
         "recipient": {"email": f"one-{tag}@example.org", "phone": "+4540100011",
                       "first_name": "Ada", "attributes": {"ward": "North"}},
-        "channels": ["email", "sms"], "sender_id": sender["id"], "template_id": template["id"]})
+        "channels": ["email", "sms"], "sender_id": sender_id, "template_id": template_id})
     assert r.status_code == 202, r.text
     assert r.json()["kind"] == "individual" and r.json()["total"] == 2
     final = wait_for_completion(http, sendout.tracker, r.json()["id"])

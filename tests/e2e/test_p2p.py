@@ -72,6 +72,15 @@ def _texts(http: httpx.Client, sendout: Sendout, phones: list[str]) -> list[str]
                   if q["status"] == 202)
 
 
+def _wait_texts(http: httpx.Client, sendout: Sendout, phones: list[str],
+                expected: list[str], timeout: float = 30) -> None:
+    """Wait until the provider accepted texts to exactly `expected` of `phones`."""
+    deadline = time.monotonic() + timeout
+    while (got := _texts(http, sendout, phones)) != expected:
+        assert time.monotonic() < deadline, got
+        time.sleep(0.1)
+
+
 def _reasons(http: httpx.Client, sendout: Sendout, cid: str) -> dict[int, tuple[str, str]]:
     rows = http.get(f"{sendout.tracker}/campaigns/{cid}/recipients").json()["recipients"]
     return {r["recipient_id"]: (r["status"], r["reason"]) for r in rows}
@@ -109,10 +118,8 @@ def test_send_in_a_non_scheduled_campaign_sends_at_once_and_only_to_those_sent(
     cid, rids = _p2p_campaign(http, sendout, user, phones)
     assert _start(http, sendout, user, cid).json()["state"] == "sending"
     assert _press(http, sendout, user, cid, rids[0])["status"] == "sent"
+    _wait_texts(http, sendout, phones, [phones[0]])
     deadline = time.monotonic() + 30
-    while _texts(http, sendout, phones) != [phones[0]]:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
     while (progress := http.get(f"{sendout.tracker}/campaigns/{cid}/progress").json())[
             "completed"] < 1:
         assert time.monotonic() < deadline
@@ -136,10 +143,7 @@ def test_send_before_schedule_waits_for_schedule(sendout: Sendout, http: httpx.C
     time.sleep(1.5)
     assert _texts(http, sendout, phones) == []  # not before its time
     wait_state(http, sendout, cid, {"sending"}, timeout=10)
-    deadline = time.monotonic() + 30
-    while _texts(http, sendout, phones) != [phones[0]]:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    _wait_texts(http, sendout, phones, [phones[0]])
 
 
 def test_send_after_schedule_sends_at_once_and_unsent_recipients_are_never_messaged(
@@ -153,10 +157,7 @@ def test_send_after_schedule_sends_at_once_and_unsent_recipients_are_never_messa
     _press(http, sendout, user, cid, rids[0])
     wait_state(http, sendout, cid, {"sending"}, timeout=10)
     assert _press(http, sendout, user, cid, rids[1])["status"] == "sent"
-    deadline = time.monotonic() + 30
-    while _texts(http, sendout, phones) != sorted(phones[:2]):
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    _wait_texts(http, sendout, phones, sorted(phones[:2]))
     _end(http, sendout, user, cid)
     final = wait_for_completion(http, sendout.tracker, cid)
     assert (final["completed"], final["skipped"]) == (2, 1)

@@ -16,6 +16,7 @@ import pytest
 from devtools.processes import Sendout
 from tests.conftest import Stack
 from tests.e2e.conftest import wait_for_completion
+from tests.e2e.helpers import sender_and_template
 from tests.factories import campaign_payload
 from tests.voter_factories import run_tag, voters_csv
 
@@ -192,17 +193,14 @@ def test_send_one_voter_an_sms_and_an_email_from_their_page(
         "attributes": {"ward": "Harbour"}})
     assert r.status_code == 201, r.text
     voter = r.json()
-    sender = http.post(f"{s}/senders", json={
-        "name": "Election Office", "email": "office@example.org", "sms_sender_id": "Office",
-    }).raise_for_status().json()
-    template = http.post(f"{s}/templates", json={
-        "name": "Polling station", "email_subject": "{{ first_name }}, your polling station",
-        "email_body": "Dear {{ first_name }} {{ last_name }}, vote in {{ ward }}.",
-        "sms_body": "{{ first_name }}: vote in {{ ward }}",
-    }).raise_for_status().json()
+    sender_id, template_id = sender_and_template(
+        http, sendout, email_subject="{{ first_name }}, your polling station",
+        email_body="Dear {{ first_name }} {{ last_name }}, vote in {{ ward }}.",
+        sms_body="{{ first_name }}: vote in {{ ward }}",
+    )
 
     r = http.post(f"{s}/voters/{voter['id']}/send", json={
-        "channels": ["email", "sms"], "sender_id": sender["id"], "template_id": template["id"]})
+        "channels": ["email", "sms"], "sender_id": sender_id, "template_id": template_id})
     assert r.status_code == 202, r.text
     assert r.json()["kind"] == "individual"
     cid = r.json()["id"]
@@ -227,5 +225,5 @@ def test_send_one_voter_an_sms_and_an_email_from_their_page(
         ("email", "completed"), ("sms", "completed")]
 
     assert http.post(f"{s}/voters/999999999/send", json={
-        "channels": ["sms"], "sender_id": sender["id"], "template_id": template["id"],
+        "channels": ["sms"], "sender_id": sender_id, "template_id": template_id,
     }).status_code == 404
