@@ -11,6 +11,33 @@ from shared.events import CampaignCompleted
 # Deterministic so that a completion re-detected after a redelivery has the same event id.
 _COMPLETED_NS = uuid.UUID("3b8f8d7e-4f0a-4b0e-9a55-2f7c2e6d9c01")
 COUNTERS = ("completed", "failed", "skipped")
+REASON_STATUSES = ("failed", "skipped", "not_delivered")
+
+
+@dataclass(frozen=True)
+class Reasons:
+    """How many recipients failed, were skipped, or were not delivered, per reason."""
+
+    by_status: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @classmethod
+    def from_rows(cls, rows: list[list[Any]]) -> Reasons:
+        by_status: dict[str, dict[str, int]] = {}
+        for status, reason, n in rows:
+            by_status.setdefault(status, {})[reason or "unknown"] = int(n)
+        return cls(by_status)
+
+    def of(self, status: str) -> dict[str, int]:
+        return dict(sorted(self.by_status.get(status, {}).items()))
+
+    def __add__(self, other: Reasons) -> Reasons:
+        merged: dict[str, dict[str, int]] = {}
+        for part in (self, other):
+            for status, reasons in part.by_status.items():
+                into = merged.setdefault(status, {})
+                for reason, n in reasons.items():
+                    into[reason] = into.get(reason, 0) + n
+        return Reasons(merged)
 
 
 @dataclass(frozen=True)
@@ -22,6 +49,7 @@ class Counts:
     # Receipts refine `completed`: delivered + not_delivered <= completed (receipts lag).
     delivered: int = 0
     not_delivered: int = 0
+    reasons: Reasons = field(default_factory=Reasons)
 
     @property
     def pending(self) -> int | None:
@@ -30,9 +58,13 @@ class Counts:
         return self.total - self.completed - self.failed - self.skipped
 
     def view(self) -> dict[str, Any]:
+        skipped = self.reasons.of("skipped")
         return {"total": self.total, "pending": self.pending, "completed": self.completed,
-                "failed": self.failed, "skipped": self.skipped, "delivered": self.delivered,
-                "not_delivered": self.not_delivered}
+                "failed": self.failed, "skipped": self.skipped,
+                # The seed's "opted out" counter: skipped because the address opted out.
+                "opted_out": skipped.get("opted_out", 0),
+                "delivered": self.delivered, "not_delivered": self.not_delivered,
+                "reasons": {status: self.reasons.of(status) for status in REASON_STATUSES}}
 
 
 @dataclass(frozen=True)
@@ -41,6 +73,7 @@ class Progress:
     state: str
     started: bool
     channels: dict[str, Counts] = field(default_factory=dict)
+    organisation_id: uuid.UUID | None = None
 
     @property
     def counts(self) -> Counts:
@@ -53,6 +86,7 @@ class Progress:
             skipped=sum(c.skipped for c in self.channels.values()),
             delivered=sum(c.delivered for c in self.channels.values()),
             not_delivered=sum(c.not_delivered for c in self.channels.values()),
+            reasons=sum((c.reasons for c in self.channels.values()), Reasons()),
         )
 
     @property

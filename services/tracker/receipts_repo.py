@@ -64,7 +64,13 @@ async def apply_receipts(
             FROM r
             WHERE o.provider_message_id = r.pmid AND o.status = 'completed'
               AND o.delivery IS NULL
-            RETURNING o.campaign_id, o.channel, o.delivery
+            RETURNING o.campaign_id, o.channel, o.delivery, o.delivery_reason
+        ), reasons AS (
+            INSERT INTO campaign_reasons AS cr (campaign_id, channel, status, reason, n)
+            SELECT campaign_id, channel, 'not_delivered', coalesce(delivery_reason, ''), count(*)
+            FROM updated WHERE delivery = 'not_delivered'
+            GROUP BY campaign_id, channel, coalesce(delivery_reason, '')
+            ON CONFLICT (campaign_id, channel, status, reason) DO UPDATE SET n = cr.n + excluded.n
         ), parked AS (
             INSERT INTO receipts_pending (provider_message_id, status, reason, reported_at,
                                           event_id)

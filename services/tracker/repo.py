@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
 
-from services.tracker.domain import Counts, Progress
+from services.tracker.domain import Counts, Progress, Reasons
 from shared.events import CampaignStarted, MessageFailed, MessageSent, MessageSkipped
 
 Outcome = MessageSent | MessageFailed | MessageSkipped
@@ -48,7 +49,13 @@ async def apply_outcomes(
                                  $6::text[], $7::uuid[], $8::timestamptz[], $9::bigint[],
                                  $10::text[])
             ON CONFLICT DO NOTHING
-            RETURNING campaign_id, channel, status
+            RETURNING campaign_id, channel, status, reason
+        ), reasons AS (
+            INSERT INTO campaign_reasons AS r (campaign_id, channel, status, reason, n)
+            SELECT campaign_id, channel, status, coalesce(reason, ''), count(*)
+            FROM inserted WHERE status <> 'completed'
+            GROUP BY campaign_id, channel, status, coalesce(reason, '')
+            ON CONFLICT (campaign_id, channel, status, reason) DO UPDATE SET n = r.n + excluded.n
         ), counts AS (
             SELECT campaign_id, channel,
                    count(*) FILTER (WHERE status = 'completed') AS completed,
@@ -85,11 +92,13 @@ async def apply_outcomes(
 async def apply_started(conn: asyncpg.Connection, event: CampaignStarted) -> None:
     await conn.execute(
         """
-        INSERT INTO campaigns (campaign_id, started, started_at) VALUES ($1, true, $2)
+        INSERT INTO campaigns (campaign_id, started, started_at, organisation_id)
+        VALUES ($1, true, $2, $3)
         ON CONFLICT (campaign_id) DO UPDATE
-        SET started = true, started_at = excluded.started_at, updated_at = now()
+        SET started = true, started_at = excluded.started_at,
+            organisation_id = excluded.organisation_id, updated_at = now()
         """,
-        event.campaign_id, event.occurred_at,
+        event.campaign_id, event.occurred_at, event.organisation_id,
     )
     await conn.execute(
         """
@@ -129,8 +138,11 @@ async def progress_of(
 ) -> dict[uuid.UUID, Progress]:
     rows = await conn.fetch(
         """
-        SELECT c.campaign_id, c.state, c.started, ch.channel, ch.total, ch.completed, ch.failed,
-               ch.skipped, ch.delivered, ch.not_delivered
+        SELECT c.campaign_id, c.state, c.started, c.organisation_id, ch.channel, ch.total,
+               ch.completed, ch.failed, ch.skipped, ch.delivered, ch.not_delivered,
+               (SELECT coalesce(jsonb_agg(jsonb_build_array(r.status, r.reason, r.n)), '[]')
+                FROM campaign_reasons r
+                WHERE r.campaign_id = c.campaign_id AND r.channel = ch.channel) AS reasons
         FROM campaigns c LEFT JOIN campaign_channels ch USING (campaign_id)
         WHERE c.campaign_id = ANY($1::uuid[])
         """,
@@ -139,11 +151,14 @@ async def progress_of(
     progress: dict[uuid.UUID, Progress] = {}
     for r in rows:
         p = progress.setdefault(
-            r["campaign_id"], Progress(r["campaign_id"], r["state"], r["started"], {})
+            r["campaign_id"],
+            Progress(r["campaign_id"], r["state"], r["started"], {}, r["organisation_id"]),
         )
         if r["channel"] is not None:
-            p.channels[r["channel"]] = Counts(r["total"], r["completed"], r["failed"], r["skipped"],
-                                              r["delivered"], r["not_delivered"])
+            p.channels[r["channel"]] = Counts(
+                r["total"], r["completed"], r["failed"], r["skipped"], r["delivered"],
+                r["not_delivered"], reasons=Reasons.from_rows(json.loads(r["reasons"])),
+            )
     return progress
 
 

@@ -77,11 +77,17 @@ def test_send_out_now_1000_recipients_gives_exact_counters_and_states(
     assert r.status_code == 202 and r.json()["state"] == "sending", r.text
     final = wait_for_completion(http, sendout.tracker, cid)
 
+    reasons = final.pop("reasons")
+    assert final["by_channel"]["email"].pop("reasons") == reasons
     counts = {"total": 1000, "pending": 0, "completed": len(expected["completed"]),
               "failed": len(expected["failed"]), "skipped": len(expected["skipped"]),
-              "delivered": 0, "not_delivered": 0}  # no receipts for email
+              "opted_out": 0, "delivered": 0, "not_delivered": 0}  # no receipts for email
     assert final == {"campaign_id": cid, "state": "completed", **counts,
                      "by_channel": {"email": counts}}
+    # Every failure and skip is counted under its reason.
+    assert sum(reasons["failed"].values()) == len(expected["failed"])
+    assert sum(reasons["skipped"].values()) == len(expected["skipped"])
+    assert set(reasons["skipped"]) <= {"missing_address", "invalid_address"}
     # Per-recipient states: recipient ids are assigned in CSV order.
     rows = _all_outcomes(http, sendout.tracker, cid)
     first_id = min(r["recipient_id"] for r in rows)

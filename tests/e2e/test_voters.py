@@ -75,7 +75,8 @@ def test_campaign_over_two_overlapping_lists_sends_each_voter_once_and_shows_in_
     assert r.status_code == 202 and r.json()["state"] == "sending", r.text
     final = wait_for_completion(http, sendout.tracker, cid)
     counts = {"total": 300, "pending": 0, "completed": 300, "failed": 0, "skipped": 0,
-              "delivered": 0, "not_delivered": 0}  # no receipts for email
+              "opted_out": 0, "delivered": 0, "not_delivered": 0,  # no receipts for email
+              "reasons": {"failed": {}, "skipped": {}, "not_delivered": {}}}
     assert final == {"campaign_id": cid, "state": "completed", **counts,
                      "by_channel": {"email": counts}}
 

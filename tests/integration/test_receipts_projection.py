@@ -72,6 +72,13 @@ async def _counts(pool: asyncpg.Pool, cid: uuid.UUID) -> tuple[int, int, int]:
     return p.counts.completed, p.counts.delivered, p.counts.not_delivered
 
 
+async def _reasons(pool: asyncpg.Pool, cid: uuid.UUID) -> dict[str, dict[str, int]]:
+    async with pool.acquire() as conn:
+        p = await repo.get_progress(conn, cid)
+    assert p is not None
+    return p.view()["reasons"]
+
+
 async def _delivery(pool: asyncpg.Pool, cid: uuid.UUID) -> dict[int, tuple[Any, Any]]:
     rows = await pool.fetch(
         "SELECT recipient_id, delivery, delivery_reason FROM recipient_outcomes "
@@ -94,6 +101,8 @@ async def test_a_receipt_counts_once_when_redelivered_or_reported_again(
     assert await _counts(tracker_pool, cid) == (2, 1, 1)
     assert await _delivery(tracker_pool, cid) == {
         0: ("delivered", None), 1: ("not_delivered", "landline"), 2: (None, None)}
+    assert await _reasons(tracker_pool, cid) == {
+        "failed": {"HTTP 422": 1}, "skipped": {}, "not_delivered": {"landline": 1}}
 
 
 async def test_the_first_final_receipt_wins(tracker_pool: asyncpg.Pool) -> None:
@@ -122,6 +131,7 @@ async def test_a_receipt_that_overtakes_its_outcome_is_kept_and_counted_when_it_
                                  outcomes([_sent(cid, 0), _sent(cid, 1)]), _ignore)
     assert await _counts(tracker_pool, cid) == (2, 0, 1)
     assert (await _delivery(tracker_pool, cid))[0] == ("not_delivered", "landline")
+    assert (await _reasons(tracker_pool, cid))["not_delivered"] == {"landline": 1}
     assert await tracker_pool.fetchval(
         "SELECT count(*) FROM receipts_pending WHERE provider_message_id = $1", f"{cid}-0") == 0
 

@@ -55,6 +55,29 @@ async def test_each_outcome_is_counted_once_even_when_redelivered(
     assert p["state"] == "sending" and published.events == []
 
 
+async def test_skips_and_failures_are_counted_per_reason_once(
+    tracker_pool: asyncpg.Pool,
+) -> None:
+    """The seed's "opted out" counter and the reasons next to failed / skipped."""
+    cid = uuid.uuid4()
+    published = Published()
+    await service.apply_lifecycle(tracker_pool, [started(cid, 6)], published)
+    opted = [outcome(cid, i, "skipped").model_copy(update={"reason": "opted_out"})
+             for i in (0, 1)]
+    batch = [(Rec(6, i), o) for i, o in enumerate(
+        [*opted, outcome(cid, 2, "skipped"), outcome(cid, 3, "failed"), outcome(cid, 4)])]
+    await service.apply_outcomes(tracker_pool, TOPIC, batch, published)
+    await service.apply_outcomes(tracker_pool, TOPIC, batch, published)  # redelivered
+    p = await _progress(tracker_pool, cid)
+    assert (p["skipped"], p["opted_out"], p["failed"], p["pending"]) == (3, 2, 1, 1)
+    assert p["reasons"] == {
+        "failed": {"HTTP 422: recipient unreachable": 1},
+        "skipped": {"missing_address": 1, "opted_out": 2},
+        "not_delivered": {},
+    }
+    assert p["by_channel"]["email"]["opted_out"] == 2
+
+
 async def test_campaign_completes_when_nothing_is_pending_and_says_so_once(
     tracker_pool: asyncpg.Pool,
 ) -> None:
@@ -120,9 +143,13 @@ async def test_counts_are_kept_per_channel_and_add_up(tracker_pool: asyncpg.Pool
     assert (p["total"], p["pending"], p["completed"], p["failed"], p["skipped"]) == (4, 1, 1, 1, 1)
     assert p["by_channel"] == {
         "email": {"total": 2, "pending": 0, "completed": 1, "failed": 1, "skipped": 0,
-                  "delivered": 0, "not_delivered": 0},
+                  "opted_out": 0, "delivered": 0, "not_delivered": 0,
+                  "reasons": {"failed": {"HTTP 422: recipient unreachable": 1}, "skipped": {},
+                              "not_delivered": {}}},
         "sms": {"total": 2, "pending": 1, "completed": 0, "failed": 0, "skipped": 1,
-                "delivered": 0, "not_delivered": 0},
+                "opted_out": 0, "delivered": 0, "not_delivered": 0,
+                "reasons": {"failed": {}, "skipped": {"missing_address": 1},
+                            "not_delivered": {}}},
     }
 
 

@@ -3,7 +3,7 @@ import uuid
 import pytest
 from pydantic import ValidationError
 
-from services.tracker.domain import Counts, Progress, completion_event
+from services.tracker.domain import Counts, Progress, Reasons, completion_event
 from shared.events import LIFECYCLE, OUTCOME, MessageFailed, MessageSkipped
 from tests.factories import outcome, started
 
@@ -49,6 +49,17 @@ def test_progress_sums_channels() -> None:
     p = Progress(uuid.uuid4(), "sending", True,
                  {"email": Counts(3, 3, 0, 0), "sms": Counts(3, 1, 1, 1)})
     assert (p.counts.total, p.counts.pending, p.is_done) == (6, 0, True)
+
+
+def test_progress_sums_reasons_over_channels_and_shows_opted_out() -> None:
+    email = Counts(4, 1, 1, 2, reasons=Reasons.from_rows(
+        [["skipped", "opted_out", 1], ["skipped", "missing_address", 1], ["failed", "", 1]]))
+    sms = Counts(4, 2, 0, 2, reasons=Reasons.from_rows([["skipped", "opted_out", 2]]))
+    view = Progress(uuid.uuid4(), "sending", True, {"email": email, "sms": sms}).view()
+    assert view["opted_out"] == 3
+    assert view["reasons"]["skipped"] == {"missing_address": 1, "opted_out": 3}
+    assert view["reasons"]["failed"] == {"unknown": 1}
+    assert view["by_channel"]["sms"]["opted_out"] == 2
 
 
 def test_progress_before_total_is_known_is_starting() -> None:
