@@ -245,7 +245,7 @@ def _pct(values: list[float], q: float) -> float:
 async def run_campaign(sendout: Sendout, database_url: str, n: int, channel: str,
                        abort_after: int | None = None) -> dict[str, Any]:
     pids = service_pids(sendout)
-    async with httpx.AsyncClient(timeout=120) as http:
+    async with httpx.AsyncClient(timeout=120, headers=sendout.auth) as http:
         cid = await create_campaign(http, sendout.scheduler, channel)
         copy_s = await copy_recipients(database_url, cid, n)
         db = await asyncpg.connect(database_url)
@@ -335,7 +335,7 @@ async def abort_figures(http: httpx.AsyncClient, sendout: Sendout,
 
 async def schedule_lag(sendout: Sendout, database_url: str, campaigns: int) -> dict[str, Any]:
     """`campaigns` small campaigns all due at the same second: started_at - scheduled_for."""
-    async with httpx.AsyncClient(timeout=60) as http:
+    async with httpx.AsyncClient(timeout=60, headers=sendout.auth) as http:
         ids = [await create_campaign(http, sendout.scheduler, "email") for _ in range(campaigns)]
         for cid in ids:
             await copy_recipients(database_url, cid, 10)

@@ -31,6 +31,7 @@ from services.scheduler.voters import repo as voters_repo
 from services.scheduler.voters import service
 from services.scheduler.voters.domain import DEFAULT_ORG
 from shared import db
+from shared.auth import Principal
 from tests.factories import campaign_payload
 from tests.voter_factories import chunked, phone, run_tag, voters_csv
 
@@ -84,7 +85,8 @@ async def _snapshot_seconds(pool: asyncpg.Pool) -> float:
         await conn.execute("INSERT INTO list_members (list_id, voter_id) SELECT $1, id FROM voters",
                            list_id)
     campaign_id = await scheduler_service.create_campaign(
-        pool, CreateCampaign(**campaign_payload()), actor="bench"
+        pool, CreateCampaign(**campaign_payload()),
+        actor=Principal(uuid.uuid4(), DEFAULT_ORG, "bench")
     )
     async with pool.acquire() as conn:
         await voters_repo.target_lists(conn, campaign_id, [list_id])

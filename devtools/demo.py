@@ -65,7 +65,7 @@ def run(n: int, console: Console, email_via: str) -> int:
         fail_pattern=FAIL_PATTERN, flaky_pattern=FLAKY_PATTERN, email_via=email_via,
     )
     try:
-        with httpx.Client(timeout=30) as http:
+        with httpx.Client(timeout=30, headers=sendout.auth) as http:
             campaign = http.post(f"{sendout.scheduler}/campaigns", json={
                 "name": "Election day reminder (demo)",
                 "channel": "email",

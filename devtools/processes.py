@@ -132,6 +132,40 @@ class Sendout:
     dispatchers: list[str]
     provider: str | None
     smtp: str | None
+    # The operator's API token (user "operator" of organisation "default"), for every call.
+    token: str = ""
+
+    @property
+    def admin_token(self) -> str:
+        return self.env["SENDOUT_ADMIN_TOKEN"]
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """Headers of the operator's calls."""
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def new_user(self, organisation: str, name: str, timeout: float = 30.0) -> dict[str, str]:
+        """Create a user (and its organisation if new) through the admin API; return once the
+        tracker knows the token too (it learns tokens from Kafka)."""
+        r = httpx.post(f"{self.scheduler}/admin/users",
+                       json={"organisation": organisation, "name": name},
+                       headers={"X-Sendout-Admin-Token": self.admin_token}, timeout=30)
+        r.raise_for_status()
+        user: dict[str, str] = r.json()
+        self.wait_token_known(user["token"], timeout)
+        return user
+
+    def wait_token_known(self, token: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        probe = f"{self.tracker}/voters/0/history"
+        while True:
+            r = httpx.get(probe, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+            if r.status_code != 401:
+                r.raise_for_status()
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the tracker did not learn the token in {timeout}s")
+            time.sleep(0.05)
 
     def start_service(self, service: str, name: str | None = None,
                       extra_env: dict[str, str] | None = None) -> Proc:
@@ -164,6 +198,7 @@ def start_sendout(
         "DATABASE_URL": database_url,
         # The fake provider signs its delivery receipts with it.
         "SENDOUT_RECEIPTS_SECRET": secrets.token_hex(16),
+        "SENDOUT_ADMIN_TOKEN": secrets.token_urlsafe(24),
         **(extra_env or {}),
     }
     # Known before the tracker starts: the fake provider posts receipts to it.
@@ -214,7 +249,7 @@ def start_sendout(
     except BaseException:
         procs.stop()
         raise
-    return Sendout(
+    sendout = Sendout(
         processes=procs,
         env={**common, **dispatcher_env},
         scheduler=procs.by_name("scheduler").url,
@@ -223,3 +258,9 @@ def start_sendout(
         provider=provider_url,
         smtp=smtp_url,
     )
+    try:
+        sendout.token = sendout.new_user("default", "operator")["token"]
+    except BaseException:
+        procs.stop()
+        raise
+    return sendout

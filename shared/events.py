@@ -216,6 +216,39 @@ class AddressOptedOut(BaseModel):
 OPTED_OUT = TypeAdapter(AddressOptedOut)
 
 
+class _IdentityEvent(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    # Hex SHA-256 of the token: the token itself is shown once, to its user, and never sent.
+    token_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    user_id: uuid.UUID
+    organisation_id: uuid.UUID
+    occurred_at: datetime = Field(default_factory=_now)
+    schema_version: Literal[1] = 1
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+class ApiTokenIssued(_IdentityEvent):
+    """Scheduler: a user of an organisation holds this API token (keyed by its hash, on a
+    compacted topic, so the latest word on each token is kept for good)."""
+
+    type: Literal["api_token_issued"] = "api_token_issued"
+    user_name: str
+
+
+class ApiTokenRevoked(_IdentityEvent):
+    """Scheduler: the token no longer authenticates anyone, anywhere."""
+
+    type: Literal["api_token_revoked"] = "api_token_revoked"
+
+
+IdentityEvent = Annotated[ApiTokenIssued | ApiTokenRevoked, Field(discriminator="type")]
+IDENTITY = TypeAdapter(IdentityEvent)
+
+
 LifecycleEvent = Annotated[
     CampaignStarted
     | CampaignScheduled

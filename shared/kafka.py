@@ -8,7 +8,7 @@ import asyncio
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -21,7 +21,6 @@ from faststream.message import StreamMessage
 from pydantic import TypeAdapter, ValidationError
 
 from shared import topics
-from shared.events import AddressOptedOut, Event
 from shared.metrics import DEAD_LETTERS, EVENTS_CONSUMED, EVENTS_PUBLISHED
 
 log = logging.getLogger(__name__)
@@ -110,9 +109,15 @@ def _aiokafka_producer(publisher: DefaultPublisher) -> AIOKafkaProducer | None:
     return real if isinstance(real, AIOKafkaProducer) else None
 
 
+class Serialisable(Protocol):
+    """An event of shared.events: it knows its own wire form."""
+
+    def to_bytes(self) -> bytes: ...
+
+
 async def publish_all(
     publisher: DefaultPublisher,
-    items: Sequence[tuple[bytes | None, Event | AddressOptedOut]],
+    items: Sequence[tuple[bytes | None, Serialisable]],
     *,
     service: str,
 ) -> None:
@@ -215,7 +220,9 @@ async def ensure_topics(bootstrap_servers: str, names: Iterable[str], partitions
         wanted = {n for name in names for n in (name, topics.dlq(name))}
         existing = set(await admin.list_topics())
         missing = [
-            NewTopic(name, num_partitions=partitions, replication_factor=1)
+            NewTopic(name, num_partitions=partitions, replication_factor=1,
+                     topic_configs={"cleanup.policy": "compact"} if name in topics.COMPACTED
+                     else None)
             for name in sorted(wanted - existing)
         ]
         if missing:

@@ -5,8 +5,11 @@ OUTCOMES = "sendout.outcomes.v1"
 RECEIPTS = "sendout.receipts.v1"
 CAMPAIGN_LIFECYCLE = "sendout.campaign-lifecycle.v1"
 OPT_OUTS = "sendout.opt-outs.v1"
+# API tokens issued and revoked, keyed by token hash; compacted (the latest per token is kept).
+IDENTITY = "sendout.identity.v1"
 
-ALL = (SEND_REQUESTED, OUTCOMES, RECEIPTS, CAMPAIGN_LIFECYCLE, OPT_OUTS)
+ALL = (SEND_REQUESTED, OUTCOMES, RECEIPTS, CAMPAIGN_LIFECYCLE, OPT_OUTS, IDENTITY)
+COMPACTED = frozenset({IDENTITY})
 
 
 def dlq(topic: str) -> str:

@@ -7,16 +7,23 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
-from services.scheduler import domain, handlers, repo
+from services.scheduler import auth, domain, handlers, repo, service
 from services.scheduler.fanout import FanoutRunner
 from services.scheduler.schedules import ScheduleLoop
 from services.scheduler.service import AbortAcks
 from services.scheduler.settings import SchedulerSettings
 from services.scheduler.voters import handlers as voters
 from shared import db, http_errors, topics
-from shared.events import AddressOptedOut, CampaignStarted, Event, SendRequested
+from shared.events import (
+    AddressOptedOut,
+    ApiTokenIssued,
+    ApiTokenRevoked,
+    CampaignStarted,
+    Event,
+    SendRequested,
+)
 from shared.kafka import ensure_topics, group_instances, make_broker, publish_all
 from shared.service import ops_router, standard_checks
 
@@ -50,6 +57,9 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
         opt_outs_pub = broker.publisher(
             topics.OPT_OUTS, description="Addresses opted out, keyed by organisation id."
         )
+        identity_pub = broker.publisher(
+            topics.IDENTITY, description="API tokens issued and revoked, keyed by token hash."
+        )
         acks = AbortAcks()
         broker.include_router(handlers.kafka_router(pool, acks))
 
@@ -64,6 +74,10 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
         async def publish_opt_out(event: AddressOptedOut) -> None:
             keyed = [(event.organisation_id.bytes, event)]
             await publish_all(opt_outs_pub, keyed, service="scheduler")
+
+        async def publish_identity(events: list[ApiTokenIssued | ApiTokenRevoked]) -> None:
+            keyed = [(bytes.fromhex(e.token_hash), e) for e in events]
+            await publish_all(identity_pub, keyed, service="scheduler")
 
         async def publish_started(event: CampaignStarted) -> None:
             await publish_lifecycle(event)
@@ -80,12 +94,14 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
         )
         schedules = ScheduleLoop(pool, fanout, settings.schedule_poll_seconds)
         await broker.start()
+        await service.publish_all_tokens(pool, publish_identity)
         fanout.start()
         schedules.start()
         deps = handlers.Deps(pool, fanout, publish_lifecycle, publish_requests, publish_opt_out,
-                             acks, list_dispatchers, settings)
-        app.include_router(handlers.http_router(deps))
-        app.include_router(voters.http_router(pool, settings.default_phone_region))
+                             publish_identity, acks, list_dispatchers, settings)
+        user = Depends(auth.require_user(pool))
+        app.include_router(handlers.http_router(deps, user))
+        app.include_router(voters.http_router(pool, settings.default_phone_region, user))
         app.include_router(ops_router(standard_checks(pool, broker)))
         try:
             yield

@@ -6,10 +6,10 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any
 
 import asyncpg
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from faststream.kafka import KafkaRouter
 from faststream.kafka.annotations import KafkaBroker, KafkaMessage
 from pydantic import ValidationError
@@ -18,6 +18,7 @@ from services.scheduler import auth, domain, p2p, repo, service
 from services.scheduler.fanout import FanoutRunner
 from services.scheduler.settings import SchedulerSettings
 from shared import topics, webhooks
+from shared.auth import Principal
 from shared.events import LIFECYCLE, AbortAcknowledged, CampaignCompleted
 from shared.kafka import (
     BATCH_CONSUMER,
@@ -30,8 +31,6 @@ from shared.kafka import (
 
 SERVICE = "scheduler"
 MAX_CSV_BYTES = 200 * 1024 * 1024
-# Until users and tokens exist, callers may name themselves for the audit log.
-Actor = Annotated[str, Header(alias="X-Sendout-Actor", max_length=200)]
 
 
 @dataclass
@@ -41,6 +40,7 @@ class Deps:
     publish_lifecycle: service.PublishLifecycle
     publish_requests: p2p.PublishRequests
     publish_opt_out: p2p.PublishOptOut
+    publish_identity: service.PublishIdentity
     acks: service.AbortAcks
     list_dispatchers: service.ListDispatchers
     settings: SchedulerSettings
@@ -75,61 +75,75 @@ def campaign_view(row: asyncpg.Record) -> dict[str, Any]:
     }
 
 
-def http_router(deps: Deps) -> APIRouter:
+def http_router(deps: Deps, user: Any) -> APIRouter:
+    """Every route here needs a user's API token (`user`: the FastAPI dependency giving the
+    caller) and acts within the caller's organisation: another organisation's campaign,
+    sender, template or voter is "not found" (404), so its existence does not leak."""
     router = APIRouter()
     pool = deps.pool
     region = deps.settings.default_phone_region
 
-    async def view(campaign_id: uuid.UUID) -> dict[str, Any]:
+    async def view(campaign_id: uuid.UUID, principal: auth.Principal) -> dict[str, Any]:
         async with pool.acquire() as conn:
-            row = await repo.get_campaign(conn, campaign_id)
+            row = await repo.get_campaign(conn, campaign_id, principal.organisation_id)
         if row is None:
             raise domain.NotFound(f"campaign {campaign_id} not found")
         return campaign_view(row)
 
     @router.post("/senders", status_code=status.HTTP_201_CREATED, tags=["senders"])
-    async def create_sender(cmd: domain.SenderIn) -> dict[str, Any]:
+    async def create_sender(cmd: domain.SenderIn, principal: Principal = user) -> dict[str, Any]:
         async with pool.acquire() as conn:
-            sender = await repo.insert_sender(conn, cmd)
+            sender = await repo.insert_sender(conn, cmd, principal.organisation_id)
         return {"id": str(sender.id), **cmd.model_dump()}
 
+    @router.get("/senders", tags=["senders"])
+    async def list_senders(principal: Principal = user) -> dict[str, Any]:
+        async with pool.acquire() as conn:
+            rows = await repo.senders_of(conn, principal.organisation_id)
+        return {"senders": [{**dict(r), "id": str(r["id"])} for r in rows]}
+
     @router.post("/templates", status_code=status.HTTP_201_CREATED, tags=["templates"])
-    async def create_template(cmd: domain.TemplateIn) -> dict[str, Any]:
+    async def create_template(
+        cmd: domain.TemplateIn, principal: Principal = user
+    ) -> dict[str, Any]:
         async with pool.acquire() as conn, conn.transaction():
-            version = await repo.insert_template(conn, cmd)
+            version = await repo.insert_template(conn, cmd, principal.organisation_id)
         return {"id": str(version.template_id), "version": version.version, **cmd.model_dump()}
 
+    @router.get("/templates", tags=["templates"])
+    async def list_templates(principal: Principal = user) -> dict[str, Any]:
+        """The organisation's templates, each at its latest version."""
+        async with pool.acquire() as conn:
+            rows = await repo.templates_of(conn, principal.organisation_id)
+        return {"templates": [{**dict(r), "id": str(r["id"])} for r in rows]}
+
     @router.put("/templates/{template_id}", tags=["templates"])
-    async def edit_template(template_id: uuid.UUID, cmd: domain.TemplateIn) -> dict[str, Any]:
+    async def edit_template(
+        template_id: uuid.UUID, cmd: domain.TemplateIn, principal: Principal = user
+    ) -> dict[str, Any]:
         """Adds a version; campaigns already created keep the version they pinned."""
         async with pool.acquire() as conn, conn.transaction():
-            if await repo.template_name(conn, template_id) is None:
+            if await repo.template_name(conn, template_id, principal.organisation_id) is None:
                 raise domain.NotFound(f"template {template_id} not found")
             version = await repo.add_template_version(conn, template_id, cmd)
         return {"id": str(template_id), "version": version.version, **cmd.model_dump()}
 
-    user = Depends(auth.require_user(pool))
-    maybe_user = Depends(auth.optional_user(pool))
-
     @router.post("/campaigns", status_code=status.HTTP_201_CREATED, tags=["campaigns"])
     async def create_campaign(
-        cmd: domain.CreateCampaign,
-        actor: Actor = "operator",
-        principal: auth.Principal | None = maybe_user,
+        cmd: domain.CreateCampaign, principal: Principal = user
     ) -> dict[str, Any]:
-        """With an API token the campaign belongs to the caller's organisation."""
-        if principal is None:
-            return await view(await service.create_campaign(pool, cmd, actor))
-        return await view(await service.create_campaign(
-            pool, cmd, principal.name, organisation_id=principal.organisation_id))
+        """The campaign belongs to the caller's organisation."""
+        return await view(await service.create_campaign(pool, cmd, principal), principal)
 
     @router.get("/campaigns/{campaign_id}", tags=["campaigns"])
-    async def get_campaign(campaign_id: uuid.UUID) -> dict[str, Any]:
-        return await view(campaign_id)
+    async def get_campaign(campaign_id: uuid.UUID, principal: Principal = user) -> dict[str, Any]:
+        return await view(campaign_id, principal)
 
     @router.post("/campaigns/{campaign_id}/recipients", status_code=201, tags=["campaigns"])
-    async def add_recipients(campaign_id: uuid.UUID, cmd: domain.AddRecipients) -> dict[str, Any]:
-        added = await service.add_recipients(pool, campaign_id, cmd.recipients, region)
+    async def add_recipients(
+        campaign_id: uuid.UUID, cmd: domain.AddRecipients, principal: Principal = user
+    ) -> dict[str, Any]:
+        added = await service.add_recipients(pool, campaign_id, cmd.recipients, region, principal)
         return {"added": added}
 
     @router.post(
@@ -138,8 +152,11 @@ def http_router(deps: Deps) -> APIRouter:
         tags=["campaigns"],
         openapi_extra={"requestBody": {"content": {"text/csv": {"schema": {"type": "string"}}}}},
     )
-    async def upload_recipients_csv(campaign_id: uuid.UUID, request: Request) -> dict[str, Any]:
+    async def upload_recipients_csv(
+        campaign_id: uuid.UUID, request: Request, principal: Principal = user
+    ) -> dict[str, Any]:
         """Body: CSV with a header (email, phone, first_name, last_name, any attribute...)."""
+        await view(campaign_id, principal)  # 404 before reading a body meant for nobody
         chunks: list[bytes] = []
         size = 0
         async for chunk in request.stream():
@@ -148,80 +165,108 @@ def http_router(deps: Deps) -> APIRouter:
                 raise HTTPException(413, f"CSV larger than {MAX_CSV_BYTES} bytes")
             chunks.append(chunk)
         recipients = domain.parse_csv(domain.csv_lines(b"".join(chunks)))
-        return {"added": await service.add_recipients(pool, campaign_id, recipients, region)}
+        added = await service.add_recipients(pool, campaign_id, recipients, region, principal)
+        return {"added": added}
 
     @router.post("/campaigns/{campaign_id}/send-now", status_code=202, tags=["campaigns"])
-    async def send_now(campaign_id: uuid.UUID, actor: Actor = "operator") -> dict[str, Any]:
-        await service.send_now(pool, deps.fanout, campaign_id, actor)
-        return await view(campaign_id)
+    async def send_now(campaign_id: uuid.UUID, principal: Principal = user) -> dict[str, Any]:
+        await service.send_now(pool, deps.fanout, campaign_id, principal)
+        return await view(campaign_id, principal)
 
     @router.post("/campaigns/{campaign_id}/schedule", status_code=202, tags=["campaigns"])
     async def schedule(
-        campaign_id: uuid.UUID, cmd: domain.ScheduleCampaign, actor: Actor = "operator"
+        campaign_id: uuid.UUID, cmd: domain.ScheduleCampaign, principal: Principal = user
     ) -> dict[str, Any]:
-        await service.schedule(pool, campaign_id, cmd.at, actor, deps.publish_lifecycle)
-        return await view(campaign_id)
+        await service.schedule(pool, campaign_id, cmd.at, principal, deps.publish_lifecycle)
+        return await view(campaign_id, principal)
 
     @router.post("/campaigns/{campaign_id}/cancel", tags=["campaigns"])
-    async def cancel(campaign_id: uuid.UUID, actor: Actor = "operator") -> dict[str, Any]:
+    async def cancel(campaign_id: uuid.UUID, principal: Principal = user) -> dict[str, Any]:
         """Cancel a schedule before its time: nothing is sent; the campaign is a draft again."""
-        await service.cancel(pool, campaign_id, actor, deps.publish_lifecycle)
-        return await view(campaign_id)
+        await service.cancel(pool, campaign_id, principal, deps.publish_lifecycle)
+        return await view(campaign_id, principal)
 
     @router.post("/campaigns/{campaign_id}/abort", status_code=202, tags=["campaigns"])
-    async def abort(campaign_id: uuid.UUID, actor: Actor = "operator") -> dict[str, Any]:
+    async def abort(campaign_id: uuid.UUID, principal: Principal = user) -> dict[str, Any]:
         """Answers once no provider call for the campaign can start any more."""
         result = await service.abort(
-            pool, campaign_id, actor, publish=deps.publish_lifecycle, acks=deps.acks,
+            pool, campaign_id, principal, publish=deps.publish_lifecycle, acks=deps.acks,
             list_dispatchers=deps.list_dispatchers,
             wait_seconds=deps.settings.abort_ack_timeout_seconds,
         )
-        return {**await view(campaign_id), "abort": result}
+        return {**await view(campaign_id, principal), "abort": result}
 
     @router.get("/campaigns/{campaign_id}/audit", tags=["campaigns"])
-    async def audit(campaign_id: uuid.UUID) -> dict[str, Any]:
-        await view(campaign_id)
+    async def audit(campaign_id: uuid.UUID, principal: Principal = user) -> dict[str, Any]:
+        await view(campaign_id, principal)
         async with pool.acquire() as conn:
             return {"events": await repo.audit_trail(conn, campaign_id)}
 
     @router.post("/individual-sends", status_code=202, tags=["campaigns"])
     async def send_individually(
-        cmd: domain.SendIndividually, actor: Actor = "operator"
+        cmd: domain.SendIndividually, principal: Principal = user
     ) -> dict[str, Any]:
         """Send one recipient an email and/or SMS: a one-recipient campaign, sent now."""
-        campaign_id = await service.send_individually(pool, deps.fanout, cmd, actor, region)
-        return await view(campaign_id)
+        campaign_id = await service.send_individually(pool, deps.fanout, cmd, principal, region)
+        return await view(campaign_id, principal)
 
     @router.post("/voters/{voter_id}/send", status_code=202, tags=["voters"])
     async def send_to_voter(
-        voter_id: int, cmd: domain.SendToVoter, actor: Actor = "operator"
+        voter_id: int, cmd: domain.SendToVoter, principal: Principal = user
     ) -> dict[str, Any]:
         """The voter's page action "send email / SMS": an individual send with the chosen
         sender and template, rendered with the voter's attributes."""
         campaign_id = await service.send_to_voter(
-            pool, deps.fanout, voter_id, cmd, actor, region
+            pool, deps.fanout, voter_id, cmd, principal, region
         )
-        return await view(campaign_id)
+        return await view(campaign_id, principal)
 
     # --- users (administration) ----------------------------------------------------------------
 
-    @router.post("/admin/users", status_code=201, tags=["admin"],
-                 dependencies=[Depends(auth.require_admin(deps.settings.admin_token))])
+    admin = [Depends(auth.require_admin(deps.settings.admin_token))]
+
+    @router.post("/admin/users", status_code=201, tags=["admin"], dependencies=admin)
     async def create_user(cmd: domain.CreateUser) -> dict[str, Any]:
-        """Creates the organisation if new, and the user; the API token is shown only here."""
-        token = auth.new_token()
+        """Creates the organisation if new, and the user (or, for an existing user, a further
+        token); the API token is shown only here."""
         async with pool.acquire() as conn, conn.transaction():
             org = await repo.ensure_organisation(conn, cmd.organisation)
-            user_id = await repo.insert_user(conn, org, cmd.name, auth.hash_token(token))
+            user_id = await repo.upsert_user(conn, org, cmd.name)
+            token = await service.issue_token(
+                conn, auth.Principal(user_id, org, cmd.name), deps.publish_identity)
         return {"user_id": str(user_id), "organisation_id": str(org), "name": cmd.name,
                 "token": token}
+
+    @router.post("/admin/users/{user_id}/tokens", status_code=201, tags=["admin"],
+                 dependencies=admin)
+    async def add_token(user_id: uuid.UUID) -> dict[str, Any]:
+        """A further token for the user (e.g. to rotate: add, switch, then revoke the old)."""
+        async with pool.acquire() as conn, conn.transaction():
+            row = await repo.get_user(conn, user_id)
+            if row is None:
+                raise domain.NotFound(f"user {user_id} not found")
+            token = await service.issue_token(
+                conn, auth.Principal(row["id"], row["organisation_id"], row["name"]),
+                deps.publish_identity)
+        return {"user_id": str(user_id), "organisation_id": str(row["organisation_id"]),
+                "name": row["name"], "token": token}
+
+    @router.delete("/admin/users/{user_id}/tokens", tags=["admin"], dependencies=admin)
+    async def revoke_tokens(user_id: uuid.UUID) -> dict[str, Any]:
+        """Revoke every token of the user, in every service."""
+        async with pool.acquire() as conn, conn.transaction():
+            row = await repo.get_user(conn, user_id)
+            if row is None:
+                raise domain.NotFound(f"user {user_id} not found")
+            revoked = await service.revoke_tokens(
+                conn, auth.Principal(row["id"], row["organisation_id"], row["name"]),
+                deps.publish_identity)
+        return {"user_id": str(user_id), "revoked": revoked}
 
     # --- peer to peer ------------------------------------------------------------------------
 
     @router.post("/campaigns/{campaign_id}/p2p/start", tags=["peer to peer"])
-    async def start_sending(
-        campaign_id: uuid.UUID, principal: auth.Principal = user
-    ) -> dict[str, Any]:
+    async def start_sending(campaign_id: uuid.UUID, principal: Principal = user) -> dict[str, Any]:
         """Start sending from this campaign. One campaign at a time per user: 409 names the
         campaign the user is already sending."""
         try:
@@ -236,7 +281,8 @@ def http_router(deps: Deps) -> APIRouter:
         campaign_id: uuid.UUID,
         after: int = 0,
         limit: int = Query(100, ge=1, le=1000),
-        principal: auth.Principal = user,
+        *,
+        principal: Principal = user,
     ) -> dict[str, Any]:
         """The recipients to press SEND for, with whether SEND was pressed."""
         async with pool.acquire() as conn:
@@ -254,7 +300,7 @@ def http_router(deps: Deps) -> APIRouter:
 
     @router.post("/campaigns/{campaign_id}/recipients/{recipient_id}/send", tags=["peer to peer"])
     async def press_send(
-        campaign_id: uuid.UUID, recipient_id: int, principal: auth.Principal = user
+        campaign_id: uuid.UUID, recipient_id: int, principal: Principal = user
     ) -> dict[str, Any]:
         """SEND (or Enter) for one recipient: sends now, or queues it for the scheduled time."""
         return await p2p.press_send(pool, campaign_id, recipient_id, principal,
@@ -262,15 +308,15 @@ def http_router(deps: Deps) -> APIRouter:
 
     @router.post("/campaigns/{campaign_id}/end", tags=["peer to peer"])
     async def end_campaign(
-        campaign_id: uuid.UUID, cmd: domain.EndCampaign, principal: auth.Principal = user
+        campaign_id: uuid.UUID, cmd: domain.EndCampaign, principal: Principal = user
     ) -> dict[str, Any]:
         """End Campaign: needs {"confirmation": "END"}; the campaign moves to Completed."""
         await p2p.end(pool, deps.fanout, campaign_id, principal, cmd)
-        return await view(campaign_id)
+        return await view(campaign_id, principal)
 
     @router.get("/campaigns", tags=["campaigns"])
     async def list_campaigns(
-        state: str | None = None, principal: auth.Principal = user
+        principal: Principal = user, state: str | None = None
     ) -> dict[str, Any]:
         """The organisation's campaigns, e.g. `?state=completed` for Completed Campaigns."""
         async with pool.acquire() as conn:
@@ -279,12 +325,12 @@ def http_router(deps: Deps) -> APIRouter:
                 "AND ($2::text IS NULL OR state = $2) ORDER BY created_at DESC LIMIT 500",
                 principal.organisation_id, state,
             )
-        return {"campaigns": [await view(r["id"]) for r in rows]}
+        return {"campaigns": [await view(r["id"], principal) for r in rows]}
 
     # --- opt-outs ----------------------------------------------------------------------------
 
     @router.post("/opt-outs", status_code=201, tags=["opt-outs"])
-    async def add_opt_out(cmd: domain.OptOut, principal: auth.Principal = user) -> dict[str, Any]:
+    async def add_opt_out(cmd: domain.OptOut, principal: Principal = user) -> dict[str, Any]:
         address = await p2p.opt_out(pool, principal.organisation_id, cmd.address, source="api",
                                     keyword=None, region=region, publish=deps.publish_opt_out)
         return {"address": address, "opted_out": True}

@@ -62,7 +62,7 @@ async def start_sending(
             await _ensure_recipients_fit(conn, campaign_id)
             await repo.start_sending(conn, campaign_id)
             state = "sending"
-        await repo.audit(conn, campaign_id, "started sending", principal.name, {})
+        await repo.audit(conn, campaign_id, "started sending", principal, {})
     if state == "sending":
         fanout.kick(campaign_id)
     return state
@@ -126,7 +126,7 @@ async def end(
             await repo.start_sending(conn, campaign_id)
         await repo.end_campaign(conn, campaign_id)
         await repo.release_senders(conn, [campaign_id])
-        await repo.audit(conn, campaign_id, "ended", principal.name,
+        await repo.audit(conn, campaign_id, "ended", principal,
                          {"pressed": await repo.pressed_count(conn, campaign_id)})
     fanout.kick(campaign_id)
 

@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 
 from services.scheduler.domain import RecipientRow, Sender, SenderIn, TemplateIn, TemplateVersion
+from shared.auth import Principal
 
 _CAMPAIGN = """
     c.id, c.name, c.kind, c.channels, c.sender_id, c.template_id, c.template_version, c.state,
@@ -44,26 +45,34 @@ async def init_connection(conn: asyncpg.Connection) -> None:
 
 # --- senders and templates ---------------------------------------------------------------------
 
-async def insert_sender(conn: asyncpg.Connection, sender: SenderIn) -> Sender:
+async def insert_sender(
+    conn: asyncpg.Connection, sender: SenderIn, organisation_id: uuid.UUID
+) -> Sender:
     sender_id = uuid.uuid4()
     await conn.execute(
-        "INSERT INTO senders (id, name, email, sms_sender_id) VALUES ($1, $2, $3, $4)",
-        sender_id, sender.name, sender.email, sender.sms_sender_id,
+        "INSERT INTO senders (id, name, email, sms_sender_id, organisation_id) "
+        "VALUES ($1, $2, $3, $4, $5)",
+        sender_id, sender.name, sender.email, sender.sms_sender_id, organisation_id,
     )
     return Sender(sender_id, sender.name, sender.email, sender.sms_sender_id)
 
 
-async def get_sender(conn: asyncpg.Connection, sender_id: uuid.UUID) -> Sender | None:
+async def get_sender(
+    conn: asyncpg.Connection, sender_id: uuid.UUID, organisation_id: uuid.UUID
+) -> Sender | None:
     row = await conn.fetchrow(
-        "SELECT id, name, email, sms_sender_id FROM senders WHERE id = $1", sender_id
+        "SELECT id, name, email, sms_sender_id FROM senders "
+        "WHERE id = $1 AND organisation_id = $2", sender_id, organisation_id,
     )
     return Sender(row["id"], row["name"], row["email"], row["sms_sender_id"]) if row else None
 
 
-async def insert_template(conn: asyncpg.Connection, template: TemplateIn) -> TemplateVersion:
+async def insert_template(
+    conn: asyncpg.Connection, template: TemplateIn, organisation_id: uuid.UUID
+) -> TemplateVersion:
     template_id = uuid.uuid4()
-    await conn.execute("INSERT INTO templates (id, name) VALUES ($1, $2)", template_id,
-                       template.name)
+    await conn.execute("INSERT INTO templates (id, name, organisation_id) VALUES ($1, $2, $3)",
+                       template_id, template.name, organisation_id)
     return await add_template_version(conn, template_id, template)
 
 
@@ -85,20 +94,51 @@ async def add_template_version(
 
 
 async def latest_template(
-    conn: asyncpg.Connection, template_id: uuid.UUID
+    conn: asyncpg.Connection, template_id: uuid.UUID, organisation_id: uuid.UUID
 ) -> TemplateVersion | None:
     row = await conn.fetchrow(
         """
-        SELECT template_id, version, email_subject, email_body, sms_body
-        FROM template_versions WHERE template_id = $1 ORDER BY version DESC LIMIT 1
+        SELECT v.template_id, v.version, v.email_subject, v.email_body, v.sms_body
+        FROM template_versions v JOIN templates t ON t.id = v.template_id
+        WHERE v.template_id = $1 AND t.organisation_id = $2
+        ORDER BY v.version DESC LIMIT 1
         """,
-        template_id,
+        template_id, organisation_id,
     )
     return TemplateVersion(**dict(row)) if row else None
 
 
-async def template_name(conn: asyncpg.Connection, template_id: uuid.UUID) -> str | None:
-    return await conn.fetchval("SELECT name FROM templates WHERE id = $1", template_id)
+async def template_name(
+    conn: asyncpg.Connection, template_id: uuid.UUID, organisation_id: uuid.UUID
+) -> str | None:
+    return await conn.fetchval(
+        "SELECT name FROM templates WHERE id = $1 AND organisation_id = $2 FOR UPDATE",
+        template_id, organisation_id,
+    )
+
+
+async def senders_of(conn: asyncpg.Connection, organisation_id: uuid.UUID) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT id, name, email, sms_sender_id FROM senders WHERE organisation_id = $1 "
+        "ORDER BY created_at DESC LIMIT 1000",
+        organisation_id,
+    )
+
+
+async def templates_of(
+    conn: asyncpg.Connection, organisation_id: uuid.UUID
+) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """
+        SELECT DISTINCT ON (t.id) t.id, t.name, v.version, v.email_subject, v.email_body,
+               v.sms_body
+        FROM templates t JOIN template_versions v ON v.template_id = t.id
+        WHERE t.organisation_id = $1
+        ORDER BY t.id, v.version DESC
+        LIMIT 1000
+        """,
+        organisation_id,
+    )
 
 
 # --- campaigns ---------------------------------------------------------------------------------
@@ -126,13 +166,28 @@ async def insert_campaign(
     return campaign_id
 
 
-async def get_campaign(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> asyncpg.Record | None:
-    return await conn.fetchrow(f"SELECT {_CAMPAIGN} {_CAMPAIGN_FROM} WHERE c.id = $1", campaign_id)
+async def get_campaign(
+    conn: asyncpg.Connection, campaign_id: uuid.UUID, organisation_id: uuid.UUID | None = None
+) -> asyncpg.Record | None:
+    """The campaign; with `organisation_id`, only if it belongs to that organisation (callers
+    answer 404 either way, so another organisation's campaign does not show it exists)."""
+    return await conn.fetchrow(
+        f"SELECT {_CAMPAIGN} {_CAMPAIGN_FROM} "
+        "WHERE c.id = $1 AND ($2::uuid IS NULL OR c.organisation_id = $2)",
+        campaign_id, organisation_id,
+    )
 
 
-async def lock_campaign_state(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> str | None:
-    """The campaign's state, row-locked until the transaction ends (serialises transitions)."""
-    return await conn.fetchval("SELECT state FROM campaigns WHERE id = $1 FOR UPDATE", campaign_id)
+async def lock_campaign_state(
+    conn: asyncpg.Connection, campaign_id: uuid.UUID, organisation_id: uuid.UUID | None = None
+) -> str | None:
+    """The campaign's state, row-locked until the transaction ends (serialises transitions);
+    with `organisation_id`, None unless the campaign is that organisation's."""
+    return await conn.fetchval(
+        "SELECT state FROM campaigns "
+        "WHERE id = $1 AND ($2::uuid IS NULL OR organisation_id = $2) FOR UPDATE",
+        campaign_id, organisation_id,
+    )
 
 
 async def copy_recipients(
@@ -308,21 +363,26 @@ async def finish(
 
 
 async def audit(
-    conn: asyncpg.Connection, campaign_id: uuid.UUID, action: str, actor: str,
+    conn: asyncpg.Connection, campaign_id: uuid.UUID, action: str, actor: str | Principal,
     details: dict[str, Any],
 ) -> None:
+    """`actor`: the user who acted, or the name of the service that did ("scheduler")."""
+    name, user_id = (actor.name, actor.user_id) if isinstance(actor, Principal) else (actor, None)
     await conn.execute(
-        "INSERT INTO audit_log (campaign_id, action, actor, details) VALUES ($1, $2, $3, $4)",
-        campaign_id, action, actor, details,
+        "INSERT INTO audit_log (campaign_id, action, actor, details, user_id) "
+        "VALUES ($1, $2, $3, $4, $5)",
+        campaign_id, action, name, details, user_id,
     )
 
 
 async def audit_trail(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> list[dict[str, Any]]:
     rows = await conn.fetch(
-        "SELECT action, actor, at, details FROM audit_log WHERE campaign_id = $1 ORDER BY id",
+        "SELECT action, actor, user_id, at, details FROM audit_log WHERE campaign_id = $1 "
+        "ORDER BY id",
         campaign_id,
     )
-    return [{**dict(r), "at": r["at"].isoformat()} for r in rows]
+    return [{**dict(r), "at": r["at"].isoformat(),
+             "user_id": str(r["user_id"]) if r["user_id"] else None} for r in rows]
 
 
 # --- organisations, users, tokens --------------------------------------------------------------
@@ -340,10 +400,8 @@ async def ensure_organisation(conn: asyncpg.Connection, name: str) -> uuid.UUID:
     )
 
 
-async def insert_user(
-    conn: asyncpg.Connection, organisation_id: uuid.UUID, name: str, token_hash: bytes
-) -> uuid.UUID:
-    user_id = await conn.fetchval(
+async def upsert_user(conn: asyncpg.Connection, organisation_id: uuid.UUID, name: str) -> uuid.UUID:
+    return await conn.fetchval(
         """
         INSERT INTO users (id, organisation_id, name) VALUES (gen_random_uuid(), $1, $2)
         ON CONFLICT (organisation_id, name) DO UPDATE SET name = excluded.name
@@ -351,9 +409,37 @@ async def insert_user(
         """,
         organisation_id, name,
     )
+
+
+async def get_user(conn: asyncpg.Connection, user_id: uuid.UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT id, organisation_id, name FROM users WHERE id = $1 FOR UPDATE", user_id
+    )
+
+
+async def insert_token(conn: asyncpg.Connection, user_id: uuid.UUID, token_hash: bytes) -> None:
     await conn.execute("INSERT INTO api_tokens (token_hash, user_id) VALUES ($1, $2)",
                        token_hash, user_id)
-    return user_id
+
+
+async def revoke_tokens(conn: asyncpg.Connection, user_id: uuid.UUID) -> list[bytes]:
+    """Revoke every live token of the user; return their hashes."""
+    rows = await conn.fetch(
+        "UPDATE api_tokens SET revoked_at = now() "
+        "WHERE user_id = $1 AND revoked_at IS NULL RETURNING token_hash",
+        user_id,
+    )
+    return [r["token_hash"] for r in rows]
+
+
+async def all_tokens(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    """Every token ever issued with its user: what the identity topic must say."""
+    return await conn.fetch(
+        """
+        SELECT t.token_hash, t.revoked_at, u.id AS user_id, u.organisation_id, u.name
+        FROM api_tokens t JOIN users u ON u.id = t.user_id ORDER BY t.created_at
+        """
+    )
 
 
 async def principal_by_token(conn: asyncpg.Connection, token_hash: bytes) -> asyncpg.Record | None:

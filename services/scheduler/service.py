@@ -12,12 +12,14 @@ from typing import Any
 
 import asyncpg
 
-from services.scheduler import domain, repo
+from services.scheduler import auth, domain, repo
 from services.scheduler.fanout import FanoutRunner
 from services.scheduler.voters import repo as voters_repo
-from services.scheduler.voters.domain import DEFAULT_ORG
+from shared.auth import Principal
 from shared.events import (
     AbortAcknowledged,
+    ApiTokenIssued,
+    ApiTokenRevoked,
     CampaignAborted,
     CampaignCanceled,
     CampaignCompleted,
@@ -28,11 +30,17 @@ from shared.events import (
 log = logging.getLogger(__name__)
 
 PublishLifecycle = Callable[[Event], Awaitable[None]]
+PublishIdentity = Callable[[list[ApiTokenIssued | ApiTokenRevoked]], Awaitable[None]]
 ListDispatchers = Callable[[], Awaitable[set[str]]]
 
 
-async def _locked_state(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> str:
-    state = await repo.lock_campaign_state(conn, campaign_id)
+async def _locked_state(
+    conn: asyncpg.Connection, campaign_id: uuid.UUID, actor: Principal | None
+) -> str:
+    """The campaign's state, locked; 404 unless it is the acting user's organisation's
+    (`actor` None: the scheduler itself acts)."""
+    org = actor.organisation_id if actor is not None else None
+    state = await repo.lock_campaign_state(conn, campaign_id, org)
     if state is None:
         raise domain.NotFound(f"campaign {campaign_id} not found")
     return state
@@ -66,32 +74,34 @@ async def _ensure_recipients_fit(conn: asyncpg.Connection, campaign_id: uuid.UUI
 async def create_campaign(
     pool: asyncpg.Pool,
     cmd: domain.CreateCampaign,
-    actor: str,
+    actor: Principal,
     kind: str | None = None,
-    organisation_id: uuid.UUID = DEFAULT_ORG,
 ) -> uuid.UUID:
+    """The campaign belongs to the actor's organisation and may use only its senders and
+    templates (another organisation's are "not found")."""
+    org = actor.organisation_id
     async with pool.acquire() as conn, conn.transaction():
         if cmd.sender is not None:
-            sender = await repo.insert_sender(conn, cmd.sender)
+            sender = await repo.insert_sender(conn, cmd.sender, org)
         else:
             assert cmd.sender_id is not None
-            found = await repo.get_sender(conn, cmd.sender_id)
+            found = await repo.get_sender(conn, cmd.sender_id, org)
             if found is None:
                 raise domain.Invalid(f"sender {cmd.sender_id} does not exist")
             sender = found
         inline = cmd.inline_template()
         if inline is not None:
-            template = await repo.insert_template(conn, inline)
+            template = await repo.insert_template(conn, inline, org)
         else:
             assert cmd.template_id is not None
-            latest = await repo.latest_template(conn, cmd.template_id)
+            latest = await repo.latest_template(conn, cmd.template_id, org)
             if latest is None:
                 raise domain.Invalid(f"template {cmd.template_id} does not exist")
             template = latest
         domain.ensure_fits_channels(cmd.channels, sender, template)
         campaign_id = await repo.insert_campaign(
             conn, name=cmd.name, kind=kind or cmd.kind, channels=cmd.channels,
-            sender_id=sender.id, template=template, organisation_id=organisation_id,
+            sender_id=sender.id, template=template, organisation_id=org,
         )
         await repo.audit(conn, campaign_id, "created", actor,
                          {"channels": cmd.channels, "template_version": template.version})
@@ -103,19 +113,21 @@ async def add_recipients(
     campaign_id: uuid.UUID,
     recipients: list[domain.Recipient],
     region: str,
+    actor: Principal,
     voter_id: int | None = None,
 ) -> int:
     rows = [domain.to_row(r, region, voter_id) for r in recipients]
     async with pool.acquire() as conn, conn.transaction():
-        domain.ensure_can_add_recipients(campaign_id, await _locked_state(conn, campaign_id))
+        state = await _locked_state(conn, campaign_id, actor)
+        domain.ensure_can_add_recipients(campaign_id, state)
         return await repo.copy_recipients(conn, campaign_id, rows)
 
 
 async def send_now(
-    pool: asyncpg.Pool, fanout: FanoutRunner, campaign_id: uuid.UUID, actor: str
+    pool: asyncpg.Pool, fanout: FanoutRunner, campaign_id: uuid.UUID, actor: Principal
 ) -> None:
     async with pool.acquire() as conn, conn.transaction():
-        domain.ensure_can_send_now(campaign_id, await _locked_state(conn, campaign_id))
+        domain.ensure_can_send_now(campaign_id, await _locked_state(conn, campaign_id, actor))
         # The campaign's list voters as they are now: later edits do not change this send-out.
         await voters_repo.snapshot_lists_into_recipients(conn, campaign_id)
         await _ensure_recipients_fit(conn, campaign_id)
@@ -126,11 +138,13 @@ async def send_now(
 
 
 async def schedule(
-    pool: asyncpg.Pool, campaign_id: uuid.UUID, at: Any, actor: str, publish: PublishLifecycle
+    pool: asyncpg.Pool, campaign_id: uuid.UUID, at: Any, actor: Principal,
+    publish: PublishLifecycle,
 ) -> None:
     at = domain.ensure_schedulable_time(at)
     async with pool.acquire() as conn, conn.transaction():
-        domain.ensure_allowed(campaign_id, await _locked_state(conn, campaign_id), "schedule")
+        state = await _locked_state(conn, campaign_id, actor)
+        domain.ensure_allowed(campaign_id, state, "schedule")
         recipients = await _ensure_recipients_fit(conn, campaign_id)
         await repo.set_scheduled(conn, campaign_id, at)
         await repo.audit(conn, campaign_id, "scheduled", actor,
@@ -140,10 +154,10 @@ async def schedule(
 
 
 async def cancel(
-    pool: asyncpg.Pool, campaign_id: uuid.UUID, actor: str, publish: PublishLifecycle
+    pool: asyncpg.Pool, campaign_id: uuid.UUID, actor: Principal, publish: PublishLifecycle
 ) -> None:
     async with pool.acquire() as conn, conn.transaction():
-        state = await _locked_state(conn, campaign_id)
+        state = await _locked_state(conn, campaign_id, actor)
         domain.ensure_allowed(campaign_id, state, "cancel the schedule")
         await repo.set_draft(conn, campaign_id)
         # Canceled before its time, a campaign sends to nobody: SENDs queued so far are void.
@@ -209,7 +223,7 @@ class AbortAcks:
 async def abort(
     pool: asyncpg.Pool,
     campaign_id: uuid.UUID,
-    actor: str,
+    actor: Principal,
     *,
     publish: PublishLifecycle,
     acks: AbortAcks,
@@ -219,7 +233,7 @@ async def abort(
     """Stop a send-out: answer only once every running dispatcher confirmed that no provider
     call for the campaign will start any more, with how many messages were still pending."""
     async with pool.acquire() as conn, conn.transaction():
-        domain.ensure_allowed(campaign_id, await _locked_state(conn, campaign_id), "abort")
+        domain.ensure_allowed(campaign_id, await _locked_state(conn, campaign_id, actor), "abort")
         await repo.set_aborting(conn, campaign_id)
     instances = await list_dispatchers()
     with acks.expecting(campaign_id, instances) as wait:
@@ -263,7 +277,7 @@ async def apply_completed(pool: asyncpg.Pool, event: CampaignCompleted) -> None:
 
 
 async def send_individually(
-    pool: asyncpg.Pool, fanout: FanoutRunner, cmd: domain.SendIndividually, actor: str,
+    pool: asyncpg.Pool, fanout: FanoutRunner, cmd: domain.SendIndividually, actor: Principal,
     region: str, voter_id: int | None = None,
 ) -> uuid.UUID:
     """One recipient, email and/or SMS: a one-recipient campaign, sent out now."""
@@ -272,18 +286,18 @@ async def send_individually(
         template_id=cmd.template_id,
     )
     campaign_id = await create_campaign(pool, create, actor, kind="individual")
-    await add_recipients(pool, campaign_id, [cmd.recipient], region, voter_id)
+    await add_recipients(pool, campaign_id, [cmd.recipient], region, actor, voter_id)
     await send_now(pool, fanout, campaign_id, actor)
     return campaign_id
 
 
 async def send_to_voter(
     pool: asyncpg.Pool, fanout: FanoutRunner, voter_id: int, cmd: domain.SendToVoter,
-    actor: str, region: str,
+    actor: Principal, region: str,
 ) -> uuid.UUID:
     """The "send email / SMS" action of a voter's page: an individual send to the voter."""
     async with pool.acquire() as conn:
-        voter = await voters_repo.get_voter(conn, DEFAULT_ORG, voter_id)
+        voter = await voters_repo.get_voter(conn, actor.organisation_id, voter_id)
     if voter is None:
         raise domain.NotFound(f"voter {voter_id} not found")
     if voter["opted_out"]:
@@ -294,3 +308,44 @@ async def send_to_voter(
         sender_id=cmd.sender_id, template_id=cmd.template_id, name=f"To {name}",
     )
     return await send_individually(pool, fanout, individual, actor, region, voter_id)
+
+
+# --- API tokens ----------------------------------------------------------------------------------
+# Issued and revoked inside the caller's transaction, published before it commits: if the
+# publish fails, no token exists; if the commit fails after it, the other services know a hash
+# that no one holds. Either way no service accepts a token the scheduler does not.
+
+async def issue_token(
+    conn: asyncpg.Connection, user: Principal, publish: PublishIdentity
+) -> str:
+    token = auth.new_token()
+    token_hash = auth.hash_token(token)
+    await repo.insert_token(conn, user.user_id, token_hash)
+    await publish([ApiTokenIssued(token_hash=token_hash.hex(), user_id=user.user_id,
+                                  organisation_id=user.organisation_id, user_name=user.name)])
+    return token
+
+
+async def revoke_tokens(
+    conn: asyncpg.Connection, user: Principal, publish: PublishIdentity
+) -> int:
+    hashes = await repo.revoke_tokens(conn, user.user_id)
+    await publish([ApiTokenRevoked(token_hash=h.hex(), user_id=user.user_id,
+                                   organisation_id=user.organisation_id) for h in hashes])
+    return len(hashes)
+
+
+async def publish_all_tokens(pool: asyncpg.Pool, publish: PublishIdentity) -> int:
+    """At start: say again what every token is, so a tracker with a new database (or tokens
+    issued before the identity topic existed) learns them. Idempotent for consumers."""
+    async with pool.acquire() as conn:
+        rows = await repo.all_tokens(conn)
+    events: list[ApiTokenIssued | ApiTokenRevoked] = []
+    for r in rows:
+        common = {"token_hash": r["token_hash"].hex(), "user_id": r["user_id"],
+                  "organisation_id": r["organisation_id"]}
+        events.append(ApiTokenRevoked(**common) if r["revoked_at"] is not None
+                      else ApiTokenIssued(**common, user_name=r["name"]))
+    if events:
+        await publish(events)
+    return len(events)

@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
-from services.tracker import handlers, receipts, report, voters
+from services.tracker import handlers, identity, receipts, report, voters
 from services.tracker.settings import TrackerSettings
 from shared import db, topics
 from shared.events import CampaignCompleted, DeliveryReported
@@ -51,13 +51,15 @@ def create_app(settings: TrackerSettings | None = None) -> FastAPI:
             await publish_all(receipts_pub, items, service="tracker")
 
         broker.include_router(receipts.kafka_router(pool, settings.batch_max_records))
+        broker.include_router(identity.kafka_router(pool))
         await broker.start()
-        app.include_router(handlers.http_router(pool))
-        app.include_router(voters.http_router(pool))
+        user = Depends(identity.require_user(pool))
+        app.include_router(handlers.http_router(pool, user))
+        app.include_router(voters.http_router(pool, user))
         app.include_router(receipts.http_router(
             pool, publish_receipts, settings.receipts_secret, settings.receipts_max_skew_seconds
         ))
-        app.include_router(report.http_router(pool))
+        app.include_router(report.http_router(pool, user))
         app.include_router(ops_router(standard_checks(pool, broker)))
         try:
             yield

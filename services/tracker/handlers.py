@@ -13,6 +13,7 @@ from faststream.kafka.annotations import KafkaBroker, KafkaMessage
 from services.tracker import repo, service
 from services.tracker.service import PublishCompleted
 from shared import topics
+from shared.auth import Principal
 from shared.events import LIFECYCLE, OUTCOME
 from shared.kafka import (
     BATCH_CONSUMER,
@@ -59,15 +60,29 @@ def kafka_router(
     return router
 
 
-def http_router(pool: asyncpg.Pool) -> APIRouter:
+def not_found(campaign_id: uuid.UUID) -> HTTPException:
+    # The same answer for "not started yet" and "another organisation's": existence does not
+    # leak across organisations.
+    return HTTPException(404, f"no progress for campaign {campaign_id}: not started")
+
+
+def http_router(pool: asyncpg.Pool, user: Any) -> APIRouter:
+    """`user`: the dependency giving the caller; each campaign is answered only to users of
+    its organisation."""
     router = APIRouter(prefix="/campaigns", tags=["progress"])
 
+    async def progress_for(
+        conn: asyncpg.Connection, campaign_id: uuid.UUID, principal: Principal
+    ) -> Any:
+        p = await repo.get_progress(conn, campaign_id)
+        if p is None or p.organisation_id != principal.organisation_id:
+            raise not_found(campaign_id)
+        return p
+
     @router.get("/{campaign_id}/progress")
-    async def progress(campaign_id: uuid.UUID) -> dict[str, Any]:
+    async def progress(campaign_id: uuid.UUID, principal: Principal = user) -> dict[str, Any]:
         async with pool.acquire() as conn:
-            p = await repo.get_progress(conn, campaign_id)
-        if p is None:
-            raise HTTPException(404, f"no progress for campaign {campaign_id}: not started")
+            p = await progress_for(conn, campaign_id, principal)
         return p.view()
 
     @router.get("/{campaign_id}/recipients")
@@ -76,10 +91,11 @@ def http_router(pool: asyncpg.Pool) -> APIRouter:
         after: int = Query(0, ge=0, description="recipient id to continue after"),
         limit: int = Query(1000, ge=1, le=10_000),
         status: Literal["completed", "failed", "skipped"] | None = None,
+        *,
+        principal: Principal = user,
     ) -> dict[str, Any]:
         async with pool.acquire() as conn:
-            if await repo.get_progress(conn, campaign_id) is None:
-                raise HTTPException(404, f"no progress for campaign {campaign_id}: not started")
+            await progress_for(conn, campaign_id, principal)
             rows = await repo.recipient_outcomes(
                 conn, campaign_id, after_recipient_id=after, limit=limit, status=status
             )

@@ -7,12 +7,14 @@ import io
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import StreamingResponse
 
-from services.tracker import report_repo
+from services.tracker import identity, report_repo
+from shared.auth import Principal
 
 # Rows per chunk written to the response: big enough to keep per-chunk overhead low, small
 # enough that memory stays flat whatever the campaign's size.
@@ -42,11 +44,11 @@ async def _csv_chunks(pool: asyncpg.Pool, campaign_id: uuid.UUID) -> AsyncIterat
     yield buffer.getvalue().encode()
 
 
-def http_router(pool: asyncpg.Pool) -> APIRouter:
+def http_router(pool: asyncpg.Pool, user: Any) -> APIRouter:
     router = APIRouter(prefix="/campaigns", tags=["progress"])
 
     @router.get("/{campaign_id}/report.csv", response_class=StreamingResponse)
-    async def report(campaign_id: uuid.UUID) -> StreamingResponse:
+    async def report(campaign_id: uuid.UUID, principal: Principal = user) -> StreamingResponse:
         """The recipient report: per recipient and channel its address, when it was processed,
         its status and reason, the provider's message id, and delivered / not delivered with
         the provider's reason (empty until the receipt arrives).
@@ -55,7 +57,7 @@ def http_router(pool: asyncpg.Pool) -> APIRouter:
         so recipients still pending are not in the report yet.
         """
         async with pool.acquire() as conn:
-            if not await report_repo.is_known(conn, campaign_id):
+            if not await identity.campaign_is_theirs(conn, campaign_id, principal):
                 raise HTTPException(404, f"no progress for campaign {campaign_id}: not started")
         return StreamingResponse(
             _csv_chunks(pool, campaign_id),

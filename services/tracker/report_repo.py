@@ -33,10 +33,3 @@ async def report_rows(
         prefetch=prefetch,
     ):
         yield row
-
-
-async def is_known(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> bool:
-    return bool(
-        await conn.fetchval("SELECT EXISTS (SELECT 1 FROM campaigns WHERE campaign_id = $1)",
-                            campaign_id)
-    )

@@ -8,20 +8,23 @@ import asyncpg
 from fastapi import APIRouter, Query
 
 from services.tracker import voters_repo
+from shared.auth import Principal
 
 
-def http_router(pool: asyncpg.Pool) -> APIRouter:
+def http_router(pool: asyncpg.Pool, user: Any) -> APIRouter:
     router = APIRouter(prefix="/voters", tags=["voters"])
 
     @router.get("/{voter_id}/history")
     async def voter_history(
-        voter_id: int, limit: int = Query(200, ge=1, le=1000)
+        voter_id: int, principal: Principal = user, limit: int = Query(200, ge=1, le=1000)
     ) -> dict[str, Any]:
         """Per campaign and channel: the recipient status (completed, failed, skipped) and its
         reason. A voter the tracker has no outcome for yet has an empty history, not a 404:
-        the tracker does not know the directory."""
+        the tracker does not know the directory. Only the caller's organisation's campaigns
+        are listed."""
         async with pool.acquire() as conn:
-            rows = await voters_repo.voter_history(conn, voter_id, limit=limit)
+            rows = await voters_repo.voter_history(
+                conn, voter_id, principal.organisation_id, limit=limit)
         return {"voter_id": voter_id, "history": rows}
 
     return router

@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import asyncpg
 
 
 async def voter_history(
-    conn: asyncpg.Connection, voter_id: int, *, limit: int
+    conn: asyncpg.Connection, voter_id: int, organisation_id: uuid.UUID, *, limit: int
 ) -> list[dict[str, Any]]:
-    """The voter's outcomes, newest first: one row per campaign and channel."""
+    """The voter's outcomes in the organisation's campaigns, newest first: one row per
+    campaign and channel."""
     rows = await conn.fetch(
         """
-        SELECT campaign_id, channel, status, reason, occurred_at
-        FROM recipient_outcomes
-        WHERE voter_id = $1
-        ORDER BY occurred_at DESC, campaign_id, channel
+        SELECT o.campaign_id, o.channel, o.status, o.reason, o.occurred_at
+        FROM recipient_outcomes o JOIN campaigns c USING (campaign_id)
+        WHERE o.voter_id = $1 AND c.organisation_id = $3
+        ORDER BY o.occurred_at DESC, o.campaign_id, o.channel
         LIMIT $2
         """,
-        voter_id, limit,
+        voter_id, limit, organisation_id,
     )
     return [
         {**dict(r), "campaign_id": str(r["campaign_id"]),

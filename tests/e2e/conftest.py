@@ -37,9 +37,14 @@ def sendout(stack: Stack) -> Iterator[Sendout]:
 
 
 @pytest.fixture
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=30) as client:
+def http(sendout: Sendout) -> Iterator[httpx.Client]:
+    """A client calling as the operator (user "operator" of organisation "default")."""
+    with httpx.Client(timeout=30, headers=sendout.auth) as client:
         yield client
+
+
+def bearer(user: dict[str, str]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {user['token']}"}
 
 
 def wait_for_completion(

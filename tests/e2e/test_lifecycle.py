@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from devtools.processes import Sendout
-from tests.e2e.conftest import wait_for_completion
+from tests.e2e.conftest import bearer, wait_for_completion
 from tests.e2e.helpers import (
     add_recipients,
     audit_actions,
@@ -39,7 +39,7 @@ def test_scheduled_campaign_starts_within_a_second_of_its_time(
     add_recipients(http, sendout, cid, _emails(tag, 5))
     at = in_seconds(3)
     r = http.post(f"{sendout.scheduler}/campaigns/{cid}/schedule", json={"at": at.isoformat()},
-                  headers={"X-Sendout-Actor": "ada"})
+                  headers=bearer(sendout.new_user("default", "ada")))
     assert r.status_code == 202 and r.json()["state"] == "scheduled", r.text
     time.sleep(1)
     assert campaign(http, sendout, cid)["state"] == "scheduled"
@@ -224,7 +224,7 @@ def test_abort_stops_provider_calls_and_ends_aborted_with_exact_counters(
             time.sleep(0.02)
         abort_sent_at = time.time()
         abort = http.post(f"{sendout.scheduler}/campaigns/{cid}/abort",
-                          headers={"X-Sendout-Actor": "grace"})
+                          headers=bearer(sendout.new_user("default", "grace")))
         answered_at = time.time()
         assert abort.status_code == 202, abort.text
         result = abort.json()["abort"]
@@ -296,10 +296,19 @@ def test_both_channels_count_and_explain_each_channel_exactly(
     final = wait_for_completion(http, sendout.tracker, cid)
     assert final["total"] == 14 and final["pending"] == 0
     receipts = ("delivered", "not_delivered")  # SMS receipts may still be on their way
-    assert {ch: {k: v for k, v in c.items() if k not in receipts}
+    counters = ("total", "pending", "completed", "failed", "skipped", "opted_out")
+    assert {ch: {k: c[k] for k in counters} for ch, c in final["by_channel"].items()} == {
+        "email": {"total": 7, "pending": 0, "completed": 3, "failed": 1, "skipped": 3,
+                  "opted_out": 0},
+        "sms": {"total": 7, "pending": 0, "completed": 3, "failed": 0, "skipped": 4,
+                "opted_out": 0},
+    }
+    # The reasons next to the counters, per channel.
+    assert {ch: {k: v for k, v in c["reasons"].items() if k not in receipts}
             for ch, c in final["by_channel"].items()} == {
-        "email": {"total": 7, "pending": 0, "completed": 3, "failed": 1, "skipped": 3},
-        "sms": {"total": 7, "pending": 0, "completed": 3, "failed": 0, "skipped": 4},
+        "email": {"failed": {"SMTP 550: 5.1.1 mailbox unavailable": 1},
+                  "skipped": {"missing_address": 2, "invalid_address": 1}},
+        "sms": {"failed": {}, "skipped": {"missing_address": 3, "invalid_address": 1}},
     }
     rows = http.get(f"{sendout.tracker}/campaigns/{cid}/recipients").json()["recipients"]
     first = min(r["recipient_id"] for r in rows)

@@ -15,19 +15,15 @@ import pytest
 
 from devtools.processes import Sendout
 from shared import webhooks
-from tests.e2e.conftest import ADMIN_TOKEN, INBOUND_SMS_SECRET, wait_for_completion
+from tests.e2e.conftest import ADMIN_TOKEN, INBOUND_SMS_SECRET, bearer, wait_for_completion
 from tests.e2e.helpers import in_seconds, requests_to, wait_state
 
 pytestmark = pytest.mark.e2e
 _numbers = itertools.count(200_000)
 
 
-def _user(http: httpx.Client, sendout: Sendout, org: str = "Org A") -> dict[str, str]:
-    r = http.post(f"{sendout.scheduler}/admin/users",
-                  json={"organisation": org, "name": f"user-{uuid.uuid4().hex[:6]}"},
-                  headers={"X-Sendout-Admin-Token": ADMIN_TOKEN})
-    assert r.status_code == 201, r.text
-    return {"Authorization": f"Bearer {r.json()['token']}"}
+def _user(http: httpx.Client, sendout: Sendout, org: str = "default") -> dict[str, str]:
+    return bearer(sendout.new_user(org, f"user-{uuid.uuid4().hex[:6]}"))
 
 
 def _phones(n: int) -> list[str]:
@@ -44,6 +40,7 @@ def _p2p_campaign(http: httpx.Client, sendout: Sendout, user: dict[str, str],
     cid = r.json()["id"]
     http.post(f"{sendout.scheduler}/campaigns/{cid}/recipients", json={
         "recipients": [{"phone": p, "first_name": f"P{i}"} for i, p in enumerate(phones)]},
+        headers=user,
     ).raise_for_status()
     rows = http.get(f"{sendout.scheduler}/campaigns/{cid}/p2p/recipients",
                     headers=user).raise_for_status().json()["recipients"]
@@ -102,9 +99,9 @@ def _schedule(http: httpx.Client, sendout: Sendout, cid: str, seconds: float) ->
 def test_every_p2p_call_needs_an_api_token(sendout: Sendout, http: httpx.Client) -> None:
     user = _user(http, sendout)
     cid, _ = _p2p_campaign(http, sendout, user, _phones(1))
-    assert http.post(f"{sendout.scheduler}/campaigns/{cid}/p2p/start").status_code == 401
-    r = http.post(f"{sendout.scheduler}/campaigns/{cid}/p2p/start",
-                  headers={"Authorization": "Bearer so_wrong"})
+    assert httpx.post(f"{sendout.scheduler}/campaigns/{cid}/p2p/start").status_code == 401
+    r = httpx.post(f"{sendout.scheduler}/campaigns/{cid}/p2p/start",
+                   headers={"Authorization": "Bearer so_wrong"})
     assert r.status_code == 401
     assert http.post(f"{sendout.scheduler}/admin/users",
                      json={"organisation": "x", "name": "y"}).status_code == 401
@@ -255,7 +252,7 @@ def test_fifty_parallel_starts_by_one_user_over_five_campaigns_let_exactly_one_w
 def test_opted_out_recipient_never_messaged(sendout: Sendout, http: httpx.Client) -> None:
     user = _user(http, sendout)
     org = http.post(f"{sendout.scheduler}/admin/users",
-                    json={"organisation": "Org A", "name": "lookup"},
+                    json={"organisation": "default", "name": "lookup"},
                     headers={"X-Sendout-Admin-Token": ADMIN_TOKEN}).json()["organisation_id"]
     phones = _phones(3)
     # Opted out before SEND (a STOP reply), and after SEND but before the message left.

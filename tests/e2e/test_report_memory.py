@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from devtools.processes import Sendout
+from services.scheduler.voters.domain import DEFAULT_ORG
 from tests.conftest import Stack
 
 pytestmark = pytest.mark.e2e
@@ -34,8 +35,10 @@ async def _insert_outcomes(dsn: str, cid: uuid.UUID) -> None:
     conn = await asyncpg.connect(dsn)
     try:
         async with conn.transaction():
-            await conn.execute("INSERT INTO tracker.campaigns (campaign_id, state, started) "
-                               "VALUES ($1, 'completed', true)", cid)
+            # The operator's organisation ("default"): the report is answered only to it.
+            await conn.execute("INSERT INTO tracker.campaigns "
+                               "(campaign_id, state, started, organisation_id) "
+                               "VALUES ($1, 'completed', true, $2)", cid, DEFAULT_ORG)
             await conn.copy_records_to_table(
                 "recipient_outcomes", schema_name="tracker",
                 columns=["campaign_id", "recipient_id", "channel", "status", "reason",
@@ -90,7 +93,7 @@ def test_report_of_100k_recipients_streams_with_flat_tracker_memory(
         lines = size = 0
         try:
             with httpx.stream("GET", f"{sendout.tracker}/campaigns/{cid}/report.csv",
-                              timeout=120) as r:
+                              headers=sendout.auth, timeout=120) as r:
                 assert r.status_code == 200
                 for chunk in r.iter_bytes():
                     lines += chunk.count(b"\n")

@@ -21,6 +21,7 @@ from services.scheduler.voters import domain, repo, service
 from services.scheduler.voters.domain import DEFAULT_ORG
 from services.scheduler.voters.service import ImportResult
 from shared import db
+from shared.auth import Principal
 from tests.conftest import Stack
 from tests.factories import campaign_payload
 from tests.voter_factories import chunked, phone, run_tag, voter_payload, voters_csv
@@ -28,6 +29,7 @@ from tests.voter_factories import chunked, phone, run_tag, voter_payload, voters
 pytestmark = pytest.mark.integration
 REGION = "DK"
 ORG = DEFAULT_ORG
+ACTOR = Principal(uuid.uuid4(), ORG, "test")
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +62,7 @@ async def _voter_ids(pool: asyncpg.Pool, tag: str) -> dict[str, int]:
 
 async def _draft_campaign(pool: asyncpg.Pool) -> uuid.UUID:
     return await scheduler_service.create_campaign(
-        pool, scheduler_domain.CreateCampaign(**campaign_payload()), actor="test"
+        pool, scheduler_domain.CreateCampaign(**campaign_payload()), actor=ACTOR
     )
 
 

@@ -261,7 +261,7 @@ async def target_lists(
 ) -> list[asyncpg.Record]:
     """A draft campaign will send to the voters of these lists (snapshotted when it starts)."""
     async with pool.acquire() as conn, conn.transaction():
-        state = await campaigns_repo.lock_campaign_state(conn, campaign_id)
+        state = await campaigns_repo.lock_campaign_state(conn, campaign_id, org)
         if state is None:
             raise NotFound(f"campaign {campaign_id} not found")
         domain.ensure_can_target_lists(campaign_id, state)
@@ -273,10 +273,10 @@ async def target_lists(
 
 
 async def untarget_list(
-    pool: asyncpg.Pool, campaign_id: uuid.UUID, list_id: uuid.UUID
+    pool: asyncpg.Pool, campaign_id: uuid.UUID, list_id: uuid.UUID, *, org: uuid.UUID
 ) -> None:
     async with pool.acquire() as conn, conn.transaction():
-        state = await campaigns_repo.lock_campaign_state(conn, campaign_id)
+        state = await campaigns_repo.lock_campaign_state(conn, campaign_id, org)
         if state is None:
             raise NotFound(f"campaign {campaign_id} not found")
         domain.ensure_can_target_lists(campaign_id, state)
@@ -284,8 +284,10 @@ async def untarget_list(
             raise NotFound(f"campaign {campaign_id} does not target list {list_id}")
 
 
-async def lists_of_campaign(pool: asyncpg.Pool, campaign_id: uuid.UUID) -> list[asyncpg.Record]:
+async def lists_of_campaign(
+    pool: asyncpg.Pool, campaign_id: uuid.UUID, *, org: uuid.UUID
+) -> list[asyncpg.Record]:
     async with pool.acquire() as conn:
-        if await campaigns_repo.get_campaign(conn, campaign_id) is None:
+        if await campaigns_repo.get_campaign(conn, campaign_id, org) is None:
             raise NotFound(f"campaign {campaign_id} not found")
         return await repo.lists_of_campaign(conn, campaign_id)

@@ -1,0 +1,83 @@
+"""Who may read progress: the API tokens the scheduler issued, learnt from
+`sendout.identity.v1` (the tracker never calls the scheduler), and the organisation each
+campaign belongs to, learnt from its `started` event."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+
+import asyncpg
+from faststream.kafka import KafkaRouter
+from faststream.kafka.annotations import KafkaBroker, KafkaMessage
+
+from shared import topics
+from shared.auth import Principal, bearer
+from shared.events import IDENTITY, ApiTokenIssued, ApiTokenRevoked
+from shared.kafka import BATCH_CONSUMER, accept_batch, pause_then_reraise
+
+SERVICE = "tracker"
+
+
+async def apply(
+    conn: asyncpg.Connection, events: Sequence[ApiTokenIssued | ApiTokenRevoked]
+) -> None:
+    """Upsert each token's latest state. A revocation wins over any later re-issue of the
+    same hash (the scheduler never re-issues one), so replays cannot revive a token."""
+    for e in events:
+        revoked = isinstance(e, ApiTokenRevoked)
+        await conn.execute(
+            """
+            INSERT INTO api_tokens AS t (token_hash, user_id, organisation_id, user_name,
+                                         revoked_at)
+            VALUES ($1, $2, $3, $4, CASE WHEN $5 THEN $6::timestamptz END)
+            ON CONFLICT (token_hash) DO UPDATE
+            SET revoked_at = coalesce(t.revoked_at, excluded.revoked_at),
+                user_name = CASE WHEN $5 THEN t.user_name ELSE excluded.user_name END,
+                updated_at = now()
+            """,
+            bytes.fromhex(e.token_hash), e.user_id, e.organisation_id,
+            "" if revoked else e.user_name, revoked, e.occurred_at,
+        )
+
+
+def kafka_router(pool: asyncpg.Pool) -> KafkaRouter:
+    router = KafkaRouter()
+
+    @router.subscriber(
+        topics.IDENTITY,
+        group_id="sendout-tracker-identity",
+        max_records=500,
+        description="API tokens issued and revoked by the scheduler.",
+        **BATCH_CONSUMER,
+    )
+    async def on_identity(body: list[bytes], msg: KafkaMessage, broker: KafkaBroker) -> None:
+        try:
+            good = await accept_batch(msg, broker, IDENTITY, service=SERVICE)
+            async with pool.acquire() as conn, conn.transaction():
+                await apply(conn, [e for _, e in good])
+        except Exception as exc:
+            await pause_then_reraise(exc)
+
+    return router
+
+
+def require_user(pool: asyncpg.Pool) -> Callable[..., Awaitable[Principal]]:
+    async def look_up(token_hash: bytes) -> Principal | None:
+        row = await pool.fetchrow(
+            "SELECT user_id, organisation_id, user_name FROM api_tokens "
+            "WHERE token_hash = $1 AND revoked_at IS NULL",
+            token_hash,
+        )
+        return Principal(row["user_id"], row["organisation_id"], row["user_name"]) if row else None
+
+    return bearer(look_up)
+
+
+async def campaign_is_theirs(
+    conn: asyncpg.Connection, campaign_id: uuid.UUID, principal: Principal
+) -> bool:
+    return bool(await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM campaigns WHERE campaign_id = $1 AND organisation_id = $2)",
+        campaign_id, principal.organisation_id,
+    ))

@@ -1,0 +1,46 @@
+"""API tokens as every service checks them: `Authorization: Bearer <token>`, looked up by the
+SHA-256 of the token (tokens are never stored). The scheduler issues tokens; the tracker learns
+them from `sendout.identity.v1`. Each service passes its own lookup."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from fastapi import Header, HTTPException
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller: a user of one organisation. Everything they see or do is scoped to it."""
+
+    user_id: uuid.UUID
+    organisation_id: uuid.UUID
+    name: str
+
+
+LookUp = Callable[[bytes], Awaitable[Principal | None]]
+
+
+def hash_token(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def unauthorized(message: str) -> HTTPException:
+    return HTTPException(401, message, headers={"WWW-Authenticate": "Bearer"})
+
+
+def bearer(look_up: LookUp) -> Callable[..., Awaitable[Principal]]:
+    """A FastAPI dependency: the caller, or 401 with what is wrong."""
+
+    async def authenticated(authorization: str | None = Header(default=None)) -> Principal:
+        if not authorization or not authorization.startswith("Bearer "):
+            raise unauthorized("an API token is required: Authorization: Bearer <token>")
+        principal = await look_up(hash_token(authorization[7:].strip()))
+        if principal is None:
+            raise unauthorized("unknown or revoked API token")
+        return principal
+
+    return authenticated
