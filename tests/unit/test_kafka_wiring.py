@@ -12,6 +12,7 @@ from services.dispatcher.service import AbortRegistry, OptOutRegistry
 from services.scheduler import handlers as scheduler_handlers
 from services.scheduler.service import AbortAcks
 from services.tracker import handlers as tracker_handlers
+from services.tracker import identity, receipts
 from shared import topics
 from shared.events import SEND_REQUESTED, AbortAcknowledged
 from shared.kafka import decode_records
@@ -42,18 +43,19 @@ def _all_routers() -> list[Any]:
             instance="i", max_records=10,
         ),
         tracker_handlers.kafka_router(pool, None, 10),  # type: ignore[arg-type]
+        receipts.kafka_router(pool, 10),
+        identity.kafka_router(pool),
     ]
 
 
-def test_every_topic_but_receipts_has_a_consumer() -> None:
+def test_every_topic_has_a_consumer() -> None:
     consumed = {
         topic
         for router in _all_routers()
         for sub in router.subscribers
         for topic in sub.topic_names
     }
-    # Receipts (delivered / not delivered) arrive with the receipts webhook, not built yet.
-    assert consumed == set(topics.ALL) - {topics.RECEIPTS}
+    assert consumed == set(topics.ALL)
 
 
 async def test_a_poison_lifecycle_record_is_dead_lettered_with_its_error() -> None:
