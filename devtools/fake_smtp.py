@@ -4,14 +4,20 @@ Every message is recorded with its idempotency key (header `X-Sendout-Idempotenc
 tests can check exactly what was and was not sent. Behaviour:
 - `--fail-pattern REGEX`: matching recipients are refused for good (550 at RCPT);
 - `--flaky-pattern REGEX`: the first delivery to a matching recipient gets 451, retries pass.
-HTTP (`--http-port`): GET /requests, GET /stats, POST /reset, GET /health — like the fake HTTP
-provider's. Loopback only; not a product component.
+- `--receipts-url URL --receipts-secret S`: like an email service's event webhook, a signed
+  delivery receipt for every accepted message (its Message-ID is the provider message id) is
+  posted to URL shortly afterwards; `--not-delivered-pattern REGEX` / `--not-delivered-reason`
+  (also through `POST /config`): matching addresses are reported not delivered (e.g. a bounce
+  after acceptance, "mailbox full"). The same poster as the fake HTTP provider's.
+HTTP (`--http-port`): GET /requests, GET /stats, POST /reset, POST /config, GET /health — like
+the fake HTTP provider's. Loopback only; not a product component.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import re
 import socket
 import time
@@ -23,6 +29,8 @@ import uvloop
 from aiohttp import web
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from devtools.fake_provider import Behaviour, ReceiptPoster
+
 
 @dataclass
 class Sink:
@@ -30,6 +38,9 @@ class Sink:
     flaky_pattern: re.Pattern[str] | None = None
     requests: list[dict[str, Any]] = field(default_factory=list)
     flaked: set[str] = field(default_factory=set)
+    # Receipts only (the other fields of the HTTP fake's behaviour are unused here).
+    receipts: Behaviour = field(default_factory=Behaviour)
+    poster: ReceiptPoster | None = None
 
     def _record(self, to: str, status: int, **extra: Any) -> None:
         self.requests.append({"at": time.time(), "channel": "email", "to": to,
@@ -57,13 +68,16 @@ class Sink:
         message = message_from_bytes(envelope.original_content or b"", policy=policy.default)
         body = message.get_body(preferencelist=("plain",))
         text = body.get_content().rstrip("\r\n") if body is not None else ""
+        message_id = str(message["Message-ID"] or "").strip("<>")
         for to in envelope.rcpt_tos:
             self._record(
                 to, 250, subject=str(message["Subject"] or ""), body=text,
                 sender=str(message["From"] or ""),
                 idempotency_key=str(message["X-Sendout-Idempotency-Key"] or ""),
-                id=str(message["Message-ID"] or "").strip("<>"),
+                id=message_id,
             )
+            if self.poster is not None and message_id:
+                self.poster.receipt_for(message_id, to)
         return "250 Message accepted"
 
 
@@ -97,10 +111,31 @@ def http_app(sink: Sink) -> web.Application:
         sink.flaked.clear()
         return web.json_response({"status": "ok"})
 
+    async def configure(request: web.Request) -> web.Response:
+        body = await request.json()
+        b = sink.receipts
+        if "not_delivered_pattern" in body:
+            pattern = body["not_delivered_pattern"]
+            b.not_delivered_pattern = re.compile(pattern) if pattern else None
+        if "not_delivered_reason" in body:
+            b.not_delivered_reason = body["not_delivered_reason"]
+        posted = sink.poster.posted if sink.poster else 0
+        return web.json_response({"receipts_url": b.receipts_url, "receipts_posted": posted})
+
     async def health(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
+    async def receipts_task(app: web.Application) -> Any:
+        sink.poster = ReceiptPoster(sink.receipts)
+        task = asyncio.create_task(sink.poster.run())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
     app = web.Application()
+    app.cleanup_ctx.append(receipts_task)
+    app.router.add_post("/config", configure)
     app.router.add_get("/requests", requests)
     app.router.add_get("/stats", stats)
     app.router.add_post("/reset", reset)
@@ -126,10 +161,20 @@ def main() -> None:
     parser.add_argument("--http-port", type=int, default=8027)
     parser.add_argument("--fail-pattern")
     parser.add_argument("--flaky-pattern")
+    parser.add_argument("--receipts-url")
+    parser.add_argument("--receipts-secret", default="")
+    parser.add_argument("--not-delivered-pattern")
+    parser.add_argument("--not-delivered-reason", default="mailbox full")
     args = parser.parse_args()
     sink = Sink(
         fail_pattern=re.compile(args.fail_pattern) if args.fail_pattern else None,
         flaky_pattern=re.compile(args.flaky_pattern) if args.flaky_pattern else None,
+        receipts=Behaviour(
+            receipts_url=args.receipts_url, receipts_secret=args.receipts_secret,
+            not_delivered_pattern=re.compile(args.not_delivered_pattern)
+            if args.not_delivered_pattern else None,
+            not_delivered_reason=args.not_delivered_reason,
+        ),
     )
     uvloop.run(serve(sink, args.host, args.smtp_port, args.http_port))
 

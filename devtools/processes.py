@@ -226,7 +226,9 @@ def start_sendout(
             smtp_url = procs.start(
                 "fake-smtp",
                 ["-m", "devtools.fake_smtp", "--smtp-port", str(smtp_port),
-                 "--http-port", str(http_port), *patterns],
+                 "--http-port", str(http_port), *patterns,
+                 "--receipts-url", f"http://127.0.0.1:{tracker_port}/receipts",
+                 "--receipts-secret", common["SENDOUT_RECEIPTS_SECRET"]],
                 {}, http_port,
             ).url
             dispatcher_env = {

@@ -274,8 +274,10 @@ def test_opted_out_recipient_never_messaged(sendout: Sendout, http: httpx.Client
     assert r.status_code == 201
     final = wait_for_completion(http, sendout.tracker, cid, timeout=30)
     assert (final["completed"], final["skipped"]) == (1, 2)
+    # The seed's "processed, opted out, sent": 3 pressed SEND, 2 opted out, 1 sent.
     processed = http.get(f"{sendout.scheduler}/campaigns/{cid}").json()["processed"]
-    assert processed == 3  # SEND was pressed for all three; two were opted out
+    assert (processed, final["opted_out"], final["completed"]) == (3, 2, 1)
+    assert final["reasons"]["skipped"] == {"opted_out": 2}
     reasons = _reasons(http, sendout, cid)
     assert reasons[rids[0]] == reasons[rids[1]] == ("skipped", "opted_out")
     assert _texts(http, sendout, phones) == [phones[2]]

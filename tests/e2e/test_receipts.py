@@ -10,6 +10,7 @@ import json
 import random
 import re
 import time
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -82,6 +83,44 @@ def test_sms_receipts_split_completed_into_delivered_and_not_delivered_and_the_r
         else:
             assert (row["delivery"], row["delivery_reason"]) == ("delivered", "")
         datetime.fromisoformat(row["delivered_at"])
+
+
+def test_email_receipts_report_bounces_after_acceptance_with_their_reason(
+    sendout: Sendout, http: httpx.Client
+) -> None:
+    """Email over SMTP: the mail server accepts (250), and the email service's event webhook
+    later reports delivered, or bounced ("mailbox full"), naming the Message-ID we set."""
+    assert sendout.smtp
+    tag = f"rcpt-{uuid.uuid4().hex[:6]}"
+    emails = [f"{tag}-{i}@example.org" for i in range(12)]
+    full = {e for i, e in enumerate(emails) if i % 4 == 0}
+    r = http.post(f"{sendout.scheduler}/campaigns", json={
+        "name": "Email receipts", "channels": ["email"], "subject": "Hi {{ first_name }}",
+        "template": "Vote, {{ first_name }}",
+        "sender": {"name": "Office", "email": "office@example.org"}})
+    cid = str(r.raise_for_status().json()["id"])
+    http.post(f"{sendout.scheduler}/campaigns/{cid}/recipients", json={"recipients": [
+        {"email": e, "first_name": f"V{i}"} for i, e in enumerate(emails)]}).raise_for_status()
+    pattern = "^(" + "|".join(re.escape(e) for e in sorted(full)) + ")$"
+    http.post(f"{sendout.smtp}/config", json={
+        "not_delivered_pattern": pattern, "not_delivered_reason": "mailbox full"}
+    ).raise_for_status()
+    try:
+        http.post(f"{sendout.scheduler}/campaigns/{cid}/send-now").raise_for_status()
+        assert wait_for_completion(http, sendout.tracker, cid)["completed"] == 12
+        p = _wait_for_receipts(http, sendout.tracker, cid)
+    finally:
+        http.post(f"{sendout.smtp}/config", json={"not_delivered_pattern": None})
+    assert (p["delivered"], p["not_delivered"]) == (9, 3)
+    assert p["reasons"]["not_delivered"] == {"mailbox full": 3}
+    assert p["by_channel"]["email"]["not_delivered"] == 3
+
+    rows = list(csv.DictReader(io.StringIO(
+        http.get(f"{sendout.tracker}/campaigns/{cid}/report.csv").text)))
+    assert {row["address"]: (row["delivery"], row["delivery_reason"]) for row in rows} == {
+        e: ("not_delivered", "mailbox full") if e in full else ("delivered", "")
+        for e in emails}
+    assert all(row["provider_message_id"].endswith("@sendout.local") for row in rows)
 
 
 def test_receipts_webhook_rejects_unsigned_badly_signed_and_stale_requests(
