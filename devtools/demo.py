@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 from rich.console import Console
@@ -22,6 +23,9 @@ from devtools.processes import ROOT, start_sendout
 
 FAIL_PATTERN = r"\+bounce@"
 FLAKY_PATTERN = r"\+flaky@"
+# Accepted by the provider, then reported not delivered by its receipt.
+FULL_PATTERN = r"\+full@"
+FULL_REASON = "mailbox full"
 
 
 @dataclass(frozen=True)
@@ -31,13 +35,15 @@ class DemoList:
     expected_completed: int
     expected_failed: int
     expected_skipped: int
+    expected_not_delivered: int
 
 
 def make_recipients(n: int) -> DemoList:
     """Every 50th recipient has no email (skipped), every 40th otherwise bounces at the
-    provider (failed), every 97th fails once and succeeds on retry (completed)."""
+    provider (failed), every 97th fails once and succeeds on retry (completed), and every 30th
+    is accepted but its receipt says "mailbox full" (completed, not delivered)."""
     lines = ["email,first_name,last_name,city"]
-    completed = failed = skipped = 0
+    completed = failed = skipped = full = 0
     for i in range(n):
         if i % 50 == 0:
             email = ""
@@ -48,11 +54,15 @@ def make_recipients(n: int) -> DemoList:
         elif i % 97 == 0:
             email = f"voter{i}+flaky@example.org"
             completed += 1
+        elif i % 30 == 7:
+            email = f"voter{i}+full@example.org"
+            completed += 1
+            full += 1
         else:
             email = f"voter{i}@example.org"
             completed += 1
         lines.append(f"{email},Voter{i},Demo,Aarhus")
-    return DemoList("\n".join(lines) + "\n", n, completed, failed, skipped)
+    return DemoList("\n".join(lines) + "\n", n, completed, failed, skipped, full)
 
 
 def run(n: int, console: Console, email_via: str) -> int:
@@ -81,27 +91,37 @@ def run(n: int, console: Console, email_via: str) -> int:
             ).raise_for_status().json()["added"]
             console.print(f"Campaign {cid}: {added} recipients "
                           f"({demo.expected_skipped} without email, "
-                          f"{demo.expected_failed} that will bounce)")
+                          f"{demo.expected_failed} that will bounce, "
+                          f"{demo.expected_not_delivered} with a full mailbox)")
+            sink = sendout.smtp if email_via == "smtp" else sendout.provider
+            http.post(f"{sink}/config", json={"not_delivered_pattern": FULL_PATTERN,
+                                              "not_delivered_reason": FULL_REASON})
             t0 = time.monotonic()
             http.post(f"{sendout.scheduler}/campaigns/{cid}/send-now").raise_for_status()
             final = watch(http, sendout.tracker, cid, demo.total, console)
             wall = time.monotonic() - t0
-            sink = sendout.smtp if email_via == "smtp" else sendout.provider
+            final = wait_receipts(http, sendout.tracker, cid, final)
             stats = http.get(f"{sink}/requests", params={"limit": 1_000_000}).json()["requests"]
             scheduler_state = wait_scheduler_completed(http, sendout.scheduler, cid)
     finally:
         sendout.processes.stop()
 
     table = Table(title="Final counts")
-    for col in ("", "total", "pending", "completed", "failed", "skipped"):
-        table.add_column(col, justify="right")
-    table.add_row("progress", *(str(final[k]) for k in
-                                ("total", "pending", "completed", "failed", "skipped")))
+    keys = ("total", "pending", "completed", "failed", "skipped", "delivered", "not_delivered")
+    for col in ("", *keys):
+        table.add_column(col.replace("_", " "), justify="right")
+    table.add_row("progress", *(str(final[k]) for k in keys))
     table.add_row("expected", str(demo.total), "0", str(demo.expected_completed),
-                  str(demo.expected_failed), str(demo.expected_skipped))
+                  str(demo.expected_failed), str(demo.expected_skipped),
+                  str(demo.expected_completed - demo.expected_not_delivered),
+                  str(demo.expected_not_delivered))
     console.print(table)
     console.print(f"Wall time from 'Send out now' to nothing pending: {wall:.2f} s "
                   f"({demo.total / wall:,.0f} recipients/s)")
+    reasons = final["reasons"]
+    console.print(f"Receipts: [green]delivered {final['delivered']}[/] · [red]not delivered "
+                  f"{final['not_delivered']}[/] {reasons['not_delivered']}")
+    console.print(f"Reasons: failed {reasons['failed']} · skipped {reasons['skipped']}")
     accepted = [r for r in stats if r["status"] in (202, 250)]
     distinct = len({r["idempotency_key"] for r in accepted})
     console.print(f"{'SMTP sink' if email_via == 'smtp' else 'Fake email API'}: "
@@ -115,6 +135,8 @@ def run(n: int, console: Console, email_via: str) -> int:
         and final["completed"] == demo.expected_completed
         and final["failed"] == demo.expected_failed
         and final["skipped"] == demo.expected_skipped
+        and final["not_delivered"] == demo.expected_not_delivered
+        and final["delivered"] == demo.expected_completed - demo.expected_not_delivered
         and len(accepted) == distinct == demo.expected_completed
         and scheduler_state == "completed"
     )
@@ -124,7 +146,7 @@ def run(n: int, console: Console, email_via: str) -> int:
 
 
 def watch(http: httpx.Client, tracker: str, cid: str, total: int, console: Console,
-          timeout: float = 600.0) -> dict[str, int]:
+          timeout: float = 600.0) -> dict[str, Any]:
     columns = (
         TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
         TextColumn("pending {task.fields[pending]} · [green]completed {task.fields[sent]}"
@@ -150,6 +172,17 @@ def watch(http: httpx.Client, tracker: str, cid: str, total: int, console: Conso
             if time.monotonic() > deadline:
                 raise TimeoutError(f"campaign {cid} still pending after {timeout}s: {r.text}")
             time.sleep(0.1)
+
+
+def wait_receipts(http: httpx.Client, tracker: str, cid: str, final: dict[str, Any],
+                  timeout: float = 30.0) -> dict[str, Any]:
+    """Receipts come shortly after the messages: progress once every sent one has its own."""
+    deadline = time.monotonic() + timeout
+    while final["delivered"] + final["not_delivered"] < final["completed"] \
+            and time.monotonic() < deadline:
+        time.sleep(0.2)
+        final = http.get(f"{tracker}/campaigns/{cid}/progress").raise_for_status().json()
+    return final
 
 
 def wait_scheduler_completed(http: httpx.Client, scheduler: str, cid: str) -> str:
