@@ -34,6 +34,25 @@ async def save_offsets(conn: asyncpg.Connection, topic: str, next_offsets: dict[
     )
 
 
+# Key space of the per-campaign advisory locks (pg_advisory_xact_lock(int, int)).
+_CAMPAIGN_LOCKS = 0x5E0D
+
+
+async def lock_campaigns(conn: asyncpg.Connection, campaign_ids: Sequence[uuid.UUID]) -> None:
+    """Lock the campaigns a transaction will touch, in one order for every transaction.
+
+    An outcome batch writes counters, then the campaign's state; a lifecycle batch writes the
+    state, then the totals. Without a common order the two deadlock now and then (PostgreSQL
+    aborts one, and it is redelivered); taking these locks first, sorted, they queue instead.
+    """
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock($1, k) "
+        "FROM (SELECT DISTINCT hashtext(id::text) AS k FROM unnest($2::uuid[]) AS id "
+        "      ORDER BY 1) AS keys",
+        _CAMPAIGN_LOCKS, list(campaign_ids),
+    )
+
+
 async def apply_outcomes(
     conn: asyncpg.Connection, outcomes: Sequence[Outcome]
 ) -> list[uuid.UUID]:

@@ -58,6 +58,7 @@ async def apply_outcomes(
         applied = await repo.applied_offsets(conn, topic)
         fresh = _not_yet_applied(records, applied)
         if fresh:
+            await repo.lock_campaigns(conn, [o.campaign_id for o in fresh])
             moved = await repo.apply_outcomes(conn, fresh)
             # Receipts that overtook these outcomes were parked; they count now.
             await receipts_repo.apply_pending(
@@ -74,6 +75,7 @@ async def apply_lifecycle(
     if not relevant:
         return
     async with pool.acquire() as conn, conn.transaction():
+        await repo.lock_campaigns(conn, [e.campaign_id for e in relevant])
         for event in relevant:
             if isinstance(event, CampaignStarted):
                 await repo.apply_started(conn, event)
