@@ -225,43 +225,42 @@ def http_router(deps: Deps, user: Any) -> APIRouter:
 
     admin = [Depends(auth.require_admin(deps.settings.admin_token))]
 
+    def user_view(user: Principal, **extra: Any) -> dict[str, Any]:
+        return {"user_id": str(user.user_id), "organisation_id": str(user.organisation_id),
+                "name": user.name, **extra}
+
+    async def user_or_404(conn: asyncpg.Connection, user_id: uuid.UUID) -> Principal:
+        user = await repo.get_user(conn, user_id)
+        if user is None:
+            raise domain.NotFound(f"user {user_id} not found")
+        return user
+
     @router.post("/admin/users", status_code=201, tags=["admin"], dependencies=admin)
     async def create_user(cmd: domain.CreateUser) -> dict[str, Any]:
         """Creates the organisation if new, and the user (or, for an existing user, a further
         token); the API token is shown only here."""
         async with pool.acquire() as conn, conn.transaction():
             org = await repo.ensure_organisation(conn, cmd.organisation)
-            user_id = await repo.upsert_user(conn, org, cmd.name)
-            token = await service.issue_token(
-                conn, auth.Principal(user_id, org, cmd.name), deps.publish_identity)
-        return {"user_id": str(user_id), "organisation_id": str(org), "name": cmd.name,
-                "token": token}
+            user = Principal(await repo.upsert_user(conn, org, cmd.name), org, cmd.name)
+            token = await service.issue_token(conn, user, deps.publish_identity)
+        return user_view(user, token=token)
 
     @router.post("/admin/users/{user_id}/tokens", status_code=201, tags=["admin"],
                  dependencies=admin)
     async def add_token(user_id: uuid.UUID) -> dict[str, Any]:
         """A further token for the user (e.g. to rotate: add, switch, then revoke the old)."""
         async with pool.acquire() as conn, conn.transaction():
-            row = await repo.get_user(conn, user_id)
-            if row is None:
-                raise domain.NotFound(f"user {user_id} not found")
-            token = await service.issue_token(
-                conn, auth.Principal(row["id"], row["organisation_id"], row["name"]),
-                deps.publish_identity)
-        return {"user_id": str(user_id), "organisation_id": str(row["organisation_id"]),
-                "name": row["name"], "token": token}
+            user = await user_or_404(conn, user_id)
+            token = await service.issue_token(conn, user, deps.publish_identity)
+        return user_view(user, token=token)
 
     @router.delete("/admin/users/{user_id}/tokens", tags=["admin"], dependencies=admin)
     async def revoke_tokens(user_id: uuid.UUID) -> dict[str, Any]:
         """Revoke every token of the user, in every service."""
         async with pool.acquire() as conn, conn.transaction():
-            row = await repo.get_user(conn, user_id)
-            if row is None:
-                raise domain.NotFound(f"user {user_id} not found")
-            revoked = await service.revoke_tokens(
-                conn, auth.Principal(row["id"], row["organisation_id"], row["name"]),
-                deps.publish_identity)
-        return {"user_id": str(user_id), "revoked": revoked}
+            user = await user_or_404(conn, user_id)
+            revoked = await service.revoke_tokens(conn, user, deps.publish_identity)
+        return user_view(user, revoked=revoked)
 
     # --- peer to peer ------------------------------------------------------------------------
 

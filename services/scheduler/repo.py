@@ -411,10 +411,11 @@ async def upsert_user(conn: asyncpg.Connection, organisation_id: uuid.UUID, name
     )
 
 
-async def get_user(conn: asyncpg.Connection, user_id: uuid.UUID) -> asyncpg.Record | None:
-    return await conn.fetchrow(
+async def get_user(conn: asyncpg.Connection, user_id: uuid.UUID) -> Principal | None:
+    row = await conn.fetchrow(
         "SELECT id, organisation_id, name FROM users WHERE id = $1 FOR UPDATE", user_id
     )
+    return Principal(row["id"], row["organisation_id"], row["name"]) if row else None
 
 
 async def insert_token(conn: asyncpg.Connection, user_id: uuid.UUID, token_hash: bytes) -> None:

@@ -6,6 +6,7 @@ covered (or fails this test) without anyone remembering to list it here.
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -169,3 +170,34 @@ class _AnyId(dict[str, Any]):
 
     def __missing__(self, key: str) -> str:
         return "1" if key in ("voter_id", "recipient_id") else str(uuid.uuid4())
+
+
+def test_tokens_can_be_added_and_revoked_and_revocation_reaches_the_tracker(
+    sendout: Sendout,
+) -> None:
+    admin = {"X-Sendout-Admin-Token": sendout.admin_token}
+    user = sendout.new_user(f"Org R {uuid.uuid4().hex[:8]}", "rotating")
+    s, t = sendout.scheduler, sendout.tracker
+    r = httpx.post(f"{s}/admin/users/{user['user_id']}/tokens", headers=admin)
+    assert r.status_code == 201, r.text
+    second = r.json()
+    assert second["token"] != user["token"] and second["user_id"] == user["user_id"]
+    sendout.wait_token_known(second["token"])
+    for token in (user["token"], second["token"]):
+        assert httpx.get(f"{s}/campaigns", headers={"Authorization": f"Bearer {token}"}) \
+            .status_code == 200
+    # Without the admin token nothing changes.
+    assert httpx.delete(f"{s}/admin/users/{user['user_id']}/tokens").status_code == 401
+    assert httpx.delete(f"{s}/admin/users/{uuid.uuid4()}/tokens",
+                        headers=admin).status_code == 404
+
+    r = httpx.delete(f"{s}/admin/users/{user['user_id']}/tokens", headers=admin)
+    assert r.status_code == 200 and r.json()["revoked"] == 2, r.text
+    for token in (user["token"], second["token"]):
+        auth = {"Authorization": f"Bearer {token}"}
+        assert httpx.get(f"{s}/campaigns", headers=auth).status_code == 401
+        # The tracker learns the revocation from Kafka: within moments.
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{t}/voters/0/history", headers=auth).status_code != 401:
+            assert time.monotonic() < deadline, "the tracker still accepts a revoked token"
+            time.sleep(0.05)
