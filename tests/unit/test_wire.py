@@ -1,0 +1,230 @@
+"""The msgspec mirrors of the hot events (shared.wire) against the pydantic schema
+(shared.events): same fields, same accepted records, same refusals; and the hand-made fast
+paths next to the library functions they replace."""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+from typing import Any
+
+import msgspec
+import pytest
+from aiokafka.partitioner import murmur2 as aiokafka_murmur2
+from pydantic import BaseModel, ValidationError
+
+from services.dispatcher import domain as dispatcher_domain
+from services.scheduler import domain as scheduler_domain
+from shared import events, wire
+from shared.kafka import decode_records, murmur2
+from tests.factories import outcome, send_requested
+
+MIRRORS: list[tuple[type[msgspec.Struct], type[BaseModel]]] = [
+    (wire.SendRequested, events.SendRequested),
+    (wire.TemplateRef, events.TemplateRef),
+    (wire.MessageSent, events.MessageSent),
+    (wire.MessageFailed, events.MessageFailed),
+    (wire.MessageSkipped, events.MessageSkipped),
+]
+
+
+@pytest.mark.parametrize(("struct", "model"), MIRRORS, ids=lambda t: t.__name__)
+def test_each_mirror_has_the_models_fields_requiredness_and_defaults(
+    struct: type[msgspec.Struct], model: type[BaseModel]
+) -> None:
+    fields = {f.name: f for f in msgspec.structs.fields(struct)}
+    model_fields = dict(model.model_fields)
+    tag = struct.__struct_config__.tag
+    if tag is not None:  # the outcomes' `type` is the msgspec tag, not a field
+        assert model_fields.pop("type").default == tag
+    assert set(fields) == set(model_fields)
+    for name, info in model_fields.items():
+        mine = fields[name]
+        assert mine.required == info.is_required(), name
+        if info.default_factory is not None:
+            assert mine.default_factory is not msgspec.NODEFAULT, name
+            assert type(mine.default_factory()) is type(info.default_factory()), name
+        elif not info.is_required():
+            assert mine.default == info.default, name
+
+
+def _request_bytes() -> list[bytes]:
+    """What our scheduler produces: recipients with and without addresses, voters, skips."""
+    cid = uuid.uuid4()
+    ref = events.TemplateRef(id=uuid.uuid4(), version=3)
+    rows = [
+        {"id": 1, "email": "a@x.org", "email_invalid": False, "phone": "+4511223344",
+         "phone_invalid": False, "first_name": "Åse", "last_name": 'O"Neil\\',
+         "attributes": {"city": "Aarhus", "n": 3, "tags": ["a", None], "ok": True}},
+        {"id": 2**40, "email": None, "email_invalid": False, "phone": "12", "phone_invalid": True,
+         "first_name": None, "last_name": None, "attributes": None, "voter_id": 42},
+    ]
+    return [
+        scheduler_domain.send_requested_for(campaign_id=cid, channel=channel, template=ref,
+                                            row=row, opted_out={"+4511223344"}).to_bytes()
+        for row in rows for channel in ("email", "sms")
+    ] + [send_requested(voter_id=7, skip_reason=None).to_bytes()]  # pydantic-produced, too
+
+
+def _same(struct: Any, model: BaseModel) -> None:
+    for name in type(model).model_fields:
+        if name == "type" and struct.__struct_config__.tag is not None:
+            continue
+        mine, theirs = getattr(struct, name), getattr(model, name)
+        if isinstance(theirs, BaseModel):
+            _same(mine, theirs)
+        else:
+            assert mine == theirs, name
+
+
+@pytest.mark.parametrize("data", _request_bytes())
+def test_our_send_requests_decode_the_same_both_ways(data: bytes) -> None:
+    model = events.SEND_REQUESTED.validate_json(data)
+    _same(wire.decode_send_requested(data), model)
+    assert events.SEND_REQUESTED.validate_json(wire.encode(wire.decode_send_requested(data))) \
+        == model
+
+
+def _outcome_bytes() -> list[bytes]:
+    req = wire.decode_send_requested(_request_bytes()[0])
+    ours = [dispatcher_domain.sent(req, "p-1"), dispatcher_domain.failed(req, "HTTP 422: x"),
+            dispatcher_domain.skipped(req, "opted_out")]
+    cid = uuid.uuid4()
+    theirs = [outcome(cid, 1, status) for status in ("completed", "failed", "skipped")]
+    return [o.to_bytes() for o in [*ours, *theirs]]
+
+
+@pytest.mark.parametrize("data", _outcome_bytes())
+def test_our_outcomes_decode_the_same_both_ways(data: bytes) -> None:
+    model = events.OUTCOME.validate_json(data)
+    mine = wire.decode_outcome(data)
+    _same(mine, model)
+    assert mine.status == model.status
+    assert events.OUTCOME.validate_json(mine.to_bytes()) == model
+
+
+def _patched(data: bytes, **patch: Any) -> bytes:
+    return json.dumps(json.loads(data) | patch).encode()
+
+
+REQUEST = send_requested().to_bytes()
+# Records the schema refuses: each must raise pydantic's error (→ DLQ), never decode.
+REFUSED = {
+    "not json": b"{not json",
+    "not an object": b"[1, 2]",
+    "trailing bytes": REQUEST + b"x",
+    "invalid utf-8": b'{"a": "\xff"}',
+    "no campaign": json.dumps({k: v for k, v in json.loads(REQUEST).items()
+                               if k != "campaign_id"}).encode(),
+    "no address key": json.dumps({k: v for k, v in json.loads(REQUEST).items()
+                                  if k != "address"}).encode(),
+    "bad channel": _patched(REQUEST, channel="fax"),
+    "schema version 2": _patched(REQUEST, schema_version=2),
+    "schema version as text": _patched(REQUEST, schema_version="1"),
+    "fractional recipient id": _patched(REQUEST, recipient_id=4.5),
+    "text recipient id": _patched(REQUEST, recipient_id="abc"),
+    "bad uuid": _patched(REQUEST, event_id="not-a-uuid"),
+    "bad datetime": _patched(REQUEST, occurred_at="2026-11-23T25:00:00Z"),
+    "leap second": _patched(REQUEST, occurred_at="2026-12-31T23:59:60Z"),
+    "variables not an object": _patched(REQUEST, variables=[]),
+    "address not text": _patched(REQUEST, address=5),
+    "another event's type": _patched(REQUEST, type="sent"),
+    "template without id": _patched(REQUEST, template={"version": 1}),
+}
+
+
+@pytest.mark.parametrize("data", REFUSED.values(), ids=REFUSED.keys())
+def test_what_the_schema_refuses_the_fast_decoder_refuses_with_pydantics_error(
+    data: bytes,
+) -> None:
+    with pytest.raises(ValidationError):
+        events.SEND_REQUESTED.validate_json(data)
+    with pytest.raises(ValidationError):
+        wire.decode_send_requested(data)
+
+
+OUTCOME = outcome(uuid.uuid4(), 1).to_bytes()
+REFUSED_OUTCOMES = {
+    "no type": json.dumps({k: v for k, v in json.loads(OUTCOME).items()
+                           if k != "type"}).encode(),
+    "unknown type": _patched(OUTCOME, type="bounced"),
+    "a send request": REQUEST,
+    "schema version 2": _patched(OUTCOME, schema_version=2),
+    "no recipient": json.dumps({k: v for k, v in json.loads(OUTCOME).items()
+                                if k != "recipient_id"}).encode(),
+    "garbage": b"garbage",
+}
+
+
+@pytest.mark.parametrize("data", REFUSED_OUTCOMES.values(), ids=REFUSED_OUTCOMES.keys())
+def test_outcomes_the_schema_refuses_are_refused(data: bytes) -> None:
+    with pytest.raises(ValidationError):
+        events.OUTCOME.validate_json(data)
+    with pytest.raises(ValidationError):
+        wire.decode_outcome(data)
+
+
+# Valid for the schema but not for msgspec's stricter reading: accepted through pydantic.
+LAX = {
+    "numeric text id": _patched(REQUEST, recipient_id="42"),
+    "float id": _patched(REQUEST, recipient_id=42.0),
+    "date only": _patched(REQUEST, occurred_at="2026-11-23"),
+    "epoch seconds": _patched(REQUEST, occurred_at=1_700_000_000),
+    "urn uuid": _patched(REQUEST, campaign_id=f"urn:uuid:{uuid.uuid4()}"),
+    "schema version 1.0": _patched(REQUEST, schema_version=1.0),
+    # Valid for both readings alike.
+    "naive datetime": _patched(REQUEST, occurred_at="2026-11-23T10:00:00"),
+    "offset datetime": _patched(REQUEST, occurred_at="2026-11-23T10:00:00+02:00"),
+    "uuid without hyphens": _patched(REQUEST, campaign_id=uuid.uuid4().hex),
+    "unknown field": _patched(REQUEST, priority="high"),
+    "no optional fields": json.dumps({k: v for k, v in json.loads(REQUEST).items() if k in (
+        "campaign_id", "recipient_id", "channel", "address", "template")}).encode(),
+}
+
+
+@pytest.mark.parametrize("data", LAX.values(), ids=LAX.keys())
+def test_what_the_schema_accepts_the_fast_decoder_accepts_alike(data: bytes) -> None:
+    model = events.SEND_REQUESTED.validate_json(data)
+    mine = wire.decode_send_requested(data)
+    for name in ("campaign_id", "recipient_id", "channel", "address", "variables",
+                 "schema_version", "voter_id", "skip_reason"):
+        assert getattr(mine, name) == getattr(model, name), name
+    if "occurred_at" in json.loads(data):
+        assert mine.occurred_at == model.occurred_at
+
+
+def test_a_poison_record_among_good_ones_is_set_aside_with_the_schemas_error() -> None:
+    class Record:
+        def __init__(self, value: bytes) -> None:
+            self.value = value
+
+    good, bad = decode_records(
+        [Record(REQUEST), Record(REFUSED["bad channel"]), Record(b"{not json")],
+        wire.decode_send_requested,
+    )
+    assert [str(e.event_id) for _, e in good] == [json.loads(REQUEST)["event_id"]]
+    assert len(bad) == 2 and all(b.error.startswith("ValidationError") for b in bad)
+
+
+def test_murmur2_is_kafkas() -> None:
+    rng = random.Random(6)
+    keys = [rng.randbytes(n) for n in range(40) for _ in range(50)]
+    keys += [str(i).encode() for i in range(0, 10**7, 9973)] + [uuid.uuid4().bytes]
+    assert [murmur2(k) for k in keys] == [aiokafka_murmur2(k) for k in keys]
+
+
+def test_uuid5_is_the_standard_librarys() -> None:
+    ns = uuid.uuid4()
+    for name in ("", "a", f"{uuid.uuid4()}:12345:email", "æøå"):
+        mine, theirs = wire.uuid5(ns, name), uuid.uuid5(ns, name)
+        assert (mine, str(mine), hash(mine), mine.version) == (
+            theirs, str(theirs), hash(theirs), theirs.version)
+
+
+def test_event_ids_are_distinct_random_version_4_uuids() -> None:
+    ids = wire.EventIds()
+    drawn = [ids.next() for _ in range(1000)]
+    assert len(set(drawn)) == 1000
+    assert {(u.version, u.variant) for u in drawn} == {(4, uuid.RFC_4122)}
+    assert all(uuid.UUID(str(u)) == u and uuid.UUID(bytes=u.bytes) == u for u in drawn)
