@@ -13,7 +13,6 @@ from shared import topics
 from shared.events import (
     LIFECYCLE,
     OPTED_OUT,
-    SEND_REQUESTED,
     AbortAcknowledged,
     CampaignAborted,
     CampaignStarted,
@@ -25,8 +24,10 @@ from shared.kafka import (
     decode_records,
     pause_then_reraise,
     publish_all,
+    publish_encoded,
     records_of,
 )
+from shared.wire import decode_send_requested
 
 SERVICE = "dispatcher"
 
@@ -53,11 +54,12 @@ def kafka_router(
     )
     async def on_send_requested(body: list[bytes], msg: KafkaMessage, broker: KafkaBroker) -> None:
         try:
-            good = await accept_batch(msg, broker, SEND_REQUESTED, service=SERVICE)
-            outcomes = await dispatcher.dispatch([event for _, event in good])
+            good = await accept_batch(msg, broker, decode_send_requested, service=SERVICE)
+            outcomes = await dispatcher.dispatch_encoded([event for _, event in good])
             # Outcomes are acknowledged by Kafka before this returns and the offsets commit.
-            await publish_all(
-                outcomes_pub, [(o.campaign_id.bytes, o) for o in outcomes], service=SERVICE
+            await publish_encoded(
+                outcomes_pub, [(o.campaign_id.bytes, data) for o, data in outcomes],
+                service=SERVICE,
             )
         except Exception as exc:
             await pause_then_reraise(exc)

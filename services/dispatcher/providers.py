@@ -51,10 +51,18 @@ class Provider(Protocol):
 
 
 class NoopProvider:
-    """Accepts everything at once. For benchmarks and dry runs: nothing leaves the process."""
+    """Accepts everything at once. For benchmarks and dry runs: nothing leaves the process.
+
+    Message ids are unique without a uuid4 per message: a random prefix per instance and a
+    counter."""
+
+    def __init__(self) -> None:
+        self._prefix = uuid.uuid4().hex
+        self._sent = 0
 
     async def send(self, message: OutgoingMessage) -> str:
-        return f"noop-{uuid.uuid4().hex}"
+        self._sent += 1
+        return f"noop-{self._prefix}-{self._sent}"
 
     async def close(self) -> None:
         return None

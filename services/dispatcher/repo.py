@@ -8,15 +8,9 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from services.dispatcher.domain import CampaignTemplate, Outcome
-from shared.events import (
-    OUTCOME,
-    AddressOptedOut,
-    CampaignStarted,
-    ChannelTemplate,
-    SenderInfo,
-    SendRequested,
-)
+from services.dispatcher.domain import CampaignTemplate, Outcome, Request
+from shared.events import AddressOptedOut, CampaignStarted, ChannelTemplate, SenderInfo
+from shared.wire import decode_outcome
 
 
 async def save_template(conn: asyncpg.Connection, event: CampaignStarted) -> None:
@@ -81,7 +75,7 @@ async def settled_count(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> int
 
 
 async def claim(
-    conn: asyncpg.Connection, requests: Sequence[SendRequested]
+    conn: asyncpg.Connection, requests: Sequence[Request]
 ) -> dict[tuple[uuid.UUID, int, str], Outcome]:
     """Claim every request's dedupe key; return the outcomes already recorded for some of them.
 
@@ -107,12 +101,15 @@ async def claim(
         [r.channel for r in requests], [r.event_id for r in requests],
     )
     return {
-        (r["campaign_id"], r["recipient_id"], r["channel"]): OUTCOME.validate_json(r["outcome"])
+        (r["campaign_id"], r["recipient_id"], r["channel"]): decode_outcome(r["outcome"])
         for r in rows
     }
 
 
-async def record_outcomes(conn: asyncpg.Connection, outcomes: Sequence[Outcome]) -> None:
+async def record_outcomes(
+    conn: asyncpg.Connection, outcomes: Sequence[tuple[Outcome, bytes]]
+) -> None:
+    """Store each outcome's JSON as it will be published."""
     await conn.execute(
         """
         UPDATE deliveries d SET outcome = v.outcome, done_at = now()
@@ -121,10 +118,10 @@ async def record_outcomes(conn: asyncpg.Connection, outcomes: Sequence[Outcome])
         WHERE d.campaign_id = v.campaign_id AND d.recipient_id = v.recipient_id
           AND d.channel = v.channel AND d.outcome IS NULL
         """,
-        [o.campaign_id for o in outcomes],
-        [o.recipient_id for o in outcomes],
-        [o.channel for o in outcomes],
-        [o.model_dump_json() for o in outcomes],
+        [o.campaign_id for o, _ in outcomes],
+        [o.recipient_id for o, _ in outcomes],
+        [o.channel for o, _ in outcomes],
+        [data.decode() for _, data in outcomes],
     )
 
 

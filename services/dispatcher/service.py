@@ -14,14 +14,14 @@ from typing import Generic, TypeVar
 import asyncpg
 
 from services.dispatcher import domain, repo
-from services.dispatcher.domain import CampaignTemplate, Outcome
+from services.dispatcher.domain import CampaignTemplate, Outcome, Request
 from services.dispatcher.providers import (
     OutgoingMessage,
     PermanentProviderError,
     Provider,
     RetryableProviderError,
 )
-from shared.events import Channel, SendRequested
+from shared.events import Channel
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -96,17 +96,21 @@ class Dispatcher:
         self._backoff = retry_backoff_seconds
         self._templates: dict[uuid.UUID, CampaignTemplate] = {}
 
-    async def dispatch(self, requests: Sequence[SendRequested]) -> list[Outcome]:
+    async def dispatch(self, requests: Sequence[Request]) -> list[Outcome]:
         """Outcomes for every distinct request of the batch (re-reported if settled before)."""
+        return [outcome for outcome, _ in await self.dispatch_encoded(requests)]
+
+    async def dispatch_encoded(self, requests: Sequence[Request]) -> list[tuple[Outcome, bytes]]:
+        """`dispatch`, each outcome with its JSON: the bytes recorded are the bytes to publish."""
         unique = list({domain.dedupe_key(r): r for r in requests}.values())
         async with self._pool.acquire() as conn:
             await self._ensure_templates(conn, {r.campaign_id for r in unique})
             settled = await repo.claim(conn, unique)
-        to_send = [r for r in unique if domain.dedupe_key(r) not in settled]
+        to_send = [r for r in unique if domain.dedupe_key(r) not in settled] if settled else unique
         # Requests settled without a provider call (aborted, no address, template error) need
         # no task of their own; the others are sent concurrently.
         fresh: list[Outcome] = []
-        calls: list[tuple[SendRequested, OutgoingMessage]] = []
+        calls: list[tuple[Request, OutgoingMessage]] = []
         for req in to_send:
             ready = self._prepare(req)
             if isinstance(ready, OutgoingMessage):
@@ -114,13 +118,14 @@ class Dispatcher:
             else:
                 fresh.append(ready)
         fresh.extend(await self._send_all(calls))
-        if fresh:
+        encoded = [(o, o.to_bytes()) for o in fresh]
+        if encoded:
             async with self._pool.acquire() as conn:
-                await repo.record_outcomes(conn, fresh)
-        return [*settled.values(), *fresh]
+                await repo.record_outcomes(conn, encoded)
+        return [*((o, o.to_bytes()) for o in settled.values()), *encoded]
 
     async def _send_all(
-        self, calls: Sequence[tuple[SendRequested, OutgoingMessage]]
+        self, calls: Sequence[tuple[Request, OutgoingMessage]]
     ) -> list[Outcome]:
         """Send concurrently through at most `concurrency` workers sharing one queue, each
         holding one of the process's provider-call slots while it works: a task and a semaphore
@@ -148,7 +153,7 @@ class Dispatcher:
         if unknown:
             raise TemplateNotYetKnown(f"no started event seen yet for campaigns {unknown}")
 
-    def _prepare(self, req: SendRequested) -> Outcome | OutgoingMessage:
+    def _prepare(self, req: Request) -> Outcome | OutgoingMessage:
         """The message to send for a request, or its outcome if nothing is to be sent."""
         if req.campaign_id in self._aborts:
             return domain.skipped(req, "aborted")
@@ -166,15 +171,11 @@ class Dispatcher:
         except domain.RenderError as exc:
             return domain.failed(req, str(exc))
         return OutgoingMessage(
-            channel=req.channel,
-            to=req.address,
-            sender=domain.sender_address(campaign.sender, req.channel),
-            subject=subject,
-            body=body,
-            idempotency_key=str(req.event_id),
+            req.channel, req.address, campaign.sender_address(req.channel), subject, body,
+            str(req.event_id),
         )
 
-    async def _send(self, req: SendRequested, message: OutgoingMessage) -> Outcome:
+    async def _send(self, req: Request, message: OutgoingMessage) -> Outcome:
         """One message's provider calls (with retries); the caller holds a provider-call slot."""
         provider = self._providers[req.channel]
         for attempt in range(1, self._max_attempts + 1):

@@ -4,6 +4,7 @@ from contextlib import asynccontextmanager
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from jinja2.exceptions import UndefinedError
 
 from services.dispatcher import domain
 from services.dispatcher.providers import (
@@ -103,3 +104,48 @@ async def test_rate_limiter_spaces_out_calls() -> None:
         await limiter.acquire()
     # 50 tokens at once, then 10 more at 50/s: at least ~0.2 s.
     assert time.monotonic() - start >= 0.18
+
+
+_JINJA = domain._ENV  # the sandboxed environment every template used to be rendered by alone
+PLAIN_TEMPLATES = [
+    "Hello {{ first_name }} {{ last_name }}, polls open at 8:00.",
+    "{{first_name}}{{last_name}}",
+    "no variables at all",
+    "",
+    "line one\n{{ first_name }}\n",  # Jinja drops one trailing newline
+    "  {{- first_name -}}  ! {# a comment #}{% raw %}{{ raw }}{% endraw %}",
+    "{{ n }} {{ flag }} {{ nothing }} {{ items }} {{ city }}",
+]
+VARIABLES = {"first_name": "Åse", "last_name": "<b>&amp;</b>", "n": 3.5, "flag": True,
+             "nothing": None, "items": [1, {"a": "b"}], "city": "Aarhus"}
+
+
+@pytest.mark.parametrize("text", PLAIN_TEMPLATES)
+def test_text_and_variable_templates_render_as_the_sandbox_renders_them(text: str) -> None:
+    assert domain._plain_parts(_JINJA.parse(text)) is not None  # the fast path is taken
+    assert domain.render(text, VARIABLES) == _JINJA.from_string(text).render(**VARIABLES)
+
+
+@pytest.mark.parametrize("text", ["Hi {{ first_name }} {{ last_name }}", "{{ last_name }}"])
+def test_a_missing_variable_fails_with_the_sandboxs_reason(text: str) -> None:
+    with pytest.raises(UndefinedError) as jinja:
+        _JINJA.from_string(text).render(first_name="Ada")
+    with pytest.raises(domain.RenderError) as ours:
+        domain.render(text, {"first_name": "Ada"})
+    assert str(ours.value) == f"template_error: {jinja.value}" == \
+        "template_error: 'last_name' is undefined"
+
+
+@pytest.mark.parametrize("text", [
+    "{{ first_name | upper }}", "{{ user.name }}", "{{ names[0] }}", "{{ range(3) | list }}",
+    "{% if vip %}Dear{% endif %} {{ first_name }}", "{{ self }}", "{{ first_name ~ '!' }}",
+])
+def test_templates_doing_more_than_output_variables_go_through_the_sandbox(text: str) -> None:
+    assert domain._plain_parts(_JINJA.parse(text)) is None
+    variables = {"first_name": "ada", "user": {"name": "Ada"}, "names": ["Ada"], "vip": True}
+    assert domain.render(text, variables) == _JINJA.from_string(text).render(**variables)
+
+
+def test_the_sandbox_still_guards_templates_off_the_plain_path() -> None:
+    with pytest.raises(domain.RenderError, match="unsafe"):
+        domain.render("{{ first_name.__class__.__mro__ }}", {"first_name": "Ada"})
