@@ -14,12 +14,13 @@ from services.tracker import repo, service
 from services.tracker.service import PublishCompleted
 from shared import topics
 from shared.auth import Principal
-from shared.events import LIFECYCLE, OUTCOME
+from shared.events import LIFECYCLE
 from shared.kafka import (
     BATCH_CONSUMER,
     accept_batch,
     pause_then_reraise,
 )
+from shared.wire import decode_outcome
 
 SERVICE = "tracker"
 
@@ -38,7 +39,7 @@ def kafka_router(
     )
     async def on_outcomes(body: list[bytes], msg: KafkaMessage, broker: KafkaBroker) -> None:
         try:
-            good = await accept_batch(msg, broker, OUTCOME, service=SERVICE)
+            good = await accept_batch(msg, broker, decode_outcome, service=SERVICE)
             await service.apply_outcomes(pool, topics.OUTCOMES, good, publish_completed)
         except Exception as exc:
             await pause_then_reraise(exc)

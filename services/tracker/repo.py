@@ -10,9 +10,10 @@ from typing import Any
 import asyncpg
 
 from services.tracker.domain import Counts, Progress, Reasons
-from shared.events import CampaignStarted, MessageFailed, MessageSent, MessageSkipped
+from shared.events import CampaignStarted
+from shared.wire import Outcome  # the msgspec mirror of the outcome events (duck-typed alike)
 
-Outcome = MessageSent | MessageFailed | MessageSkipped
+__all__ = ["Outcome"]
 
 
 async def applied_offsets(conn: asyncpg.Connection, topic: str) -> dict[int, int]:
