@@ -22,10 +22,10 @@ from shared.events import (
     ApiTokenRevoked,
     CampaignStarted,
     Event,
-    SendRequested,
 )
 from shared.kafka import ensure_topics, group_instances, make_broker, publish_all
 from shared.service import ops_router, standard_checks
+from shared.wire import SendRequested
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 DISPATCHER_GROUP = "sendout-dispatcher"

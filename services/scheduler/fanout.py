@@ -14,15 +14,17 @@ import hashlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 import asyncpg
 
 from services.scheduler import domain, repo
-from shared.events import CampaignStarted, ChannelTemplate, SenderInfo, SendRequested, TemplateRef
+from shared import wire
+from shared.events import CampaignStarted, ChannelTemplate, SenderInfo, TemplateRef
 
 log = logging.getLogger(__name__)
 
-PublishRequests = Callable[[list[SendRequested]], Awaitable[None]]
+PublishRequests = Callable[[list[wire.SendRequested]], Awaitable[None]]
 PublishStarted = Callable[[CampaignStarted], Awaitable[None]]
 
 
@@ -73,7 +75,7 @@ async def fan_out(
                 return True
             # Re-published on resume on purpose: same event id, consumers apply it once.
             await publish_started(started_event(row))
-            template = TemplateRef(id=row["template_id"], version=row["template_version"])
+            template = wire.TemplateRef(id=row["template_id"], version=row["template_version"])
             pressed, skip_reason = _selection(row["kind"], row["state"])
             after_id: int = row["fanout_after_id"]
             published = 0
@@ -84,11 +86,12 @@ async def fan_out(
                 if page:
                     addresses = [a for r in page for a in (r["email"], r["phone"]) if a]
                     suppressed = await repo.opted_out(conn, row["organisation_id"], addresses)
+                    now = datetime.now(UTC)
                     await publish_requests(
                         [
                             domain.send_requested_for(
                                 campaign_id=campaign_id, channel=channel, template=template,
-                                row=r, opted_out=suppressed, skip_reason=skip_reason,
+                                row=r, opted_out=suppressed, skip_reason=skip_reason, now=now,
                             )
                             for r in page
                             for channel in row["channels"]

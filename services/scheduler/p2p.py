@@ -22,7 +22,8 @@ from services.scheduler import domain, repo
 from services.scheduler.auth import Principal
 from services.scheduler.fanout import FanoutRunner, lock_key
 from services.scheduler.service import _ensure_recipients_fit
-from shared.events import AddressOptedOut, SendRequested, TemplateRef
+from shared.events import AddressOptedOut, TemplateRef
+from shared.wire import SendRequested
 
 PublishRequests = Callable[[list[SendRequested]], Awaitable[None]]
 PublishOptOut = Callable[[AddressOptedOut], Awaitable[None]]
