@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Awaitable, Callable
 
 import asyncpg
@@ -42,6 +43,7 @@ def ops_router(checks: dict[str, HealthCheck]) -> APIRouter:
 
 
 def run(app: FastAPI, settings: CommonSettings) -> None:
+    settle_heap()
     uvicorn.run(
         app,
         host=settings.http_host,
@@ -51,6 +53,23 @@ def run(app: FastAPI, settings: CommonSettings) -> None:
         access_log=False,
         timeout_graceful_shutdown=30,
     )
+
+
+def settle_heap() -> None:
+    """Take what is alive once the code is imported out of the cyclic garbage collector's
+    sight, and let it run less often.
+
+    A consumed batch of thousands of records allocates objects that live until the batch is
+    done, so they are promoted, and every full collection walked them together with every
+    module, class and function object of FastAPI, FastStream, pydantic and aiokafka:
+    profiles of the dispatcher showed it in whichever line happened to allocate next.
+    Nothing here creates cycles it relies on the collector for, and reference counting still
+    frees everything else at once; the collector still runs, on 10x fewer allocations.
+    """
+    gc.collect()
+    gc.freeze()
+    gen0, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(gen0 * 10, gen1, gen2)
 
 
 def standard_checks(pool: asyncpg.Pool, broker: KafkaBroker) -> dict[str, HealthCheck]:
