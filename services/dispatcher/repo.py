@@ -74,31 +74,26 @@ async def settled_count(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> int
     ))
 
 
-async def claim(
+async def settled(
     conn: asyncpg.Connection, requests: Sequence[Request]
 ) -> dict[tuple[uuid.UUID, int, str], Outcome]:
-    """Claim every request's dedupe key; return the outcomes already recorded for some of them.
+    """The outcomes already recorded for some of the requests' dedupe keys.
 
-    Keys returned with an outcome were sent (or settled) before and must not be sent again.
+    Keys returned were sent (or settled) before and must not be sent again, only re-reported.
+    A key without a row is sent; its row is written once, with its outcome (`record_outcomes`).
+    (It used to be claimed by an insert before the call and updated after it; a claim without
+    an outcome was treated exactly as no row — sent again, with the same idempotency key — so
+    the claim only doubled the writes.)
     """
-    # One statement, one round trip: the SELECT reads the snapshot from before the INSERT, which
-    # is all it needs (a row inserted now has no outcome yet).
     rows = await conn.fetch(
         """
-        WITH k AS (
-            SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::uuid[])
-                AS k(campaign_id, recipient_id, channel, request_id)
-        ), claimed AS (
-            INSERT INTO deliveries (campaign_id, recipient_id, channel, request_id)
-            SELECT * FROM k
-            ON CONFLICT DO NOTHING
-        )
         SELECT d.campaign_id, d.recipient_id, d.channel, d.outcome::text AS outcome
-        FROM deliveries d JOIN k USING (campaign_id, recipient_id, channel)
+        FROM unnest($1::uuid[], $2::bigint[], $3::text[]) AS k(campaign_id, recipient_id, channel)
+        JOIN deliveries d USING (campaign_id, recipient_id, channel)
         WHERE d.outcome IS NOT NULL
         """,
         [r.campaign_id for r in requests], [r.recipient_id for r in requests],
-        [r.channel for r in requests], [r.event_id for r in requests],
+        [r.channel for r in requests],
     )
     return {
         (r["campaign_id"], r["recipient_id"], r["channel"]): decode_outcome(r["outcome"])
@@ -107,24 +102,27 @@ async def claim(
 
 
 async def record_outcomes(
-    conn: asyncpg.Connection, outcomes: Sequence[tuple[Outcome, bytes]]
+    conn: asyncpg.Connection, outcomes: Sequence[tuple[Request, Outcome, bytes]]
 ) -> None:
-    """Store each outcome's JSON as it will be published."""
+    """Store each request's outcome, as the JSON that is published; the first one recorded for
+    a dedupe key stays (a row claimed without an outcome by an older version gets it)."""
     await conn.execute(
         """
-        UPDATE deliveries d SET outcome = v.outcome, done_at = now()
-        FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::jsonb[])
-             AS v(campaign_id, recipient_id, channel, outcome)
-        WHERE d.campaign_id = v.campaign_id AND d.recipient_id = v.recipient_id
-          AND d.channel = v.channel AND d.outcome IS NULL
+        INSERT INTO deliveries AS d (campaign_id, recipient_id, channel, request_id, outcome,
+                                     done_at)
+        SELECT k.*, now()
+        FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::uuid[], $5::jsonb[])
+             AS k(campaign_id, recipient_id, channel, request_id, outcome)
+        ON CONFLICT (campaign_id, recipient_id, channel) DO UPDATE
+        SET outcome = excluded.outcome, done_at = excluded.done_at
+        WHERE d.outcome IS NULL
         """,
-        [o.campaign_id for o, _ in outcomes],
-        [o.recipient_id for o, _ in outcomes],
-        [o.channel for o, _ in outcomes],
-        [data.decode() for _, data in outcomes],
+        [o.campaign_id for _, o, _ in outcomes],
+        [o.recipient_id for _, o, _ in outcomes],
+        [o.channel for _, o, _ in outcomes],
+        [r.event_id for r, _, _ in outcomes],
+        [data.decode() for _, _, data in outcomes],
     )
-
-
 
 
 async def save_opt_outs(conn: asyncpg.Connection, events: Sequence[AddressOptedOut]) -> None:

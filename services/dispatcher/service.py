@@ -105,24 +105,25 @@ class Dispatcher:
         unique = list({domain.dedupe_key(r): r for r in requests}.values())
         async with self._pool.acquire() as conn:
             await self._ensure_templates(conn, {r.campaign_id for r in unique})
-            settled = await repo.claim(conn, unique)
+            settled = await repo.settled(conn, unique)
         to_send = [r for r in unique if domain.dedupe_key(r) not in settled] if settled else unique
         # Requests settled without a provider call (aborted, no address, template error) need
         # no task of their own; the others are sent concurrently.
-        fresh: list[Outcome] = []
+        fresh: list[tuple[Request, Outcome]] = []
         calls: list[tuple[Request, OutgoingMessage]] = []
         for req in to_send:
             ready = self._prepare(req)
             if isinstance(ready, OutgoingMessage):
                 calls.append((req, ready))
             else:
-                fresh.append(ready)
-        fresh.extend(await self._send_all(calls))
-        encoded = [(o, o.to_bytes()) for o in fresh]
+                fresh.append((req, ready))
+        fresh.extend(zip((req for req, _ in calls), await self._send_all(calls), strict=True))
+        encoded = [(req, o, o.to_bytes()) for req, o in fresh]
         if encoded:
             async with self._pool.acquire() as conn:
                 await repo.record_outcomes(conn, encoded)
-        return [*((o, o.to_bytes()) for o in settled.values()), *encoded]
+        return [*((o, o.to_bytes()) for o in settled.values()),
+                *((o, data) for _, o, data in encoded)]
 
     async def _send_all(
         self, calls: Sequence[tuple[Request, OutgoingMessage]]
@@ -130,7 +131,7 @@ class Dispatcher:
         """Send concurrently through at most `concurrency` workers sharing one queue, each
         holding one of the process's provider-call slots while it works: a task and a semaphore
         acquisition per message cost more than a no-op provider call (and in Python 3.11 each
-        acquisition scans the semaphore's waiters)."""
+        acquisition scans the semaphore's waiters). The outcomes are in the calls' order."""
         results: list[Outcome | None] = [None] * len(calls)
         queue = iter(enumerate(calls))
 

@@ -7,7 +7,7 @@ import uuid
 import asyncpg
 import pytest
 
-from services.dispatcher import repo
+from services.dispatcher import domain, repo
 from services.dispatcher.providers import (
     OutgoingMessage,
     PermanentProviderError,
@@ -166,3 +166,40 @@ async def test_each_channel_goes_to_its_own_provider(dispatcher_pool: asyncpg.Po
         ("email", "a@example.org", "Subject for Ada")]
     assert [(c.channel, c.to, c.sender, c.subject) for c in sms.calls] == [
         ("sms", "+4520123456", "Office", None)]
+
+
+async def test_a_delivery_row_left_without_an_outcome_is_sent_again_and_then_settled(
+    dispatcher_pool: asyncpg.Pool,
+) -> None:
+    """A row claimed before its provider call by an older version, whose process then died:
+    sent again (same idempotency key), and the row gets the outcome."""
+    cid = await _campaign(dispatcher_pool)
+    req = send_requested(cid, 1, "a@example.org")
+    async with dispatcher_pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO deliveries (campaign_id, recipient_id, channel, request_id) "
+            "VALUES ($1, 1, 'email', $2)", cid, req.event_id)
+    provider = RecordingProvider()
+    [first] = await _dispatcher(dispatcher_pool, provider).dispatch([req])
+    [again] = await _dispatcher(dispatcher_pool, provider).dispatch([req])
+    assert [c.idempotency_key for c in provider.calls] == [str(req.event_id)]
+    assert first.status == again.status == "completed"
+    assert first.provider_message_id == again.provider_message_id
+    async with dispatcher_pool.acquire() as conn:
+        assert await repo.settled_count(conn, cid) == 1
+
+
+async def test_the_first_outcome_recorded_for_a_message_stays(
+    dispatcher_pool: asyncpg.Pool,
+) -> None:
+    cid = await _campaign(dispatcher_pool)
+    req = send_requested(cid, 1, "a@example.org")
+    provider = RecordingProvider()
+    # Two dispatchers that both missed the other's record (a rebalance mid-batch) race.
+    one, two = _dispatcher(dispatcher_pool, provider), _dispatcher(dispatcher_pool, provider)
+    [a] = await one.dispatch([req])
+    async with dispatcher_pool.acquire() as conn:
+        late = domain.sent(req, "late")
+        await repo.record_outcomes(conn, [(req, late, late.to_bytes())])
+    [b] = await two.dispatch([req])
+    assert b.provider_message_id == a.provider_message_id != "late"
