@@ -56,9 +56,10 @@ def kafka_router(
         try:
             good = await accept_batch(msg, broker, decode_send_requested, service=SERVICE)
             outcomes = await dispatcher.dispatch_encoded([event for _, event in good])
+            keys = {c: c.bytes for c in {o.campaign_id for o, _ in outcomes}}
             # Outcomes are acknowledged by Kafka before this returns and the offsets commit.
             await publish_encoded(
-                outcomes_pub, [(o.campaign_id.bytes, data) for o, data in outcomes],
+                outcomes_pub, [(keys[o.campaign_id], data) for o, data in outcomes],
                 service=SERVICE,
             )
         except Exception as exc:

@@ -57,7 +57,7 @@ class NoopProvider:
     counter."""
 
     def __init__(self) -> None:
-        self._prefix = uuid.uuid4().hex
+        self._prefix = uuid.uuid4().hex[:12]
         self._sent = 0
 
     async def send(self, message: OutgoingMessage) -> str:

@@ -34,6 +34,8 @@ def kafka_router(
         topics.OUTCOMES,
         group_id="sendout-tracker",
         max_records=max_records,
+        # A campaign's outcomes share one partition: at 1 MiB per fetch a batch held ~2,000.
+        max_partition_fetch_bytes=4 * 1024 * 1024,
         description="Counts each outcome once into its campaign's progress.",
         **BATCH_CONSUMER,
     )
