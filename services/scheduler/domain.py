@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any, Literal
 
 import phonenumbers
@@ -408,6 +409,11 @@ def missing_variables_error(count: int, recipient_ids: list[int], variables: set
     )
 
 
+@lru_cache(maxsize=64)
+def _text(campaign_id: uuid.UUID) -> str:
+    return str(campaign_id)
+
+
 def send_requested_for(
     *,
     campaign_id: uuid.UUID,
@@ -449,7 +455,7 @@ def send_requested_for(
     if not isinstance(template, wire.TemplateRef):
         template = wire.TemplateRef(id=template.id, version=template.version)
     return wire.SendRequested(
-        event_id=wire.uuid5(_SEND_NS, f"{campaign_id}:{row['id']}:{channel}"),
+        event_id=wire.uuid5(_SEND_NS, f"{_text(campaign_id)}:{row['id']}:{channel}"),
         occurred_at=now,
         requested_at=now,
         campaign_id=campaign_id,

@@ -8,9 +8,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from services.scheduler.domain import RecipientRow, Sender, SenderIn, TemplateIn, TemplateVersion
 from shared.auth import Principal
+
+_JSON = msgspec.json.Decoder()
 
 _CAMPAIGN = """
     c.id, c.name, c.kind, c.channels, c.sender_id, c.template_id, c.template_version, c.state,
@@ -37,7 +40,8 @@ async def init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec(
         "jsonb",
         encoder=lambda value: b"\x01" + json.dumps(value).encode(),
-        decoder=lambda data: json.loads(data[1:]),
+        # msgspec: the same values as json.loads, at a fraction of the cost per recipient row.
+        decoder=lambda data: _JSON.decode(memoryview(data)[1:]),
         schema="pg_catalog",
         format="binary",
     )
