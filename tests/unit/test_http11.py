@@ -1,0 +1,99 @@
+"""The dispatcher's lean HTTP/1.1 client: response framing, connection reuse and bounds."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from services.dispatcher.http11 import Http11Pool, HttpError, Response, _parse
+from services.dispatcher.providers import HttpProvider, OutgoingMessage
+
+
+def _whole(raw: bytes, *, at_eof: bool = False) -> tuple[Response, bool, int] | None:
+    return _parse(bytearray(raw), at_eof=at_eof)
+
+
+def test_a_response_is_complete_only_once_its_content_length_arrived() -> None:
+    raw = b"HTTP/1.1 202 Accepted\r\nContent-Length: 11\r\n\r\n{\"id\":\"m\"}\nHTTP/1.1"
+    first = len(raw) - len(b"HTTP/1.1")
+    assert all(_whole(raw[:cut]) is None for cut in range(first))
+    response, keep_alive, used = _whole(raw)  # type: ignore[misc]
+    assert (response.status, response.body, keep_alive) == (202, b'{"id":"m"}\n', True)
+    assert raw[used:] == b"HTTP/1.1"  # the next response's bytes stay
+
+
+def test_chunked_bodies_are_joined() -> None:
+    raw = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+           b"4\r\n{\"id\r\n6;x=y\r\n\":\"m\"}\r\n0\r\n\r\n")
+    assert _whole(raw[:-2]) is None
+    response, keep_alive, used = _whole(raw)  # type: ignore[misc]
+    assert (response.body, keep_alive, used) == (b'{"id":"m"}', True, len(raw))
+
+
+def test_connection_close_and_bodies_to_the_end_of_the_stream() -> None:
+    closing = b"HTTP/1.1 503 Busy\r\nConnection: close\r\nContent-Length: 2\r\n\r\nno"
+    assert _whole(closing)[1] is False  # type: ignore[index]
+    old = b"HTTP/1.0 200 OK\r\n\r\n{\"id\": 1}"
+    assert _whole(old) is None
+    response, keep_alive, _ = _whole(old, at_eof=True)  # type: ignore[misc]
+    assert (response.body, keep_alive) == (b'{"id": 1}', False)
+
+
+def test_garbage_is_not_taken_for_a_response() -> None:
+    with pytest.raises(HttpError):
+        _whole(b"SSH-2.0-OpenSSH\r\n\r\n")
+
+
+def test_connections_are_kept_alive_and_never_more_than_the_bound_on_uvloop() -> None:
+    import uvloop
+
+    uvloop.run(test_connections_are_kept_alive_and_never_more_than_the_bound())
+
+
+async def test_connections_are_kept_alive_and_never_more_than_the_bound() -> None:
+    connections: set[int] = set()
+    in_flight, most = 0, 0
+
+    async def handler(request: web.Request) -> web.Response:
+        nonlocal in_flight, most
+        connections.add(id(request.transport))
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.01)
+        in_flight -= 1
+        body = await request.json()
+        return web.json_response({"id": f"{body['to']}:{request.headers['Idempotency-Key']}"},
+                                 status=202)
+
+    app = web.Application()
+    app.router.add_post("/api/messages", handler)
+    async with TestServer(app) as server:
+        provider = HttpProvider(str(server.make_url("/api")), timeout=5, max_connections=3)
+        try:
+            ids = await asyncio.gather(*(provider.send(OutgoingMessage(
+                "sms", f"+45{i}", "Office", None, "hi", f"k{i}")) for i in range(60)))
+        finally:
+            await provider.close()
+    assert ids == [f"+45{i}:k{i}" for i in range(60)]
+    assert len(connections) <= 3 and most <= 3
+
+
+async def test_a_connection_the_server_closed_is_not_reused() -> None:
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response({"id": "m"}, status=202, headers={"Connection": "close"})
+
+    app = web.Application()
+    app.router.add_post("/messages", handler)
+    async with TestServer(app) as server:
+        pool = Http11Pool(str(server.make_url("")), max_connections=1)
+        request = (f"POST /messages HTTP/1.1\r\nHost: {server.host}\r\n"
+                   "Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}").encode()
+        try:
+            for _ in range(3):
+                response = await asyncio.wait_for(pool.request(request), 5)
+                assert response.status == 202
+        finally:
+            await pool.close()
