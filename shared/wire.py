@@ -11,6 +11,10 @@ epoch numbers for a datetime), so a record it refuses is handed to the pydantic 
 either accepts it (then its fields are taken over) or raises its own `ValidationError` — and
 the record goes to the DLQ with that error, as before. Whatever msgspec accepts, pydantic
 accepts too (the parity tests pin the cases).
+
+The structs are not tracked by the cyclic garbage collector (`gc=False`): they hold ids, times,
+text and a JSON `variables` dict, never a reference back to themselves, and thousands of them
+live through each batch — tracked, they made every collection walk them.
 """
 
 from __future__ import annotations
@@ -32,12 +36,12 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class TemplateRef(msgspec.Struct, frozen=True, kw_only=True):
+class TemplateRef(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     id: uuid.UUID
     version: int
 
 
-class SendRequested(msgspec.Struct, frozen=True, kw_only=True):
+class SendRequested(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Mirror of `shared.events.SendRequested`."""
 
     event_id: uuid.UUID = msgspec.field(default_factory=uuid.uuid4)
@@ -58,7 +62,7 @@ class SendRequested(msgspec.Struct, frozen=True, kw_only=True):
         return _ENCODER.encode(self)
 
 
-class _Outcome(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+class _Outcome(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", gc=False):
     """Mirror of `shared.events._Outcome`; `type` is the tag, as the pydantic discriminator."""
 
     status: ClassVar[str]
