@@ -65,6 +65,34 @@ class ReceiptPoster:
         self.posted = 0
         self.errors = 0
 
+    def configure(self, body: dict[str, Any]) -> dict[str, Any]:
+        """`POST /config` fields about receipts (each optional); the receipts state after."""
+        b = self._behaviour
+        if "receipts_url" in body:
+            b.receipts_url = body["receipts_url"]
+        if "receipts_secret" in body:
+            b.receipts_secret = body["receipts_secret"]
+        if "not_delivered_pattern" in body:
+            pattern = body["not_delivered_pattern"]
+            b.not_delivered_pattern = re.compile(pattern) if pattern else None
+        if "not_delivered_reason" in body:
+            b.not_delivered_reason = body["not_delivered_reason"]
+        return {
+            "receipts_url": b.receipts_url,
+            "not_delivered_pattern": b.not_delivered_pattern.pattern
+            if b.not_delivered_pattern else None,
+            "not_delivered_reason": b.not_delivered_reason,
+            "receipts_posted": self.posted, "receipts_errors": self.errors,
+        }
+
+    async def running(self, app: web.Application) -> AsyncIterator[None]:
+        """An aiohttp `cleanup_ctx`: posts receipts while the app runs."""
+        task = asyncio.create_task(self.run())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
     def receipt_for(self, message_id: str, to: str) -> None:
         b = self._behaviour
         if not b.receipts_url:
@@ -169,22 +197,7 @@ def create_app(behaviour: Behaviour) -> web.Application:
         body = await request.json()
         if "latency_ms" in body:
             behaviour.latency_ms = float(body["latency_ms"])
-        if "receipts_url" in body:
-            behaviour.receipts_url = body["receipts_url"]
-        if "receipts_secret" in body:
-            behaviour.receipts_secret = body["receipts_secret"]
-        if "not_delivered_pattern" in body:
-            pattern = body["not_delivered_pattern"]
-            behaviour.not_delivered_pattern = re.compile(pattern) if pattern else None
-        if "not_delivered_reason" in body:
-            behaviour.not_delivered_reason = body["not_delivered_reason"]
-        return web.json_response({
-            "latency_ms": behaviour.latency_ms, "receipts_url": behaviour.receipts_url,
-            "not_delivered_pattern": behaviour.not_delivered_pattern.pattern
-            if behaviour.not_delivered_pattern else None,
-            "not_delivered_reason": behaviour.not_delivered_reason,
-            "receipts_posted": poster.posted, "receipts_errors": poster.errors,
-        })
+        return web.json_response({"latency_ms": behaviour.latency_ms, **poster.configure(body)})
 
     async def reset(request: web.Request) -> web.Response:
         rec.requests.clear()
@@ -194,15 +207,8 @@ def create_app(behaviour: Behaviour) -> web.Application:
     async def health(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
-    async def receipts_task(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(poster.run())
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
     app = web.Application()
-    app.cleanup_ctx.append(receipts_task)
+    app.cleanup_ctx.append(poster.running)
     app.router.add_post("/messages", send)
     app.router.add_get("/requests", requests)
     app.router.add_get("/stats", stats)
@@ -212,6 +218,24 @@ def create_app(behaviour: Behaviour) -> web.Application:
     return app
 
 
+def add_receipt_options(parser: argparse.ArgumentParser, *, not_delivered_reason: str) -> None:
+    parser.add_argument("--receipts-url")
+    parser.add_argument("--receipts-secret", default="")
+    parser.add_argument("--not-delivered-pattern")
+    parser.add_argument("--not-delivered-reason", default=not_delivered_reason)
+
+
+def receipt_options(args: argparse.Namespace) -> dict[str, Any]:
+    """`Behaviour` fields from the options `add_receipt_options` added."""
+    return {
+        "receipts_url": args.receipts_url,
+        "receipts_secret": args.receipts_secret,
+        "not_delivered_pattern": re.compile(args.not_delivered_pattern)
+        if args.not_delivered_pattern else None,
+        "not_delivered_reason": args.not_delivered_reason,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
@@ -219,20 +243,13 @@ def main() -> None:
     parser.add_argument("--fail-pattern")
     parser.add_argument("--flaky-pattern")
     parser.add_argument("--latency-ms", type=float, default=0.0)
-    parser.add_argument("--receipts-url")
-    parser.add_argument("--receipts-secret", default="")
-    parser.add_argument("--not-delivered-pattern")
-    parser.add_argument("--not-delivered-reason", default="unreachable handset")
+    add_receipt_options(parser, not_delivered_reason="unreachable handset")
     args = parser.parse_args()
     behaviour = Behaviour(
         fail_pattern=re.compile(args.fail_pattern) if args.fail_pattern else None,
         flaky_pattern=re.compile(args.flaky_pattern) if args.flaky_pattern else None,
         latency_ms=args.latency_ms,
-        receipts_url=args.receipts_url,
-        receipts_secret=args.receipts_secret,
-        not_delivered_pattern=re.compile(args.not_delivered_pattern)
-        if args.not_delivered_pattern else None,
-        not_delivered_reason=args.not_delivered_reason,
+        **receipt_options(args),
     )
     uvloop.install()
     web.run_app(create_app(behaviour), host=args.host, port=args.port, print=None,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import re
 import socket
 import time
@@ -29,7 +28,12 @@ import uvloop
 from aiohttp import web
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from devtools.fake_provider import Behaviour, ReceiptPoster
+from devtools.fake_provider import (
+    Behaviour,
+    ReceiptPoster,
+    add_receipt_options,
+    receipt_options,
+)
 
 
 @dataclass
@@ -40,7 +44,10 @@ class Sink:
     flaked: set[str] = field(default_factory=set)
     # Receipts only (the other fields of the HTTP fake's behaviour are unused here).
     receipts: Behaviour = field(default_factory=Behaviour)
-    poster: ReceiptPoster | None = None
+    poster: ReceiptPoster = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.poster = ReceiptPoster(self.receipts)
 
     def _record(self, to: str, status: int, **extra: Any) -> None:
         self.requests.append({"at": time.time(), "channel": "email", "to": to,
@@ -76,7 +83,7 @@ class Sink:
                 idempotency_key=str(message["X-Sendout-Idempotency-Key"] or ""),
                 id=message_id,
             )
-            if self.poster is not None and message_id:
+            if message_id:
                 self.poster.receipt_for(message_id, to)
         return "250 Message accepted"
 
@@ -112,29 +119,13 @@ def http_app(sink: Sink) -> web.Application:
         return web.json_response({"status": "ok"})
 
     async def configure(request: web.Request) -> web.Response:
-        body = await request.json()
-        b = sink.receipts
-        if "not_delivered_pattern" in body:
-            pattern = body["not_delivered_pattern"]
-            b.not_delivered_pattern = re.compile(pattern) if pattern else None
-        if "not_delivered_reason" in body:
-            b.not_delivered_reason = body["not_delivered_reason"]
-        posted = sink.poster.posted if sink.poster else 0
-        return web.json_response({"receipts_url": b.receipts_url, "receipts_posted": posted})
+        return web.json_response(sink.poster.configure(await request.json()))
 
     async def health(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
-    async def receipts_task(app: web.Application) -> Any:
-        sink.poster = ReceiptPoster(sink.receipts)
-        task = asyncio.create_task(sink.poster.run())
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
     app = web.Application()
-    app.cleanup_ctx.append(receipts_task)
+    app.cleanup_ctx.append(sink.poster.running)
     app.router.add_post("/config", configure)
     app.router.add_get("/requests", requests)
     app.router.add_get("/stats", stats)
@@ -161,20 +152,12 @@ def main() -> None:
     parser.add_argument("--http-port", type=int, default=8027)
     parser.add_argument("--fail-pattern")
     parser.add_argument("--flaky-pattern")
-    parser.add_argument("--receipts-url")
-    parser.add_argument("--receipts-secret", default="")
-    parser.add_argument("--not-delivered-pattern")
-    parser.add_argument("--not-delivered-reason", default="mailbox full")
+    add_receipt_options(parser, not_delivered_reason="mailbox full")
     args = parser.parse_args()
     sink = Sink(
         fail_pattern=re.compile(args.fail_pattern) if args.fail_pattern else None,
         flaky_pattern=re.compile(args.flaky_pattern) if args.flaky_pattern else None,
-        receipts=Behaviour(
-            receipts_url=args.receipts_url, receipts_secret=args.receipts_secret,
-            not_delivered_pattern=re.compile(args.not_delivered_pattern)
-            if args.not_delivered_pattern else None,
-            not_delivered_reason=args.not_delivered_reason,
-        ),
+        receipts=Behaviour(**receipt_options(args)),
     )
     uvloop.run(serve(sink, args.host, args.smtp_port, args.http_port))
 

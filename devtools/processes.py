@@ -213,22 +213,20 @@ def start_sendout(
                 patterns += ["--fail-pattern", fail_pattern]
             if flaky_pattern:
                 patterns += ["--flaky-pattern", flaky_pattern]
+            receipts = ["--receipts-url", f"http://127.0.0.1:{tracker_port}/receipts",
+                        "--receipts-secret", common["SENDOUT_RECEIPTS_SECRET"]]
             port = free_port()
             provider_url = procs.start(
                 "fake-provider",
                 ["-m", "devtools.fake_provider", "--port", str(port),
-                 "--latency-ms", str(provider_latency_ms), *patterns,
-                 "--receipts-url", f"http://127.0.0.1:{tracker_port}/receipts",
-                 "--receipts-secret", common["SENDOUT_RECEIPTS_SECRET"]],
+                 "--latency-ms", str(provider_latency_ms), *patterns, *receipts],
                 {}, port,
             ).url
             smtp_port, http_port = free_port(), free_port()
             smtp_url = procs.start(
                 "fake-smtp",
                 ["-m", "devtools.fake_smtp", "--smtp-port", str(smtp_port),
-                 "--http-port", str(http_port), *patterns,
-                 "--receipts-url", f"http://127.0.0.1:{tracker_port}/receipts",
-                 "--receipts-secret", common["SENDOUT_RECEIPTS_SECRET"]],
+                 "--http-port", str(http_port), *patterns, *receipts],
                 {}, http_port,
             ).url
             dispatcher_env = {
