@@ -5,8 +5,9 @@ batch without awaiting each record, and dead-lettering records that can never be
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -259,12 +260,17 @@ async def dead_letter(broker: KafkaBroker, bad: Sequence[BadRecord], *, service:
     await asyncio.gather(*(f for f in futures if f is not None))
 
 
-async def pause_then_reraise(exc: BaseException, *, seconds: float = 1.0) -> None:
-    """Before a batch is rewound for redelivery, wait a little so that an outage (database
+@contextlib.asynccontextmanager
+async def redelivered_on_failure(*, pause_seconds: float = 1.0) -> AsyncIterator[None]:
+    """Wrap a group consumer's batch: if it fails, log, wait a little, and let the error
+    through, so the batch is rewound and redelivered (NACK_ON_ERROR) — and an outage (database
     down, broker unreachable) becomes a slow retry loop rather than a hot one."""
-    log.warning("batch failed; it will be redelivered", exc_info=exc)
-    await asyncio.sleep(seconds)
-    raise exc
+    try:
+        yield
+    except Exception as exc:
+        log.warning("batch failed; it will be redelivered", exc_info=exc)
+        await asyncio.sleep(pause_seconds)
+        raise
 
 
 async def ensure_topics(bootstrap_servers: str, names: Iterable[str], partitions: int) -> None:

@@ -22,10 +22,10 @@ from shared.kafka import (
     BROADCAST_CONSUMER,
     accept_batch,
     decode_records,
-    pause_then_reraise,
     publish_all,
     publish_encoded,
     records_of,
+    redelivered_on_failure,
 )
 from shared.wire import decode_send_requested
 
@@ -53,7 +53,7 @@ def kafka_router(
         **BATCH_CONSUMER,
     )
     async def on_send_requested(body: list[bytes], msg: KafkaMessage, broker: KafkaBroker) -> None:
-        try:
+        async with redelivered_on_failure():
             good = await accept_batch(msg, broker, decode_send_requested, service=SERVICE)
             outcomes = await dispatcher.dispatch_encoded([event for _, event in good])
             keys = {c: c.bytes for c in {o.campaign_id for o, _ in outcomes}}
@@ -62,8 +62,6 @@ def kafka_router(
                 outcomes_pub, [(keys[o.campaign_id], data) for o, data in outcomes],
                 service=SERVICE,
             )
-        except Exception as exc:
-            await pause_then_reraise(exc)
 
     @router.subscriber(
         topics.CAMPAIGN_LIFECYCLE,
@@ -74,7 +72,7 @@ def kafka_router(
         **BATCH_CONSUMER,
     )
     async def on_lifecycle(body: list[bytes], msg: KafkaMessage, broker: KafkaBroker) -> None:
-        try:
+        async with redelivered_on_failure():
             good = await accept_batch(msg, broker, LIFECYCLE, service=SERVICE)
             started = [e for _, e in good if isinstance(e, CampaignStarted)]
             aborted = [e.campaign_id for _, e in good if isinstance(e, CampaignAborted)]
@@ -83,8 +81,6 @@ def kafka_router(
                     for event in started:
                         await repo.save_template(conn, event)
                     await repo.save_aborts(conn, aborted)
-        except Exception as exc:
-            await pause_then_reraise(exc)
 
     # No group: every dispatcher process must hear of an abort itself, at once, and say so.
     @router.subscriber(
@@ -115,13 +111,11 @@ def kafka_router(
         **BATCH_CONSUMER,
     )
     async def on_opt_outs(body: list[bytes], msg: KafkaMessage, broker: KafkaBroker) -> None:
-        try:
+        async with redelivered_on_failure():
             good = await accept_batch(msg, broker, OPTED_OUT, service=SERVICE)
             if good:
                 async with pool.acquire() as conn:
                     await repo.save_opt_outs(conn, [e for _, e in good])
-        except Exception as exc:
-            await pause_then_reraise(exc)
 
     # No group: every process stops messaging an opted-out address at once.
     @router.subscriber(

@@ -25,8 +25,8 @@ from shared.kafka import (
     BROADCAST_CONSUMER,
     accept_batch,
     decode_records,
-    pause_then_reraise,
     records_of,
+    redelivered_on_failure,
 )
 
 SERVICE = "scheduler"
@@ -372,13 +372,11 @@ def kafka_router(pool: asyncpg.Pool, acks: service.AbortAcks) -> KafkaRouter:
         **BATCH_CONSUMER,
     )
     async def on_lifecycle(body: list[bytes], msg: KafkaMessage, broker: KafkaBroker) -> None:
-        try:
+        async with redelivered_on_failure():
             good = await accept_batch(msg, broker, LIFECYCLE, service=SERVICE)
             for _, event in good:
                 if isinstance(event, CampaignCompleted):
                     await service.apply_completed(pool, event)
-        except Exception as exc:
-            await pause_then_reraise(exc)
 
     # No group: every scheduler process sees every acknowledgement, since the abort request
     # waiting for it may be on any of them. Bad records are the group consumer's to park.

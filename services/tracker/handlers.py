@@ -18,7 +18,7 @@ from shared.events import LIFECYCLE
 from shared.kafka import (
     BATCH_CONSUMER,
     accept_batch,
-    pause_then_reraise,
+    redelivered_on_failure,
 )
 from shared.wire import decode_outcome
 
@@ -40,11 +40,9 @@ def kafka_router(
         **BATCH_CONSUMER,
     )
     async def on_outcomes(body: list[bytes], msg: KafkaMessage, broker: KafkaBroker) -> None:
-        try:
+        async with redelivered_on_failure():
             good = await accept_batch(msg, broker, decode_outcome, service=SERVICE)
             await service.apply_outcomes(pool, topics.OUTCOMES, good, publish_completed)
-        except Exception as exc:
-            await pause_then_reraise(exc)
 
     @router.subscriber(
         topics.CAMPAIGN_LIFECYCLE,
@@ -54,11 +52,9 @@ def kafka_router(
         **BATCH_CONSUMER,
     )
     async def on_lifecycle(body: list[bytes], msg: KafkaMessage, broker: KafkaBroker) -> None:
-        try:
+        async with redelivered_on_failure():
             good = await accept_batch(msg, broker, LIFECYCLE, service=SERVICE)
             await service.apply_lifecycle(pool, [e for _, e in good], publish_completed)
-        except Exception as exc:
-            await pause_then_reraise(exc)
 
     return router
 

@@ -14,7 +14,7 @@ from faststream.kafka.annotations import KafkaBroker, KafkaMessage
 from shared import topics
 from shared.auth import Principal, bearer
 from shared.events import IDENTITY, ApiTokenIssued, ApiTokenRevoked
-from shared.kafka import BATCH_CONSUMER, accept_batch, pause_then_reraise
+from shared.kafka import BATCH_CONSUMER, accept_batch, redelivered_on_failure
 
 SERVICE = "tracker"
 
@@ -52,12 +52,10 @@ def kafka_router(pool: asyncpg.Pool) -> KafkaRouter:
         **BATCH_CONSUMER,
     )
     async def on_identity(body: list[bytes], msg: KafkaMessage, broker: KafkaBroker) -> None:
-        try:
+        async with redelivered_on_failure():
             good = await accept_batch(msg, broker, IDENTITY, service=SERVICE)
             async with pool.acquire() as conn, conn.transaction():
                 await apply(conn, [e for _, e in good])
-        except Exception as exc:
-            await pause_then_reraise(exc)
 
     return router
 

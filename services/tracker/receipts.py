@@ -21,7 +21,7 @@ from shared.events import RECEIPT
 from shared.kafka import (
     BATCH_CONSUMER,
     accept_batch,
-    pause_then_reraise,
+    redelivered_on_failure,
 )
 
 SERVICE = "tracker"
@@ -38,11 +38,9 @@ def kafka_router(pool: asyncpg.Pool, max_records: int) -> KafkaRouter:
         **BATCH_CONSUMER,
     )
     async def on_receipts(body: list[bytes], msg: KafkaMessage, broker: KafkaBroker) -> None:
-        try:
+        async with redelivered_on_failure():
             good = await accept_batch(msg, broker, RECEIPT, service=SERVICE)
             await receipts_service.apply_receipts(pool, topics.RECEIPTS, good)
-        except Exception as exc:
-            await pause_then_reraise(exc)
 
     return router
 
