@@ -319,12 +319,8 @@ def http_router(deps: Deps, user: Any) -> APIRouter:
     ) -> dict[str, Any]:
         """The organisation's campaigns, e.g. `?state=completed` for Completed Campaigns."""
         async with pool.acquire() as conn:
-            rows = await conn.fetch(
-                "SELECT id FROM campaigns WHERE organisation_id = $1 "
-                "AND ($2::text IS NULL OR state = $2) ORDER BY created_at DESC LIMIT 500",
-                principal.organisation_id, state,
-            )
-        return {"campaigns": [await view(r["id"], principal) for r in rows]}
+            rows = await repo.campaigns_of(conn, principal.organisation_id, state, limit=500)
+        return {"campaigns": [campaign_view(r) for r in rows]}
 
     # --- opt-outs ----------------------------------------------------------------------------
 

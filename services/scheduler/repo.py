@@ -182,6 +182,18 @@ async def get_campaign(
     )
 
 
+async def campaigns_of(
+    conn: asyncpg.Connection, organisation_id: uuid.UUID, state: str | None, *, limit: int
+) -> list[asyncpg.Record]:
+    """The organisation's campaigns (in `state` if given), newest first, in one query."""
+    return await conn.fetch(
+        f"SELECT {_CAMPAIGN} {_CAMPAIGN_FROM} "
+        "WHERE c.organisation_id = $1 AND ($2::text IS NULL OR c.state = $2) "
+        "ORDER BY c.created_at DESC LIMIT $3",
+        organisation_id, state, limit,
+    )
+
+
 async def lock_campaign_state(
     conn: asyncpg.Connection, campaign_id: uuid.UUID, organisation_id: uuid.UUID | None = None
 ) -> str | None:

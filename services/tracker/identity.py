@@ -22,23 +22,28 @@ SERVICE = "tracker"
 async def apply(
     conn: asyncpg.Connection, events: Sequence[ApiTokenIssued | ApiTokenRevoked]
 ) -> None:
-    """Upsert each token's latest state. A revocation wins over any later re-issue of the
-    same hash (the scheduler never re-issues one), so replays cannot revive a token."""
-    for e in events:
-        revoked = isinstance(e, ApiTokenRevoked)
-        await conn.execute(
-            """
-            INSERT INTO api_tokens AS t (token_hash, user_id, organisation_id, user_name,
-                                         revoked_at)
-            VALUES ($1, $2, $3, $4, CASE WHEN $5 THEN $6::timestamptz END)
-            ON CONFLICT (token_hash) DO UPDATE
-            SET revoked_at = coalesce(t.revoked_at, excluded.revoked_at),
-                user_name = CASE WHEN $5 THEN t.user_name ELSE excluded.user_name END,
-                updated_at = now()
-            """,
-            bytes.fromhex(e.token_hash), e.user_id, e.organisation_id,
-            "" if revoked else e.user_name, revoked, e.occurred_at,
-        )
+    """Upsert each token's latest state, the batch in one pipelined `executemany`. A
+    revocation wins over any later re-issue of the same hash (the scheduler never re-issues
+    one), so replays cannot revive a token."""
+    if not events:
+        return
+    await conn.executemany(
+        """
+        INSERT INTO api_tokens AS t (token_hash, user_id, organisation_id, user_name,
+                                     revoked_at)
+        VALUES ($1, $2, $3, coalesce($4, ''), $5)
+        ON CONFLICT (token_hash) DO UPDATE
+        SET revoked_at = coalesce(t.revoked_at, excluded.revoked_at),
+            user_name = coalesce($4, t.user_name),
+            updated_at = now()
+        """,
+        [
+            (bytes.fromhex(e.token_hash), e.user_id, e.organisation_id,
+             e.user_name if isinstance(e, ApiTokenIssued) else None,
+             e.occurred_at if isinstance(e, ApiTokenRevoked) else None)
+            for e in events
+        ],
+    )
 
 
 def kafka_router(pool: asyncpg.Pool) -> KafkaRouter:
