@@ -12,7 +12,6 @@ body — and nothing else: no redirects, no cookies, no compression, no proxies.
 from __future__ import annotations
 
 import asyncio
-import collections
 import socket
 import ssl
 from dataclasses import dataclass
@@ -45,30 +44,38 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            parsed = _parse(self._buffer, at_eof=True)
-            if parsed is not None:
-                waiter.set_result((parsed[0], False))
-            else:
-                waiter.set_exception(HttpError(f"connection closed: {exc or 'by the server'}"))
+        self._answer(at_eof=True, lost=exc)
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
         waiter = self._waiter
         if waiter is None or waiter.done():
-            if self.transport is not None:  # bytes nobody asked for: the stream is out of step
-                self.transport.close()
+            self.close()  # bytes nobody asked for: the stream is out of step
+            return
+        self._answer(at_eof=False)
+
+    def _answer(self, *, at_eof: bool, lost: Exception | None = None) -> None:
+        """Settle the waiting request once its whole response is in (or cannot come). The
+        connection is reusable only if nothing but that response was received."""
+        waiter = self._waiter
+        if waiter is None or waiter.done():
             return
         try:
-            parsed = _parse(self._buffer, at_eof=False)
+            parsed = _parse(self._buffer, at_eof=at_eof)
         except HttpError as exc:
+            self.close()
             waiter.set_exception(exc)
             return
-        if parsed is not None:
-            response, keep_alive, used = parsed
-            del self._buffer[:used]
-            waiter.set_result((response, keep_alive))
+        if parsed is None:
+            if at_eof:
+                waiter.set_exception(HttpError(f"connection closed: {lost or 'by the server'}"))
+            return
+        response, keep_alive, used = parsed
+        reusable = keep_alive and not at_eof and used == len(self._buffer)
+        self._buffer.clear()
+        if not reusable:
+            self.close()
+        waiter.set_result((response, reusable))
 
     def request(self, data: bytes) -> asyncio.Future[tuple[Response, bool]]:
         assert self.transport is not None
@@ -78,16 +85,38 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self.closed = True
+        self._buffer.clear()
         if self.transport is not None:
             self.transport.close()
 
 
 def _parse(buffer: bytearray, *, at_eof: bool) -> tuple[Response, bool, int] | None:
-    """(response, keep-alive, bytes used) once a whole response is in `buffer`, else None."""
-    end = buffer.find(b"\r\n\r\n")
+    """(final response, keep-alive, bytes used) once a whole response is in `buffer`, else
+    None. Interim 1xx responses before it are skipped, as HTTP/1.1 requires of clients."""
+    offset = 0
+    while True:
+        parsed = _parse_one(buffer, offset, at_eof=at_eof)
+        if parsed is None or not 100 <= parsed[0].status < 200:
+            return parsed
+        offset = parsed[2]
+
+
+def _parse_one(
+    buffer: bytearray, offset: int, *, at_eof: bool
+) -> tuple[Response, bool, int] | None:
+    try:
+        return _parse_from(buffer, offset, at_eof=at_eof)
+    except ValueError as exc:  # a Content-Length or chunk size that is not a number
+        raise HttpError(f"malformed response: {exc}") from exc
+
+
+def _parse_from(
+    buffer: bytearray, offset: int, *, at_eof: bool
+) -> tuple[Response, bool, int] | None:
+    end = buffer.find(b"\r\n\r\n", offset)
     if end < 0:
         return None
-    head = bytes(buffer[:end]).split(b"\r\n")
+    head = bytes(buffer[offset:end]).split(b"\r\n")
     parts = head[0].split(b" ", 2)
     if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
         raise HttpError(f"not an HTTP/1.x status line: {head[0][:100]!r}")
@@ -100,6 +129,8 @@ def _parse(buffer: bytearray, *, at_eof: bool) -> tuple[Response, bool, int] | N
         name = name.strip().lower()
         if name == b"content-length":
             length = int(value)
+            if length < 0:
+                raise HttpError(f"negative Content-Length: {length}")
         elif name == b"transfer-encoding":
             chunked = b"chunked" in value.lower()
         elif name == b"connection":
@@ -114,6 +145,8 @@ def _parse(buffer: bytearray, *, at_eof: bool) -> tuple[Response, bool, int] | N
             if line_end < 0:
                 return None
             size = int(bytes(buffer[pos:line_end]).split(b";")[0], 16)
+            if size < 0:
+                raise HttpError(f"negative chunk size: {size}")
             if size == 0:
                 trailer_end = buffer.find(b"\r\n\r\n", line_end)
                 if trailer_end < 0:
@@ -149,69 +182,32 @@ class Http11Pool:
         default_port = self._port == (443 if url.scheme == "https" else 80)
         self.host_header = url.netloc if not default_port else self._host
         self.path_prefix = url.path.rstrip("/")
-        self._limit = max_connections
-        self._open = 0
-        self._idle: list[_Connection] = []
-        self._waiters: collections.deque[asyncio.Future[_Connection | None]] = (
-            collections.deque())
+        # One slot per allowed connection, holding its connection once opened (None: not
+        # yet, or dropped). A request holds a slot from start to end, so connections never
+        # exceed the bound, and a cancelled request gives its slot back (SmtpProvider's way).
+        self._slots: asyncio.LifoQueue[_Connection | None] = asyncio.LifoQueue()
+        for _ in range(max_connections):
+            self._slots.put_nowait(None)
 
     async def request(self, data: bytes) -> Response:
         """Send one whole request (bytes as built by the caller); its response."""
-        conn = await self._acquire()
+        conn = await self._slots.get()
         reusable = False
         try:
+            if conn is None or conn.closed:
+                _, conn = await asyncio.get_running_loop().create_connection(
+                    _Connection, self._host, self._port, ssl=self._ssl)
             response, reusable = await conn.request(data)
             return response
         finally:
-            self._release(conn, reusable)
-
-    async def _acquire(self) -> _Connection:
-        while self._idle:
-            conn = self._idle.pop()
-            if not conn.closed:
-                return conn
-            self._open -= 1
-        if self._open >= self._limit:
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                handed = await waiter
-            except BaseException:
-                if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
-                    self._release(waiter.result(), True)  # handed over as we were cancelled
-                elif not waiter.done():
-                    self._waiters.remove(waiter)
-                raise
-            if handed is not None:
-                return handed
-        self._open += 1
-        try:
-            _, conn = await asyncio.get_running_loop().create_connection(
-                _Connection, self._host, self._port, ssl=self._ssl)
-        except BaseException:
-            self._open -= 1
-            self._wake_one(None)
-            raise
-        return conn
-
-    def _release(self, conn: _Connection, reusable: bool) -> None:
-        if reusable and not conn.closed:
-            if not self._wake_one(conn):
-                self._idle.append(conn)
-            return
-        conn.close()
-        self._open -= 1
-        self._wake_one(None)  # a waiter may open a new connection in its place
-
-    def _wake_one(self, conn: _Connection | None) -> bool:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(conn)
-                return True
-        return False
+            if conn is not None and not reusable:
+                conn.close()  # after a failure, a timeout or `Connection: close`
+            self._slots.put_nowait(conn if reusable else None)
 
     async def close(self) -> None:
-        for conn in self._idle:
-            conn.close()
-        self._idle.clear()
+        """Close the idle connections (their slots stay, empty)."""
+        slots = [self._slots.get_nowait() for _ in range(self._slots.qsize())]
+        for conn in slots:
+            if conn is not None:
+                conn.close()
+            self._slots.put_nowait(None)

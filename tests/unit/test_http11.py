@@ -97,3 +97,125 @@ async def test_a_connection_the_server_closed_is_not_reused() -> None:
                 assert response.status == 202
         finally:
             await pool.close()
+
+
+def test_interim_1xx_responses_are_skipped() -> None:
+    raw = (b"HTTP/1.1 100 Continue\r\n\r\n"
+           b"HTTP/1.1 202 Accepted\r\nContent-Length: 10\r\n\r\n{\"id\":\"m\"}")
+    response, keep_alive, used = _whole(raw)  # type: ignore[misc]
+    assert (response.status, response.body, keep_alive, used) == (202, b'{"id":"m"}', True,
+                                                                  len(raw))
+    assert _whole(raw[:30]) is None  # only the 100 so far: not an answer
+
+
+@pytest.mark.parametrize("raw", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: twelve\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+])
+def test_malformed_framing_is_an_http_error(raw: bytes) -> None:
+    with pytest.raises(HttpError):
+        _whole(raw)
+
+
+async def _scripted(answers: list[bytes]) -> tuple[asyncio.Server, list[int]]:
+    """A server answering each request (any bytes ending a head with `{}`) with the next
+    scripted bytes; records a connection number per request."""
+    served: list[int] = []
+    script = iter(answers)
+    count = 0
+
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal count
+        count += 1
+        me = count
+        try:
+            while await reader.readuntil(b"{}"):
+                served.append(me)
+                answer = next(script)
+                writer.write(answer)
+                await writer.drain()
+                if not answer:
+                    writer.close()
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError, StopIteration):
+            writer.close()
+
+    return await asyncio.start_server(client, "127.0.0.1", 0), served
+
+
+def _request() -> bytes:
+    return b"POST /m HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+
+
+async def test_extra_bytes_after_a_response_make_the_connection_not_reused() -> None:
+    """A stray second response must never be read as the answer to the next request."""
+    stray = (b"HTTP/1.1 202 OK\r\nContent-Length: 8\r\n\r\n{\"id\":1}"
+             b"HTTP/1.1 202 OK\r\nContent-Length: 8\r\n\r\n{\"id\":2}")
+    fresh = b"HTTP/1.1 202 OK\r\nContent-Length: 8\r\n\r\n{\"id\":3}"
+    server, served = await _scripted([stray, fresh])
+    port = server.sockets[0].getsockname()[1]
+    pool = Http11Pool(f"http://127.0.0.1:{port}", max_connections=1)
+    try:
+        first = await asyncio.wait_for(pool.request(_request()), 5)
+        second = await asyncio.wait_for(pool.request(_request()), 5)
+    finally:
+        await pool.close()
+        server.close()
+    assert (first.body, second.body) == (b'{"id":1}', b'{"id":3}')
+    assert served == [1, 2]  # the second went over a new connection
+
+
+async def test_a_malformed_answer_fails_the_request_at_once_not_at_its_timeout() -> None:
+    server, _ = await _scripted([b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"])
+    port = server.sockets[0].getsockname()[1]
+    pool = Http11Pool(f"http://127.0.0.1:{port}", max_connections=1)
+    try:
+        with pytest.raises(HttpError):
+            await asyncio.wait_for(pool.request(_request()), 2)
+    finally:
+        await pool.close()
+        server.close()
+
+
+async def test_the_bound_holds_when_the_server_closes_every_connection_and_cancels_free_slots(
+) -> None:
+    in_flight = most = 0
+
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal in_flight, most
+        try:
+            await reader.readuntil(b"{}")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()  # a cancelled request's connection
+            return
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.005)
+        in_flight -= 1
+        writer.write(b"HTTP/1.1 202 OK\r\nConnection: close\r\nContent-Length: 8\r\n\r\n"
+                     b"{\"id\":1}")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(client, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = Http11Pool(f"http://127.0.0.1:{port}", max_connections=3)
+
+    async def worker() -> None:
+        for _ in range(10):
+            assert (await pool.request(_request())).status == 202
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(6))), 20)
+        assert most <= 3
+        # Requests cancelled while waiting for a slot or mid-request give their slot back.
+        waiting = [asyncio.ensure_future(pool.request(_request())) for _ in range(8)]
+        await asyncio.sleep(0.002)
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+        assert (await asyncio.wait_for(pool.request(_request()), 5)).status == 202
+    finally:
+        await pool.close()
+        server.close()
