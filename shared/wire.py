@@ -120,10 +120,6 @@ def decode_outcome(data: bytes | str) -> Outcome:
         return msgspec.convert(model.model_dump(), Outcome, from_attributes=True)
 
 
-def encode(event: msgspec.Struct) -> bytes:
-    return _ENCODER.encode(event)
-
-
 _new_object = object.__new__
 _set_slot = object.__setattr__
 _SAFE_UNKNOWN = uuid.SafeUUID.unknown

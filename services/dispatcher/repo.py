@@ -1,4 +1,5 @@
-"""Dispatcher persistence (schema `dispatcher`): templates and delivery claims, in bulk."""
+"""Dispatcher persistence (schema `dispatcher`): templates, and one delivery row per
+(campaign, recipient, channel) holding its outcome — the dedupe record — in bulk."""
 
 from __future__ import annotations
 

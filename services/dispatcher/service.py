@@ -1,4 +1,4 @@
-"""Dispatching a batch of send requests: claim once, render, call the provider with bounded
+"""Dispatching a batch of send requests: skip keys already settled, render, call the provider with bounded
 concurrency and a rate limit, record the outcomes — never holding a connection across a
 provider call."""
 

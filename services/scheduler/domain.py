@@ -19,7 +19,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared import wire
-from shared.events import Channel, TemplateRef
+from shared.events import Channel
 
 CampaignState = Literal["draft", "scheduled", "sending", "aborting", "aborted", "completed"]
 # Namespace for deterministic send-requested event ids: a re-published page reuses its ids, so
@@ -418,7 +418,7 @@ def send_requested_for(
     *,
     campaign_id: uuid.UUID,
     channel: Channel,
-    template: TemplateRef | wire.TemplateRef,
+    template: wire.TemplateRef,
     row: Any,
     opted_out: frozenset[str] | set[str] = frozenset(),
     skip_reason: str | None = None,
@@ -452,8 +452,6 @@ def send_requested_for(
             variables[column] = value
     if now is None:
         now = datetime.now(UTC)
-    if not isinstance(template, wire.TemplateRef):
-        template = wire.TemplateRef(id=template.id, version=template.version)
     return wire.SendRequested(
         event_id=wire.uuid5(_SEND_NS, f"{_text(campaign_id)}:{row['id']}:{channel}"),
         occurred_at=now,

@@ -22,7 +22,8 @@ from services.scheduler import domain, repo
 from services.scheduler.auth import Principal
 from services.scheduler.fanout import FanoutRunner, lock_key
 from services.scheduler.service import _ensure_recipients_fit
-from shared.events import AddressOptedOut, TemplateRef
+from shared import wire
+from shared.events import AddressOptedOut
 from shared.wire import SendRequested
 
 PublishRequests = Callable[[list[SendRequested]], Awaitable[None]]
@@ -92,8 +93,8 @@ async def press_send(
         if first:
             campaign = await repo.get_campaign(conn, campaign_id)
             assert campaign is not None
-            template = TemplateRef(id=campaign["template_id"],
-                                   version=campaign["template_version"])
+            template = wire.TemplateRef(id=campaign["template_id"],
+                                        version=campaign["template_version"])
             addresses = [a for a in (recipient["email"], recipient["phone"]) if a]
             suppressed = await repo.opted_out(conn, row["organisation_id"], addresses)
             # Published inside the transaction: if it fails, the press is not recorded either,

@@ -1,4 +1,5 @@
-"""The dispatcher's claim-once guard on real PostgreSQL."""
+"""The dispatcher's send-once guard (one delivery row per key, with its outcome) on real
+PostgreSQL."""
 
 from __future__ import annotations
 

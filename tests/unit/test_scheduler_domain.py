@@ -4,7 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from services.scheduler import domain
-from shared.events import TemplateRef
+from shared.wire import TemplateRef
 from tests.factories import campaign_payload
 
 

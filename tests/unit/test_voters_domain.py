@@ -10,7 +10,8 @@ from services.dispatcher import domain as dispatcher_domain
 from services.scheduler import domain as scheduler_domain
 from services.scheduler.domain import Invalid, InvalidTransition
 from services.scheduler.voters import domain
-from shared.events import OUTCOME, SEND_REQUESTED, MessageSent, TemplateRef
+from shared.events import OUTCOME, SEND_REQUESTED, MessageSent
+from shared.wire import TemplateRef
 from tests.factories import send_requested
 from tests.voter_factories import chunks_of, voters_csv
 
