@@ -1,6 +1,6 @@
-"""Dispatching a batch of send requests: skip keys already settled, render, call the provider with bounded
-concurrency and a rate limit, record the outcomes — never holding a connection across a
-provider call."""
+"""Dispatching a batch of send requests: skip keys already settled, render, call the provider
+with bounded concurrency and a rate limit, record the outcomes — never holding a connection
+across a provider call."""
 
 from __future__ import annotations
 
