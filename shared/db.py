@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -72,3 +73,27 @@ async def migrate(pool: asyncpg.Pool, schema: str, folder: Path) -> list[str]:
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", lock_key)
     return applied
+
+
+class Staging:
+    """A per-session temporary table, emptied at commit, loaded by binary COPY.
+
+    Bulk statements read their rows from it instead of from array parameters: asyncpg encodes
+    an array element by element with abstract-class checks on each, which cost more CPU than
+    the rows' own insert; binary COPY encodes each value with its codec only. Use inside a
+    transaction (outside one, the rows are gone at once).
+    """
+
+    def __init__(self, name: str, columns: dict[str, str]) -> None:
+        self.name = name
+        self.columns = tuple(columns)
+        definition = ", ".join(f"{c} {t}" for c, t in columns.items())
+        self._create = (
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {name} ({definition}) ON COMMIT DELETE ROWS"
+        )
+
+    async def load(self, conn: asyncpg.Connection, records: Iterable[tuple[Any, ...]]) -> None:
+        # Created on a connection's first use, and again if the transaction that created it
+        # was rolled back. `IF NOT EXISTS` costs one catalog lookup per batch.
+        await conn.execute(self._create)
+        await conn.copy_records_to_table(self.name, records=records, columns=self.columns)

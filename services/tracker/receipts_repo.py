@@ -105,17 +105,15 @@ async def apply_receipts(
     return Applied(row["applied"], row["parked"])
 
 
-async def apply_pending(conn: asyncpg.Connection, provider_message_ids: Sequence[str]) -> int:
-    """Apply the parked receipts of outcomes just inserted in this transaction; return how
-    many. Called under `lock_for_outcomes`."""
-    if not provider_message_ids:
-        return 0
+async def apply_pending(conn: asyncpg.Connection, staged_outcomes: str) -> int:
+    """Apply the parked receipts of the outcomes staged in table `staged_outcomes` in this
+    transaction; return how many. Called under `lock_for_outcomes`."""
     rows = await conn.fetch(
-        """
-        DELETE FROM receipts_pending WHERE provider_message_id = ANY($1::text[])
+        f"""
+        DELETE FROM receipts_pending
+        WHERE provider_message_id IN (SELECT provider_message_id FROM {staged_outcomes})
         RETURNING provider_message_id, status, reason, reported_at, event_id
-        """,
-        list(provider_message_ids),
+        """
     )
     if not rows:
         return 0

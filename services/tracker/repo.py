@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import asyncpg
 
 from services.tracker.domain import Counts, Progress, Reasons
+from shared import db
 from shared.events import CampaignStarted
 from shared.wire import Outcome  # the msgspec mirror of the outcome events (duck-typed alike)
 
@@ -39,7 +40,7 @@ async def save_offsets(conn: asyncpg.Connection, topic: str, next_offsets: dict[
 _CAMPAIGN_LOCKS = 0x5E0D
 
 
-async def lock_campaigns(conn: asyncpg.Connection, campaign_ids: Sequence[uuid.UUID]) -> None:
+async def lock_campaigns(conn: asyncpg.Connection, campaign_ids: Iterable[uuid.UUID]) -> None:
     """Lock the campaigns a transaction will touch, in one order for every transaction.
 
     An outcome batch writes counters, then the campaign's state; a lifecycle batch writes the
@@ -50,8 +51,16 @@ async def lock_campaigns(conn: asyncpg.Connection, campaign_ids: Sequence[uuid.U
         "SELECT pg_advisory_xact_lock($1, k) "
         "FROM (SELECT DISTINCT hashtext(id::text) AS k FROM unnest($2::uuid[]) AS id "
         "      ORDER BY 1) AS keys",
-        _CAMPAIGN_LOCKS, list(campaign_ids),
+        _CAMPAIGN_LOCKS, list(set(campaign_ids)),
     )
+
+
+# The outcomes of the batch being applied (receipts_repo.apply_pending reads them too).
+OUTCOMES_IN = db.Staging("outcomes_in", {
+    "campaign_id": "uuid", "recipient_id": "bigint", "channel": "text", "status": "text",
+    "reason": "text", "provider_message_id": "text", "event_id": "uuid",
+    "occurred_at": "timestamptz", "voter_id": "bigint", "address": "text",
+})
 
 
 async def apply_outcomes(
@@ -59,15 +68,18 @@ async def apply_outcomes(
 ) -> list[uuid.UUID]:
     """Insert the outcomes not seen before and add them to their counters, in one statement;
     return the campaigns whose counters moved."""
+    await OUTCOMES_IN.load(conn, [
+        (o.campaign_id, o.recipient_id, o.channel, o.status, o.reason, o.provider_message_id,
+         o.event_id, o.occurred_at, o.voter_id, o.address)
+        for o in outcomes
+    ])
     rows = await conn.fetch(
         """
         WITH inserted AS (
             INSERT INTO recipient_outcomes (campaign_id, recipient_id, channel, status, reason,
                                             provider_message_id, event_id, occurred_at,
                                             voter_id, address)
-            SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[],
-                                 $6::text[], $7::uuid[], $8::timestamptz[], $9::bigint[],
-                                 $10::text[])
+            SELECT * FROM outcomes_in
             ON CONFLICT DO NOTHING
             RETURNING campaign_id, channel, status, reason
         ), reasons AS (
@@ -94,17 +106,7 @@ async def apply_outcomes(
             failed = c.failed + excluded.failed,
             skipped = c.skipped + excluded.skipped
         RETURNING campaign_id
-        """,
-        [o.campaign_id for o in outcomes],
-        [o.recipient_id for o in outcomes],
-        [o.channel for o in outcomes],
-        [o.status for o in outcomes],
-        [o.reason for o in outcomes],
-        [o.provider_message_id for o in outcomes],
-        [o.event_id for o in outcomes],
-        [o.occurred_at for o in outcomes],
-        [o.voter_id for o in outcomes],
-        [o.address for o in outcomes],
+        """
     )
     return list({r["campaign_id"] for r in rows})
 
