@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import asyncpg
 
 from services.dispatcher.domain import CampaignTemplate, Outcome, Request
+from shared import db
 from shared.events import AddressOptedOut, CampaignStarted, ChannelTemplate, SenderInfo
 from shared.wire import decode_outcome
 
@@ -75,6 +76,15 @@ async def settled_count(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> int
     ))
 
 
+_KEYS_IN = db.Staging("delivery_keys_in", {
+    "campaign_id": "uuid", "recipient_id": "bigint", "channel": "text",
+})
+_DELIVERIES_IN = db.Staging("deliveries_in", {
+    "campaign_id": "uuid", "recipient_id": "bigint", "channel": "text", "request_id": "uuid",
+    "outcome": "json",
+})
+
+
 async def settled(
     conn: asyncpg.Connection, requests: Sequence[Request]
 ) -> dict[tuple[uuid.UUID, int, str], Outcome]:
@@ -86,16 +96,16 @@ async def settled(
     an outcome was treated exactly as no row — sent again, with the same idempotency key — so
     the claim only doubled the writes.)
     """
-    rows = await conn.fetch(
-        """
-        SELECT d.campaign_id, d.recipient_id, d.channel, d.outcome::text AS outcome
-        FROM unnest($1::uuid[], $2::bigint[], $3::text[]) AS k(campaign_id, recipient_id, channel)
-        JOIN deliveries d USING (campaign_id, recipient_id, channel)
-        WHERE d.outcome IS NOT NULL
-        """,
-        [r.campaign_id for r in requests], [r.recipient_id for r in requests],
-        [r.channel for r in requests],
-    )
+    async with conn.transaction():
+        await _KEYS_IN.load(conn, [(r.campaign_id, r.recipient_id, r.channel) for r in requests])
+        rows = await conn.fetch(
+            """
+            SELECT d.campaign_id, d.recipient_id, d.channel, d.outcome::text AS outcome
+            FROM delivery_keys_in AS k
+            JOIN deliveries d USING (campaign_id, recipient_id, channel)
+            WHERE d.outcome IS NOT NULL
+            """
+        )
     return {
         (r["campaign_id"], r["recipient_id"], r["channel"]): decode_outcome(r["outcome"])
         for r in rows
@@ -107,23 +117,21 @@ async def record_outcomes(
 ) -> None:
     """Store each request's outcome, as the JSON that is published; the first one recorded for
     a dedupe key stays (a row claimed without an outcome by an older version gets it)."""
-    await conn.execute(
-        """
-        INSERT INTO deliveries AS d (campaign_id, recipient_id, channel, request_id, outcome,
-                                     done_at)
-        SELECT k.*, now()
-        FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::uuid[], $5::jsonb[])
-             AS k(campaign_id, recipient_id, channel, request_id, outcome)
-        ON CONFLICT (campaign_id, recipient_id, channel) DO UPDATE
-        SET outcome = excluded.outcome, done_at = excluded.done_at
-        WHERE d.outcome IS NULL
-        """,
-        [o.campaign_id for _, o, _ in outcomes],
-        [o.recipient_id for _, o, _ in outcomes],
-        [o.channel for _, o, _ in outcomes],
-        [r.event_id for r, _, _ in outcomes],
-        [data.decode() for _, _, data in outcomes],
-    )
+    async with conn.transaction():
+        await _DELIVERIES_IN.load(conn, [
+            (o.campaign_id, o.recipient_id, o.channel, r.event_id, data.decode())
+            for r, o, data in outcomes
+        ])
+        await conn.execute(
+            """
+            INSERT INTO deliveries AS d (campaign_id, recipient_id, channel, request_id, outcome,
+                                         done_at)
+            SELECT k.*, now() FROM deliveries_in AS k
+            ON CONFLICT (campaign_id, recipient_id, channel) DO UPDATE
+            SET outcome = excluded.outcome, done_at = excluded.done_at
+            WHERE d.outcome IS NULL
+            """
+        )
 
 
 async def save_opt_outs(conn: asyncpg.Connection, events: Sequence[AddressOptedOut]) -> None:
