@@ -98,12 +98,19 @@ async def settled(
     """
     async with conn.transaction():
         await _KEYS_IN.load(conn, [(r.campaign_id, r.recipient_id, r.channel) for r in requests])
+        # One primary-key probe per key, whatever the statistics say: a plain join was planned
+        # as a hash join over the whole table while `deliveries` was young (a few 100k rows),
+        # scanning it for every batch.
         rows = await conn.fetch(
             """
-            SELECT d.campaign_id, d.recipient_id, d.channel, d.outcome::text AS outcome
+            SELECT k.campaign_id, k.recipient_id, k.channel, d.outcome::text AS outcome
             FROM delivery_keys_in AS k
-            JOIN deliveries d USING (campaign_id, recipient_id, channel)
-            WHERE d.outcome IS NOT NULL
+            CROSS JOIN LATERAL (
+                SELECT outcome FROM deliveries d
+                WHERE d.campaign_id = k.campaign_id AND d.recipient_id = k.recipient_id
+                  AND d.channel = k.channel AND d.outcome IS NOT NULL
+                LIMIT 1
+            ) AS d
             """
         )
     return {
