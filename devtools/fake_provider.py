@@ -33,6 +33,8 @@ import aiohttp
 import uvloop
 from aiohttp import web
 
+from devtools import lean_http
+
 
 @dataclass
 class Behaviour:
@@ -85,9 +87,13 @@ class ReceiptPoster:
             "receipts_posted": self.posted, "receipts_errors": self.errors,
         }
 
+    def start(self) -> asyncio.Task[None]:
+        """Post receipts until the task returned is cancelled."""
+        return asyncio.create_task(self.run())
+
     async def running(self, app: web.Application) -> AsyncIterator[None]:
         """An aiohttp `cleanup_ctx`: posts receipts while the app runs."""
-        task = asyncio.create_task(self.run())
+        task = self.start()
         yield
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -143,18 +149,17 @@ class Recorder:
     flaked: set[str] = field(default_factory=set)
 
 
-def create_app(behaviour: Behaviour) -> web.Application:
-    # aiohttp.web: a fake provider must not be what bounds a benchmark.
+def create_routes(behaviour: Behaviour, poster: ReceiptPoster) -> lean_http.Routes:
+    # On `lean_http`, not aiohttp's server: the fake must not be what bounds a benchmark.
     rec = Recorder()
-    poster = ReceiptPoster(behaviour)
 
-    async def send(request: web.Request) -> web.Response:
+    async def send(request: lean_http.Request) -> lean_http.Response:
         try:
-            message = await request.json()
+            message = request.json()
             to, channel, body = str(message["to"]), message["channel"], message["body"]
         except (ValueError, KeyError, TypeError) as exc:
-            return web.json_response({"error": f"bad request: {exc}"}, status=400)
-        key = request.headers.get("Idempotency-Key")
+            return 400, {"error": f"bad request: {exc}"}
+        key = request.headers.get("idempotency-key")
         entry: dict[str, Any] = {
             "at": time.time(), "idempotency_key": key, "channel": channel, "to": to,
             "body": body, "subject": message.get("subject"),
@@ -164,58 +169,68 @@ def create_app(behaviour: Behaviour) -> web.Application:
             await asyncio.sleep(behaviour.latency_ms / 1000)
         if behaviour.fail_pattern and behaviour.fail_pattern.search(to):
             entry["status"] = 422
-            return web.json_response({"error": "recipient unreachable"}, status=422)
+            return 422, {"error": "recipient unreachable"}
         if (behaviour.flaky_pattern and behaviour.flaky_pattern.search(to)
                 and (key or to) not in rec.flaked):
             rec.flaked.add(key or to)
             entry["status"] = 503
-            return web.json_response({"error": "temporarily unavailable"}, status=503)
+            return 503, {"error": "temporarily unavailable"}
         entry["status"] = 202
         entry["id"] = f"fake-{uuid.uuid4().hex}"
         poster.receipt_for(entry["id"], to)
-        return web.json_response({"id": entry["id"]}, status=202)
+        return 202, {"id": entry["id"]}
 
-    async def requests(request: web.Request) -> web.Response:
+    async def requests(request: lean_http.Request) -> lean_http.Response:
         offset = int(request.query.get("offset", 0))
         limit = int(request.query.get("limit", 10_000))
-        return web.json_response(
-            {"requests": rec.requests[offset : offset + limit], "total": len(rec.requests)}
-        )
+        return 200, {"requests": rec.requests[offset : offset + limit],
+                     "total": len(rec.requests)}
 
-    async def stats(request: web.Request) -> web.Response:
+    async def stats(request: lean_http.Request) -> lean_http.Response:
         by_status: dict[str, int] = {}
         for r in rec.requests:
             by_status[str(r.get("status"))] = by_status.get(str(r.get("status")), 0) + 1
-        return web.json_response({
+        return 200, {
             "requests": len(rec.requests),
             "unique_keys": len({r["idempotency_key"] for r in rec.requests}),
             "by_status": by_status,
-        })
+        }
 
-    async def configure(request: web.Request) -> web.Response:
+    async def configure(request: lean_http.Request) -> lean_http.Response:
         """Change behaviour at run time, e.g. `{"latency_ms": 20}` for one test."""
-        body = await request.json()
+        body = request.json()
+        if not isinstance(body, dict):
+            return 400, {"error": "a JSON object is expected"}
         if "latency_ms" in body:
             behaviour.latency_ms = float(body["latency_ms"])
-        return web.json_response({"latency_ms": behaviour.latency_ms, **poster.configure(body)})
+        return 200, {"latency_ms": behaviour.latency_ms, **poster.configure(body)}
 
-    async def reset(request: web.Request) -> web.Response:
+    async def reset(request: lean_http.Request) -> lean_http.Response:
         rec.requests.clear()
         rec.flaked.clear()
-        return web.json_response({"status": "ok"})
+        return 200, {"status": "ok"}
 
-    async def health(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+    async def health(request: lean_http.Request) -> lean_http.Response:
+        return 200, {"status": "ok"}
 
-    app = web.Application()
-    app.cleanup_ctx.append(poster.running)
-    app.router.add_post("/messages", send)
-    app.router.add_get("/requests", requests)
-    app.router.add_get("/stats", stats)
-    app.router.add_post("/reset", reset)
-    app.router.add_post("/config", configure)
-    app.router.add_get("/health", health)
-    return app
+    return {
+        ("POST", "/messages"): send,
+        ("GET", "/requests"): requests,
+        ("GET", "/stats"): stats,
+        ("POST", "/reset"): reset,
+        ("POST", "/config"): configure,
+        ("GET", "/health"): health,
+    }
+
+
+async def serve(behaviour: Behaviour, host: str, port: int) -> None:
+    poster = ReceiptPoster(behaviour)
+    posting = poster.start()
+    server = await lean_http.serve(create_routes(behaviour, poster), host, port)
+    try:
+        await server.serve_forever()
+    finally:
+        posting.cancel()
 
 
 def add_receipt_options(parser: argparse.ArgumentParser, *, not_delivered_reason: str) -> None:
@@ -251,9 +266,8 @@ def main() -> None:
         latency_ms=args.latency_ms,
         **receipt_options(args),
     )
-    uvloop.install()
-    web.run_app(create_app(behaviour), host=args.host, port=args.port, print=None,
-                access_log=None)
+    with contextlib.suppress(KeyboardInterrupt):
+        uvloop.run(serve(behaviour, args.host, args.port))
 
 
 if __name__ == "__main__":
