@@ -103,6 +103,7 @@ class Staging:
 
     async def load(self, conn: asyncpg.Connection, records: Iterable[tuple[Any, ...]]) -> None:
         # Created on a connection's first use, and again if the transaction that created it
-        # was rolled back. `IF NOT EXISTS` costs one catalog lookup per batch.
-        await conn.execute(self._create)
+        # was rolled back (`IF NOT EXISTS`: one catalog lookup per batch); emptied, in case this
+        # transaction loaded it before.
+        await conn.execute(f"{self._create}; DELETE FROM {self.name}")
         await conn.copy_records_to_table(self.name, records=records, columns=self.columns)

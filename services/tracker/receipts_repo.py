@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from shared import db
 from shared.events import DeliveryReported
 
 # Fixed, so every tracker replica takes the same lock; unlike the migrations' key (a hash of
@@ -39,6 +40,13 @@ async def lock_for_outcomes(conn: asyncpg.Connection) -> None:
     await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", _RECEIPTS_LOCK)
 
 
+# A batch's receipts, in arrival order (`ord`).
+_RECEIPTS_IN = db.Staging("receipts_in", {
+    "ord": "integer", "pmid": "text", "status": "text", "reason": "text", "at": "timestamptz",
+    "event_id": "uuid",
+})
+
+
 async def apply_receipts(
     conn: asyncpg.Connection, receipts: Sequence[DeliveryReported]
 ) -> Applied:
@@ -51,12 +59,15 @@ async def apply_receipts(
     """
     if not receipts:
         return Applied(0, 0)
+    await _RECEIPTS_IN.load(conn, [
+        (i, r.provider_message_id, r.status, r.reason, r.occurred_at, r.event_id)
+        for i, r in enumerate(receipts)
+    ])
     row = await conn.fetchrow(
         """
         WITH r AS (
             SELECT DISTINCT ON (pmid) pmid, status, reason, at, event_id
-            FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::uuid[])
-                 WITH ORDINALITY AS r(pmid, status, reason, at, event_id, ord)
+            FROM receipts_in
             ORDER BY pmid, ord
         ), updated AS (
             UPDATE recipient_outcomes o
@@ -94,12 +105,7 @@ async def apply_receipts(
         )
         SELECT (SELECT count(*) FROM updated) AS applied,
                (SELECT count(*) FROM parked) AS parked
-        """,
-        [r.provider_message_id for r in receipts],
-        [r.status for r in receipts],
-        [r.reason for r in receipts],
-        [r.occurred_at for r in receipts],
-        [r.event_id for r in receipts],
+        """
     )
     assert row is not None
     return Applied(row["applied"], row["parked"])
