@@ -8,6 +8,7 @@ from faststream.kafka.annotations import KafkaBroker, KafkaMessage
 from faststream.kafka.publisher.usecase import DefaultPublisher
 
 from services.dispatcher import repo
+from services.dispatcher.domain import Outcome
 from services.dispatcher.service import AbortRegistry, Dispatcher, OptOutRegistry
 from shared import topics
 from shared.events import (
@@ -55,13 +56,17 @@ def kafka_router(
     async def on_send_requested(body: list[bytes], msg: KafkaMessage, broker: KafkaBroker) -> None:
         async with redelivered_on_failure():
             good = await accept_batch(msg, broker, decode_send_requested, service=SERVICE)
-            outcomes = await dispatcher.dispatch_encoded([event for _, event in good])
-            keys = {c: c.bytes for c in {o.campaign_id for o, _ in outcomes}}
-            # Outcomes are acknowledged by Kafka before this returns and the offsets commit.
-            await publish_encoded(
-                outcomes_pub, [(keys[o.campaign_id], data) for o, data in outcomes],
-                service=SERVICE,
-            )
+
+            async def publish(outcomes: list[tuple[Outcome, bytes]]) -> None:
+                keys = {c: c.bytes for c in {o.campaign_id for o, _ in outcomes}}
+                await publish_encoded(
+                    outcomes_pub, [(keys[o.campaign_id], data) for o, data in outcomes],
+                    service=SERVICE,
+                )
+
+            # Outcomes are recorded and acknowledged by Kafka before this returns and the
+            # offsets commit.
+            await dispatcher.dispatch_encoded([event for _, event in good], publish)
 
     @router.subscriber(
         topics.CAMPAIGN_LIFECYCLE,

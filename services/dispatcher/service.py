@@ -8,7 +8,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 import asyncpg
@@ -25,6 +25,7 @@ from shared.events import Channel
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+Publish = Callable[[list[tuple[Outcome, bytes]]], Awaitable[None]]
 
 
 class TemplateNotYetKnown(Exception):
@@ -100,8 +101,16 @@ class Dispatcher:
         """Outcomes for every distinct request of the batch (re-reported if settled before)."""
         return [outcome for outcome, _ in await self.dispatch_encoded(requests)]
 
-    async def dispatch_encoded(self, requests: Sequence[Request]) -> list[tuple[Outcome, bytes]]:
-        """`dispatch`, each outcome with its JSON: the bytes recorded are the bytes to publish."""
+    async def dispatch_encoded(
+        self, requests: Sequence[Request], publish: Publish | None = None
+    ) -> list[tuple[Outcome, bytes]]:
+        """`dispatch`, each outcome with its JSON: the bytes recorded are the bytes to publish.
+
+        With `publish`, the outcomes are published while they are recorded, not after: both
+        must be done before the batch's offsets commit, and neither depends on the other — if
+        recording fails, the batch is redelivered and its messages sent again (as they would
+        be had the process died before recording), and the tracker counts each key once.
+        """
         unique = list({domain.dedupe_key(r): r for r in requests}.values())
         async with self._pool.acquire() as conn:
             await self._ensure_templates(conn, {r.campaign_id for r in unique})
@@ -119,11 +128,18 @@ class Dispatcher:
                 fresh.append((req, ready))
         fresh.extend(zip((req for req, _ in calls), await self._send_all(calls), strict=True))
         encoded = [(req, o, o.to_bytes()) for req, o in fresh]
-        if encoded:
-            async with self._pool.acquire() as conn:
-                await repo.record_outcomes(conn, encoded)
-        return [*((o, o.to_bytes()) for o in settled.values()),
-                *((o, data) for _, o, data in encoded)]
+        outcomes = [*((o, o.to_bytes()) for o in settled.values()),
+                    *((o, data) for _, o, data in encoded)]
+        async with asyncio.TaskGroup() as both:  # one failing cancels the other
+            if encoded:
+                both.create_task(self._record(encoded))
+            if publish is not None and outcomes:
+                both.create_task(publish(outcomes))
+        return outcomes
+
+    async def _record(self, encoded: Sequence[tuple[Request, Outcome, bytes]]) -> None:
+        async with self._pool.acquire() as conn:
+            await repo.record_outcomes(conn, encoded)
 
     async def _send_all(
         self, calls: Sequence[tuple[Request, OutgoingMessage]]
