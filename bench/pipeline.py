@@ -126,6 +126,19 @@ async def _create_topics(kafka: str, names: list[str]) -> None:
         await admin.close()
 
 
+async def _delete_topics(kafka: str, names: list[str]) -> None:
+    """The pipe's topics go once measured: a 1M run leaves ~1 GB in them, and the disk's
+    writeback of old runs' logs slowed later runs (iowait)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
+    await admin.start()
+    try:
+        await admin.delete_topics(names)
+    finally:
+        await admin.close()
+
+
 def _producer(kafka: str) -> Any:
     from aiokafka import AIOKafkaProducer
 
@@ -204,6 +217,7 @@ async def bare_pipe(kafka: str, n: int) -> dict[str, float]:
     await producer.stop()
     await sink.stop()
     relay.join(30)
+    await _delete_topics(kafka, [src, dst])
     return {"messages": n, "seconds": round(elapsed, 2), "per_second": round(n / elapsed)}
 
 
