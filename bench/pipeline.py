@@ -3,7 +3,7 @@ a bare aiokafka pipe moving the same number of messages.
 
     .venv/bin/python -m bench.pipeline [--recipients 1000000] [--dispatchers 1]
         [--provider noop|http] [--latency-ms 50] [--concurrency N] [--no-baseline]
-        [--schedule-lag 100] [--abort] [--label NAME]
+        [--schedule-lag 100] [--abort] [--no-receipts] [--label NAME]
 
 `make bench` / `make bench-quick` run it against the local stack (KAFKA_BOOTSTRAP_SERVERS and
 DATABASE_URL, else `.sendout/stack.env`). Recipients are loaded by COPY straight into
@@ -428,6 +428,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         dispatchers=args.dispatchers, extra_env=extra_env,
     )
     try:
+        if args.no_receipts and sendout.provider:
+            # The fake posts no delivery receipts: what the provider's latency alone costs.
+            async with httpx.AsyncClient() as http:
+                r = await http.post(f"{sendout.provider}/config", json={"receipts_url": None})
+                r.raise_for_status()
         if args.schedule_lag:
             result["schedule_lag"] = await schedule_lag(sendout, database_url, args.schedule_lag)
         if args.recipients:
@@ -457,6 +462,8 @@ def main() -> None:
     parser.add_argument("--schedule-lag", type=int, default=0, metavar="CAMPAIGNS")
     parser.add_argument("--abort", action="store_true",
                         help="abort after 5%% of the recipients have an outcome (http provider)")
+    parser.add_argument("--no-receipts", action="store_true",
+                        help="the fake HTTP provider posts no delivery receipts")
     parser.add_argument("--label", default="")
     args = parser.parse_args()
     import uvloop
