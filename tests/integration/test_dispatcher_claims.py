@@ -204,3 +204,35 @@ async def test_the_first_outcome_recorded_for_a_message_stays(
         await repo.record_outcomes(conn, [(req, late, late.to_bytes())])
     [b] = await two.dispatch([req])
     assert b.provider_message_id == a.provider_message_id != "late"
+
+
+async def test_outcomes_published_are_those_recorded_and_a_failed_record_fails_the_batch(
+    dispatcher_pool: asyncpg.Pool,
+) -> None:
+    cid = await _campaign(dispatcher_pool)
+    provider = RecordingProvider()
+    d = _dispatcher(dispatcher_pool, provider)
+    published: list[bytes] = []
+
+    async def publish(outcomes: list[tuple[domain.Outcome, bytes]]) -> None:
+        published.extend(data for _, data in outcomes)
+
+    batch = [send_requested(cid, i, f"p{i}@example.org") for i in range(1, 4)]
+    await d.dispatch_encoded(batch[:1], publish)  # settled before the next batch
+    returned = await d.dispatch_encoded(batch, publish)
+    assert [data for _, data in returned] == published[1:]
+    async with dispatcher_pool.acquire() as conn:
+        stored = await conn.fetch(
+            "SELECT outcome::text AS o FROM deliveries WHERE campaign_id = $1", cid)
+    assert sorted(r["o"].encode() for r in stored) == sorted(published[1:])
+    assert len(provider.calls) == 3
+
+    # Recording fails (the database refuses the rows): the batch fails, to be redelivered.
+    async def refuse(*args: object) -> None:
+        raise asyncpg.PostgresError("refused")
+
+    failing = _dispatcher(dispatcher_pool, RecordingProvider())
+    failing._record = refuse  # type: ignore[method-assign]
+    with pytest.raises(ExceptionGroup) as raised:
+        await failing.dispatch_encoded([send_requested(cid, 9, "p9@example.org")], publish)
+    assert raised.group_contains(asyncpg.PostgresError)
