@@ -139,7 +139,6 @@ def test_two_scheduler_processes_fire_each_scheduled_campaign_once(
     second = sendout.start_service("scheduler", name="scheduler-2")
     try:
         tag = f"twice-{uuid.uuid4().hex[:6]}-"
-        at = in_seconds(2.5)
         cids = []
         for i in range(10):
             api = sendout.scheduler if i % 2 else second.url
@@ -149,9 +148,14 @@ def test_two_scheduler_processes_fire_each_scheduled_campaign_once(
             cid = r.raise_for_status().json()["id"]
             add_recipients(http, sendout, cid, [{"email": f"{tag}{i}@example.org",
                                                  "first_name": "A"}])
+            cids.append(cid)
+        # All due at the same moment, set once the campaigns exist (creating them on a slow
+        # machine must not eat into the time before it).
+        at = in_seconds(2.5)
+        for i, cid in enumerate(cids):
+            api = sendout.scheduler if i % 2 else second.url
             http.post(f"{api}/campaigns/{cid}/schedule",
                       json={"at": at.isoformat()}).raise_for_status()
-            cids.append(cid)
         for cid in cids:
             wait_for_completion(http, sendout.tracker, cid, timeout=30)
             wait_state(http, sendout, cid, {"completed"})
