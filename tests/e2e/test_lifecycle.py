@@ -37,9 +37,10 @@ def test_scheduled_campaign_starts_within_a_second_of_its_time(
     tag = f"sched-{uuid.uuid4().hex[:6]}-"
     cid = create_campaign(http, sendout)
     add_recipients(http, sendout, cid, _emails(tag, 5))
+    ada = bearer(sendout.new_user("default", "ada"))  # waits for the tracker: before the clock
     at = in_seconds(3)
     r = http.post(f"{sendout.scheduler}/campaigns/{cid}/schedule", json={"at": at.isoformat()},
-                  headers=bearer(sendout.new_user("default", "ada")))
+                  headers=ada)
     assert r.status_code == 202 and r.json()["state"] == "scheduled", r.text
     time.sleep(1)
     assert campaign(http, sendout, cid)["state"] == "scheduled"
