@@ -98,13 +98,14 @@ async def settled(
     """
     async with conn.transaction():
         await _KEYS_IN.load(conn, [(r.campaign_id, r.recipient_id, r.channel) for r in requests])
-        # One primary-key probe per key, whatever the statistics say: a plain join was planned
-        # as a hash join over the whole table while `deliveries` was young (a few 100k rows),
-        # scanning it for every batch.
+        # One primary-key probe per key, whatever the statistics say: the staged keys have
+        # none, and while `deliveries` is young (a few 100k rows) scanning it for a hash join
+        # costs about as much as the probes in the planner's eyes — a plain join was the
+        # busiest statement of the benchmark's PostgreSQL (docs/benchmarks.md, third pass).
         rows = await conn.fetch(
-            """
+            f"""
             SELECT k.campaign_id, k.recipient_id, k.channel, d.outcome::text AS outcome
-            FROM delivery_keys_in AS k
+            FROM {_KEYS_IN.name} AS k
             CROSS JOIN LATERAL (
                 SELECT outcome FROM deliveries d
                 WHERE d.campaign_id = k.campaign_id AND d.recipient_id = k.recipient_id
@@ -130,10 +131,10 @@ async def record_outcomes(
             for r, o, data in outcomes
         ])
         await conn.execute(
-            """
+            f"""
             INSERT INTO deliveries AS d (campaign_id, recipient_id, channel, request_id, outcome,
                                          done_at)
-            SELECT k.*, now() FROM deliveries_in AS k
+            SELECT k.*, now() FROM {_DELIVERIES_IN.name} AS k
             ON CONFLICT (campaign_id, recipient_id, channel) DO UPDATE
             SET outcome = excluded.outcome, done_at = excluded.done_at
             WHERE d.outcome IS NULL

@@ -64,10 +64,10 @@ async def apply_receipts(
         for i, r in enumerate(receipts)
     ])
     row = await conn.fetchrow(
-        """
+        f"""
         WITH r AS (
             SELECT DISTINCT ON (pmid) pmid, status, reason, at, event_id
-            FROM receipts_in
+            FROM {_RECEIPTS_IN.name}
             ORDER BY pmid, ord
         ), updated AS (
             UPDATE recipient_outcomes o

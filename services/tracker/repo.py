@@ -74,12 +74,12 @@ async def apply_outcomes(
         for o in outcomes
     ])
     rows = await conn.fetch(
-        """
+        f"""
         WITH inserted AS (
             INSERT INTO recipient_outcomes (campaign_id, recipient_id, channel, status, reason,
                                             provider_message_id, event_id, occurred_at,
                                             voter_id, address)
-            SELECT * FROM outcomes_in
+            SELECT * FROM {OUTCOMES_IN.name}
             ON CONFLICT DO NOTHING
             RETURNING campaign_id, channel, status, reason
         ), reasons AS (

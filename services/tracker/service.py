@@ -58,7 +58,7 @@ async def apply_outcomes(
         applied = await repo.applied_offsets(conn, topic)
         fresh = _not_yet_applied(records, applied)
         if fresh:
-            await repo.lock_campaigns(conn, {o.campaign_id for o in fresh})
+            await repo.lock_campaigns(conn, (o.campaign_id for o in fresh))
             moved = await repo.apply_outcomes(conn, fresh)
             # Receipts that overtook these outcomes were parked; they count now.
             await receipts_repo.apply_pending(conn, repo.OUTCOMES_IN.name)
