@@ -18,7 +18,6 @@ from services.scheduler import repo as scheduler_repo
 from services.scheduler import service as scheduler_service
 from services.scheduler.domain import Invalid, InvalidTransition, NotFound
 from services.scheduler.voters import domain, repo, service
-from services.scheduler.voters.domain import DEFAULT_ORG
 from services.scheduler.voters.service import ImportResult
 from shared import db
 from shared.auth import Principal
@@ -28,7 +27,9 @@ from tests.voter_factories import chunked, phone, run_tag, voter_payload, voters
 
 pytestmark = pytest.mark.integration
 REGION = "DK"
-ORG = DEFAULT_ORG
+# An organisation of this run's own: voters that earlier runs left in the local database
+# (in other organisations) cannot show up in its searches.
+ORG = uuid.uuid4()
 ACTOR = Principal(uuid.uuid4(), ORG, "test")
 
 
@@ -37,6 +38,8 @@ async def scheduler_pool(stack: Stack) -> AsyncIterator[asyncpg.Pool]:
     pool = await db.create_pool(stack.database_url, "scheduler", max_size=4,
                                 init=scheduler_repo.init_connection)
     await db.migrate(pool, "scheduler", scheduler_app.MIGRATIONS)
+    await pool.execute("INSERT INTO organisations (id, name) VALUES ($1, $2)",
+                       ORG, f"voters-tests-{ORG}")
     yield pool
     await pool.close()
 
@@ -170,10 +173,6 @@ async def test_search_returns_one_page_by_name_email_or_phone_and_pages_by_id(
             started = time.perf_counter()
             found = await search(q)
             latencies.append(time.perf_counter() - started)
-            # Voters left by earlier runs in the local database may share the phone number
-            # and come first (lower ids): read on, page by page, until this run's voter.
-            while not expected <= set(found) and (more := await search(q, after=found[-1])):
-                found += more
             assert expected <= set(found), q
     started = time.perf_counter()
     family = await search(f"{tag}FAMILY7")
