@@ -11,7 +11,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 Channel = Literal["email", "sms"]
 OutcomeStatus = Literal["completed", "failed", "skipped"]
@@ -66,6 +66,26 @@ class SendRequested(Event):
     requested_at: datetime = Field(default_factory=_now)
 
 
+class SendRequestedBatch(Event):
+    """Scheduler → dispatcher: several send requests of one campaign in one Kafka record.
+
+    A mass send-out carries its requests in these (up to a few hundred each), so the per-record
+    costs of Kafka and of the consumers are paid once per batch rather than once per message.
+    Each request is still a whole `SendRequested`, with its own event id: consumers dedupe per
+    request, and a request is the same whether it came alone or in a batch. The topic carries
+    both forms; a single request is published as itself.
+    """
+
+    type: Literal["send_requested_batch"] = "send_requested_batch"
+    requests: list[SendRequested] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _one_campaign(self) -> SendRequestedBatch:
+        if any(r.campaign_id != self.campaign_id for r in self.requests):
+            raise ValueError("every request of a batch belongs to the batch's campaign")
+        return self
+
+
 class _Outcome(Event):
     recipient_id: int
     voter_id: int | None = None  # copied from the SendRequested
@@ -109,6 +129,27 @@ class MessageSkipped(_Outcome):
 
 Outcome = Annotated[MessageSent | MessageFailed | MessageSkipped, Field(discriminator="type")]
 OUTCOME = TypeAdapter(Outcome)
+
+
+class OutcomeBatch(Event):
+    """Dispatcher → tracker: outcomes of one campaign in one Kafka record (as
+    `SendRequestedBatch` is for requests). Each outcome keeps its own event id."""
+
+    type: Literal["outcome_batch"] = "outcome_batch"
+    outcomes: list[Outcome] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _one_campaign(self) -> OutcomeBatch:
+        if any(o.campaign_id != self.campaign_id for o in self.outcomes):
+            raise ValueError("every outcome of a batch belongs to the batch's campaign")
+        return self
+
+
+# What a record of `sendout.outcomes.v1` holds: one outcome, or a batch of them.
+OUTCOME_RECORD = TypeAdapter(
+    Annotated[MessageSent | MessageFailed | MessageSkipped | OutcomeBatch,
+              Field(discriminator="type")]
+)
 
 
 class ChannelTemplate(BaseModel):
@@ -260,3 +301,6 @@ LifecycleEvent = Annotated[
 ]
 LIFECYCLE = TypeAdapter(LifecycleEvent)
 SEND_REQUESTED = TypeAdapter(SendRequested)
+# What a record of `sendout.send-requested.v1` holds: one request, or a batch of them. (Not a
+# discriminated union: a single request may omit `type`, which defaults.)
+SEND_REQUESTED_RECORD = TypeAdapter(SendRequested | SendRequestedBatch)

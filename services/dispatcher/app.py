@@ -79,7 +79,9 @@ def create_app(settings: DispatcherSettings | None = None) -> FastAPI:
             client_id=instance_client_id("dispatcher", settings.instance_id),
         )
         outcomes_pub = broker.publisher(
-            topics.OUTCOMES, description="Sent / failed / skipped, keyed by campaign id."
+            topics.OUTCOMES,
+            description="Sent / failed / skipped, in batches of one campaign's (or one alone), "
+            "keyed by campaign id.",
         )
         lifecycle_pub = broker.publisher(
             topics.CAMPAIGN_LIFECYCLE, description="Abort acknowledgements, keyed by campaign id."
@@ -88,6 +90,7 @@ def create_app(settings: DispatcherSettings | None = None) -> FastAPI:
             handlers.kafka_router(
                 pool, dispatcher, aborts, opt_outs, outcomes_pub, lifecycle_pub,
                 instance=settings.instance_id, max_records=settings.batch_max_records,
+                outcome_batch_size=settings.outcome_batch_size,
             )
         )
         await broker.start()

@@ -28,7 +28,7 @@ from shared.kafka import (
     records_of,
     redelivered_on_failure,
 )
-from shared.wire import decode_send_requested
+from shared.wire import decode_send_requests, outcome_records
 
 SERVICE = "dispatcher"
 
@@ -43,6 +43,7 @@ def kafka_router(
     *,
     instance: str,
     max_records: int,
+    outcome_batch_size: int = 500,
 ) -> KafkaRouter:
     router = KafkaRouter()
 
@@ -55,18 +56,18 @@ def kafka_router(
     )
     async def on_send_requested(body: list[bytes], msg: KafkaMessage, broker: KafkaBroker) -> None:
         async with redelivered_on_failure():
-            good = await accept_batch(msg, broker, decode_send_requested, service=SERVICE)
+            good = await accept_batch(msg, broker, decode_send_requests, service=SERVICE)
 
             async def publish(outcomes: list[tuple[Outcome, bytes]]) -> None:
-                keys = {c: c.bytes for c in {o.campaign_id for o, _ in outcomes}}
                 await publish_encoded(
-                    outcomes_pub, [(keys[o.campaign_id], data) for o, data in outcomes],
-                    service=SERVICE,
+                    outcomes_pub, outcome_records(outcomes, outcome_batch_size), service=SERVICE
                 )
 
             # Outcomes are recorded and acknowledged by Kafka before this returns and the
             # offsets commit.
-            await dispatcher.dispatch_encoded([event for _, event in good], publish)
+            await dispatcher.dispatch_encoded(
+                [request for _, requests in good for request in requests], publish
+            )
 
     @router.subscriber(
         topics.CAMPAIGN_LIFECYCLE,

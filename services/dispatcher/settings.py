@@ -35,4 +35,8 @@ class DispatcherSettings(CommonSettings):
     rate_limit_per_second: float = 0.0  # 0 = unlimited
     max_attempts: int = 3
     retry_backoff_seconds: float = 0.2
-    batch_max_records: int = 5000
+    # Kafka records per batch. A mass send-out's record holds up to the scheduler's
+    # `send_batch_size` requests (100): 50 records are up to 5,000 messages.
+    batch_max_records: int = 50
+    # Outcomes per Kafka record (`OutcomeBatch`, one campaign's) published to the tracker.
+    outcome_batch_size: int = 500

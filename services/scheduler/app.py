@@ -15,7 +15,7 @@ from services.scheduler.schedules import ScheduleLoop
 from services.scheduler.service import AbortAcks
 from services.scheduler.settings import SchedulerSettings
 from services.scheduler.voters import handlers as voters
-from shared import db, http_errors, topics
+from shared import db, http_errors, topics, wire
 from shared.events import (
     AddressOptedOut,
     ApiTokenIssued,
@@ -23,9 +23,14 @@ from shared.events import (
     CampaignStarted,
     Event,
 )
-from shared.kafka import ensure_topics, group_instances, make_broker, publish_all
+from shared.kafka import (
+    ensure_topics,
+    group_instances,
+    make_broker,
+    publish_all,
+    publish_encoded,
+)
 from shared.service import ops_router, standard_checks
-from shared.wire import SendRequested
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 DISPATCHER_GROUP = "sendout-dispatcher"
@@ -49,7 +54,8 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
         broker = make_broker(settings.kafka_bootstrap_servers, client_id="sendout-scheduler")
         requests_pub = broker.publisher(
             topics.SEND_REQUESTED,
-            description="One recipient and channel to send, keyed by recipient id.",
+            description="Recipients and channels to send, in batches of one campaign's "
+            "(or one alone), keyed by the (first) recipient id.",
         )
         lifecycle_pub = broker.publisher(
             topics.CAMPAIGN_LIFECYCLE, description="Campaign lifecycle, keyed by campaign id."
@@ -63,9 +69,9 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
         acks = AbortAcks()
         broker.include_router(handlers.kafka_router(pool, acks))
 
-        async def publish_requests(events: list[SendRequested]) -> None:
-            keyed = [(str(e.recipient_id).encode(), e) for e in events]
-            await publish_all(requests_pub, keyed, service="scheduler")
+        async def publish_requests(events: list[wire.SendRequested]) -> None:
+            records = wire.request_records(events, settings.send_batch_size)
+            await publish_encoded(requests_pub, records, service="scheduler")
 
         async def publish_lifecycle(event: Event) -> None:
             keyed = [(event.campaign_id.bytes, event)]

@@ -20,7 +20,7 @@ from shared.kafka import (
     accept_batch,
     redelivered_on_failure,
 )
-from shared.wire import decode_outcome
+from shared.wire import decode_outcomes
 
 SERVICE = "tracker"
 
@@ -41,8 +41,12 @@ def kafka_router(
     )
     async def on_outcomes(body: list[bytes], msg: KafkaMessage, broker: KafkaBroker) -> None:
         async with redelivered_on_failure():
-            good = await accept_batch(msg, broker, decode_outcome, service=SERVICE)
-            await service.apply_outcomes(pool, topics.OUTCOMES, good, publish_completed)
+            good = await accept_batch(msg, broker, decode_outcomes, service=SERVICE)
+            await service.apply_outcomes(
+                pool, topics.OUTCOMES,
+                [(record, outcome) for record, outcomes in good for outcome in outcomes],
+                publish_completed,
+            )
 
     @router.subscriber(
         topics.CAMPAIGN_LIFECYCLE,

@@ -26,6 +26,8 @@ MIRRORS: list[tuple[type[msgspec.Struct], type[BaseModel]]] = [
     (wire.MessageSent, events.MessageSent),
     (wire.MessageFailed, events.MessageFailed),
     (wire.MessageSkipped, events.MessageSkipped),
+    (wire.SendRequestedBatch, events.SendRequestedBatch),
+    (wire.OutcomeBatch, events.OutcomeBatch),
 ]
 
 
@@ -142,6 +144,8 @@ def test_what_the_schema_refuses_the_fast_decoder_refuses_with_pydantics_error(
         events.SEND_REQUESTED.validate_json(data)
     with pytest.raises(ValidationError):
         wire.decode_send_requested(data)
+    with pytest.raises(ValidationError):  # the record reader: a request or a batch
+        wire.decode_send_requests(data)
 
 
 OUTCOME = outcome(uuid.uuid4(), 1).to_bytes()
@@ -163,6 +167,8 @@ def test_outcomes_the_schema_refuses_are_refused(data: bytes) -> None:
         events.OUTCOME.validate_json(data)
     with pytest.raises(ValidationError):
         wire.decode_outcome(data)
+    with pytest.raises(ValidationError):
+        wire.decode_outcomes(data)
 
 
 # Valid for the schema but not for msgspec's stricter reading: accepted through pydantic.
@@ -228,3 +234,99 @@ def test_event_ids_are_distinct_random_version_4_uuids() -> None:
     assert len(set(drawn)) == 1000
     assert {(u.version, u.variant) for u in drawn} == {(4, uuid.RFC_4122)}
     assert all(uuid.UUID(str(u)) == u and uuid.UUID(bytes=u.bytes) == u for u in drawn)
+
+
+# Batches: several requests (outcomes) of one campaign in one record.
+
+def _requests(campaign_id: uuid.UUID, n: int) -> list[wire.SendRequested]:
+    ref = wire.TemplateRef(id=uuid.uuid4(), version=1)
+    return [
+        scheduler_domain.send_requested_for(
+            campaign_id=campaign_id, channel="email", template=ref,
+            row={"id": 100 + i, "email": f"v{i}@x.org", "email_invalid": False, "phone": None,
+                 "phone_invalid": False, "first_name": "V", "last_name": None,
+                 "attributes": {"n": i}},
+            opted_out=set())
+        for i in range(n)
+    ]
+
+
+def test_requests_go_in_batches_of_one_campaign_keyed_by_their_first_recipient() -> None:
+    a, b = uuid.uuid4(), uuid.uuid4()
+    requests = [*_requests(a, 7), *_requests(b, 1)]
+    records = wire.request_records(requests, batch_size=3)
+    assert [key for key, _ in records] == [b"100", b"103", b"106", b"100"]
+    decoded = [wire.decode_send_requests(value) for _, value in records]
+    assert [len(d) for d in decoded] == [3, 3, 1, 1]
+    assert [r for d in decoded for r in d] == requests
+    # The schema reads each record alike: a batch, and a lone request as itself.
+    models = [events.SEND_REQUESTED_RECORD.validate_json(v) for _, v in records]
+    assert [type(m).__name__ for m in models] == [
+        "SendRequestedBatch", "SendRequestedBatch", "SendRequested", "SendRequested"]
+    for model, mine in zip(models[0].requests, decoded[0], strict=True):
+        _same(mine, model)
+
+
+def test_outcomes_go_in_batches_of_one_campaign_with_their_bytes_as_recorded() -> None:
+    a, b = uuid.uuid4(), uuid.uuid4()
+    outcomes = [outcome(a, 1), outcome(b, 2, "failed"), outcome(a, 3, "skipped"),
+                outcome(a, 4)]
+    encoded = [(wire.decode_outcome(o.to_bytes()), o.to_bytes()) for o in outcomes]
+    records = wire.outcome_records(encoded, batch_size=2)
+    assert [key for key, _ in records] == [a.bytes, a.bytes, b.bytes]
+    assert records[1][1] == outcomes[3].to_bytes() and records[2][1] == outcomes[1].to_bytes()
+    batch = events.OUTCOME_RECORD.validate_json(records[0][1])
+    assert isinstance(batch, events.OutcomeBatch) and batch.campaign_id == a
+    assert batch.outcomes == [outcomes[0], outcomes[2]]
+    assert [o.recipient_id for _, v in records for o in wire.decode_outcomes(v)] == [1, 3, 4, 2]
+    # Each outcome inside is the very JSON recorded: spliced in, not encoded again.
+    assert outcomes[0].to_bytes() in records[0][1]
+
+
+def _batch(campaign_id: uuid.UUID, items: list[Any]) -> bytes:
+    return json.dumps({"type": "send_requested_batch", "campaign_id": str(campaign_id),
+                       "requests": items}).encode()
+
+
+_CID = uuid.uuid4()
+_ITEM = json.loads(_requests(_CID, 1)[0].to_bytes())
+_OUTCOME_ITEM = json.loads(outcome(_CID, 1).to_bytes())
+REFUSED_BATCHES = {
+    "a request of another campaign": _batch(uuid.uuid4(), [_ITEM]),
+    "no requests": _batch(_CID, []),
+    "one bad request": _batch(_CID, [_ITEM, _ITEM | {"channel": "fax"}]),
+    "requests not a list": _batch(_CID, {"a": _ITEM}),  # type: ignore[arg-type]
+    "schema version 2": _patched(_batch(_CID, [_ITEM]), schema_version=2),
+}
+
+
+@pytest.mark.parametrize("data", REFUSED_BATCHES.values(), ids=REFUSED_BATCHES.keys())
+def test_a_batch_the_schema_refuses_is_refused_whole(data: bytes) -> None:
+    with pytest.raises(ValidationError):
+        events.SEND_REQUESTED_RECORD.validate_json(data)
+    with pytest.raises(ValidationError):
+        wire.decode_send_requests(data)
+
+
+@pytest.mark.parametrize("data", [
+    json.dumps({"type": "outcome_batch", "campaign_id": str(uuid.uuid4()),
+                "outcomes": [_OUTCOME_ITEM]}).encode(),
+    json.dumps({"type": "outcome_batch", "campaign_id": str(_CID), "outcomes": []}).encode(),
+    json.dumps({"type": "outcome_batch", "campaign_id": str(_CID),
+                "outcomes": [_OUTCOME_ITEM | {"type": "bounced"}]}).encode(),
+], ids=["an outcome of another campaign", "no outcomes", "one bad outcome"])
+def test_an_outcome_batch_the_schema_refuses_is_refused_whole(data: bytes) -> None:
+    with pytest.raises(ValidationError):
+        events.OUTCOME_RECORD.validate_json(data)
+    with pytest.raises(ValidationError):
+        wire.decode_outcomes(data)
+
+
+def test_a_batch_valid_only_for_the_laxer_schema_is_read_through_it() -> None:
+    data = _batch(_CID, [_ITEM | {"recipient_id": "42"}, _ITEM])
+    assert [r.recipient_id for r in wire.decode_send_requests(data)] == [42, 100]
+    lone = json.dumps(_ITEM | {"recipient_id": "43"}).encode()
+    assert [r.recipient_id for r in wire.decode_send_requests(lone)] == [43]
+    lax_outcomes = json.dumps({"type": "outcome_batch", "campaign_id": str(_CID),
+                               "outcomes": [_OUTCOME_ITEM | {"recipient_id": 7.0}]}).encode()
+    assert [o.recipient_id for o in wire.decode_outcomes(lax_outcomes)] == [7]
