@@ -90,7 +90,7 @@ def create_app(settings: DispatcherSettings | None = None) -> FastAPI:
             handlers.kafka_router(
                 pool, dispatcher, aborts, opt_outs, outcomes_pub, lifecycle_pub,
                 instance=settings.instance_id, max_records=settings.batch_max_records,
-                outcome_batch_size=settings.outcome_batch_size,
+                outcome_batch_size=settings.outcome_batch_size, consumers=settings.consumers,
             )
         )
         await broker.start()

@@ -44,16 +44,10 @@ def kafka_router(
     instance: str,
     max_records: int,
     outcome_batch_size: int = 500,
+    consumers: int = 1,
 ) -> KafkaRouter:
     router = KafkaRouter()
 
-    @router.subscriber(
-        topics.SEND_REQUESTED,
-        group_id="sendout-dispatcher",
-        max_records=max_records,
-        description="Renders and sends each requested message; reports its outcome.",
-        **BATCH_CONSUMER,
-    )
     async def on_send_requested(body: list[bytes], msg: KafkaMessage, broker: KafkaBroker) -> None:
         async with redelivered_on_failure():
             good = await accept_batch(msg, broker, decode_send_requests, service=SERVICE)
@@ -68,6 +62,19 @@ def kafka_router(
             await dispatcher.dispatch_encoded(
                 [request for _, requests in good for request in requests], publish
             )
+
+    # `consumers` members of the group in this process, each with its own partitions and its
+    # own batch in flight: a batch spends most of its time waiting on PostgreSQL and Kafka,
+    # and meanwhile another consumer's batch uses the CPU.
+    for n in range(consumers):
+        router.subscriber(
+            topics.SEND_REQUESTED,
+            group_id="sendout-dispatcher",
+            max_records=max_records,
+            description="Renders and sends each requested message; reports its outcome.",
+            include_in_schema=n == 0,
+            **BATCH_CONSUMER,
+        )(on_send_requested)
 
     @router.subscriber(
         topics.CAMPAIGN_LIFECYCLE,

@@ -38,5 +38,9 @@ class DispatcherSettings(CommonSettings):
     # Kafka records per batch. A mass send-out's record holds up to the scheduler's
     # `send_batch_size` requests (100): 50 records are up to 5,000 messages.
     batch_max_records: int = 50
+    # Consumers of send requests in this process (members of the dispatchers' group, each with
+    # its own partitions and batch in flight), so that the CPU works on one batch while another
+    # waits on PostgreSQL or Kafka. At most the topic's partitions over all processes.
+    consumers: int = 2
     # Outcomes per Kafka record (`OutcomeBatch`, one campaign's) published to the tracker.
     outcome_batch_size: int = 500
