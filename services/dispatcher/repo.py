@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import asyncpg
 
@@ -81,8 +82,9 @@ _KEYS_IN = db.Staging("delivery_keys_in", {
 })
 _DELIVERIES_IN = db.Staging("deliveries_in", {
     "campaign_id": "uuid", "recipient_id": "bigint", "channel": "text", "request_id": "uuid",
-    "outcome": "json",
+    "outcome": "json", "done_at": "timestamptz",
 })
+_DELIVERY_COLUMNS = _DELIVERIES_IN.columns
 
 
 async def settled(
@@ -124,17 +126,32 @@ async def record_outcomes(
     conn: asyncpg.Connection, outcomes: Sequence[tuple[Request, Outcome, bytes]]
 ) -> None:
     """Store each request's outcome, as the JSON that is published; the first one recorded for
-    a dedupe key stays (a row claimed without an outcome by an older version gets it)."""
+    a dedupe key stays (a row claimed without an outcome by an older version gets it).
+
+    The keys were looked up just before (`settled`), so they are nearly always new: the rows
+    are copied straight into `deliveries`, in a savepoint. Only if a key is there after all
+    (another dispatcher recorded it meanwhile, or an old claim) does that fail, and the batch
+    goes the careful way — staged, then inserted with `ON CONFLICT`. Straight in, PostgreSQL
+    inserts the rows page by page, without a speculative insertion per row.
+    """
+    done_at = datetime.now(UTC)
+    rows = [
+        (o.campaign_id, o.recipient_id, o.channel, r.event_id, data.decode(), done_at)
+        for r, o, data in outcomes
+    ]
     async with conn.transaction():
-        await _DELIVERIES_IN.load(conn, [
-            (o.campaign_id, o.recipient_id, o.channel, r.event_id, data.decode())
-            for r, o, data in outcomes
-        ])
+        try:
+            async with conn.transaction():
+                await conn.copy_records_to_table("deliveries", records=rows,
+                                                 columns=_DELIVERY_COLUMNS)
+                return
+        except asyncpg.UniqueViolationError:
+            pass
+        await _DELIVERIES_IN.load(conn, rows)
         await conn.execute(
             f"""
-            INSERT INTO deliveries AS d (campaign_id, recipient_id, channel, request_id, outcome,
-                                         done_at)
-            SELECT k.*, now() FROM {_DELIVERIES_IN.name} AS k
+            INSERT INTO deliveries AS d ({", ".join(_DELIVERY_COLUMNS)})
+            SELECT * FROM {_DELIVERIES_IN.name}
             ON CONFLICT (campaign_id, recipient_id, channel) DO UPDATE
             SET outcome = excluded.outcome, done_at = excluded.done_at
             WHERE d.outcome IS NULL

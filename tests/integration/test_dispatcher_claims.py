@@ -236,3 +236,21 @@ async def test_outcomes_published_are_those_recorded_and_a_failed_record_fails_t
     with pytest.raises(ExceptionGroup) as raised:
         await failing.dispatch_encoded([send_requested(cid, 9, "p9@example.org")], publish)
     assert raised.group_contains(asyncpg.PostgresError)
+
+
+async def test_a_batch_with_a_key_recorded_meanwhile_records_the_others_and_keeps_the_first(
+    dispatcher_pool: asyncpg.Pool,
+) -> None:
+    cid = await _campaign(dispatcher_pool)
+    batch = [send_requested(cid, i, f"m{i}@example.org") for i in range(1, 4)]
+    early = domain.sent(batch[1], "recorded-meanwhile")
+    async with dispatcher_pool.acquire() as conn:
+        await repo.record_outcomes(conn, [(batch[1], early, early.to_bytes())])
+        # The batch's own outcomes, one of them for the key recorded meanwhile: the copy
+        # straight into the table fails on it, and the batch is inserted the careful way.
+        mine = [(r, domain.sent(r, f"mine-{r.recipient_id}")) for r in batch]
+        await repo.record_outcomes(conn, [(r, o, o.to_bytes()) for r, o in mine])
+        stored = {r["recipient_id"]: r["outcome"] for r in await conn.fetch(
+            "SELECT recipient_id, outcome->>'provider_message_id' AS outcome FROM deliveries "
+            "WHERE campaign_id = $1", cid)}
+    assert stored == {1: "mine-1", 2: "recorded-meanwhile", 3: "mine-3"}
