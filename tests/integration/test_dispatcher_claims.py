@@ -238,6 +238,29 @@ async def test_outcomes_published_are_those_recorded_and_a_failed_record_fails_t
     assert raised.group_contains(asyncpg.PostgresError)
 
 
+async def test_settled_keys_are_found_among_runs_and_gaps_of_recipient_ids(
+    dispatcher_pool: asyncpg.Pool,
+) -> None:
+    """The lookup reads ranges of ids: keys recorded inside, between and next to the runs of
+    a batch are told apart exactly, per campaign and channel."""
+    cid, other = await _campaign(dispatcher_pool), await _campaign(dispatcher_pool)
+    provider = RecordingProvider()
+    recorded = [send_requested(cid, i, f"r{i}@example.org") for i in (3, 5, 40, 1000)]
+    recorded.append(send_requested(cid, 7, "+4520000007", channel="sms"))
+    recorded.append(send_requested(other, 4, "o4@example.org"))
+    await _dispatcher(dispatcher_pool, provider).dispatch(recorded)
+    provider.calls.clear()
+
+    # Ids 1-10 (one run, gaps of one), 36-44, then 990-999 and 1001: 1000 lies between runs
+    # and was recorded, but is not asked for; 7 was recorded for SMS only.
+    asked = [send_requested(cid, i, f"r{i}@example.org")
+             for i in [*range(1, 11), *range(36, 45), *range(990, 1000), 1001]]
+    outcomes = await _dispatcher(dispatcher_pool, provider).dispatch(asked)
+    sent_again = sorted(int(c.to.removeprefix("r").split("@")[0]) for c in provider.calls)
+    assert sent_again == sorted({r.recipient_id for r in asked} - {3, 5, 40})
+    assert len(outcomes) == len(asked)
+
+
 async def test_a_batch_with_a_key_recorded_meanwhile_records_the_others_and_keeps_the_first(
     dispatcher_pool: asyncpg.Pool,
 ) -> None:
