@@ -111,13 +111,22 @@ async def apply_receipts(
     return Applied(row["applied"], row["parked"])
 
 
-async def apply_pending(conn: asyncpg.Connection, staged_outcomes: str) -> int:
-    """Apply the parked receipts of the outcomes staged in table `staged_outcomes` in this
-    transaction; return how many. Called under `lock_for_outcomes`."""
+# The provider message ids of an outcome batch, when receipts are parked.
+_MESSAGES_IN = db.Staging("messages_in", {"provider_message_id": "text"})
+
+
+async def apply_pending(conn: asyncpg.Connection, provider_message_ids: Sequence[str]) -> int:
+    """Apply the parked receipts of these messages, whose outcomes this transaction applied;
+    return how many. Called under `lock_for_outcomes` (so no receipt is parked meanwhile)."""
+    if not provider_message_ids or not await conn.fetchval(
+        "SELECT EXISTS (SELECT FROM receipts_pending)"
+    ):
+        return 0
+    await _MESSAGES_IN.load(conn, [(m,) for m in provider_message_ids])
     rows = await conn.fetch(
         f"""
         DELETE FROM receipts_pending
-        WHERE provider_message_id IN (SELECT provider_message_id FROM {staged_outcomes})
+        WHERE provider_message_id IN (SELECT provider_message_id FROM {_MESSAGES_IN.name})
         RETURNING provider_message_id, status, reason, reported_at, event_id
         """
     )

@@ -55,7 +55,7 @@ async def lock_campaigns(conn: asyncpg.Connection, campaign_ids: Iterable[uuid.U
     )
 
 
-# The outcomes of the batch being applied (receipts_repo.apply_pending reads them too).
+# The outcomes of a batch that may hold outcomes applied before (see `apply_outcomes`).
 OUTCOMES_IN = db.Staging("outcomes_in", {
     "campaign_id": "uuid", "recipient_id": "bigint", "channel": "text", "status": "text",
     "reason": "text", "provider_message_id": "text", "event_id": "uuid",
@@ -66,14 +66,79 @@ OUTCOMES_IN = db.Staging("outcomes_in", {
 async def apply_outcomes(
     conn: asyncpg.Connection, outcomes: Sequence[Outcome]
 ) -> list[uuid.UUID]:
-    """Insert the outcomes not seen before and add them to their counters, in one statement;
-    return the campaigns whose counters moved."""
-    await OUTCOMES_IN.load(conn, [
+    """Insert the outcomes not seen before and add them to their counters; return the
+    campaigns whose counters moved.
+
+    Outcomes come once, nearly always (redelivered batches are filtered by offset before): the
+    rows are copied straight into `recipient_outcomes`, in a savepoint, and the counters moved
+    by what the batch holds. If one was applied before after all (two dispatchers raced on a
+    message, or a batch redelivered past the stored offsets), the copy fails and the batch
+    goes the careful way: staged, inserted with `ON CONFLICT DO NOTHING`, counted from what
+    was inserted. Straight in, PostgreSQL inserts the rows page by page, without a
+    speculative insertion per row.
+    """
+    rows = [
         (o.campaign_id, o.recipient_id, o.channel, o.status, o.reason, o.provider_message_id,
          o.event_id, o.occurred_at, o.voter_id, o.address)
         for o in outcomes
-    ])
-    rows = await conn.fetch(
+    ]
+    try:
+        async with conn.transaction():
+            await conn.copy_records_to_table("recipient_outcomes", records=rows,
+                                             columns=OUTCOMES_IN.columns)
+    except asyncpg.UniqueViolationError:
+        return await _apply_staged(conn, rows)
+    return await _count(conn, outcomes)
+
+
+async def _count(conn: asyncpg.Connection, outcomes: Sequence[Outcome]) -> list[uuid.UUID]:
+    """Add newly inserted outcomes to their campaigns' counters and reasons."""
+    counts: dict[tuple[uuid.UUID, str], list[int]] = {}
+    reasons: dict[tuple[uuid.UUID, str, str, str], int] = {}
+    slot = {"completed": 0, "failed": 1, "skipped": 2}
+    for o in outcomes:
+        status = o.status
+        key = (o.campaign_id, o.channel)
+        per_status = counts.get(key)
+        if per_status is None:
+            per_status = counts[key] = [0, 0, 0]
+        per_status[slot[status]] += 1
+        if status != "completed":
+            reason_key = (o.campaign_id, o.channel, status, o.reason or "")
+            reasons[reason_key] = reasons.get(reason_key, 0) + 1
+    campaigns = list({c for c, _ in counts})
+    await conn.execute(
+        """
+        WITH reasons AS (
+            INSERT INTO campaign_reasons AS r (campaign_id, channel, status, reason, n)
+            SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[])
+            ON CONFLICT (campaign_id, channel, status, reason) DO UPDATE SET n = r.n + excluded.n
+        ), campaigns_seen AS (
+            INSERT INTO campaigns (campaign_id) SELECT unnest($6::uuid[])
+            ON CONFLICT DO NOTHING
+        )
+        INSERT INTO campaign_channels AS c (campaign_id, channel, completed, failed, skipped)
+        SELECT * FROM unnest($7::uuid[], $8::text[], $9::int[], $10::int[], $11::int[])
+        ON CONFLICT (campaign_id, channel) DO UPDATE
+        SET completed = c.completed + excluded.completed,
+            failed = c.failed + excluded.failed,
+            skipped = c.skipped + excluded.skipped
+        """,
+        [k[0] for k in reasons], [k[1] for k in reasons], [k[2] for k in reasons],
+        [k[3] for k in reasons], list(reasons.values()),
+        campaigns,
+        [k[0] for k in counts], [k[1] for k in counts], [n[0] for n in counts.values()],
+        [n[1] for n in counts.values()], [n[2] for n in counts.values()],
+    )
+    return campaigns
+
+
+async def _apply_staged(
+    conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]
+) -> list[uuid.UUID]:
+    """`apply_outcomes` for a batch that holds outcomes applied before: those are left out."""
+    await OUTCOMES_IN.load(conn, rows)
+    inserted = await conn.fetch(
         f"""
         WITH inserted AS (
             INSERT INTO recipient_outcomes (campaign_id, recipient_id, channel, status, reason,
@@ -108,7 +173,7 @@ async def apply_outcomes(
         RETURNING campaign_id
         """
     )
-    return list({r["campaign_id"] for r in rows})
+    return list({r["campaign_id"] for r in inserted})
 
 
 async def apply_started(conn: asyncpg.Connection, event: CampaignStarted) -> None:

@@ -61,7 +61,9 @@ async def apply_outcomes(
             await repo.lock_campaigns(conn, (o.campaign_id for o in fresh))
             moved = await repo.apply_outcomes(conn, fresh)
             # Receipts that overtook these outcomes were parked; they count now.
-            await receipts_repo.apply_pending(conn, repo.OUTCOMES_IN.name)
+            await receipts_repo.apply_pending(
+                conn, [o.provider_message_id for o in fresh if o.provider_message_id]
+            )
             await _finish_done(conn, moved, publish_completed)
         await repo.save_offsets(conn, topic, _next_offsets(records))
 

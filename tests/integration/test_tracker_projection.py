@@ -55,6 +55,30 @@ async def test_each_outcome_is_counted_once_even_when_redelivered(
     assert p["state"] == "sending" and published.events == []
 
 
+async def test_a_batch_holding_outcomes_counted_before_counts_only_the_new_ones(
+    tracker_pool: asyncpg.Pool,
+) -> None:
+    """New records (past the stored offsets) carrying outcomes counted before — two
+    dispatchers raced on them — next to new ones, two of them for one key."""
+    cid = uuid.uuid4()
+    published = Published()
+    await service.apply_lifecycle(tracker_pool, [started(cid, 6)], published)
+    await service.apply_outcomes(tracker_pool, TOPIC, [
+        (Rec(7, 0), outcome(cid, 1)), (Rec(7, 1), outcome(cid, 2, "failed")),
+    ], published)
+    await service.apply_outcomes(tracker_pool, TOPIC, [
+        (Rec(7, 2), outcome(cid, 1, "failed")),  # counted before, as completed: stays so
+        (Rec(7, 3), outcome(cid, 2, "failed")),
+        (Rec(7, 4), outcome(cid, 3, "skipped")),
+        (Rec(7, 5), outcome(cid, 4)),
+        (Rec(7, 6), outcome(cid, 4)),  # twice in the batch
+    ], published)
+    p = await _progress(tracker_pool, cid)
+    assert (p["completed"], p["failed"], p["skipped"], p["pending"]) == (2, 1, 1, 2)
+    assert p["reasons"]["failed"] == {"HTTP 422: recipient unreachable": 1}
+    assert p["reasons"]["skipped"] == {"missing_address": 1}
+
+
 async def test_skips_and_failures_are_counted_per_reason_once(
     tracker_pool: asyncpg.Pool,
 ) -> None:
