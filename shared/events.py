@@ -8,6 +8,7 @@ not understand instead of misreading it.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -66,6 +67,12 @@ class SendRequested(Event):
     requested_at: datetime = Field(default_factory=_now)
 
 
+def same_campaign(campaign_id: uuid.UUID | None, items: Iterable[Any], what: str) -> None:
+    """A batch holds one campaign's items only (its key, and its consumers' grouping, say so)."""
+    if any(item.campaign_id != campaign_id for item in items):
+        raise ValueError(f"every {what} of a batch belongs to the batch's campaign")
+
+
 class SendRequestedBatch(Event):
     """Scheduler → dispatcher: several send requests of one campaign in one Kafka record.
 
@@ -81,8 +88,7 @@ class SendRequestedBatch(Event):
 
     @model_validator(mode="after")
     def _one_campaign(self) -> SendRequestedBatch:
-        if any(r.campaign_id != self.campaign_id for r in self.requests):
-            raise ValueError("every request of a batch belongs to the batch's campaign")
+        same_campaign(self.campaign_id, self.requests, "request")
         return self
 
 
@@ -140,8 +146,7 @@ class OutcomeBatch(Event):
 
     @model_validator(mode="after")
     def _one_campaign(self) -> OutcomeBatch:
-        if any(o.campaign_id != self.campaign_id for o in self.outcomes):
-            raise ValueError("every outcome of a batch belongs to the batch's campaign")
+        same_campaign(self.campaign_id, self.outcomes, "outcome")
         return self
 
 

@@ -43,13 +43,18 @@ class TemplateRef(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     version: int
 
 
-class SendRequested(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """Mirror of `shared.events.SendRequested`."""
+class _Event(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """Mirror of `shared.events.Event`: the fields every event starts with."""
 
     event_id: uuid.UUID = msgspec.field(default_factory=uuid.uuid4)
     campaign_id: uuid.UUID
     occurred_at: datetime = msgspec.field(default_factory=_now)
     schema_version: Literal[1] = 1
+
+
+class SendRequested(_Event, frozen=True, kw_only=True, gc=False):
+    """Mirror of `shared.events.SendRequested`."""
+
     type: Literal["send_requested"] = "send_requested"
     recipient_id: int
     voter_id: int | None = None
@@ -64,37 +69,24 @@ class SendRequested(msgspec.Struct, frozen=True, kw_only=True, gc=False):
         return _ENCODER.encode(self)
 
 
-def _same_campaign(campaign_id: uuid.UUID, items: Iterable[Any], what: str) -> None:
-    if any(item.campaign_id != campaign_id for item in items):
-        raise ValueError(f"every {what} of a batch belongs to the batch's campaign")
-
-
-class SendRequestedBatch(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+class SendRequestedBatch(_Event, frozen=True, kw_only=True, gc=False):
     """Mirror of `shared.events.SendRequestedBatch`."""
 
-    event_id: uuid.UUID = msgspec.field(default_factory=uuid.uuid4)
-    campaign_id: uuid.UUID
-    occurred_at: datetime = msgspec.field(default_factory=_now)
-    schema_version: Literal[1] = 1
     type: Literal["send_requested_batch"] = "send_requested_batch"
     requests: Annotated[list[SendRequested], msgspec.Meta(min_length=1)]
 
     def __post_init__(self) -> None:
-        _same_campaign(self.campaign_id, self.requests, "request")
+        events.same_campaign(self.campaign_id, self.requests, "request")
 
     def to_bytes(self) -> bytes:
         return _ENCODER.encode(self)
 
 
-class _Outcome(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", gc=False):
+class _Outcome(_Event, frozen=True, kw_only=True, tag_field="type", gc=False):
     """Mirror of `shared.events._Outcome`; `type` is the tag, as the pydantic discriminator."""
 
     status: ClassVar[str]
 
-    event_id: uuid.UUID = msgspec.field(default_factory=uuid.uuid4)
-    campaign_id: uuid.UUID
-    occurred_at: datetime = msgspec.field(default_factory=_now)
-    schema_version: Literal[1] = 1
     recipient_id: int
     voter_id: int | None = None
     channel: Channel
@@ -121,28 +113,20 @@ class MessageSkipped(_Outcome, frozen=True, kw_only=True, tag="skipped"):
 Outcome = MessageSent | MessageFailed | MessageSkipped
 
 
-class OutcomeBatch(msgspec.Struct, frozen=True, kw_only=True, tag_field="type",
-                   tag="outcome_batch", gc=False):
+class OutcomeBatch(_Event, frozen=True, kw_only=True, tag_field="type", tag="outcome_batch",
+                   gc=False):
     """Mirror of `shared.events.OutcomeBatch` (for reading; see `outcome_batch_bytes`)."""
 
-    event_id: uuid.UUID = msgspec.field(default_factory=uuid.uuid4)
-    campaign_id: uuid.UUID
-    occurred_at: datetime = msgspec.field(default_factory=_now)
-    schema_version: Literal[1] = 1
     outcomes: Annotated[list[Outcome], msgspec.Meta(min_length=1)]
 
     def __post_init__(self) -> None:
-        _same_campaign(self.campaign_id, self.outcomes, "outcome")
+        events.same_campaign(self.campaign_id, self.outcomes, "outcome")
 
 
-class _OutcomeBatchOfEncoded(msgspec.Struct, frozen=True, kw_only=True, tag_field="type",
+class _OutcomeBatchOfEncoded(_Event, frozen=True, kw_only=True, tag_field="type",
                              tag="outcome_batch", gc=False):
     """An `OutcomeBatch` whose outcomes are already JSON: they are spliced in, not re-encoded."""
 
-    event_id: uuid.UUID
-    campaign_id: uuid.UUID
-    occurred_at: datetime
-    schema_version: Literal[1] = 1
     outcomes: list[msgspec.Raw]
 
 
@@ -223,7 +207,6 @@ def outcome_records(
     for outcome, data in outcomes:
         by_campaign.setdefault(outcome.campaign_id, []).append(data)
     records: list[tuple[bytes, bytes]] = []
-    now = _now()
     for campaign_id, encoded in by_campaign.items():
         key = campaign_id.bytes
         for start in range(0, len(encoded), batch_size):
@@ -231,10 +214,8 @@ def outcome_records(
             if len(chunk) == 1:
                 records.append((key, chunk[0]))
                 continue
-            batch = _OutcomeBatchOfEncoded(
-                event_id=uuid.uuid4(), campaign_id=campaign_id, occurred_at=now,
-                outcomes=[msgspec.Raw(d) for d in chunk],
-            )
+            batch = _OutcomeBatchOfEncoded(campaign_id=campaign_id,
+                                           outcomes=[msgspec.Raw(d) for d in chunk])
             records.append((key, _ENCODER.encode(batch)))
     return records
 
