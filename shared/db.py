@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,24 @@ async def migrate(pool: asyncpg.Pool, schema: str, folder: Path) -> list[str]:
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", lock_key)
     return applied
+
+
+async def copy_if_all_new(
+    conn: asyncpg.Connection, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+) -> bool:
+    """COPY `rows` straight into `table`, in a savepoint; False, and nothing written, if one of
+    them is there already (a unique violation).
+
+    For batches whose keys are nearly always new: the rows go in page by page, without the
+    speculative insertion per row of `INSERT … ON CONFLICT`. The caller handles the rare batch
+    that is not all new the careful way (staged, `ON CONFLICT`).
+    """
+    try:
+        async with conn.transaction():
+            await conn.copy_records_to_table(table, records=rows, columns=columns)
+    except asyncpg.UniqueViolationError:
+        return False
+    return True
 
 
 class Staging:

@@ -102,7 +102,6 @@ async def settled(
     nothing unless the batch was seen before. The keys found are matched against the requests'
     own, and only theirs have their outcomes read.
     """
-    wanted = {domain.dedupe_key(r) for r in requests}
     campaigns, lows, highs = _id_ranges(requests)
     # One index range scan per range, whatever the statistics say: `OFFSET 0` keeps the
     # planner from merging the subquery into a join. (Merged, with a 1M-recipient campaign in
@@ -119,6 +118,9 @@ async def settled(
         """,
         campaigns, lows, highs,
     )
+    if not found:  # the common case: nothing of this batch was recorded before
+        return {}
+    wanted = {domain.dedupe_key(r) for r in requests}
     keys = [k for k in (tuple(row) for row in found) if k in wanted]
     if not keys:
         return {}
@@ -178,24 +180,18 @@ async def record_outcomes(
     a dedupe key stays (a row claimed without an outcome by an older version gets it).
 
     The keys were looked up just before (`settled`), so they are nearly always new: the rows
-    are copied straight into `deliveries`, in a savepoint. Only if a key is there after all
-    (another dispatcher recorded it meanwhile, or an old claim) does that fail, and the batch
-    goes the careful way — staged, then inserted with `ON CONFLICT`. Straight in, PostgreSQL
-    inserts the rows page by page, without a speculative insertion per row.
+    are copied straight in. Only if a key is there after all (another dispatcher recorded it
+    meanwhile, or an old claim) does the batch go the careful way, staged and inserted with
+    `ON CONFLICT`.
     """
     done_at = datetime.now(UTC)
     rows = [
         (o.campaign_id, o.recipient_id, o.channel, r.event_id, data.decode(), done_at)
         for r, o, data in outcomes
     ]
+    if await db.copy_if_all_new(conn, "deliveries", _DELIVERY_COLUMNS, rows):
+        return
     async with conn.transaction():
-        try:
-            async with conn.transaction():
-                await conn.copy_records_to_table("deliveries", records=rows,
-                                                 columns=_DELIVERY_COLUMNS)
-                return
-        except asyncpg.UniqueViolationError:
-            pass
         await _DELIVERIES_IN.load(conn, rows)
         await conn.execute(
             f"""
