@@ -70,42 +70,51 @@ async def apply_outcomes(
     campaigns whose counters moved.
 
     Outcomes come once, nearly always (redelivered batches are filtered by offset before): the
-    rows are copied straight into `recipient_outcomes`, in a savepoint, and the counters moved
-    by what the batch holds. If one was applied before after all (two dispatchers raced on a
-    message, or a batch redelivered past the stored offsets), the copy fails and the batch
-    goes the careful way: staged, inserted with `ON CONFLICT DO NOTHING`, counted from what
-    was inserted. Straight in, PostgreSQL inserts the rows page by page, without a
-    speculative insertion per row.
+    rows are copied straight into `recipient_outcomes`, and the counters moved by what the
+    batch holds. If one was applied before after all (two dispatchers raced on a message, or a
+    batch redelivered past the stored offsets), the batch goes the careful way: staged,
+    inserted with `ON CONFLICT DO NOTHING`, and counted by what was inserted.
     """
     rows = [
         (o.campaign_id, o.recipient_id, o.channel, o.status, o.reason, o.provider_message_id,
          o.event_id, o.occurred_at, o.voter_id, o.address)
         for o in outcomes
     ]
-    try:
-        async with conn.transaction():
-            await conn.copy_records_to_table("recipient_outcomes", records=rows,
-                                             columns=OUTCOMES_IN.columns)
-    except asyncpg.UniqueViolationError:
-        return await _apply_staged(conn, rows)
-    return await _count(conn, outcomes)
+    if await db.copy_if_all_new(conn, "recipient_outcomes", OUTCOMES_IN.columns, rows):
+        inserted = [(o.campaign_id, o.channel, o.status, o.reason) for o in outcomes]
+    else:
+        await OUTCOMES_IN.load(conn, rows)
+        inserted = [tuple(r) for r in await conn.fetch(
+            f"""
+            INSERT INTO recipient_outcomes ({", ".join(OUTCOMES_IN.columns)})
+            SELECT * FROM {OUTCOMES_IN.name}
+            ON CONFLICT DO NOTHING
+            RETURNING campaign_id, channel, status, reason
+            """
+        )]
+    return await _count(conn, inserted)
 
 
-async def _count(conn: asyncpg.Connection, outcomes: Sequence[Outcome]) -> list[uuid.UUID]:
-    """Add newly inserted outcomes to their campaigns' counters and reasons."""
+_STATUS_SLOT = {"completed": 0, "failed": 1, "skipped": 2}
+
+
+async def _count(
+    conn: asyncpg.Connection, inserted: Sequence[tuple[uuid.UUID, str, str, str | None]]
+) -> list[uuid.UUID]:
+    """Add newly inserted outcomes — (campaign, channel, status, reason) — to their campaigns'
+    counters and reasons, in one statement; return the campaigns."""
     counts: dict[tuple[uuid.UUID, str], list[int]] = {}
     reasons: dict[tuple[uuid.UUID, str, str, str], int] = {}
-    slot = {"completed": 0, "failed": 1, "skipped": 2}
-    for o in outcomes:
-        status = o.status
-        key = (o.campaign_id, o.channel)
-        per_status = counts.get(key)
+    for campaign_id, channel, status, reason in inserted:
+        per_status = counts.get((campaign_id, channel))
         if per_status is None:
-            per_status = counts[key] = [0, 0, 0]
-        per_status[slot[status]] += 1
+            per_status = counts[(campaign_id, channel)] = [0, 0, 0]
+        per_status[_STATUS_SLOT[status]] += 1
         if status != "completed":
-            reason_key = (o.campaign_id, o.channel, status, o.reason or "")
+            reason_key = (campaign_id, channel, status, reason or "")
             reasons[reason_key] = reasons.get(reason_key, 0) + 1
+    if not counts:
+        return []
     campaigns = list({c for c, _ in counts})
     await conn.execute(
         """
@@ -131,49 +140,6 @@ async def _count(conn: asyncpg.Connection, outcomes: Sequence[Outcome]) -> list[
         [n[1] for n in counts.values()], [n[2] for n in counts.values()],
     )
     return campaigns
-
-
-async def _apply_staged(
-    conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]
-) -> list[uuid.UUID]:
-    """`apply_outcomes` for a batch that holds outcomes applied before: those are left out."""
-    await OUTCOMES_IN.load(conn, rows)
-    inserted = await conn.fetch(
-        f"""
-        WITH inserted AS (
-            INSERT INTO recipient_outcomes (campaign_id, recipient_id, channel, status, reason,
-                                            provider_message_id, event_id, occurred_at,
-                                            voter_id, address)
-            SELECT * FROM {OUTCOMES_IN.name}
-            ON CONFLICT DO NOTHING
-            RETURNING campaign_id, channel, status, reason
-        ), reasons AS (
-            INSERT INTO campaign_reasons AS r (campaign_id, channel, status, reason, n)
-            SELECT campaign_id, channel, status, coalesce(reason, ''), count(*)
-            FROM inserted WHERE status <> 'completed'
-            GROUP BY campaign_id, channel, status, coalesce(reason, '')
-            ON CONFLICT (campaign_id, channel, status, reason) DO UPDATE SET n = r.n + excluded.n
-        ), counts AS (
-            SELECT campaign_id, channel,
-                   count(*) FILTER (WHERE status = 'completed') AS completed,
-                   count(*) FILTER (WHERE status = 'failed') AS failed,
-                   count(*) FILTER (WHERE status = 'skipped') AS skipped
-            FROM inserted GROUP BY campaign_id, channel
-        ), campaigns_seen AS (
-            INSERT INTO campaigns (campaign_id)
-            SELECT DISTINCT campaign_id FROM counts
-            ON CONFLICT DO NOTHING
-        )
-        INSERT INTO campaign_channels AS c (campaign_id, channel, completed, failed, skipped)
-        SELECT campaign_id, channel, completed, failed, skipped FROM counts
-        ON CONFLICT (campaign_id, channel) DO UPDATE
-        SET completed = c.completed + excluded.completed,
-            failed = c.failed + excluded.failed,
-            skipped = c.skipped + excluded.skipped
-        RETURNING campaign_id
-        """
-    )
-    return list({r["campaign_id"] for r in inserted})
 
 
 async def apply_started(conn: asyncpg.Connection, event: CampaignStarted) -> None:
