@@ -29,7 +29,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import msgspec
 
 from shared import events
-from shared.events import OUTCOME, SEND_REQUESTED
+from shared.events import OUTCOME
 
 Channel = Literal["email", "sms"]
 
@@ -137,16 +137,6 @@ _OUTCOME = msgspec.json.Decoder(Outcome)
 _OUTCOME_RECORD = msgspec.json.Decoder(Outcome | OutcomeBatch)
 
 
-def decode_send_requested(data: bytes) -> SendRequested:
-    """A send-requested record; raises pydantic's `ValidationError` for what the schema
-    refuses."""
-    try:
-        return _SEND_REQUESTED.decode(data)
-    except msgspec.DecodeError:
-        model = SEND_REQUESTED.validate_json(data)  # refuses (→ DLQ) or accepts, laxer
-        return msgspec.convert(model.model_dump(), SendRequested, from_attributes=True)
-
-
 def decode_send_requests(data: bytes) -> list[SendRequested]:
     """The requests of a send-requested record, a batch or a single one; raises pydantic's
     `ValidationError` for what the schema refuses (the whole record: it goes to the DLQ)."""
@@ -157,7 +147,7 @@ def decode_send_requests(data: bytes) -> list[SendRequested]:
     try:
         return [_SEND_REQUESTED.decode(data)]
     except msgspec.DecodeError:
-        model = events.SEND_REQUESTED_RECORD.validate_json(data)
+        model = events.SEND_REQUESTED_RECORD.validate_json(data)  # refuses (→ DLQ), or laxer
         if isinstance(model, events.SendRequestedBatch):
             return msgspec.convert(model.model_dump(), SendRequestedBatch,
                                    from_attributes=True).requests
