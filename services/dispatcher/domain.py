@@ -44,6 +44,7 @@ class CampaignTemplate:
     version: int
     templates: dict[Channel, ChannelTemplate]
     sender: SenderInfo
+    template_id: uuid.UUID | None = None
 
     def sender_address(self, channel: Channel) -> str:
         return self._sender_addresses[channel]

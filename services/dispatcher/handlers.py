@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
 import asyncpg
+from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from faststream.kafka import KafkaRouter
 from faststream.kafka.annotations import KafkaBroker, KafkaMessage
 from faststream.kafka.publisher.usecase import DefaultPublisher
@@ -31,6 +38,47 @@ from shared.kafka import (
 from shared.wire import decode_send_requests, outcome_records
 
 SERVICE = "dispatcher"
+log = logging.getLogger(__name__)
+
+
+class InFlight(ConsumerRebalanceListener):  # type: ignore[misc]
+    """One consumer's batch in progress. A partition is handed back only once the batch in
+    progress is settled (recorded, published), so its next owner re-reports it instead of
+    finding it mid-flight; bounded, since a claim left behind is safe either way."""
+
+    def __init__(self, bound_seconds: float) -> None:
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._bound = bound_seconds
+
+    @contextlib.asynccontextmanager
+    async def busy(self) -> AsyncIterator[None]:
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._idle.set()
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        if self._idle.is_set():
+            return
+        try:
+            await asyncio.wait_for(self._idle.wait(), self._bound)
+        except TimeoutError:
+            log.warning("partitions revoked with a batch still in flight; its claims stand",
+                        extra={"partitions": len(revoked)})
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        return None
+
+
+def spans_of(records: Sequence[ConsumerRecord[Any, Any]]) -> list[tuple[int, int, int]]:
+    """(partition, first offset, last offset) of each partition a batch read."""
+    spans: dict[int, tuple[int, int]] = {}
+    for r in records:
+        low, high = spans.get(r.partition, (r.offset, r.offset))
+        spans[r.partition] = (min(low, r.offset), max(high, r.offset))
+    return [(p, low, high) for p, (low, high) in spans.items()]
 
 
 def kafka_router(
@@ -45,36 +93,47 @@ def kafka_router(
     max_records: int,
     outcome_batch_size: int = 500,
     consumers: int = 1,
+    rebalance_seconds: float = 30.0,
 ) -> KafkaRouter:
     router = KafkaRouter()
 
-    async def on_send_requested(body: list[bytes], msg: KafkaMessage, broker: KafkaBroker) -> None:
-        async with redelivered_on_failure():
-            good = await accept_batch(msg, broker, decode_send_requests, service=SERVICE)
+    def send_requested_handler(in_flight: InFlight) -> Any:
+        async def on_send_requested(
+            body: list[bytes], msg: KafkaMessage, broker: KafkaBroker
+        ) -> None:
+            async with in_flight.busy(), redelivered_on_failure():
+                good = await accept_batch(msg, broker, decode_send_requests, service=SERVICE)
 
-            async def publish(outcomes: list[tuple[Outcome, bytes]]) -> None:
-                await publish_encoded(
-                    outcomes_pub, outcome_records(outcomes, outcome_batch_size), service=SERVICE
+                async def publish(outcomes: list[tuple[Outcome, bytes]]) -> None:
+                    await publish_encoded(outcomes_pub,
+                                          outcome_records(outcomes, outcome_batch_size),
+                                          service=SERVICE)
+
+                # Outcomes are recorded and acknowledged by Kafka before this returns and the
+                # offsets commit.
+                await dispatcher.dispatch_encoded(
+                    [request for _, requests in good for request in requests], publish,
+                    spans=spans_of(records_of(msg)),
                 )
 
-            # Outcomes are recorded and acknowledged by Kafka before this returns and the
-            # offsets commit.
-            await dispatcher.dispatch_encoded(
-                [request for _, requests in good for request in requests], publish
-            )
+        return on_send_requested
 
     # `consumers` members of the group in this process, each with its own partitions and its
     # own batch in flight: a batch spends most of its time waiting on PostgreSQL and Kafka,
     # and meanwhile another consumer's batch uses the CPU.
     for n in range(consumers):
+        in_flight = InFlight(bound_seconds=rebalance_seconds)
         router.subscriber(
             topics.SEND_REQUESTED,
             group_id="sendout-dispatcher",
             max_records=max_records,
             description="Renders and sends each requested message; reports its outcome.",
             include_in_schema=n == 0,
+            listener=in_flight,
+            # Time for a member to settle its batch in flight before a rebalance goes on.
+            rebalance_timeout_ms=int(rebalance_seconds * 1000) + 10_000,
             **BATCH_CONSUMER,
-        )(on_send_requested)
+        )(send_requested_handler(in_flight))
 
     @router.subscriber(
         topics.CAMPAIGN_LIFECYCLE,
@@ -94,6 +153,8 @@ def kafka_router(
                     for event in started:
                         await repo.save_template(conn, event)
                     await repo.save_aborts(conn, aborted)
+                    for campaign_id in aborted:
+                        await repo.close_gate(conn, campaign_id)
 
     # No group: every dispatcher process must hear of an abort itself, at once, and say so.
     @router.subscriber(
@@ -110,7 +171,11 @@ def kafka_router(
         acks = []
         async with pool.acquire() as conn:
             for campaign_id in aborted:
-                settled = await repo.settled_count(conn, campaign_id)
+                # The gate first: from its commit on, no dispatcher (this one, another, or one
+                # that was hung and wakes up) claims a message of the campaign, and every claim
+                # before it is counted as going out.
+                await repo.close_gate(conn, campaign_id)
+                settled = await repo.sent_or_in_flight(conn, campaign_id)
                 acks.append(AbortAcknowledged(campaign_id=campaign_id, instance=instance,
                                               settled=settled))
         await publish_all(lifecycle_pub, [(a.campaign_id.bytes, a) for a in acks],
