@@ -54,7 +54,7 @@ class RecordingProvider:
         return None
 
 
-async def settle_retries(d: Dispatcher, timeout: float = 10.0) -> list[domain.Outcome]:
+async def settle_retries(d: Dispatcher, within: float = 10.0) -> list[domain.Outcome]:
     """Run the retry schedule until it is empty; the outcomes it published."""
     import asyncio
 
@@ -64,7 +64,7 @@ async def settle_retries(d: Dispatcher, timeout: float = 10.0) -> list[domain.Ou
         published.extend(o for o, _ in outcomes)
 
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     while loop.time() < deadline:
         await d.run_due_retries(publish)
         async with d._pool.acquire() as conn:
