@@ -499,7 +499,9 @@ async def process_bounded(
       -offset; key and bytes as they were), the others are processed. Then this returns, the
       batch is acknowledged, and its partitions move on.
     A transient error while bisecting or dead-lettering redelivers the batch, which is then
-    bisected again straight away.
+    bisected again straight away. Bisecting keeps the batch's order (left half first), so
+    within a partition the parts that succeed are processed in offset order, as consumers that
+    store a per-partition watermark (the tracker's) need.
     """
     if max_attempts < 1:
         raise ValueError("max_attempts must be at least 1")

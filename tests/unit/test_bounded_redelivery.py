@@ -263,3 +263,23 @@ async def test_a_batch_of_only_undecodable_records_does_not_call_the_handler() -
     await process_bounded(_batch(b"x"), broker, _decode, handler, service="test",  # type: ignore[arg-type]
                           backoff=NO_PAUSE)
     assert handler.calls == 0 and len(broker.published) == 1
+
+
+async def test_bisection_processes_the_parts_that_succeed_in_offset_order() -> None:
+    """Consumers that keep a per-partition watermark (the tracker) rely on it."""
+    broker, handler = FakeBroker(), Handler(poison={3, 12})
+    succeeded: list[list[int]] = []
+
+    async def recording(good: Sequence[Item]) -> None:
+        before = len(handler.done)
+        await handler(good)
+        succeeded.append(handler.done[before:])
+
+    message = type("Message", (), {"raw_message": (
+        *_batch(*range(8), partition=0).raw_message,
+        *_batch(*range(10, 16), partition=1).raw_message)})()
+    await _deliver_until_acknowledged(message, broker, recording, max_attempts=1)  # type: ignore[arg-type]
+
+    order = [n for part in succeeded for n in part]
+    assert order == [0, 1, 2, 4, 5, 6, 7, 10, 11, 13, 14, 15]
+    assert sorted(json.loads(v)["n"] for v, *_ in broker.published) == [3, 12]
