@@ -515,11 +515,13 @@ async def process_bounded(
         errors = _FAILURES.of(starts).errors
         if errors >= max_attempts:
             failed = await _isolate(good, process)
+            attempts = errors + 1  # and once more alone
         else:
             failed = await _first_try(good, process, starts, max_attempts, backoff,
                                       service=service, topic=topic)
             errors = _FAILURES.of(starts).errors
-        attempts = errors if len(good) == 1 else errors + 1
+            # A batch of one failed alone every time; in a larger one it was tried alone once.
+            attempts = errors if len(good) == 1 else errors + 1
         await dead_letter(
             broker,
             [*bad, *(BadRecord(item[0], error_text(exc), attempts) for item, exc in failed)],

@@ -216,6 +216,7 @@ async def test_a_transient_error_while_isolating_redelivers_and_isolation_resume
     await process_bounded(message, broker, _decode, flaky, service="test",  # type: ignore[arg-type]
                           max_attempts=3, backoff=NO_PAUSE)
     assert [json.loads(v)["n"] for v, *_ in broker.published] == [2]
+    assert broker.published[0][3]["x-attempts"] == "4"
     assert {0, 1, 3} <= set(handler.done)
 
 
