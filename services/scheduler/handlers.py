@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+from aiokafka import ConsumerRecord
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from faststream.kafka import KafkaRouter
 from faststream.kafka.annotations import KafkaBroker, KafkaMessage
@@ -19,14 +21,13 @@ from services.scheduler.fanout import FanoutRunner
 from services.scheduler.settings import SchedulerSettings
 from shared import topics, webhooks
 from shared.auth import Principal
-from shared.events import LIFECYCLE, AbortAcknowledged, CampaignCompleted
+from shared.events import LIFECYCLE, AbortAcknowledged, CampaignCompleted, LifecycleEvent
 from shared.kafka import (
     BATCH_CONSUMER,
     BROADCAST_CONSUMER,
-    accept_batch,
     decode_records,
+    process_bounded,
     records_of,
-    redelivered_on_failure,
 )
 
 SERVICE = "scheduler"
@@ -368,11 +369,12 @@ def kafka_router(pool: asyncpg.Pool, acks: service.AbortAcks) -> KafkaRouter:
         **BATCH_CONSUMER,
     )
     async def on_lifecycle(body: list[bytes], msg: KafkaMessage, broker: KafkaBroker) -> None:
-        async with redelivered_on_failure():
-            good = await accept_batch(msg, broker, LIFECYCLE, service=SERVICE)
+        async def apply(good: Sequence[tuple[ConsumerRecord[Any, Any], LifecycleEvent]]) -> None:
             for _, event in good:
                 if isinstance(event, CampaignCompleted):
                     await service.apply_completed(pool, event)
+
+        await process_bounded(msg, broker, LIFECYCLE, apply, service=SERVICE)
 
     # No group: every scheduler process sees every acknowledgement, since the abort request
     # waiting for it may be on any of them. Bad records are the group consumer's to park.
