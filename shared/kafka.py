@@ -6,10 +6,9 @@ records that can never be processed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -273,19 +272,6 @@ async def dead_letter(broker: KafkaBroker, bad: Sequence[BadRecord], *, service:
     await asyncio.gather(*(f for f in futures if f is not None))
 
 
-@contextlib.asynccontextmanager
-async def redelivered_on_failure(*, pause_seconds: float = 1.0) -> AsyncIterator[None]:
-    """Wrap a group consumer's batch: if it fails, log, wait a little, and let the error
-    through, so the batch is rewound and redelivered (NACK_ON_ERROR) — and an outage (database
-    down, broker unreachable) becomes a slow retry loop rather than a hot one."""
-    try:
-        yield
-    except Exception as exc:
-        log.warning("batch failed; it will be redelivered", exc_info=exc)
-        await asyncio.sleep(pause_seconds)
-        raise
-
-
 async def ensure_topics(bootstrap_servers: str, names: Iterable[str], partitions: int) -> None:
     """Create the topics (and their DLQs) that do not exist yet.
 
@@ -331,23 +317,6 @@ async def group_instances(admin: AIOKafkaAdminClient, group_id: str) -> set[str]
                 if client_id.startswith(prefix):
                     instances.add(client_id.removeprefix(prefix))
     return instances
-
-
-async def accept_batch(
-    message: KafkaMessage,
-    broker: KafkaBroker,
-    adapter: Decoder[T],
-    *,
-    service: str,
-) -> list[tuple[ConsumerRecord[Any, Any], T]]:
-    """A group consumer's first step: decode each record, park the undecodable on the DLQ,
-    count the batch, and hand back the good ones."""
-    records = records_of(message)
-    good, bad = decode_records(records, adapter)
-    await dead_letter(broker, bad, service=service)
-    if records:
-        EVENTS_CONSUMED.labels(service, records[0].topic).inc(len(records))
-    return good
 
 
 # Bounded redelivery ---------------------------------------------------------------------------

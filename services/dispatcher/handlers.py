@@ -28,12 +28,11 @@ from shared.events import (
 from shared.kafka import (
     BATCH_CONSUMER,
     BROADCAST_CONSUMER,
-    accept_batch,
     decode_records,
+    process_bounded,
     publish_all,
     publish_encoded,
     records_of,
-    redelivered_on_failure,
 )
 from shared.wire import decode_send_requests, outcome_records
 
@@ -98,23 +97,23 @@ def kafka_router(
     router = KafkaRouter()
 
     def send_requested_handler(in_flight: InFlight) -> Any:
+        async def publish(outcomes: list[tuple[Outcome, bytes]]) -> None:
+            await publish_encoded(outcomes_pub, outcome_records(outcomes, outcome_batch_size),
+                                  service=SERVICE)
+
+        async def send(good: Sequence[tuple[ConsumerRecord[Any, Any], Any]]) -> None:
+            # Outcomes are recorded and acknowledged by Kafka before this returns and the
+            # offsets commit.
+            await dispatcher.dispatch_encoded(
+                [request for _, requests in good for request in requests], publish,
+                spans=spans_of([record for record, _ in good]),
+            )
+
         async def on_send_requested(
             body: list[bytes], msg: KafkaMessage, broker: KafkaBroker
         ) -> None:
-            async with in_flight.busy(), redelivered_on_failure():
-                good = await accept_batch(msg, broker, decode_send_requests, service=SERVICE)
-
-                async def publish(outcomes: list[tuple[Outcome, bytes]]) -> None:
-                    await publish_encoded(outcomes_pub,
-                                          outcome_records(outcomes, outcome_batch_size),
-                                          service=SERVICE)
-
-                # Outcomes are recorded and acknowledged by Kafka before this returns and the
-                # offsets commit.
-                await dispatcher.dispatch_encoded(
-                    [request for _, requests in good for request in requests], publish,
-                    spans=spans_of(records_of(msg)),
-                )
+            async with in_flight.busy():
+                await process_bounded(msg, broker, decode_send_requests, send, service=SERVICE)
 
         return on_send_requested
 
@@ -144,8 +143,7 @@ def kafka_router(
         **BATCH_CONSUMER,
     )
     async def on_lifecycle(body: list[bytes], msg: KafkaMessage, broker: KafkaBroker) -> None:
-        async with redelivered_on_failure():
-            good = await accept_batch(msg, broker, LIFECYCLE, service=SERVICE)
+        async def apply(good: Sequence[tuple[ConsumerRecord[Any, Any], Any]]) -> None:
             started = [e for _, e in good if isinstance(e, CampaignStarted)]
             aborted = [e.campaign_id for _, e in good if isinstance(e, CampaignAborted)]
             if started or aborted:
@@ -155,6 +153,8 @@ def kafka_router(
                     await repo.save_aborts(conn, aborted)
                     for campaign_id in aborted:
                         await repo.close_gate(conn, campaign_id)
+
+        await process_bounded(msg, broker, LIFECYCLE, apply, service=SERVICE)
 
     # No group: every dispatcher process must hear of an abort itself, at once, and say so.
     @router.subscriber(
@@ -189,11 +189,11 @@ def kafka_router(
         **BATCH_CONSUMER,
     )
     async def on_opt_outs(body: list[bytes], msg: KafkaMessage, broker: KafkaBroker) -> None:
-        async with redelivered_on_failure():
-            good = await accept_batch(msg, broker, OPTED_OUT, service=SERVICE)
-            if good:
-                async with pool.acquire() as conn:
-                    await repo.save_opt_outs(conn, [e for _, e in good])
+        async def save(good: Sequence[tuple[ConsumerRecord[Any, Any], Any]]) -> None:
+            async with pool.acquire() as conn:
+                await repo.save_opt_outs(conn, [e for _, e in good])
+
+        await process_bounded(msg, broker, OPTED_OUT, save, service=SERVICE)
 
     # No group: every process stops messaging an opted-out address at once.
     @router.subscriber(

@@ -38,6 +38,7 @@ from services.dispatcher.reliability import (
     decide,
 )
 from shared import wire
+from shared.kafka import is_transient
 from shared.events import Channel
 
 log = logging.getLogger(__name__)
@@ -203,8 +204,6 @@ class Recorder:
 
 
 _REQUEST = msgspec.json.Decoder(wire.SendRequested)
-_TRANSIENT = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-              asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError, TimeoutError)
 
 
 class Dispatcher:
@@ -671,7 +670,9 @@ class Dispatcher:
             try:
                 await write(*args)
                 return
-            except _TRANSIENT as exc:
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
                 log.warning("could not record outcomes; trying again", exc_info=exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
