@@ -38,8 +38,8 @@ from services.dispatcher.reliability import (
     decide,
 )
 from shared import wire
-from shared.kafka import is_transient
 from shared.events import Channel
+from shared.kafka import is_transient
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -80,7 +80,7 @@ def _dispatcher(
     return Dispatcher(pool, {"email": provider, "sms": provider},
                       aborts=aborts or AbortRegistry(), concurrency=10,
                       rate_limiter=RateLimiter(0),
-                      retry_policy=RetryPolicy(base_seconds=0.01, deadline_seconds=0.05))
+                      retry_policy=RetryPolicy(base_seconds=0.05, deadline_seconds=0.6))
 
 
 async def _campaign(pool: asyncpg.Pool) -> uuid.UUID:

@@ -67,8 +67,9 @@ class _Db:
 
     @staticmethod
     async def _open(dsn: str) -> asyncpg.Pool:
-        pool = await db.create_pool(dsn, "dispatcher", max_size=3)
-        await db.migrate(pool, "dispatcher", MIGRATIONS)
+        # The integration tests' own dispatcher schema (conftest.py says why).
+        pool = await db.create_pool(dsn, "dispatcher_itest", max_size=3)
+        await db.migrate(pool, "dispatcher_itest", MIGRATIONS)
         return pool
 
     def close(self) -> None:
