@@ -60,7 +60,7 @@ def kafka_router(
             # Outcomes are recorded and acknowledged by Kafka before this returns and the
             # offsets commit.
             await dispatcher.dispatch_encoded(
-                [request for _, requests in good for request in requests], publish
+                [request for _, (_, requests) in good for request in requests], publish
             )
 
     # `consumers` members of the group in this process, each with its own partitions and its

@@ -69,8 +69,10 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
         acks = AbortAcks()
         broker.include_router(handlers.kafka_router(pool, acks))
 
-        async def publish_requests(events: list[wire.SendRequested]) -> None:
-            records = wire.request_records(events, settings.send_batch_size)
+        async def publish_requests(
+            context: wire.CampaignContext, events: list[wire.SendRequested]
+        ) -> None:
+            records = wire.request_records(events, settings.send_batch_size, context)
             await publish_encoded(requests_pub, records, service="scheduler")
 
         async def publish_lifecycle(event: Event) -> None:

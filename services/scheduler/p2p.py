@@ -20,13 +20,10 @@ import asyncpg
 
 from services.scheduler import domain, repo
 from services.scheduler.auth import Principal
-from services.scheduler.fanout import FanoutRunner, lock_key
+from services.scheduler.fanout import FanoutRunner, PublishRequests, campaign_context, lock_key
 from services.scheduler.service import _ensure_recipients_fit
-from shared import wire
 from shared.events import AddressOptedOut
-from shared.wire import SendRequested
 
-PublishRequests = Callable[[list[SendRequested]], Awaitable[None]]
 PublishOptOut = Callable[[AddressOptedOut], Awaitable[None]]
 
 
@@ -93,15 +90,14 @@ async def press_send(
         if first:
             campaign = await repo.get_campaign(conn, campaign_id)
             assert campaign is not None
-            template = wire.TemplateRef(id=campaign["template_id"],
-                                        version=campaign["template_version"])
+            context = campaign_context(campaign)
             addresses = [a for a in (recipient["email"], recipient["phone"]) if a]
             suppressed = await repo.opted_out(conn, row["organisation_id"], addresses)
             # Published inside the transaction: if it fails, the press is not recorded either,
             # and pressing again is safe (the request's id is stable, dispatchers dedupe).
-            await publish_requests([
+            await publish_requests(context, [
                 domain.send_requested_for(campaign_id=campaign_id, channel=channel,
-                                          template=template, row=recipient,
+                                          template=context.template, row=recipient,
                                           opted_out=suppressed)
                 for channel in row["channels"]
             ])
