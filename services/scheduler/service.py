@@ -270,8 +270,9 @@ async def abort(
             await repo.set_abort_pending(conn, campaign_id, result["pending"])
         await repo.audit(conn, campaign_id, "aborted", actor, result)
     if not result["acknowledged"]:
+        # `message` would clash with the log record's own.
         log.error("abort not acknowledged by every dispatcher",
-                  extra={"campaign_id": str(campaign_id), **result})
+                  extra={"campaign_id": str(campaign_id), "answer": result})
     return result
 
 

@@ -390,3 +390,78 @@ async def test_an_opt_out_and_a_token_are_written_only_if_their_transaction_comm
     assert rows[1]["key"] == bytes.fromhex(issued.token_hash)
     assert issued.token_hash == auth.hash_token(token).hex()
     assert issued.user_id == actor.user_id
+
+
+async def _fake_dispatcher(kafka: Kafka, acks: service.AbortAcks, instance: str,
+                           settled: int) -> None:
+    """Answers every abort it reads on the (test's) lifecycle topic, as a dispatcher does."""
+    while True:
+        for topic, _, value in await kafka.read(1, within=0.2):
+            event = events.LIFECYCLE.validate_json(value)
+            if topic == topics.CAMPAIGN_LIFECYCLE and isinstance(event, events.CampaignAborted):
+                acks.acknowledged(events.AbortAcknowledged(
+                    campaign_id=event.campaign_id, instance=instance, settled=settled))
+
+
+async def _sending(pool: asyncpg.Pool, actor: Principal) -> uuid.UUID:
+    cid = await _campaign(pool, actor, "mass", n=3)
+    await service.send_now(pool, _NoFanout(), cid, actor)  # type: ignore[arg-type]
+    return cid
+
+
+@pytest.mark.parametrize("members", [{"d1"}, {"d1", "d2"}], ids=["all answer", "one silent"])
+async def test_an_abort_is_answered_after_its_relayed_event_reached_the_dispatchers(
+    pool: asyncpg.Pool, connect: Any, kafka: Kafka, actor: Principal, members: set[str]
+) -> None:
+    cid = await _sending(pool, actor)
+    await _outbox_rows(pool)
+    relay = _relay(connect, kafka)
+    relay.start()
+    acks = service.AbortAcks()
+    dispatcher = asyncio.create_task(_fake_dispatcher(kafka, acks, "d1", settled=2))
+
+    async def list_dispatchers() -> set[str]:
+        return members
+
+    try:
+        started = time.perf_counter()
+        answer = await service.abort(pool, cid, actor, acks=acks,
+                                     list_dispatchers=list_dispatchers, wait_seconds=1.5)
+        took = time.perf_counter() - started
+    finally:
+        dispatcher.cancel()
+        await relay.stop()
+    assert answer["acknowledged_by"] == ["d1"]
+    assert answer["pending"] == 6 - 2  # 3 recipients, 2 channels each, 2 settled
+    if members == {"d1"}:
+        assert answer["acknowledged"] is True and answer["unresponsive"] == []
+        assert "message" not in answer and took < 1.0
+    else:
+        assert answer["acknowledged"] is False and answer["unresponsive"] == ["d2"]
+        assert "d2 did not answer within 1.5 s" in answer["message"]
+    async with pool.acquire() as conn:
+        row = await scheduler_repo.get_campaign(conn, cid)
+        trail = await scheduler_repo.audit_trail(conn, cid)
+    assert row is not None and (row["state"], row["abort_pending"]) == ("aborting", 4)
+    assert trail[-1]["details"] == answer
+
+
+async def test_an_abort_nobody_answers_is_not_acknowledged_and_says_so(
+    pool: asyncpg.Pool, connect: Any, kafka: Kafka, actor: Principal
+) -> None:
+    """No live dispatcher (e.g. a hung one dropped from the group), and no relay either: the
+    answer says both, and the abort still stands (its event waits in the outbox)."""
+    cid = await _sending(pool, actor)
+    await _outbox_rows(pool)
+
+    async def nobody() -> set[str]:
+        return set()
+
+    answer = await service.abort(pool, cid, actor, acks=service.AbortAcks(),
+                                 list_dispatchers=nobody, wait_seconds=0.3)
+    assert answer["acknowledged"] is False and answer["pending"] is None
+    assert (answer["acknowledged_by"], answer["unresponsive"]) == ([], [])
+    assert answer["message"].startswith("no dispatcher answered: the abort is recorded")
+    [row] = await _outbox_rows(pool)
+    event = events.LIFECYCLE.validate_json(row["value"])
+    assert isinstance(event, events.CampaignAborted) and event.campaign_id == cid
