@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 
 import asyncpg
 
+from services.scheduler.domain import Invalid
 from shared import topics
 from shared.events import AddressOptedOut, ApiTokenIssued, ApiTokenRevoked, Event
 
@@ -18,6 +19,18 @@ CHANNEL = "sendout_outbox"
 
 # (topic, key, value): a Kafka record to be.
 Record = tuple[str, bytes | None, bytes]
+
+# Below what a Kafka record may be by default (the producer's max_request_size and the
+# broker's message.max.bytes, about 1 MiB, include the batch's own overhead).
+MAX_RECORD_BYTES = 1_000_000
+
+
+def record_size_error(key: bytes | None, value: bytes) -> str | None:
+    """Why Kafka could never take this record, if it could not."""
+    size = len(value) + (len(key) if key is not None else 0)
+    if size > MAX_RECORD_BYTES:
+        return f"a record of {size} bytes; Kafka takes at most {MAX_RECORD_BYTES}"
+    return None
 
 
 async def add(conn: asyncpg.Connection, records: Sequence[Record]) -> int | None:
@@ -31,6 +44,11 @@ async def add(conn: asyncpg.Connection, records: Sequence[Record]) -> int | None
     unknown = {topic for topic, _, _ in records} - set(topics.ALL)
     if unknown:
         raise ValueError(f"no such topic: {sorted(unknown)}")
+    for _, key, value in records:
+        error = record_size_error(key, value)
+        if error is not None:
+            # Refused with the change, rather than accepted and never published.
+            raise Invalid(f"this cannot be sent: {error} (a recipient's data too large?)")
     last: int = await conn.fetchval(
         """
         WITH written AS (

@@ -9,6 +9,11 @@ through the service's declared FastStream publishers, then deletes them.
 - At least once: a row is deleted only after Kafka acknowledged it, so a crash in between
   publishes it again. Each event carries its own event id (or, for send requests, a stable
   one), and consumers apply an event id once.
+- A row Kafka can never take (larger than a record may be) is moved to `outbox_parked` with
+  the reason instead of being sent: it must not hold back every event behind it, nor be
+  offered to the producer (a batch the broker refuses leaves the idempotent producer's
+  sequence numbers out of order for every later send). `outbox.add` refuses such records
+  already; this guards rows written otherwise.
 - Ordering: rows are read by id and published in that order; a transaction that got an id
   earlier but committed later is published when it commits. Events of one campaign are written
   under its row lock, so their ids follow their commit order.
@@ -29,7 +34,7 @@ import asyncpg
 from faststream.kafka.publisher.usecase import DefaultPublisher
 from prometheus_client import Histogram
 
-from services.scheduler.outbox import CHANNEL
+from services.scheduler.outbox import CHANNEL, record_size_error
 from shared.kafka import publish_encoded
 
 log = logging.getLogger(__name__)
@@ -145,8 +150,16 @@ class OutboxRelay:
         if not rows:
             return 0
         started = time.perf_counter()
+        parked: list[tuple[asyncpg.Record, str]] = []
+        sendable: list[asyncpg.Record] = []
+        for r in rows:
+            error = record_size_error(r["key"], r["value"])
+            if error is None:
+                sendable.append(r)
+            else:
+                parked.append((r, error))
         # Runs of one topic at a time, in id order: each run is one acknowledged publish.
-        for topic, run in itertools.groupby(rows, key=lambda r: r["topic"]):
+        for topic, run in itertools.groupby(sendable, key=lambda r: r["topic"]):
             publisher = self._publishers.get(topic)
             if publisher is None:
                 raise LookupError(f"outbox row for topic {topic!r}, which has no publisher")
@@ -155,9 +168,29 @@ class OutboxRelay:
         now = datetime.now(UTC)
         for r in rows:
             OUTBOX_LAG.labels(self._service).observe((now - r["created_at"]).total_seconds())
-        await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])",
-                           [r["id"] for r in rows])
+        delete = ("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
+        if parked:
+            async with conn.transaction():
+                await self._park(conn, parked)
+                await conn.execute(*delete)
+        else:
+            await conn.execute(*delete)
         log.debug("outbox rows relayed",
                   extra={"rows": len(rows), "last_id": rows[-1]["id"],
                          "publish_ms": round(1000 * (time.perf_counter() - started), 1)})
         return len(rows)
+
+    async def _park(self, conn: asyncpg.Connection,
+                    parked: list[tuple[asyncpg.Record, str]]) -> None:
+        for r, error in parked:
+            log.error("outbox row parked: Kafka cannot take it",
+                      extra={"outbox_id": r["id"], "topic": r["topic"],
+                             "bytes": len(r["value"]), "error": error})
+        await conn.executemany(
+            """
+            INSERT INTO outbox_parked (id, topic, key, value, created_at, error)
+            VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING
+            """,
+            [(r["id"], r["topic"], r["key"], r["value"], r["created_at"], error)
+             for r, error in parked],
+        )

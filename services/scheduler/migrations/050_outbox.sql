@@ -10,3 +10,15 @@ CREATE TABLE outbox (
     -- from it.
     created_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
+
+-- Rows Kafka can never take (e.g. a record larger than the broker accepts), set aside with the
+-- error so that one of them does not hold back every event behind it.
+CREATE TABLE outbox_parked (
+    id bigint PRIMARY KEY,
+    topic text NOT NULL,
+    key bytea,
+    value bytea NOT NULL,
+    created_at timestamptz NOT NULL,
+    parked_at timestamptz NOT NULL DEFAULT now(),
+    error text NOT NULL
+);
