@@ -112,9 +112,12 @@ class OutboxRelay:
         conn = await self._connect()
         try:
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", self._lock_key):
-                # Another replica relays; take over if it goes away.
-                if await self._sleep():
+                # Another replica relays; take over if it goes away. (Not listening: only a
+                # stop wakes this early.)
+                if self._stopping.is_set():
                     return
+                self._wake.clear()
+                await self._sleep()
             self.holds_lock = True
             await conn.add_listener(CHANNEL, self._notified)
             while True:
