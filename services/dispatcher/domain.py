@@ -54,6 +54,21 @@ class CampaignTemplate:
         return {channel: sender_address(self.sender, channel) for channel in ("email", "sms")}
 
 
+def template_from_context(campaign_id: uuid.UUID, context: Any) -> CampaignTemplate:
+    """A campaign's templates and sender as a send-request record carries them
+    (`shared.wire.CampaignContext`)."""
+    return CampaignTemplate(
+        campaign_id=campaign_id,
+        organisation_id=context.organisation_id,
+        version=context.template.version,
+        template_id=context.template.id,
+        templates={channel: ChannelTemplate(body=t.body, subject=t.subject)
+                   for channel, t in context.templates.items()},
+        sender=SenderInfo(name=context.sender.name, email=context.sender.email,
+                          sms_sender_id=context.sender.sms_sender_id),
+    )
+
+
 class RenderError(Exception):
     pass
 

@@ -15,7 +15,7 @@ from faststream.kafka.annotations import KafkaBroker, KafkaMessage
 from faststream.kafka.publisher.usecase import DefaultPublisher
 
 from services.dispatcher import repo
-from services.dispatcher.domain import Outcome
+from services.dispatcher.domain import CampaignTemplate, Outcome, template_from_context
 from services.dispatcher.service import AbortRegistry, Dispatcher, OptOutRegistry
 from shared import topics
 from shared.events import (
@@ -71,6 +71,21 @@ class InFlight(ConsumerRebalanceListener):  # type: ignore[misc]
         return None
 
 
+def contexts_of(
+    dispatcher: Dispatcher, good: Sequence[tuple[Any, tuple[Any, Any]]]
+) -> dict[Any, CampaignTemplate]:
+    """The campaign contexts the records carry, for campaigns the dispatcher does not know
+    yet: a request never waits for another consumer group's `started` event."""
+    contexts: dict[Any, CampaignTemplate] = {}
+    for _, (context, requests) in good:
+        if context is None or not requests:
+            continue
+        campaign_id = requests[0].campaign_id
+        if campaign_id not in contexts and not dispatcher.knows(campaign_id):
+            contexts[campaign_id] = template_from_context(campaign_id, context)
+    return contexts
+
+
 def spans_of(records: Sequence[ConsumerRecord[Any, Any]]) -> list[tuple[int, int, int]]:
     """(partition, first offset, last offset) of each partition a batch read."""
     spans: dict[int, tuple[int, int]] = {}
@@ -105,8 +120,9 @@ def kafka_router(
             # Outcomes are recorded and acknowledged by Kafka before this returns and the
             # offsets commit.
             await dispatcher.dispatch_encoded(
-                [request for _, requests in good for request in requests], publish,
+                [request for _, (_, requests) in good for request in requests], publish,
                 spans=spans_of([record for record, _ in good]),
+                contexts=contexts_of(dispatcher, good),
             )
 
         async def on_send_requested(

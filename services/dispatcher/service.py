@@ -247,6 +247,9 @@ class Dispatcher:
         # Set on shutdown: the retry schedule ends its round and takes no more.
         self.stopping = False
 
+    def knows(self, campaign_id: uuid.UUID) -> bool:
+        return campaign_id in self._templates
+
     @property
     def lease_seconds(self) -> float:
         return self._lease

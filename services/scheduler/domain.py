@@ -6,7 +6,7 @@ import csv
 import io
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -70,6 +70,45 @@ ALLOWED_FROM: dict[str, frozenset[str]] = {
 def ensure_allowed(campaign_id: uuid.UUID, state: str, action: str) -> None:
     if state not in ALLOWED_FROM[action]:
         raise InvalidTransition(campaign_id, state, action)
+
+
+def abort_answer(
+    *, total: int, members: set[str], acks: Mapping[str, int], relayed: bool,
+    waited_seconds: float,
+) -> dict[str, Any]:
+    """What an abort answers, from the dispatchers' acknowledgements.
+
+    Acknowledged only if at least one dispatcher answered and every live member of their group
+    did: silence (a hung dispatcher, or none at all) is never taken for a yes. Any one answer
+    means nothing unclaimed is sent afterwards (each dispatcher fences the campaign in the
+    database before answering), so `pending` is the total less the most messages any answer
+    counted as sent or settled; None without an answer.
+    """
+    settled = max(acks.values(), default=None)
+    unresponsive = sorted(members - set(acks))
+    acknowledged = bool(acks) and not unresponsive
+    result: dict[str, Any] = {
+        "pending": total - settled if settled is not None else None,
+        "acknowledged": acknowledged,
+        "acknowledged_by": sorted(acks),
+        "unresponsive": unresponsive,
+    }
+    if acknowledged:
+        return result
+    if not relayed:
+        why = "the abort is recorded but Kafka has not taken it yet; it will be published"
+    elif unresponsive:
+        why = (f"{', '.join(unresponsive)} did not answer within {waited_seconds:g} s "
+               "(hung or unreachable?)")
+    else:
+        why = "no dispatcher is a live member of the dispatchers' group to answer"
+    if acks:
+        message = (f"not every dispatcher answered: {why}; those that answered start no "
+                   "provider call for the campaign any more")
+    else:
+        message = (f"no dispatcher answered: {why}; the campaign is aborting, and dispatchers "
+                   "skip its remaining messages once they read the abort")
+    return {**result, "message": message}
 
 
 def ensure_can_send_now(campaign_id: uuid.UUID, state: str) -> None:

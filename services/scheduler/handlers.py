@@ -38,10 +38,6 @@ MAX_CSV_BYTES = 200 * 1024 * 1024
 class Deps:
     pool: asyncpg.Pool
     fanout: FanoutRunner
-    publish_lifecycle: service.PublishLifecycle
-    publish_requests: p2p.PublishRequests
-    publish_opt_out: p2p.PublishOptOut
-    publish_identity: service.PublishIdentity
     acks: service.AbortAcks
     list_dispatchers: service.ListDispatchers
     settings: SchedulerSettings
@@ -178,20 +174,20 @@ def http_router(deps: Deps, user: Any) -> APIRouter:
     async def schedule(
         campaign_id: uuid.UUID, cmd: domain.ScheduleCampaign, principal: Principal = user
     ) -> dict[str, Any]:
-        await service.schedule(pool, campaign_id, cmd.at, principal, deps.publish_lifecycle)
+        await service.schedule(pool, campaign_id, cmd.at, principal)
         return await view(campaign_id, principal)
 
     @router.post("/campaigns/{campaign_id}/cancel", tags=["campaigns"])
     async def cancel(campaign_id: uuid.UUID, principal: Principal = user) -> dict[str, Any]:
         """Cancel a schedule before its time: nothing is sent; the campaign is a draft again."""
-        await service.cancel(pool, campaign_id, principal, deps.publish_lifecycle)
+        await service.cancel(pool, campaign_id, principal)
         return await view(campaign_id, principal)
 
     @router.post("/campaigns/{campaign_id}/abort", status_code=202, tags=["campaigns"])
     async def abort(campaign_id: uuid.UUID, principal: Principal = user) -> dict[str, Any]:
         """Answers once no provider call for the campaign can start any more."""
         result = await service.abort(
-            pool, campaign_id, principal, publish=deps.publish_lifecycle, acks=deps.acks,
+            pool, campaign_id, principal, acks=deps.acks,
             list_dispatchers=deps.list_dispatchers,
             wait_seconds=deps.settings.abort_ack_timeout_seconds,
         )
@@ -243,7 +239,7 @@ def http_router(deps: Deps, user: Any) -> APIRouter:
         async with pool.acquire() as conn, conn.transaction():
             org = await repo.ensure_organisation(conn, cmd.organisation)
             user = Principal(await repo.upsert_user(conn, org, cmd.name), org, cmd.name)
-            token = await service.issue_token(conn, user, deps.publish_identity)
+            token = await service.issue_token(conn, user)
         return user_view(user, token=token)
 
     @router.post("/admin/users/{user_id}/tokens", status_code=201, tags=["admin"],
@@ -252,7 +248,7 @@ def http_router(deps: Deps, user: Any) -> APIRouter:
         """A further token for the user (e.g. to rotate: add, switch, then revoke the old)."""
         async with pool.acquire() as conn, conn.transaction():
             user = await user_or_404(conn, user_id)
-            token = await service.issue_token(conn, user, deps.publish_identity)
+            token = await service.issue_token(conn, user)
         return user_view(user, token=token)
 
     @router.delete("/admin/users/{user_id}/tokens", tags=["admin"], dependencies=admin)
@@ -260,7 +256,7 @@ def http_router(deps: Deps, user: Any) -> APIRouter:
         """Revoke every token of the user, in every service."""
         async with pool.acquire() as conn, conn.transaction():
             user = await user_or_404(conn, user_id)
-            revoked = await service.revoke_tokens(conn, user, deps.publish_identity)
+            revoked = await service.revoke_tokens(conn, user)
         return user_view(user, revoked=revoked)
 
     # --- peer to peer ------------------------------------------------------------------------
@@ -304,7 +300,7 @@ def http_router(deps: Deps, user: Any) -> APIRouter:
     ) -> dict[str, Any]:
         """SEND (or Enter) for one recipient: sends now, or queues it for the scheduled time."""
         return await p2p.press_send(pool, campaign_id, recipient_id, principal,
-                                    deps.publish_requests)
+                                    deps.settings.send_batch_size)
 
     @router.post("/campaigns/{campaign_id}/end", tags=["peer to peer"])
     async def end_campaign(
@@ -328,7 +324,7 @@ def http_router(deps: Deps, user: Any) -> APIRouter:
     @router.post("/opt-outs", status_code=201, tags=["opt-outs"])
     async def add_opt_out(cmd: domain.OptOut, principal: Principal = user) -> dict[str, Any]:
         address = await p2p.opt_out(pool, principal.organisation_id, cmd.address, source="api",
-                                    keyword=None, region=region, publish=deps.publish_opt_out)
+                                    keyword=None, region=region)
         return {"address": address, "opted_out": True}
 
     @router.post("/organisations/{organisation_id}/inbound-sms", tags=["opt-outs"])
@@ -351,8 +347,7 @@ def http_router(deps: Deps, user: Any) -> APIRouter:
         if not domain.is_stop_message(msg.body):
             return {"opted_out": False}
         address = await p2p.opt_out(pool, organisation_id, msg.sender, source="inbound_sms",
-                                    keyword=msg.body.strip().upper(), region=region,
-                                    publish=deps.publish_opt_out)
+                                    keyword=msg.body.strip().upper(), region=region)
         return {"opted_out": True, "address": address}
 
     return router

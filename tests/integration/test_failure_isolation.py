@@ -8,6 +8,7 @@ import time
 import uuid
 
 import asyncpg
+import msgspec
 import pytest
 
 from services.dispatcher import repo
@@ -252,3 +253,24 @@ async def test_a_retry_waits_at_least_the_providers_retry_after(
     assert float(due) >= before + 1.0
     [o] = await settle_retries(d)
     assert o.status == "completed" and len(provider.calls) == 2
+
+
+async def test_a_request_carrying_its_campaign_is_sent_before_any_started_event(
+    dispatcher_pool: asyncpg.Pool,
+) -> None:
+    from services.dispatcher import domain
+    from shared import wire
+
+    cid = uuid.uuid4()  # no `started` event stored for it
+    context = msgspec.convert(started(cid, 1).context().model_dump(), wire.CampaignContext)
+    provider = RecordingProvider(flaky={"first@example.org"})
+    d = _dispatcher(dispatcher_pool, provider)
+    outcomes = await d.dispatch_encoded(
+        [send_requested(cid, 1, "first@example.org"), send_requested(cid, 2, "b@example.org")],
+        contexts={cid: domain.template_from_context(cid, context)})
+    assert [o.recipient_id for o, _ in outcomes] == [2]
+    assert provider.calls[0].subject == "Subject for Ada"
+    # The retry schedule renders it too, from the context the dispatcher stored, in another
+    # process (a dispatcher that never saw the record).
+    [o] = await settle_retries(_dispatcher(dispatcher_pool, provider))
+    assert (o.recipient_id, o.status) == (1, "completed")
