@@ -115,6 +115,7 @@ async def _run(pool: asyncpg.Pool, scripts: list[list[str]], ops: list[str],
         await d.run_due_retries(publish)
 
     picks = iter(crash_picks)
+    crashed: set[int] = set()
     for op in ops:
         if op == "deliver":
             note(await d.dispatch(batch, spans=spans))
@@ -130,9 +131,13 @@ async def _run(pool: asyncpg.Pool, scripts: list[list[str]], ops: list[str],
             async with pool.acquire() as conn:
                 settled = await repo.settled(conn, batch)
                 scheduled = await repo.scheduled_keys(conn, batch)
+            # (A key some process claimed is never called again by another: it is waited for
+            # or reported in doubt, so a crashed process only ever held unclaimed keys.)
             open_keys = [r for r in batch if domain.dedupe_key(r) not in settled
-                         and domain.dedupe_key(r) not in scheduled]
+                         and domain.dedupe_key(r) not in scheduled
+                         and r.recipient_id not in crashed]
             chosen = [r for r in open_keys if next(picks, False)]
+            crashed.update(r.recipient_id for r in chosen)
             if chosen:
                 async with pool.acquire() as conn:
                     await repo.ensure_gates(conn, [cid])
