@@ -105,6 +105,10 @@ class Renderer:
             worker.stop()
         self._threads.shutdown(wait=False, cancel_futures=True)
 
+    def worker_pids(self) -> list[int]:
+        """The worker processes' ids (for operators and tests)."""
+        return [pid for w in self._workers if (pid := w.pid()) is not None]
+
     def replacements(self) -> int:
         """Workers killed and replaced so far (stuck or dead)."""
         return sum(w.replaced for w in self._workers)
