@@ -34,9 +34,12 @@ from shared.templating import TemplateProblem
 
 log = logging.getLogger(__name__)
 
-# What a worker is given beyond messages x limit before it is considered stuck: a new worker's
-# start (a spawned interpreter importing Jinja) and the pickling of a batch both and back.
+# What a worker is given beyond messages x limit before it is considered stuck: the pickling
+# of a batch both ways, and a loaded machine.
 _MARGIN_SECONDS = 5.0
+# How long a new worker (an interpreter importing Jinja) may take to say it is ready; its
+# start is not counted in any batch's time.
+_STARTUP_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -139,21 +142,32 @@ class _Worker:
         self.closed = False
 
     def ensure_started(self) -> None:
+        """A running worker, ready for a batch (none once closed or if it could not start)."""
         if self.closed or (self._process is not None and self._process.poll() is None):
             return
         self._kill()
-        self._process = subprocess.Popen(
+        process = subprocess.Popen(
             [sys.executable, "-m", "services.dispatcher.rendering", *self._args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, cwd=_PROJECT_ROOT,
             start_new_session=True,  # a Ctrl-C to the service is the service's to handle
         )
+        assert process.stdout is not None
+        ready: object
+        try:
+            ready = _read_frame(process.stdout.fileno(), time.monotonic() + _STARTUP_SECONDS)
+        except (TimeoutError, EOFError, OSError, pickle.UnpicklingError) as exc:
+            ready = exc
+        self._process = process
+        if ready != _READY:
+            log.error("render worker did not start: %r", ready)
+            self._kill()
 
     def call(self, job: _Job, deadline: float) -> list[str | TemplateProblem]:
         self.ensure_started()
         process = self._process
         if process is None:
-            return [TemplateProblem("rendering failed (the renderer is closed)")
-                    for _ in job.variables]
+            reason = "the renderer is closed" if self.closed else "no worker could start"
+            return [TemplateProblem(f"rendering failed ({reason})") for _ in job.variables]
         assert process.stdin is not None and process.stdout is not None
         try:
             data = _frame((job.template, job.variables))
@@ -175,8 +189,7 @@ class _Worker:
                     for _ in job.variables]
         log.warning("render worker replaced: %s for %d messages", reason, len(job.variables))
         self._kill()
-        self.replaced += 1
-        self.ensure_started()
+        self.replaced += 1  # its successor starts with the next batch
         return [TemplateProblem(reason) for _ in job.variables]
 
     def pid(self) -> int | None:
@@ -192,7 +205,10 @@ class _Worker:
             return
         if process.poll() is None:
             process.kill()
-        process.wait(timeout=5)
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            log.error("render worker %d did not end after SIGKILL", process.pid)
         for pipe in (process.stdin, process.stdout):
             if pipe is not None:
                 pipe.close()
@@ -200,6 +216,7 @@ class _Worker:
 
 _PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
 _LENGTH = struct.Struct("!Q")
+_READY = "ready"
 
 
 def _frame(value: Any) -> bytes:
@@ -240,6 +257,7 @@ def _serve(time_limit_seconds: float, max_output_chars: int, memory_limit_mb: in
         limit = memory_limit_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
+    _write(stdout, _frame(_READY))
     while True:
         try:
             template, variables = _read_frame(stdin, None)

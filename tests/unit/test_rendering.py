@@ -111,12 +111,12 @@ async def test_a_stuck_worker_is_killed_and_replaced_and_its_messages_time_out()
         assert time.monotonic() - started < 2 * 0.2 + 0.5 + 3.0
         assert [_problem(r) for r in results] == ["template_error: timed out"] * 2
         assert renderer.replacements() == 1
-        [new_pid] = renderer.worker_pids()
-        assert new_pid != pid
         with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)
+            os.kill(pid, 0)  # killed (and reaped)
         assert await renderer.render_many("{{ first_name|upper }}",
                                           [{"first_name": "b"}]) == ["B"]
+        [new_pid] = renderer.worker_pids()
+        assert new_pid != pid
     finally:
         await renderer.close()
 
@@ -133,3 +133,19 @@ async def test_a_worker_that_died_while_idle_is_replaced_before_the_next_batch()
     finally:
         await renderer.close()
     assert renderer.worker_pids() == []
+
+
+async def test_a_cancelled_call_hands_its_worker_back_only_when_the_worker_is_done() -> None:
+    renderer = Renderer(time_limit_seconds=0.3, workers=1)
+    await renderer.start()
+    try:
+        slow = asyncio.ensure_future(renderer.render_many(SLOW, [{}]))
+        await asyncio.sleep(0.1)
+        slow.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+        # The next batch waits for the worker, then gets its own results, not the slow one's.
+        assert await renderer.render_many("{{ n + 1 }}", [{"n": 1}, {"n": 2}]) == ["2", "3"]
+        assert renderer.replacements() == 0
+    finally:
+        await renderer.close()
