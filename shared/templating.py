@@ -449,10 +449,15 @@ class BoundedCache:
         self._lock = threading.Lock()
 
     def get(self, text: str, make: Callable[[str], Any]) -> Any:
-        with self._lock:
-            if text in self._entries:
-                self._entries.move_to_end(text)
-                return self._entries[text]
+        # A hit takes no lock (this runs twice per message on the dispatcher's hot path): each
+        # OrderedDict operation is atomic under the GIL, and an entry evicted in between is a
+        # miss.
+        try:
+            value = self._entries[text]
+            self._entries.move_to_end(text)
+            return value
+        except KeyError:
+            pass
         value = make(text)
         if len(text) > self.max_text_chars:
             return value
@@ -700,17 +705,26 @@ def plain_parts(tree: nodes.Template) -> list[tuple[str, str | None]] | None:
     return parts
 
 
-_INLINE = BoundedCache()
+# Longest template whose inline renderer is cached: with the cache's entries, this bounds it.
+_MAX_INLINE_CACHED = 100_000
 
 
-def inline_renderer(text: str) -> Callable[[Mapping[str, Any]], str] | None:
-    """For a template that is only text and `{{ name }}` outputs, a function that renders it by
-    joining its parts (no Jinja context, nothing to guard, fast enough for a million messages);
-    None for any other template, which `render` must run (under a time limit)."""
-    return _INLINE.get(text, _make_inline)  # type: ignore[no-any-return]
+def inline_renderer(text: str) -> Callable[..., str] | None:
+    """For a template that is only text and `{{ name }}` outputs, a function of (variables,
+    max_output_chars=MAX_OUTPUT_CHARS) that renders it by joining its parts (no Jinja context,
+    nothing to guard, fast enough for a million messages); None for any other template, which
+    `render` must run (under a time limit)."""
+    if len(text) > _MAX_INLINE_CACHED:
+        return _make_inline(text)
+    return _cached_inline(text)
 
 
-def _make_inline(text: str) -> Callable[[Mapping[str, Any]], str] | None:
+@functools.lru_cache(maxsize=128)  # at most 128 x 100,000 characters of template text
+def _cached_inline(text: str) -> Callable[..., str] | None:
+    return _make_inline(text)
+
+
+def _make_inline(text: str) -> Callable[..., str] | None:
     try:
         parts = plain_parts(ENV.parse(text))
     except Exception:

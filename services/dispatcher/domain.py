@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import cached_property, partial
+from functools import cached_property
 from typing import Any, Protocol
 
 from jinja2 import nodes
@@ -56,34 +56,26 @@ class CampaignTemplate:
 # message is the delivery's failure reason ("template_error: ...").
 RenderError = TemplateProblem
 
-Renderer = Callable[[Mapping[str, Any]], str]
-
-
 def _plain_parts(tree: nodes.Template) -> list[tuple[str, str | None]] | None:
     """The (text, None) and ("", variable) parts of a text-and-variables template, else None."""
     return templating.plain_parts(tree)
 
 
-def _compiled(body: str) -> Renderer:
-    """How a template is rendered here.
+def render(body: str, variables: Mapping[str, Any]) -> str:
+    """The message text, or RenderError (= TemplateProblem) naming the problem.
 
     A template that is only text and `{{ name }}` outputs is rendered by joining its parts:
     such a template reads no attribute, calls nothing and applies no filter, so there is
     nothing for the sandbox to guard, and what the sandbox would do for it is exactly this —
     `output_value` of each variable, StrictUndefined's error for a missing one
     (tests/unit/test_dispatcher_domain.py renders both ways and compares). Any other template
-    is rendered by the shared sandbox (shared.templating) without a time limit; the dispatcher
-    renders those in a worker process with one (services/dispatcher/rendering.py).
+    is rendered by the shared sandbox (shared.templating) here without a time limit; the
+    dispatcher renders those in a worker process with one (services/dispatcher/rendering.py).
     """
     inline = templating.inline_renderer(body)
     if inline is not None:
-        return inline
-    return partial(templating.render, body)
-
-
-def render(body: str, variables: Mapping[str, Any]) -> str:
-    """The message text, or RenderError (= TemplateProblem) naming the problem."""
-    return _compiled(body)(variables)
+        return inline(variables)
+    return templating.render(body, variables)
 
 
 def sender_address(sender: SenderInfo, channel: str) -> str:
