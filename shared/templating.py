@@ -662,7 +662,7 @@ def sample_variables(text: str) -> dict[str, Any]:
     variables: dict[str, Any] = dict(SAMPLE_COLUMNS)
     try:
         names = template_variables(text)
-    except TemplateSyntaxError:
+    except Exception:  # a template that does not parse has no variables to sample
         return variables
     for name in names - SAMPLE_COLUMNS.keys():
         variables[name] = _Sample("sample")
@@ -674,10 +674,10 @@ def check_template(text: str, sample_variables_: Mapping[str, Any] | None = None
                    max_output_chars: int = MAX_OUTPUT_CHARS) -> None:
     """Compile the template and render it once with sample data, within a (wall) time limit;
     TemplateProblem if either fails."""
-    variables = sample_variables(text) if sample_variables_ is None else sample_variables_
     started = time.monotonic()
     with time_limit(time_limit_seconds):
         compile_template(text)
+        variables = sample_variables(text) if sample_variables_ is None else sample_variables_
         render(text, variables, max_output_chars=max_output_chars)
     if time.monotonic() - started > time_limit_seconds:
         raise TemplateProblem("timed out")
