@@ -98,6 +98,25 @@ class Renderer:
             # A cancelled caller does not get the worker back to the pool before its call ends.
             call.add_done_callback(lambda _: self._release(worker))
 
+    async def render_each(
+        self, items: Sequence[tuple[str, Mapping[str, Any]]]
+    ) -> list[str | TemplateProblem]:
+        """`render_many` for a batch of (template, variables) pairs of any templates — bodies
+        and subjects of several campaigns — with one call per distinct template, the calls
+        concurrent (as many at once as there are workers); the results in the items' order."""
+        groups: dict[str, list[int]] = {}
+        for i, (template, _) in enumerate(items):
+            groups.setdefault(template, []).append(i)
+        results: list[str | TemplateProblem | None] = [None] * len(items)
+
+        async def group(template: str, indexes: list[int]) -> None:
+            rendered = await self.render_many(template, [items[i][1] for i in indexes])
+            for i, result in zip(indexes, rendered, strict=True):
+                results[i] = result
+
+        await asyncio.gather(*(group(t, ix) for t, ix in groups.items()))
+        return [r if r is not None else TemplateProblem("not rendered") for r in results]
+
     def _release(self, worker: _Worker) -> None:
         if self._idle is not None:
             self._idle.put_nowait(worker)

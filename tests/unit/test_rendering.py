@@ -149,3 +149,14 @@ async def test_a_cancelled_call_hands_its_worker_back_only_when_the_worker_is_do
         assert renderer.replacements() == 0
     finally:
         await renderer.close()
+
+
+async def test_a_batch_of_several_templates_is_rendered_in_order(renderer: Renderer) -> None:
+    items = [("Hi {{ first_name }}", {"first_name": "a"}),
+             ("{{ first_name|upper }}", {"first_name": "b"}),
+             ("Hi {{ first_name }}", {"first_name": "c"}),
+             ("{{ 1/0 }}", {}),
+             ("{{ first_name|upper }}", {"first_name": "d"})]
+    results = await renderer.render_each(items)
+    assert results[:3] == ["Hi a", "B", "Hi c"] and results[4] == "D"
+    assert "by zero" in _problem(results[3])
