@@ -5,11 +5,14 @@ problem; normal templates are still accepted."""
 from __future__ import annotations
 
 import re
+import uuid
 
 import httpx
 import pytest
 
 from devtools.processes import Sendout
+from tests.e2e.conftest import wait_for_completion
+from tests.e2e.helpers import add_recipients, create_campaign, requests_to
 from tests.factories import campaign_payload
 from tests.hostile_templates import HOSTILE, NORMAL, REPORTED
 
@@ -62,3 +65,38 @@ def test_normal_templates_are_still_accepted(sendout: Sendout, http: httpx.Clien
         assert r.status_code == 200, (text, r.text)
         r = http.post(f"{s}/campaigns", json=campaign_payload(template=text, subject=text))
         assert r.status_code == 201, (text, r.text)
+
+
+def test_a_template_that_fails_for_one_recipient_fails_only_that_message(
+    sendout: Sendout, http: httpx.Client
+) -> None:
+    """The check at creation cannot know every recipient's data: `{{ 100 // share }}` passes it
+    and fails at send for a recipient whose share is 0 — that message alone, as template_error;
+    a list attribute is refused as output rather than printed as a Python list."""
+    tag = uuid.uuid4().hex[:6]
+    cid = create_campaign(http, sendout, template="{{ first_name }}: {{ 100 // share }} {{ tag }}",
+                          subject="Hi {{ first_name|upper }}")
+    add_recipients(http, sendout, cid, [
+        {"email": f"ok1-{tag}@example.org", "first_name": "A",
+         "attributes": {"share": 4, "tag": "x"}},
+        {"email": f"zero-{tag}@example.org", "first_name": "B",
+         "attributes": {"share": 0, "tag": "x"}},
+        {"email": f"list-{tag}@example.org", "first_name": "C",
+         "attributes": {"share": 5, "tag": ["a", "b"]}},
+        {"email": f"ok2-{tag}@example.org", "first_name": "D",
+         "attributes": {"share": 50, "tag": None}},
+    ])
+    http.post(f"{sendout.scheduler}/campaigns/{cid}/send-now").raise_for_status()
+    final = wait_for_completion(http, sendout.tracker, cid)
+    assert (final["total"], final["completed"], final["failed"]) == (4, 2, 2), final
+    sent = {q["to"]: q for q in requests_to(
+        http, sendout.smtp, {f"{p}-{tag}@example.org" for p in ("ok1", "zero", "list", "ok2")})}
+    assert set(sent) == {f"ok1-{tag}@example.org", f"ok2-{tag}@example.org"}
+    assert (sent[f"ok1-{tag}@example.org"]["subject"],
+            sent[f"ok1-{tag}@example.org"]["body"]) == ("Hi A", "A: 25 x")
+    assert sent[f"ok2-{tag}@example.org"]["body"] == "D: 2 "
+    failed = final["reasons"]["failed"]
+    assert sum(failed.values()) == 2, failed
+    assert all(reason.startswith("template_error: ") for reason in failed), failed
+    assert any("by zero" in reason for reason in failed), failed
+    assert any("an output got a list" in reason for reason in failed), failed
