@@ -68,7 +68,9 @@ class Renderer:
                                            thread_name_prefix="sendout-render")
 
     async def start(self) -> None:
-        """Starts the worker processes (a template that needs one then does not wait for it)."""
+        """Starts the worker processes (else the first template that needs one does)."""
+        if self._idle is not None:
+            return
         loop = asyncio.get_running_loop()
         self._idle = asyncio.Queue()
         await asyncio.gather(*(loop.run_in_executor(self._threads, w.ensure_started)
@@ -86,7 +88,8 @@ class Renderer:
         if inline is not None:
             return [_inline(inline, item, self.max_output_chars) for item in variables]
         if self._idle is None:
-            raise RuntimeError("Renderer.start() was not awaited")
+            await self.start()
+            assert self._idle is not None
         job = _Job(template, [dict(item) for item in variables])
         deadline = len(job.variables) * self.time_limit_seconds + self.margin_seconds
         worker = await self._idle.get()

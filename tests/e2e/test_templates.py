@@ -4,13 +4,16 @@ problem; normal templates are still accepted."""
 
 from __future__ import annotations
 
+import inspect
 import re
+import time
 import uuid
 
 import httpx
 import pytest
 
 from devtools.processes import Sendout
+from services.dispatcher.service import Dispatcher
 from tests.e2e.conftest import wait_for_completion
 from tests.e2e.helpers import add_recipients, create_campaign, requests_to
 from tests.factories import campaign_payload
@@ -100,3 +103,36 @@ def test_a_template_that_fails_for_one_recipient_fails_only_that_message(
     assert all(reason.startswith("template_error: ") for reason in failed), failed
     assert any("by zero" in reason for reason in failed), failed
     assert any("an output got a list" in reason for reason in failed), failed
+
+
+def _dispatcher_renders_with_a_time_limit() -> bool:
+    return "renderer" in inspect.signature(Dispatcher).parameters
+
+
+# Without the Renderer, the dispatcher would render this on its event loop for seconds.
+@pytest.mark.skipif(not _dispatcher_renders_with_a_time_limit(),
+                    reason="the dispatcher does not render through services.dispatcher.rendering "
+                           "yet")
+def test_a_template_slow_for_one_recipient_times_out_for_that_message_only(
+    sendout: Sendout, http: httpx.Client
+) -> None:
+    """Slow only with this recipient's data (the check's sample is short): the dispatcher gives
+    the message its time limit, and that message alone fails "timed out"."""
+    tag = uuid.uuid4().hex[:6]
+    slow = ("{% for j in range(4) %}{% for i in range(10000) %}"
+            "{% if (text|upper|lower|upper|lower) == '' %}x{% endif %}{% endfor %}{% endfor %}"
+            "{{ first_name }}")
+    cid = create_campaign(http, sendout, template=slow, subject="Hi")
+    add_recipients(http, sendout, cid, [
+        {"email": f"short-{tag}@example.org", "first_name": "A", "attributes": {"text": "ab"}},
+        {"email": f"long-{tag}@example.org", "first_name": "B",
+         "attributes": {"text": "ab" * 50000}},
+    ])
+    started = time.monotonic()
+    http.post(f"{sendout.scheduler}/campaigns/{cid}/send-now").raise_for_status()
+    final = wait_for_completion(http, sendout.tracker, cid)
+    assert time.monotonic() - started < 60
+    assert (final["completed"], final["failed"]) == (1, 1), final
+    assert final["reasons"]["failed"] == {"template_error: timed out": 1}, final
+    [mail] = requests_to(http, sendout.smtp, {f"short-{tag}@example.org"})
+    assert mail["body"] == "A"
