@@ -36,7 +36,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from types import ModuleType
 from typing import Any
@@ -51,6 +51,11 @@ MAX_OUTPUT_CHARS = 100_000
 MAX_INT_BITS = 14_000
 MAX_RANGE = 10_000
 WORK_BUDGET = 100_000
+# Largest list, tuple or mapping a template may build, counted as a tree: each item, and each
+# character of a string in it, once per path to it. What C code does with a structure in one
+# call (compare it, sort it, dump it as JSON) costs up to this, and a template could otherwise
+# nest shared references into a structure of 2**30 paths in 30 steps.
+MAX_STRUCTURE = 1_000_000
 # Longest message a TemplateProblem carries (it ends up in a delivery's failure reason).
 _MAX_REASON = 200
 
@@ -87,6 +92,9 @@ class TemplateProblem(Exception):
 class _Render:
     work_left: int
     max_output_chars: int
+    # Tree size of each structure seen in this render, by id (the structure kept alive with it,
+    # so that its id is not reused).
+    sizes: dict[int, tuple[Any, int]] = field(default_factory=dict)
 
 
 _CURRENT: ContextVar[_Render | None] = ContextVar("sendout_template_render", default=None)
@@ -156,6 +164,52 @@ def output_value(value: Any) -> str:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+# --- structures --------------------------------------------------------------------------------
+
+_STRUCTURES = (list, tuple, dict, set, frozenset)
+
+
+def _tree_size(value: Any) -> int:
+    """How many items and characters `value` holds, counted once per path (a cheap walk: each
+    distinct structure is measured once per render); stops early past MAX_STRUCTURE."""
+    state = _CURRENT.get()
+    return _measure(value, state.sizes if state is not None else {})
+
+
+def _measure(value: Any, sizes: dict[int, tuple[Any, int]]) -> int:
+    if isinstance(value, str):
+        return len(value) + 1
+    if not isinstance(value, _STRUCTURES):
+        return 1
+    known = sizes.get(id(value))
+    if known is not None and known[0] is value:
+        return known[1]
+    total = 1
+    for item in (value.items() if isinstance(value, dict) else value):
+        total += _measure(item, sizes)
+        if total > MAX_STRUCTURE:
+            break
+    sizes[id(value)] = (value, total)
+    return total
+
+
+def _refuse_larger(size: int) -> None:
+    if size > MAX_STRUCTURE:
+        raise TemplateProblem(f"a list or mapping larger than {MAX_STRUCTURE:,} items and "
+                              "characters")
+
+
+def _structure(value: Any) -> Any:
+    """A list, tuple or mapping a template built (a literal, a call's or a filter's result),
+    if it is within MAX_STRUCTURE."""
+    if isinstance(value, _STRUCTURES):
+        try:
+            _refuse_larger(_tree_size(value))
+        except RecursionError:
+            raise TemplateProblem("a list or mapping nested too deeply") from None
+    return value
+
+
 # --- guarded operations ------------------------------------------------------------------------
 
 _PERCENT_SPEC = re.compile(
@@ -167,7 +221,7 @@ def _check_percent_format(fmt: str, args: Any) -> None:
         for number in (width, precision):
             if number == "*":
                 raise TemplateProblem("'*' widths in % formatting are not supported")
-            if number and int(number) > _max_chars():
+            if number and (len(number) > 9 or int(number) > _max_chars()):
                 raise TemplateProblem(f"a % format width of {number} is too wide")
     values = args.values() if isinstance(args, Mapping) else args if isinstance(
         args, tuple) else (args,)
@@ -189,8 +243,12 @@ def _sized(value: Any) -> bool:
 def _multiply(left: Any, right: Any) -> Any:
     if _sized(left) and isinstance(right, int):
         _refuse_longer(len(left) * max(right, 0), "a repetition")
+        if not isinstance(left, str):
+            _refuse_larger(_tree_size(left) * max(right, 0))
     elif _sized(right) and isinstance(left, int):
         _refuse_longer(len(right) * max(left, 0), "a repetition")
+        if not isinstance(right, str):
+            _refuse_larger(_tree_size(right) * max(left, 0))
     elif type(left) is int and type(right) is int:
         _check_int_bits(left.bit_length() + right.bit_length())
     return left * right
@@ -209,6 +267,8 @@ def _power(left: Any, right: Any) -> Any:
 def _add(left: Any, right: Any) -> Any:
     if _sized(left) and _sized(right):
         _refuse_longer(len(left) + len(right), "a concatenation")
+        if not isinstance(left, str):
+            _refuse_larger(_tree_size(left) + _tree_size(right))
     return left + right
 
 
@@ -356,9 +416,13 @@ def _guarded(func: Callable[..., Any], check: Callable[..., None]) -> Callable[.
     @functools.wraps(func)
     def guarded(*args: Any, **kwargs: Any) -> Any:
         check(*args[skip:], **kwargs)
-        return func(*args, **kwargs)
+        return _structure(func(*args, **kwargs))
 
     return guarded
+
+
+def _no_check(*_: Any, **__: Any) -> None:
+    pass
 
 
 # --- the environment ---------------------------------------------------------------------------
@@ -372,6 +436,24 @@ class _GuardedCodeGenerator(CodeGenerator):
                 loop.iter = nodes.Call(nodes.EnvironmentAttribute("guarded_iterate"),
                                        [loop.iter], [], None, None, lineno=loop.lineno)
         super().visit_Template(node, frame)
+
+    def visit_List(self, node: nodes.List, frame: Frame) -> None:
+        self.write("environment.guarded_structure(")
+        super().visit_List(node, frame)
+        self.write(")")
+
+    def visit_Dict(self, node: nodes.Dict, frame: Frame) -> None:
+        self.write("environment.guarded_structure(")
+        super().visit_Dict(node, frame)
+        self.write(")")
+
+    def visit_Tuple(self, node: nodes.Tuple, frame: Frame) -> None:
+        if node.ctx != "load":  # a target: `{% for a, b in ... %}`
+            super().visit_Tuple(node, frame)
+            return
+        self.write("environment.guarded_structure(")
+        super().visit_Tuple(node, frame)
+        self.write(")")
 
     def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
         self.write("environment.guarded_concat((")
@@ -401,10 +483,12 @@ class SafeEnvironment(ImmutableSandboxedEnvironment):
         for name in ("pprint", "xmlattr"):
             self.filters.pop(name, None)
         self.filters["join"] = _guarded_join(self)
-        for name, check in _filter_checks(self).items():
-            self.filters[name] = _guarded(self.filters[name], check)
+        checks = _filter_checks(self)
+        for name, func in list(self.filters.items()):
+            self.filters[name] = _guarded(func, checks.get(name, _no_check))
         self.guarded_iterate = _iterate
         self.guarded_concat = _concat
+        self.guarded_structure = _structure
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         return _BINOPS[operator](left, right)
@@ -426,7 +510,7 @@ class SafeEnvironment(ImmutableSandboxedEnvironment):
         owner = getattr(__obj, "__self__", None)
         if isinstance(owner, str):
             _check_str_method(owner, getattr(__obj, "__name__", ""), args, kwargs)
-        return super().call(__context, __obj, *args, **kwargs)
+        return _structure(super().call(__context, __obj, *args, **kwargs))
 
 
 ENV = SafeEnvironment()

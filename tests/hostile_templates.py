@@ -44,6 +44,15 @@ MORE: dict[str, str] = {
         "too much work|timed out",
     "{% macro f(n) %}{% if n %}{{ f(n-1) }}{{ f(n-1) }}{% endif %}{% endmacro %}{{ f(40) }}":
         "too much work|timed out",
+    # Shared references nested into 2**30 paths: one comparison, sort or JSON dump of it would
+    # run in C for a minute, out of reach of any time limit.
+    "{% macro f(a, b, n) %}{% if n %}{{ f([a, a], [b, b], n-1) }}{% else %}{{ a == b }}"
+    "{% endif %}{% endmacro %}{{ f([1], [1], 30) }}": "list or mapping larger than",
+    "{% set ns = namespace(l=[1]) %}{% for i in range(30) %}{% set ns.l = ns.l + ns.l %}"
+    "{% endfor %}{{ ns.l|tojson }}": "list or mapping larger than|repetition|concatenation",
+    "{% macro f(l, n) %}{% if n %}{{ f(dict(a=l, b=l), n-1) }}{% else %}{{ l|tojson }}"
+    "{% endif %}{% endmacro %}{{ f([1], 30) }}": "list or mapping larger than",
+    "{{ ([['x' * 100000]] * 100)|tojson }}": "list or mapping larger than",
     "{% include 'other' %}": "no loader",
     "Hi\n{{ first_name ": "syntax error on line 2",
 }
@@ -65,4 +74,7 @@ NORMAL: dict[str, str] = {
     "{{ 2**10 }} {{ 7 // 2 }} {{ 7 % 2 }} {{ 'ab' * 2 }}": "1024 3 1 abab",
     "{{ first_name|center(7) }}|": "  Ada  |",
     "{{ first_name.replace('A', 'E') }}": "Eda",
+    "{% for k, v in {'b': 2, 'a': 1}|dictsort %}{{ k }}{{ v }}{% endfor %}": "a1b2",
+    "{% set a, b = first_name, 2 %}{{ a }}{{ b }}": "Ada2",
+    "{{ [first_name, [1, 2], {'k': (3, 4)}]|tojson }}": '["Ada", [1, 2], {"k": [3, 4]}]',
 }
