@@ -347,7 +347,7 @@ def _width(width: Any) -> int:
     return width if isinstance(width, int) else len(str(width))
 
 
-def _filter_checks(environment: SafeEnvironment) -> dict[str, Callable[..., None]]:
+def _filter_checks() -> dict[str, Callable[..., None]]:
     def text(value: Any, *_: Any, **__: Any) -> None:
         _text_like(value, "the filter")
 
@@ -483,7 +483,7 @@ class SafeEnvironment(ImmutableSandboxedEnvironment):
         for name in ("pprint", "xmlattr"):
             self.filters.pop(name, None)
         self.filters["join"] = _guarded_join(self)
-        checks = _filter_checks(self)
+        checks = _filter_checks()
         for name, func in list(self.filters.items()):
             self.filters[name] = _guarded(func, checks.get(name, _no_check))
         self.guarded_iterate = _iterate
@@ -741,7 +741,7 @@ def template_variables(text: str) -> set[str]:
     return {n for n in names if n not in ENV.globals and n not in SPECIAL_NAMES}
 
 
-def sample_variables(text: str) -> dict[str, Any]:
+def sample_recipient(text: str) -> dict[str, Any]:
     """Variables a recipient could have: the columns, and a sample of each attribute read."""
     variables: dict[str, Any] = dict(SAMPLE_COLUMNS)
     try:
@@ -753,15 +753,15 @@ def sample_variables(text: str) -> dict[str, Any]:
     return variables
 
 
-def check_template(text: str, sample_variables_: Mapping[str, Any] | None = None, *,
+def check_template(text: str, sample_variables: Mapping[str, Any] | None = None, *,
                    time_limit_seconds: float = 1.0,
                    max_output_chars: int = MAX_OUTPUT_CHARS) -> None:
-    """Compile the template and render it once with sample data, within a (wall) time limit;
-    TemplateProblem if either fails."""
+    """Compile the template and render it once with sample data (by default `sample_recipient`),
+    within a (wall) time limit; TemplateProblem if either fails."""
     started = time.monotonic()
     with time_limit(time_limit_seconds):
         compile_template(text)
-        variables = sample_variables(text) if sample_variables_ is None else sample_variables_
+        variables = sample_recipient(text) if sample_variables is None else sample_variables
         render(text, variables, max_output_chars=max_output_chars)
     if time.monotonic() - started > time_limit_seconds:
         raise TemplateProblem("timed out")

@@ -130,7 +130,7 @@ def test_render_batch_times_out_each_slow_message_and_gives_up_after_three() -> 
 def test_the_check_samples_every_variable_the_template_reads() -> None:
     text = "{{ first_name }} {{ ward }} {% for i in range(2) %}{{ loop.index }}{% endfor %}"
     assert templating.template_variables(text) == {"first_name", "ward"}
-    samples = templating.sample_variables(text)
+    samples = templating.sample_recipient(text)
     assert samples["first_name"] == "Ada" and "ward" in samples and "range" not in samples
 
 
