@@ -14,6 +14,7 @@ from services.dispatcher import handlers, repo
 from services.dispatcher.domain import Outcome
 from services.dispatcher.providers import HttpProvider, NoopProvider, Provider, SmtpProvider
 from services.dispatcher.reliability import CircuitBreaker, RetryPolicy
+from services.dispatcher.rendering import Renderer
 from services.dispatcher.service import (
     AbortRegistry,
     Dispatcher,
@@ -93,6 +94,13 @@ def create_app(settings: DispatcherSettings | None = None) -> FastAPI:
             aborts.add(await repo.aborted_campaigns(conn))
             aborts.add(await repo.aborted_gates(conn))
             opt_outs.add(await repo.all_opt_outs(conn))
+        # Untrusted templates render in worker processes, with a time and an output limit per
+        # message; text-and-variable templates render inline.
+        renderer = Renderer(time_limit_seconds=settings.render_time_limit_seconds,
+                            max_output_chars=settings.render_max_output_chars,
+                            workers=settings.render_workers,
+                            memory_limit_mb=settings.render_memory_limit_mb)
+        await renderer.start()
         dispatcher = Dispatcher(
             pool,
             providers,
@@ -106,6 +114,7 @@ def create_app(settings: DispatcherSettings | None = None) -> FastAPI:
             breakers=build_breakers(settings, providers),
             claim_lease_seconds=settings.claim_lease_seconds,
             resend_in_doubt=settings.resend_in_doubt,
+            renderer=renderer,
         )
         await ensure_topics(
             settings.kafka_bootstrap_servers, topics.ALL, settings.kafka_partitions
@@ -151,6 +160,7 @@ def create_app(settings: DispatcherSettings | None = None) -> FastAPI:
             # is left to its claim, which goes stale and is reported in doubt).
             await stop_between_rounds(retries, dispatcher, settings.drain_seconds)
             await broker.stop()
+            await renderer.close()
             for provider in {id(p): p for p in providers.values()}.values():
                 await provider.close()
             await pool.close()

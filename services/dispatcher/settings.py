@@ -66,3 +66,10 @@ class DispatcherSettings(CommonSettings):
     consumers: int = 2
     # Outcomes per Kafka record (`OutcomeBatch`, one campaign's) published to the tracker.
     outcome_batch_size: int = 500
+    # Templates that do more than output variables are rendered in worker processes
+    # (services/dispatcher/rendering.py): each message within this much CPU time, at most this
+    # long, by this many workers, each limited to this much address space.
+    render_time_limit_seconds: float = 0.5
+    render_max_output_chars: int = 100_000
+    render_workers: int = 1
+    render_memory_limit_mb: int = 1024
