@@ -7,6 +7,7 @@ import json
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 
@@ -119,28 +120,46 @@ async def settled(
     nothing unless the batch was seen before. The keys found are matched against the requests'
     own, and only theirs have their outcomes read.
     """
+    settled_found, _ = await seen_before(conn, requests)
+    return settled_found
+
+
+async def seen_before(
+    conn: asyncpg.Connection, requests: Sequence[Request]
+) -> tuple[dict[tuple[uuid.UUID, int, str], Outcome], set[Key]]:
+    """The outcomes recorded for some of the requests' keys, and those of their keys that are
+    on the retry schedule: both found in one statement."""
     campaigns, lows, highs = _id_ranges(requests)
     # One index range scan per range, whatever the statistics say: `OFFSET 0` keeps the
     # planner from merging the subquery into a join. (Merged, with a 1M-recipient campaign in
     # the table, it chose a hash join over a sequential scan: 1.7 s a batch.)
     found = await conn.fetch(
         """
-        SELECT d.campaign_id, d.recipient_id, d.channel
+        SELECT d.campaign_id, d.recipient_id, d.channel, false AS scheduled
         FROM unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS r(campaign_id, lo, hi)
         CROSS JOIN LATERAL (
             SELECT campaign_id, recipient_id, channel FROM deliveries d
             WHERE d.campaign_id = r.campaign_id AND d.recipient_id BETWEEN r.lo AND r.hi
             OFFSET 0
         ) AS d
+        UNION ALL
+        SELECT t.campaign_id, t.recipient_id, t.channel, true
+        FROM unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS r(campaign_id, lo, hi)
+        CROSS JOIN LATERAL (
+            SELECT campaign_id, recipient_id, channel FROM retries t
+            WHERE t.campaign_id = r.campaign_id AND t.recipient_id BETWEEN r.lo AND r.hi
+            OFFSET 0
+        ) AS t
         """,
         campaigns, lows, highs,
     )
-    if not found:  # the common case: nothing of this batch was recorded before
-        return {}
+    if not found:  # the common case: nothing of this batch was seen before
+        return {}, set()
     wanted = {domain.dedupe_key(r) for r in requests}
-    keys = [k for k in (tuple(row) for row in found) if k in wanted]
+    scheduled = {k for k in (tuple(row[:3]) for row in found if row[3]) if k in wanted}
+    keys = [k for k in (tuple(row[:3]) for row in found if not row[3]) if k in wanted]
     if not keys:
-        return {}
+        return {}, scheduled  # type: ignore[return-value]
     rows = await conn.fetch(
         """
         SELECT d.campaign_id, d.recipient_id, d.channel, d.outcome::text AS outcome
@@ -153,7 +172,7 @@ async def settled(
     return {
         (r["campaign_id"], r["recipient_id"], r["channel"]): decode_outcome(r["outcome"])
         for r in rows
-    }
+    }, scheduled  # type: ignore[return-value]
 
 
 # Recipient ids this close together share a range: the ids between them that are not asked
@@ -209,16 +228,25 @@ async def record_outcomes(
     if await db.copy_if_all_new(conn, "deliveries", _DELIVERY_COLUMNS, rows):
         return
     async with conn.transaction():
-        await _DELIVERIES_IN.load(conn, rows)
-        await conn.execute(
-            f"""
-            INSERT INTO deliveries AS d ({", ".join(_DELIVERY_COLUMNS)})
-            SELECT * FROM {_DELIVERIES_IN.name}
-            ON CONFLICT (campaign_id, recipient_id, channel) DO UPDATE
-            SET outcome = excluded.outcome, done_at = excluded.done_at
-            WHERE d.outcome IS NULL
-            """
-        )
+        await _insert_new_outcomes(conn, rows)
+
+
+async def _insert_new_outcomes(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Outcome rows staged and inserted with `ON CONFLICT`: the first outcome recorded for a
+    key stays (a row claimed without an outcome by an older version gets it). In a
+    transaction."""
+    if not rows:
+        return
+    await _DELIVERIES_IN.load(conn, rows)
+    await conn.execute(
+        f"""
+        INSERT INTO deliveries AS d ({", ".join(_DELIVERY_COLUMNS)})
+        SELECT * FROM {_DELIVERIES_IN.name}
+        ON CONFLICT (campaign_id, recipient_id, channel) DO UPDATE
+        SET outcome = excluded.outcome, done_at = excluded.done_at
+        WHERE d.outcome IS NULL
+        """
+    )
 
 
 async def save_opt_outs(conn: asyncpg.Connection, events: Sequence[AddressOptedOut]) -> None:
@@ -242,11 +270,91 @@ async def all_opt_outs(conn: asyncpg.Connection) -> set[tuple[uuid.UUID, str]]:
 Key = tuple[uuid.UUID, int, str]
 
 
-async def ensure_gates(conn: asyncpg.Connection, campaign_ids: Sequence[uuid.UUID]) -> None:
-    await conn.execute(
-        "INSERT INTO gates (campaign_id) SELECT unnest($1::uuid[]) ON CONFLICT DO NOTHING",
-        list(campaign_ids),
+def gate_key(campaign_id: uuid.UUID) -> int:
+    """The advisory lock that orders a campaign's claims against its abort."""
+    return int.from_bytes(campaign_id.bytes[:8], "big", signed=True)
+
+
+_CLAIM = """
+    WITH spans AS (
+        INSERT INTO batch_spans (batch_id, topic_partition, first_offset, last_offset)
+        SELECT $1, * FROM unnest($4::int[], $5::bigint[], $6::bigint[])
+    ), groups AS (
+        SELECT (g->>0)::uuid AS campaign_id, g->>1 AS channel,
+               ARRAY(SELECT json_array_elements_text(g->2)::bigint) AS ids
+        FROM json_array_elements($2::json) AS g
     )
+    INSERT INTO claims (batch_id, campaign_id, channel, recipient_ids, claimed_by)
+    SELECT $1, campaign_id, channel, ids, $3 FROM groups
+    WHERE NOT EXISTS (SELECT 1 FROM gates WHERE gates.campaign_id = groups.campaign_id
+                      AND gates.aborted_at IS NOT NULL)
+    RETURNING campaign_id
+"""
+
+
+async def step(
+    conn: asyncpg.Connection,
+    *,
+    outcomes: Sequence[tuple[Request, Outcome, bytes]] = (),
+    retries: Sequence[tuple[uuid.UUID, int, str, str, int, datetime, datetime, str | None]] = (),
+    claims: Sequence[tuple[uuid.UUID, str, Sequence[int]]] = (),
+    batch_id: uuid.UUID | None = None,
+    owner: str = "",
+    spans: Sequence[tuple[int, int, int]] = (),
+) -> set[uuid.UUID]:
+    """In one transaction: record outcomes, put retries on the schedule, and claim groups of
+    (campaign, channel, recipient ids) before their provider calls start. Returns the
+    campaigns whose claims were taken (an aborted campaign's are refused).
+
+    The transaction holds each claimed campaign's advisory lock in shared mode, so an abort
+    (`close_gate`, the lock in exclusive mode) waits for the claims in progress, counts them,
+    and is seen by every claim after it; a lock, unlike a locked row, writes nothing. Outcome
+    rows are copied straight in; in the rare transaction where a key is there already (a race,
+    an old claim) the whole step is done again the careful way. `spans`: the batch's Kafka
+    positions, recorded with its first claim."""
+    done_at = datetime.now(UTC)
+    rows = [(o.campaign_id, o.recipient_id, o.channel, r.event_id, data.decode(), done_at)
+            for r, o, data in outcomes]
+    keys = sorted({gate_key(c) for c, _, _ in claims})
+    begin = "BEGIN" + "".join(f"; SELECT pg_advisory_xact_lock_shared({k})" for k in keys)
+    try:
+        await conn.execute(begin)
+        if rows:
+            await conn.copy_records_to_table("deliveries", records=rows,
+                                             columns=_DELIVERY_COLUMNS)
+        taken = await _step_rest(conn, retries, claims, batch_id, owner, spans)
+        await conn.execute("COMMIT")
+        return taken
+    except asyncpg.UniqueViolationError:
+        await conn.execute("ROLLBACK")
+    except BaseException:
+        if not conn.is_closed():
+            await conn.execute("ROLLBACK")
+        raise
+    async with conn.transaction():
+        for k in keys:
+            await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", k)
+        await _insert_new_outcomes(conn, rows)
+        return await _step_rest(conn, retries, claims, batch_id, owner, spans)
+
+
+async def _step_rest(
+    conn: asyncpg.Connection,
+    retries: Sequence[tuple[uuid.UUID, int, str, str, int, datetime, datetime, str | None]],
+    claims: Sequence[tuple[uuid.UUID, str, Sequence[int]]],
+    batch_id: uuid.UUID | None,
+    owner: str,
+    spans: Sequence[tuple[int, int, int]],
+) -> set[uuid.UUID]:
+    if retries:
+        await schedule_retries(conn, retries)
+    if not claims:
+        return set()
+    rows = await conn.fetch(
+        _CLAIM, batch_id, json.dumps([[str(c), ch, list(ids)] for c, ch, ids in claims]),
+        owner, [s[0] for s in spans], [s[1] for s in spans], [s[2] for s in spans],
+    )
+    return {r["campaign_id"] for r in rows}
 
 
 async def claim(
@@ -257,42 +365,8 @@ async def claim(
     owner: str,
     spans: Sequence[tuple[int, int, int]] = (),
 ) -> set[uuid.UUID]:
-    """Claim groups of (campaign, channel, recipient ids) before their provider calls start;
-    the campaigns whose claims were taken (an aborted campaign's are refused).
-
-    Each claim holds its campaign's gate row in share mode until it commits, so an abort
-    (`close_gate`) waits for the claims in progress and refuses every claim after it.
-    `spans`: the batch's Kafka positions, recorded with its first claim."""
-    campaign_ids = list({g[0] for g in groups})
-    groups_json = json.dumps([[str(c), ch, list(ids)] for c, ch, ids in groups])
-    async with conn.transaction():
-        if spans:
-            await conn.execute(
-                """
-                INSERT INTO batch_spans (batch_id, topic_partition, first_offset, last_offset)
-                SELECT $1, * FROM unnest($2::int[], $3::bigint[], $4::bigint[])
-                """,
-                batch_id, [s[0] for s in spans], [s[1] for s in spans], [s[2] for s in spans],
-            )
-        rows = await conn.fetch(
-            """
-            WITH open_gates AS (
-                SELECT campaign_id FROM gates
-                WHERE campaign_id = ANY($2::uuid[]) AND aborted_at IS NULL
-                FOR SHARE
-            ), groups AS (
-                SELECT (g->>0)::uuid AS campaign_id, g->>1 AS channel,
-                       ARRAY(SELECT json_array_elements_text(g->2)::bigint) AS ids
-                FROM json_array_elements($3::json) AS g
-            )
-            INSERT INTO claims (batch_id, campaign_id, channel, recipient_ids, claimed_by)
-            SELECT $1, campaign_id, channel, ids, $4 FROM groups
-            WHERE campaign_id IN (SELECT campaign_id FROM open_gates)
-            RETURNING campaign_id
-            """,
-            batch_id, campaign_ids, groups_json, owner,
-        )
-    return {r["campaign_id"] for r in rows}
+    """Claim groups of messages alone (`step` with nothing else to write)."""
+    return await step(conn, claims=groups, batch_id=batch_id, owner=owner, spans=spans)
 
 
 async def refresh_claims(conn: asyncpg.Connection, batch_id: uuid.UUID) -> None:
@@ -334,14 +408,18 @@ async def earlier_claims(
 
 
 async def close_gate(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> None:
-    """Refuse every claim for the campaign from now on; waits for the claims in progress."""
-    await conn.execute(
-        """
-        INSERT INTO gates (campaign_id, aborted_at) VALUES ($1, now())
-        ON CONFLICT (campaign_id) DO UPDATE SET aborted_at = coalesce(gates.aborted_at, now())
-        """,
-        campaign_id,
-    )
+    """Refuse every claim for the campaign from now on; waits for the claims in progress
+    (which then count as going out)."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", gate_key(campaign_id))
+        await conn.execute(
+            """
+            INSERT INTO gates (campaign_id, aborted_at) VALUES ($1, now())
+            ON CONFLICT (campaign_id) DO UPDATE
+            SET aborted_at = coalesce(gates.aborted_at, now())
+            """,
+            campaign_id,
+        )
 
 
 async def sent_or_in_flight(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> int:

@@ -126,6 +126,14 @@ class Retry:
 
 
 Result = Outcome | Retry
+
+
+@dataclass(frozen=True)
+class _Step:
+    """A worker's turn: record its last call's result, and claim its next message."""
+
+    done: tuple[Request, Result] | None
+    claim: Request | None
 Spans = Sequence[tuple[int, int, int]]  # (partition, first offset, last offset)
 _WALL = time.time
 
@@ -243,7 +251,6 @@ class Dispatcher:
         self._lease = claim_lease_seconds
         self._resend_in_doubt = resend_in_doubt
         self._templates: dict[uuid.UUID, CampaignTemplate] = {}
-        self._gates: set[uuid.UUID] = set()
         # Set on shutdown: the retry schedule ends its round and takes no more.
         self.stopping = False
 
@@ -307,9 +314,10 @@ class Dispatcher:
         waited = 0.0
         while True:
             async with self._pool.acquire() as conn:
-                settled = await repo.settled(conn, pending)
-                scheduled = await repo.scheduled_keys(conn, pending)
-                claimed = await repo.earlier_claims(conn, spans)
+                settled, scheduled = await repo.seen_before(conn, pending)
+                claimed = await repo.earlier_claims(conn, spans) if spans else {}
+            if not (settled or scheduled or claimed):  # the common case: nothing seen before
+                return reports, fresh + pending, in_doubt
             waiting: list[Request] = []
             for req in pending:
                 key = domain.dedupe_key(req)
@@ -424,19 +432,36 @@ class Dispatcher:
         batch_id: uuid.UUID,
         spans: Spans,
     ) -> None:
-        """Each message claimed (a group at a time, while earlier calls run), then its provider
-        call; results recorded as they come. Workers share one queue, each holding one of the
-        process's call slots while it works (cheaper than a task per message)."""
+        """Each message claimed before its provider call, and its result recorded before its
+        worker moves on: a worker's step writes its last result and claims its next message,
+        in one transaction shared with every other worker's step waiting at that moment. So
+        the messages claimed without a recorded outcome are at most the calls in flight (one
+        per worker), which is what a crash can leave in doubt. Workers share one queue, each
+        holding one of the process's call slots while it works (cheaper than a task per
+        message)."""
         if calls:
-            await self._open_gates({req.campaign_id for req, _ in calls})
-            claims = GroupCommit(self._claim_writer(batch_id, spans))
+            steps: GroupCommit[_Step] = GroupCommit(self._step_writer(batch_id, spans, recorder))
             queue = iter(calls)
 
             async def worker() -> None:
                 async with self._slots:
+                    done: list[tuple[Request, Result]] = []
+                    called = [False]
+
+                    async def claim(req: Request) -> bool:
+                        called[0] = True
+                        return bool(await steps.submit(_Step(done.pop() if done else None, req)))
+
                     for req, message in queue:
-                        recorder.add(req, await self._attempt(
-                            req, message, claims.submit, attempts=0, first_at=_WALL()))
+                        called[0] = False
+                        result = await self._attempt(req, message, claim, attempts=0,
+                                                     first_at=_WALL())
+                        if called[0]:
+                            done.append((req, result))  # recorded with the next step
+                        else:
+                            recorder.add(req, result)  # no call: nothing waits on it
+                    if done:
+                        await steps.submit(_Step(done.pop(), None))
 
             heartbeat = asyncio.create_task(self._keep_fresh(batch_id))
             try:
@@ -456,22 +481,35 @@ class Dispatcher:
                     raise result
         await recorder.drain()
 
-    def _claim_writer(
-        self, batch_id: uuid.UUID, spans: Spans
-    ) -> Callable[[list[Request]], Awaitable[Callable[[Request], bool]]]:
-        first = [True]
+    def _step_writer(
+        self, batch_id: uuid.UUID, spans: Spans, recorder: Recorder
+    ) -> Callable[[list[_Step]], Awaitable[Callable[[_Step], bool]]]:
+        spans_left = [spans]
 
-        async def write(reqs: list[Request]) -> Callable[[Request], bool]:
+        async def write(steps: list[_Step]) -> Callable[[_Step], bool]:
+            results = [s.done for s in steps if s.done is not None]
+            outcomes = [(req, r, r.to_bytes()) for req, r in results if not isinstance(r, Retry)]
+            retries = [_retry_row(r) for _, r in results if isinstance(r, Retry)]
             groups: dict[tuple[uuid.UUID, str], list[int]] = {}
-            for r in reqs:
-                groups.setdefault((r.campaign_id, r.channel), []).append(r.recipient_id)
-            with_spans, first[0] = first[0], False
-            async with self._pool.acquire() as conn:
-                taken = await repo.claim(
-                    conn, batch_id, [(c, ch, ids) for (c, ch), ids in groups.items()],
-                    owner=self._instance, spans=spans if with_spans else (),
-                )
-            return lambda r: r.campaign_id in taken
+            for s in steps:
+                if s.claim is not None:
+                    groups.setdefault((s.claim.campaign_id, s.claim.channel), []).append(
+                        s.claim.recipient_id)
+            with_spans = spans_left[0] if groups else ()
+            taken: set[uuid.UUID] = set()
+
+            async def step() -> None:
+                async with self._pool.acquire() as conn:
+                    taken.update(await repo.step(
+                        conn, outcomes=outcomes, retries=retries,
+                        claims=[(c, ch, ids) for (c, ch), ids in groups.items()],
+                        batch_id=batch_id, owner=self._instance, spans=with_spans))
+
+            await self._retrying(step)
+            if groups:
+                spans_left[0] = ()
+            recorder.outcomes.extend((r, data) for _, r, data in outcomes)
+            return lambda s: s.claim is not None and s.claim.campaign_id in taken
 
         return write
 
@@ -526,13 +564,6 @@ class Dispatcher:
                     await repo.refresh_claims(conn, batch_id)
             except Exception:
                 log.warning("could not refresh claims", exc_info=True)
-
-    async def _open_gates(self, campaign_ids: set[uuid.UUID]) -> None:
-        new = [c for c in campaign_ids if c not in self._gates]
-        if new:
-            async with self._pool.acquire() as conn:
-                await repo.ensure_gates(conn, new)
-            self._gates.update(new)
 
     async def _write(self, group: list[tuple[Request, Result]]) -> None:
         """Write a group of results: outcomes to `deliveries`, retries to the schedule, in one

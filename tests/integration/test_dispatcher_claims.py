@@ -271,13 +271,14 @@ async def test_outcomes_published_are_those_recorded_and_a_failed_record_fails_t
     assert len(provider.calls) == 3
 
     # Recording fails (the database refuses the rows): the batch fails, to be redelivered.
-    async def refuse(*args: object) -> None:
+    async def refuse(*args: object, **kw: object) -> None:
         raise asyncpg.PostgresError("refused")
 
     failing = _dispatcher(dispatcher_pool, RecordingProvider())
-    failing._write_group = refuse  # type: ignore[method-assign]
-    with pytest.raises(asyncpg.PostgresError):
-        await failing.dispatch_encoded([send_requested(cid, 9, "p9@example.org")], publish)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(repo, "step", refuse)
+        with pytest.raises(asyncpg.PostgresError):
+            await failing.dispatch_encoded([send_requested(cid, 9, "p9@example.org")], publish)
 
 
 async def test_settled_keys_are_found_among_runs_and_gaps_of_recipient_ids(

@@ -140,7 +140,6 @@ async def _run(pool: asyncpg.Pool, scripts: list[list[str]], ops: list[str],
             crashed.update(r.recipient_id for r in chosen)
             if chosen:
                 async with pool.acquire() as conn:
-                    await repo.ensure_gates(conn, [cid])
                     taken = await repo.claim(conn, uuid.uuid4(),
                                              [(cid, "email", [r.recipient_id for r in chosen])],
                                              owner="dead", spans=spans)
