@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, Protocol, TypeVar
@@ -130,10 +131,10 @@ Result = Outcome | Retry
 
 @dataclass(frozen=True)
 class _Step:
-    """A worker's turn: record its last call's result, and claim its next message."""
+    """A worker's turn: record the results of its last calls, and claim its next messages."""
 
-    done: tuple[Request, Result] | None
-    claim: Request | None
+    done: list[tuple[Request, Result]]
+    claim: list[Request]
 Spans = Sequence[tuple[int, int, int]]  # (partition, first offset, last offset)
 _WALL = time.time
 
@@ -251,6 +252,10 @@ class Dispatcher:
         self._lease = claim_lease_seconds
         self._resend_in_doubt = resend_in_doubt
         self._templates: dict[uuid.UUID, CampaignTemplate] = {}
+        self._taking = asyncio.Lock()
+        # Moving averages of a provider call's and of a step write's duration.
+        self._call_seconds = 0.0
+        self._step_seconds = 0.002
         # Set on shutdown: the retry schedule ends its round and takes no more.
         self.stopping = False
 
@@ -433,47 +438,54 @@ class Dispatcher:
         spans: Spans,
     ) -> None:
         """Each message claimed before its provider call, and its result recorded before its
-        worker moves on: a worker's step writes its last result and claims its next message,
-        in one transaction shared with every other worker's step waiting at that moment. So
-        the messages claimed without a recorded outcome are at most the calls in flight (one
-        per worker), which is what a crash can leave in doubt. Workers share one queue, each
-        holding one of the process's call slots while it works (cheaper than a task per
-        message)."""
+        worker moves on: a worker's step writes its last calls' results and claims its next
+        messages, in one transaction shared with every other worker's step waiting at that
+        moment. A worker holds one call slot per message it has claimed and not recorded, so
+        those messages — all a crash can leave in doubt — are at most the process's
+        concurrency. A worker takes one message per step where calls take longer than a step's
+        write, more where they are faster (a no-op provider: up to 64), so that waiting on the
+        database is not paid per message."""
         if calls:
+            per_step = self._messages_per_step()
+            workers = min(-(-len(calls) // per_step), max(1, self._concurrency // per_step))
             steps: GroupCommit[_Step] = GroupCommit(self._step_writer(batch_id, spans, recorder))
             queue = iter(calls)
 
             async def worker() -> None:
-                async with self._slots:
+                async with self._units(per_step):
                     done: list[tuple[Request, Result]] = []
-                    called = [False]
-
-                    async def claim(req: Request) -> bool:
-                        called[0] = True
-                        return bool(await steps.submit(_Step(done.pop() if done else None, req)))
-
-                    for req, message in queue:
-                        called[0] = False
-                        result = await self._attempt(req, message, claim, attempts=0,
-                                                     first_at=_WALL())
-                        if called[0]:
-                            done.append((req, result))  # recorded with the next step
-                        else:
-                            recorder.add(req, result)  # no call: nothing waits on it
+                    while chunk := list(itertools.islice(queue, per_step)):
+                        ready: list[tuple[Request, OutgoingMessage]] = []
+                        first_at = _WALL()
+                        for req, message in chunk:
+                            early = self._precheck(req, attempts=0, first_at=first_at)
+                            if early is None:
+                                ready.append((req, message))
+                            else:
+                                recorder.add(req, early)  # no call: nothing waits on it
+                        if not ready:
+                            continue
+                        taken = await steps.submit(_Step(done, [req for req, _ in ready]))
+                        done = []
+                        for req, message in ready:
+                            if req.campaign_id in taken:
+                                done.append((req, await self._call(
+                                    req, message, attempts=0, first_at=first_at)))
+                            else:  # its campaign was aborted: the gate refused the claim
+                                self.breakers[req.channel].cancel_probe()
+                                recorder.add(req, domain.skipped(req, "aborted"))
                     if done:
-                        await steps.submit(_Step(done.pop(), None))
+                        await steps.submit(_Step(done, []))
 
             heartbeat = asyncio.create_task(self._keep_fresh(batch_id))
             try:
-                results = await asyncio.gather(
-                    *(worker() for _ in range(min(self._concurrency, len(calls)))),
-                    return_exceptions=True,
-                )
+                results = await asyncio.gather(*(worker() for _ in range(workers)),
+                                               return_exceptions=True)
             finally:
                 heartbeat.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await heartbeat
-            # If a claim could not be written, its message was not sent; what was sent is
+            # If a claim could not be written, its messages were not sent; what was sent is
             # recorded before the error fails the batch.
             await recorder.drain()
             for result in results:
@@ -481,20 +493,42 @@ class Dispatcher:
                     raise result
         await recorder.drain()
 
+    def _messages_per_step(self) -> int:
+        """A worker's k calls of a step go one after another: with calls of c seconds and a
+        step's write of s, the process sends concurrency / (s + k·c) messages a second, at
+        most 10% less than with k = 1 while k·c ≤ s/10 — and each message costs k times less
+        waiting (CPU) in the event loop. Providers slower than that get k = 1."""
+        if self._call_seconds <= 0:
+            return 1
+        k = int(0.1 * self._step_seconds / self._call_seconds)
+        return max(1, min(64, self._concurrency, k))
+
+    @contextlib.asynccontextmanager
+    async def _units(self, n: int) -> AsyncIterator[None]:
+        """`n` of the process's call slots, taken together (one taker at a time, so that two
+        workers never each hold part of what they wait for)."""
+        async with self._taking:
+            for _ in range(n):
+                await self._slots.acquire()
+        try:
+            yield
+        finally:
+            for _ in range(n):
+                self._slots.release()
+
     def _step_writer(
         self, batch_id: uuid.UUID, spans: Spans, recorder: Recorder
-    ) -> Callable[[list[_Step]], Awaitable[Callable[[_Step], bool]]]:
+    ) -> Callable[[list[_Step]], Awaitable[set[uuid.UUID]]]:
         spans_left = [spans]
 
-        async def write(steps: list[_Step]) -> Callable[[_Step], bool]:
-            results = [s.done for s in steps if s.done is not None]
+        async def write(steps: list[_Step]) -> set[uuid.UUID]:
+            results = [d for s in steps for d in s.done]
             outcomes = [(req, r, r.to_bytes()) for req, r in results if not isinstance(r, Retry)]
             retries = [_retry_row(r) for _, r in results if isinstance(r, Retry)]
             groups: dict[tuple[uuid.UUID, str], list[int]] = {}
             for s in steps:
-                if s.claim is not None:
-                    groups.setdefault((s.claim.campaign_id, s.claim.channel), []).append(
-                        s.claim.recipient_id)
+                for req in s.claim:
+                    groups.setdefault((req.campaign_id, req.channel), []).append(req.recipient_id)
             with_spans = spans_left[0] if groups else ()
             taken: set[uuid.UUID] = set()
 
@@ -505,38 +539,39 @@ class Dispatcher:
                         claims=[(c, ch, ids) for (c, ch), ids in groups.items()],
                         batch_id=batch_id, owner=self._instance, spans=with_spans))
 
+            started = time.monotonic()
             await self._retrying(step)
+            self._step_seconds += (time.monotonic() - started - self._step_seconds) * 0.1
             if groups:
                 spans_left[0] = ()
             recorder.outcomes.extend((r, data) for _, r, data in outcomes)
-            return lambda s: s.claim is not None and s.claim.campaign_id in taken
+            return taken
 
         return write
 
-    async def _attempt(
-        self,
-        req: Request,
-        message: OutgoingMessage,
-        claim: Callable[[Request], Awaitable[bool]] | None,
-        *,
-        attempts: int,
-        first_at: float,
-    ) -> Result:
-        """One message's provider call, after the last checks; the caller holds a call slot.
-        `claim`: None where the caller claimed the message already (the retry schedule)."""
-        breaker = self.breakers[req.channel]
-        await self._limiter.acquire()
-        # The last moment to honour an abort or an opt-out: then the call starts.
+    def _precheck(self, req: Request, *, attempts: int, first_at: float) -> Result | None:
+        """The last checks before a message is claimed: its outcome if it is not to be sent
+        now, else None."""
         if req.campaign_id in self._aborts:
             return domain.skipped(req, "aborted")
         if (self._templates[req.campaign_id].organisation_id, req.address) in self._opt_outs:
             return domain.skipped(req, "opted_out")
+        breaker = self.breakers[req.channel]
         if not breaker.allow():
             due = _WALL() + max(breaker.reopen_at - time.monotonic(), 0.0) + random.random()
             return Retry(req, attempts, first_at, due, "provider paused: circuit open")
-        if claim is not None and not await claim(req):
+        return None
+
+    async def _call(
+        self, req: Request, message: OutgoingMessage, *, attempts: int, first_at: float
+    ) -> Result:
+        """One message's provider call (claimed, checked); the caller holds its call slot."""
+        breaker = self.breakers[req.channel]
+        await self._limiter.acquire()
+        if req.campaign_id in self._aborts:  # the last moment to honour an abort
             breaker.cancel_probe()
             return domain.skipped(req, "aborted")
+        started = time.monotonic()
         try:
             provider_id = await self._providers[req.channel].send(message)
         except PermanentProviderError as exc:
@@ -553,6 +588,10 @@ class Dispatcher:
             breaker.cancel_probe()
             log.exception("provider call raised", extra={"campaign_id": str(req.campaign_id)})
             return domain.failed(req, f"{FailReason.SEND_ERROR.value}: {type(exc).__name__}")
+        finally:
+            took = time.monotonic() - started
+            self._call_seconds = (took if not self._call_seconds
+                                  else self._call_seconds + (took - self._call_seconds) * 0.01)
         breaker.record(True)
         return domain.sent(req, provider_id)
 
@@ -668,8 +707,9 @@ class Dispatcher:
             async with self._slots:
                 for req, message in queue:
                     attempts, first_at = progress[domain.dedupe_key(req)]
-                    results.append((req, await self._attempt(
-                        req, message, None, attempts=attempts, first_at=first_at)))
+                    early = self._precheck(req, attempts=attempts, first_at=first_at)
+                    results.append((req, early if early is not None else await self._call(
+                        req, message, attempts=attempts, first_at=first_at)))
 
         await asyncio.gather(*(worker() for _ in range(min(self._concurrency, len(calls)))))
         return results
