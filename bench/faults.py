@@ -69,6 +69,8 @@ HANG_SECONDS = 8.0
 # second per dispatcher, slow enough for a fault to land mid-send and light on the cores.
 PROVIDER_LATENCY_MS = 50.0
 CONCURRENCY = 50
+SCALE_LATENCY_MS = 200.0
+KAFKA_DOWN_SECONDS = 5.0
 
 
 def log(msg: str) -> None:
@@ -258,6 +260,10 @@ class Ctx:
     other_check: bool = True
     allow_failed: bool = True
     extra_campaigns: list[Campaign] = field(default_factory=list)
+    setup: dict[str, Any] = field(default_factory=dict)
+    # In-doubt outcomes allowed: 0 unless a dispatcher crashed; then the calls it had in
+    # flight (its provider-call slots).
+    max_in_doubt: int = 0
 
 
 @dataclass
@@ -267,6 +273,8 @@ class Case:
     fault: Callable[[Ctx], Awaitable[None]]
     before: Callable[[Suite], Awaitable[dict[str, Any]]] | None = None
     extra_budget: Callable[[Suite], float] = lambda s: 0.0
+    # Checks of its own once the campaigns are final (or the budget is spent).
+    after: Callable[[Ctx], Awaitable[None]] | None = None
 
 
 @dataclass
@@ -293,11 +301,13 @@ async def run_case(suite: Suite, case: Case, start_other_at_fault_end: bool = Tr
     log(f"case {case.name}: {case.what}")
     for base in (suite.control, suite.sendout.smtp):
         (await call("POST", f"{base}/reset")).raise_for_status()
-    await suite.provider_config(error_500=0, error_429=0, hang=0, outage=None, seed=12)
+    await suite.provider_config(error_500=0, error_429=0, hang=0, outage=None, seed=12,
+                                latency_ms=PROVIDER_LATENCY_MS)
     setup = await case.before(suite) if case.before else {}
     main = await suite.new_campaign("faults", suite.recipients, **setup.get("main", {}))
     other = await suite.new_campaign("bystander", suite.other)
     ctx = Ctx(suite, main)
+    ctx.setup = setup
     ctx.extra_campaigns = setup.get("extra", [])
     ctx.notes += setup.get("notes", [])
     t0 = time.monotonic()
@@ -328,6 +338,11 @@ async def run_case(suite: Suite, case: Case, start_other_at_fault_end: bool = Tr
         if all(finals):
             break
         await asyncio.sleep(0.5)
+    if case.after is not None:
+        try:
+            await case.after(ctx)
+        except Exception as exc:
+            ctx.extra_failures.append(f"after-check: {type(exc).__name__}: {exc}")
     result = await measure(suite, case, ctx, campaigns, settled_at_end, fault_error)
     if not result.final:
         await abort_leftovers(suite, campaigns)
@@ -392,6 +407,9 @@ async def measure(suite: Suite, case: Case, ctx: Ctx, campaigns: list[Campaign],
     failed_reasons: dict[str, int] = main.progress.get("reasons", {}).get("failed", {})
     in_doubt = sum(n for r, n in failed_reasons.items() if r.startswith("in_doubt"))
     failed = int(main.progress.get("failed", 0))
+    if in_doubt > ctx.max_in_doubt:
+        failures.append(f"{in_doubt} in doubt, more than the {ctx.max_in_doubt} calls that "
+                        "can have been in flight")
     if not ctx.allow_failed and failed:
         top = sorted(failed_reasons.items(), key=lambda kv: -kv[1])[:3]
         failures.append(f"{failed} failed (expected 0): {top}")
@@ -455,16 +473,21 @@ def _procs(suite: Suite, prefix: str) -> list[str]:
 
 
 async def ensure_dispatchers(suite: Suite, n: int, env: dict[str, str] | None = None) -> None:
-    """Exactly n running dispatchers (graceful stop of extra ones), started with `env`."""
+    """Exactly n running dispatchers (graceful stop of extra ones; new ones started together
+    and healthy on return), new ones started with `env`."""
+    procs = suite.sendout.processes
     running = _procs(suite, "dispatcher")
     for name in running[n:]:
-        await asyncio.to_thread(suite.sendout.processes.terminate, name)
-    for p in list(suite.sendout.processes.procs):
+        await asyncio.to_thread(procs.terminate, name)
+    for p in list(procs.procs):
         if p.name.startswith("dispatcher") and p.popen.poll() is not None:
-            suite.sendout.processes.procs.remove(p)
+            procs.procs.remove(p)
+            procs.stopped.discard(p.name)
     for _ in range(n - len(running)):
-        await asyncio.to_thread(suite.sendout.start_service, "dispatcher",
-                                f"dispatcher-{secrets.token_hex(3)}", env)
+        port = free_port()
+        procs.start(f"dispatcher-{secrets.token_hex(3)}", ["-m", "services.dispatcher"],
+                    {**suite.sendout.env, **(env or {}), "SENDOUT_HTTP_PORT": str(port)}, port)
+    await asyncio.to_thread(procs.wait_healthy)
 
 
 async def quiet(ctx: Ctx) -> None:
@@ -475,6 +498,7 @@ async def kill_dispatcher(ctx: Ctx) -> None:
     await ctx.suite.wait_settled(ctx.main, 0.2, ctx.suite.budget)
     name = _procs(ctx.suite, "dispatcher")[0]
     ctx.suite.sendout.processes.kill(name)
+    ctx.max_in_doubt = CONCURRENCY
     log(f"  kill -9 {name} at {ctx.main.settled}/{ctx.main.recipients}")
     await asyncio.sleep(2)
     await asyncio.to_thread(ctx.suite.sendout.processes.restart, name)
@@ -497,24 +521,31 @@ async def kill_tracker(ctx: Ctx) -> None:
 
 
 async def kill_scheduler(ctx: Ctx) -> None:
-    """kill -9 as soon as the fan-out has published some pages but not all."""
+    """kill -9 as soon as the fan-out has published a page (of FANOUT_PAGES) but not all."""
     cid = uuid.UUID(ctx.main.id)
-    deadline = time.monotonic() + 30
-    state = None
-    while time.monotonic() < deadline:
-        state = (await ctx.suite.db.fetch(
-            "SELECT fanout_after_id, fanout_done FROM scheduler.campaigns WHERE id = $1",
-            cid))[0]
-        if state["fanout_after_id"] > 0 or state["fanout_done"]:
-            break
-        await asyncio.sleep(0.01)
-    ctx.suite.sendout.processes.kill("scheduler")
-    after = (await ctx.suite.db.fetch(
-        "SELECT fanout_after_id, fanout_done FROM scheduler.campaigns WHERE id = $1", cid))[0]
-    ctx.notes.append(f"killed at fan-out checkpoint {after['fanout_after_id']}, "
-                     f"fanout_done {after['fanout_done']}")
+    conn = await asyncpg.connect(ctx.suite.db.url)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            state = await conn.fetchrow(
+                "SELECT fanout_after_id, fanout_done FROM scheduler.campaigns WHERE id = $1",
+                cid)
+            if state["fanout_after_id"] > 0 or state["fanout_done"]:
+                break
+            await asyncio.sleep(0.005)
+        ctx.suite.sendout.processes.kill("scheduler")
+        after = await conn.fetchrow(
+            "SELECT fanout_after_id, fanout_done, "
+            "(SELECT count(*) FROM scheduler.recipients r WHERE r.campaign_id = c.id "
+            " AND r.id <= c.fanout_after_id) AS published "
+            "FROM scheduler.campaigns c WHERE id = $1", cid)
+    finally:
+        await conn.close()
+    ctx.notes.append(f"killed with {after['published']} of {ctx.main.recipients} recipients "
+                     f"fanned out (checkpoint), fanout_done {after['fanout_done']}")
     if after["fanout_done"]:
         ctx.notes.append("the fan-out had finished before the kill: not a mid-fan-out crash")
+        ctx.extra_failures.append("the kill did not land mid fan-out")
     await asyncio.sleep(2)
     await asyncio.to_thread(ctx.suite.sendout.processes.restart, "scheduler")
     ctx.fault_end = time.monotonic()
@@ -523,14 +554,19 @@ async def kill_scheduler(ctx: Ctx) -> None:
 async def restart_kafka(ctx: Ctx) -> None:
     await ctx.suite.wait_settled(ctx.main, 0.2, ctx.suite.budget)
     log(f"  stopping Kafka at {ctx.main.settled}/{ctx.main.recipients}")
-    await _stack(ctx, "restart-kafka", "--down", "5")
+    t = time.monotonic()
+    await _stack(ctx, "restart-kafka", "--down", str(KAFKA_DOWN_SECONDS))
+    ctx.notes.append(f"Kafka stop + {KAFKA_DOWN_SECONDS:g} s down + start on the same address: "
+                     f"{time.monotonic() - t:.1f} s")
     ctx.fault_end = time.monotonic()
 
 
 async def restart_postgres(ctx: Ctx) -> None:
     await ctx.suite.wait_settled(ctx.main, 0.2, ctx.suite.budget)
     log(f"  restarting PostgreSQL at {ctx.main.settled}/{ctx.main.recipients}")
+    t = time.monotonic()
     await _stack(ctx, "restart-postgres", "--down", "2")
+    ctx.notes.append(f"PostgreSQL stop + 2 s down + start: {time.monotonic() - t:.1f} s")
     ctx.fault_end = time.monotonic()
 
 
@@ -583,8 +619,8 @@ async def crlf_smtp_fault(ctx: Ctx) -> None:
     ctx.fault_end = time.monotonic()
 
 
-async def crlf_smtp_after(suite: Suite, ctx: Ctx) -> None:
-    bcc = await call("GET", f"{suite.sendout.smtp}/tally?to_contains=x@example.com")
+async def crlf_smtp_after(ctx: Ctx) -> None:
+    bcc = await call("GET", f"{ctx.suite.sendout.smtp}/tally?to_contains=x@example.com")
     injected = bcc.json()["accepted"]
     if injected:
         ctx.extra_failures.append(f"the sink accepted {injected} messages for the injected "
@@ -621,6 +657,7 @@ async def poison_template_fault(ctx: Ctx) -> None:
 
 async def poison_records_setup(suite: Suite) -> dict[str, Any]:
     """An undecodable record and a schema-invalid event on every partition of every topic."""
+    dlq_before = await dlq_records(suite.kafka)
     producer = AIOKafkaProducer(bootstrap_servers=suite.kafka, acks="all")
     await producer.start()
     admin = AIOKafkaAdminClient(bootstrap_servers=suite.kafka)
@@ -638,7 +675,37 @@ async def poison_records_setup(suite: Suite) -> dict[str, Any]:
     finally:
         await producer.stop()
         await admin.close()
-    return {"notes": [f"{sent} poison records on {len(topics.ALL)} topics, every partition"]}
+    return {"notes": [f"{sent} poison records on {len(topics.ALL)} topics, every partition"],
+            "dlq_before": dlq_before}
+
+
+async def dlq_records(kafka: str) -> dict[str, int]:
+    """Records in each `<topic>.dlq` (end offsets summed over partitions; 0 if none)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka)
+    await consumer.start()
+    try:
+        out: dict[str, int] = {}
+        existing = await consumer.topics()
+        for topic in topics.ALL:
+            dlq = topics.dlq(topic)
+            if dlq not in existing:
+                out[dlq] = 0
+                continue
+            parts = [TopicPartition(dlq, p) for p in consumer.partitions_for_topic(dlq) or ()]
+            ends = await consumer.end_offsets(parts) if parts else {}
+            out[dlq] = sum(ends.values())
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def poison_records_after(ctx: Ctx) -> None:
+    before = ctx.setup.get("dlq_before", {})
+    after = await dlq_records(ctx.suite.kafka)
+    got = {t: after[t] - before.get(t, 0) for t in after}
+    ctx.notes.append("dead-lettered: " + ", ".join(f"{t} +{n}" for t, n in got.items()))
 
 
 async def poison_records_fault(ctx: Ctx) -> None:
@@ -647,16 +714,28 @@ async def poison_records_fault(ctx: Ctx) -> None:
 
 async def scale_dispatchers(ctx: Ctx) -> None:
     s = ctx.suite
+    # Slower provider answers for this case, so that 1 → 3 → 1 happens mid-send at any size.
+    await s.provider_config(latency_ms=SCALE_LATENCY_MS)
+    ctx.notes.append(f"provider latency {SCALE_LATENCY_MS:g} ms in this case")
     await s.wait_settled(ctx.main, 0.15, s.budget)
     log(f"  scaling 1 → 3 at {ctx.main.settled}/{ctx.main.recipients}")
+    t = time.monotonic()
     await ensure_dispatchers(s, 3)
+    ctx.notes.append(f"two dispatchers started at {ctx.main.settled}/{ctx.main.recipients}, "
+                     f"healthy in {time.monotonic() - t:.1f} s")
     await s.wait_settled(ctx.main, 0.5, s.budget)
+    await s.poll(ctx.main)
     log(f"  scaling 3 → 1 (SIGTERM) at {ctx.main.settled}/{ctx.main.recipients}")
-    codes = []
-    for name in _procs(s, "dispatcher")[1:]:
-        codes.append(await asyncio.to_thread(s.sendout.processes.terminate, name))
-    if any(codes):
-        ctx.notes.append(f"exit codes on SIGTERM: {codes}")
+    stops = []
+    at = ctx.main.settled
+    for name in _procs(s, "dispatcher")[:2]:
+        t = time.monotonic()
+        await asyncio.to_thread(s.sendout.processes.terminate, name)
+        stops.append(f"{time.monotonic() - t:.1f} s")
+    ctx.notes.append(f"two dispatchers stopped (SIGTERM) from {at}/{ctx.main.recipients}, "
+                     f"taking {', '.join(stops)}")
+    if ctx.main.final_at is not None or at >= ctx.main.recipients:
+        ctx.extra_failures.append("the campaign had finished before the scale-down")
     ctx.fault_end = time.monotonic()
 
 
@@ -683,13 +762,12 @@ CASES: list[Case] = [
     Case("crlf-http", "first_name with CR/LF + Bcc into the subject; HTTP provider",
          crlf_fault, before=crlf_setup),
     Case("poison-records", "undecodable + schema-invalid record on every topic/partition",
-         poison_records_fault, before=poison_records_setup),
+         poison_records_fault, before=poison_records_setup, after=poison_records_after),
     Case("poison-template", f"a campaign with template {POISON_BODY!r} alongside",
          poison_template_fault, before=poison_template_setup),
     Case("crlf-smtp", "the CR/LF case with email over SMTP (fake SMTP sink)",
-         crlf_smtp_fault, before=crlf_smtp_setup),
+         crlf_smtp_fault, before=crlf_smtp_setup, after=crlf_smtp_after),
 ]
-AFTER: dict[str, Callable[[Suite, Ctx], Awaitable[None]]] = {"crlf-smtp": crlf_smtp_after}
 
 
 # --- the run ---------------------------------------------------------------------------------
@@ -716,7 +794,9 @@ async def run(args: argparse.Namespace) -> list[Result]:
         provider_latency_ms=PROVIDER_LATENCY_MS,
         extra_env={"SENDOUT_LOG_LEVEL": "WARNING",
                    "SENDOUT_PROVIDER_TIMEOUT_SECONDS": str(PROVIDER_TIMEOUT),
-                   "SENDOUT_CONCURRENCY": str(CONCURRENCY)},
+                   "SENDOUT_CONCURRENCY": str(CONCURRENCY),
+                   # At least 20 pages, so that a crash can land mid fan-out at any size.
+                   "SENDOUT_FANOUT_PAGE_SIZE": str(max(100, args.recipients // 20))},
         provider_args=["--control-port", str(control_port)])
     results: list[Result] = []
     try:
@@ -737,13 +817,6 @@ async def run(args: argparse.Namespace) -> list[Result]:
                 result = Result(case.name, False, False, -1, -1, -1, -1, False, None, None,
                                 None, -1, -1, [f"could not run: {type(exc).__name__}: {exc}"],
                                 [], {})
-            if case.name in AFTER:
-                ctx = Ctx(suite, Campaign("", "", 0, ""))
-                await AFTER[case.name](suite, ctx)
-                result.failures += ctx.extra_failures
-                result.ok = result.ok and not ctx.extra_failures
-                for line in ctx.extra_failures:
-                    log(f"  ✗ {line}")
             results.append(result)
             if case.name == "baseline":
                 if not result.ok:
