@@ -2,7 +2,7 @@
 provider and the counters say afterwards.
 
     .venv/bin/python -m bench.faults --recipients N [--case NAME]... [--other N]
-        [--outage-seconds S] [--budget-seconds S] [--no-write]
+        [--outage-seconds S] [--kafka-down-seconds S] [--budget-seconds S] [--no-write]
 
 `make faults` runs every case at 50,000 recipients, `make faults-ci` at 5,000. Against the
 local stack (KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL, else `.sendout/stack.env`); the Kafka
@@ -69,8 +69,7 @@ HANG_SECONDS = 8.0
 # second per dispatcher, slow enough for a fault to land mid-send and light on the cores.
 PROVIDER_LATENCY_MS = 50.0
 CONCURRENCY = 50
-SCALE_LATENCY_MS = 200.0
-KAFKA_DOWN_SECONDS = 5.0
+SCALE_SECONDS = 60.0
 
 
 def log(msg: str) -> None:
@@ -159,6 +158,7 @@ class Suite:
     other: int
     budget: float
     outage_seconds: float
+    kafka_down_seconds: float = 5.0
     quiet_other_seconds: float | None = None
 
     @property
@@ -555,8 +555,9 @@ async def restart_kafka(ctx: Ctx) -> None:
     await ctx.suite.wait_settled(ctx.main, 0.2, ctx.suite.budget)
     log(f"  stopping Kafka at {ctx.main.settled}/{ctx.main.recipients}")
     t = time.monotonic()
-    await _stack(ctx, "restart-kafka", "--down", str(KAFKA_DOWN_SECONDS))
-    ctx.notes.append(f"Kafka stop + {KAFKA_DOWN_SECONDS:g} s down + start on the same address: "
+    down = ctx.suite.kafka_down_seconds
+    await _stack(ctx, "restart-kafka", "--down", str(down))
+    ctx.notes.append(f"Kafka stop + {down:g} s down + start on the same address: "
                      f"{time.monotonic() - t:.1f} s")
     ctx.fault_end = time.monotonic()
 
@@ -684,7 +685,9 @@ async def dlq_records(kafka: str) -> dict[str, int]:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     consumer = AIOKafkaConsumer(bootstrap_servers=kafka)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka)  # for partitions_for (metadata)
     await consumer.start()
+    await producer.start()
     try:
         out: dict[str, int] = {}
         existing = await consumer.topics()
@@ -693,11 +696,12 @@ async def dlq_records(kafka: str) -> dict[str, int]:
             if dlq not in existing:
                 out[dlq] = 0
                 continue
-            parts = [TopicPartition(dlq, p) for p in consumer.partitions_for_topic(dlq) or ()]
+            parts = [TopicPartition(dlq, p) for p in await producer.partitions_for(dlq)]
             ends = await consumer.end_offsets(parts) if parts else {}
             out[dlq] = sum(ends.values())
         return out
     finally:
+        await producer.stop()
         await consumer.stop()
 
 
@@ -715,8 +719,11 @@ async def poison_records_fault(ctx: Ctx) -> None:
 async def scale_dispatchers(ctx: Ctx) -> None:
     s = ctx.suite
     # Slower provider answers for this case, so that 1 → 3 → 1 happens mid-send at any size.
-    await s.provider_config(latency_ms=SCALE_LATENCY_MS)
-    ctx.notes.append(f"provider latency {SCALE_LATENCY_MS:g} ms in this case")
+    # One dispatcher would take about SCALE_SECONDS: time for two more to start (~20 s on a
+    # busy machine), join, and leave again before the end.
+    latency = max(PROVIDER_LATENCY_MS, SCALE_SECONDS * 1000 * CONCURRENCY / s.recipients)
+    await s.provider_config(latency_ms=latency)
+    ctx.notes.append(f"provider latency {latency:g} ms in this case")
     await s.wait_settled(ctx.main, 0.15, s.budget)
     log(f"  scaling 1 → 3 at {ctx.main.settled}/{ctx.main.recipients}")
     t = time.monotonic()
@@ -749,7 +756,7 @@ CASES: list[Case] = [
          before=two_dispatchers),
     Case("kill-tracker", "kill -9 of the tracker at 30%", kill_tracker),
     Case("kill-scheduler", "kill -9 of the scheduler mid fan-out", kill_scheduler),
-    Case("restart-kafka", "Kafka stopped, down 5 s, started on the same address",
+    Case("restart-kafka", "Kafka stopped at 20%, down a while, started on the same address",
          restart_kafka),
     Case("restart-postgres", "PostgreSQL fast shutdown, down 2 s, started again",
          restart_postgres),
@@ -807,7 +814,7 @@ async def run(args: argparse.Namespace) -> list[Result]:
                     "bystander": await _organisation_token(sendout, "bystander")},
             recipients=args.recipients, other=args.other or max(100, args.recipients // 20),
             budget=args.budget_seconds or 90 + args.recipients / 40,
-            outage_seconds=args.outage_seconds)
+            outage_seconds=args.outage_seconds, kafka_down_seconds=args.kafka_down_seconds)
         for case in selected:
             t0 = time.monotonic()
             try:
@@ -896,6 +903,7 @@ def main() -> None:
                         help=f"run only this case (repeatable): "
                              f"{', '.join(c.name for c in CASES)}")
     parser.add_argument("--outage-seconds", type=float, default=60.0)
+    parser.add_argument("--kafka-down-seconds", type=float, default=5.0)
     parser.add_argument("--budget-seconds", type=float, default=0.0,
                         help="time budget per case (default 90 s + 1 s per 40 recipients)")
     parser.add_argument("--no-write", action="store_true",
