@@ -864,11 +864,15 @@ def write_report(results: list[Result], args: argparse.Namespace, seconds: float
             details.append(f"- **{r.case}**")
             details += [f"  - ✗ {line}" for line in r.failures]
             details += [f"  - {line}" for line in r.notes]
+    cases = "\n".join(f"- `{c.name}`: {c.what}" for c in CASES)
     text = f"""# Reliability: the fault suite
 
-`make faults` ({args.recipients:,} recipients per case here; `make faults-ci` runs 5,000)
-runs mass campaigns through all services while something breaks: see `bench/faults.py` for
-the cases and what each checks. Rerun it after any change to the send path.
+`make faults` (50,000 recipients per case) and `make faults-ci` (5,000) run mass campaigns
+through all services while something breaks, and check what the provider received and what
+the counters say (`bench/faults.py` has the details). Rerun it after any change to the send
+path; `make faults FAULTS_ARGS="--case kill-dispatcher"` runs one case (after `baseline`).
+
+{cases}
 
 Last run: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {args.recipients:,} recipients per case
 (the other organisation's campaign: {args.other or max(100, args.recipients // 20):,}),
