@@ -208,22 +208,26 @@ class Suite:
     async def poll(self, c: Campaign) -> bool:
         """Refresh progress and state; True once final (completed or aborted everywhere)."""
         try:
-            r = await call("GET", f"{self.tracker}/campaigns/{c.id}/progress", token=c.token,
-                           timeout=10, retry_for=0)
-            if r.status_code == 200:
-                c.progress = r.json()
-                c.samples.append((time.monotonic(), c.settled))
-            s = await call("GET", f"{self.scheduler}/campaigns/{c.id}", token=c.token,
-                           timeout=10, retry_for=0)
-            if s.status_code == 200:
-                c.state = s.json().get("state", "")
+            r, s = await asyncio.gather(
+                call("GET", f"{self.tracker}/campaigns/{c.id}/progress", token=c.token,
+                     timeout=10, retry_for=0),
+                call("GET", f"{self.scheduler}/campaigns/{c.id}", token=c.token,
+                     timeout=10, retry_for=0))
         except httpx.HTTPError:
             return False
+        if r.status_code == 200:
+            c.progress = r.json()
+            c.samples.append((time.monotonic(), c.settled))
+        if s.status_code == 200:
+            c.state = s.json().get("state", "")
         final = (c.state in ("completed", "aborted") and c.progress.get("pending") == 0
                  and c.progress.get("state") in ("completed", "aborted"))
         if final and c.final_at is None:
             c.final_at = time.monotonic()
         return final
+
+    async def poll_all(self, campaigns: list[Campaign]) -> bool:
+        return all(await asyncio.gather(*(self.poll(c) for c in campaigns)))
 
     async def wait_settled(self, c: Campaign, fraction: float, within: float) -> bool:
         deadline = time.monotonic() + within
@@ -335,10 +339,9 @@ async def run_case(suite: Suite, case: Case) -> Result:
     campaigns = [main, other, *ctx.extra_campaigns]
     deadline = t0 + budget
     while time.monotonic() < deadline:
-        finals = [await suite.poll(c) for c in campaigns]
-        if all(finals):
+        if await suite.poll_all(campaigns):
             break
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.1)
     if case.after is not None:
         try:
             await case.after(ctx)
@@ -424,8 +427,9 @@ async def measure(suite: Suite, case: Case, ctx: Ctx, campaigns: list[Campaign],
         ctx.notes.append("other organisation's time not judged (it shares the broken part)")
     recovery = None
     fault_end = ctx.fault_end or main.sent_at
-    if main.final_at is not None and main.final_at <= fault_end:
-        recovery = 0.0
+    if (main.final_at is not None and main.final_at <= fault_end) or (
+            settled_at_end >= main.recipients):
+        recovery = 0.0  # nothing was left to recover
     else:
         after = [t for t, s in main.samples if t > fault_end and s > settled_at_end]
         recovery = (after[0] - fault_end) if after else None
@@ -456,7 +460,7 @@ async def abort_leftovers(suite: Suite, campaigns: list[Campaign]) -> None:
             log(f"  aborted leftover {c.tag}: {r.status_code}")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if all([await suite.poll(c) for c in campaigns]):
+        if await suite.poll_all(campaigns):
             return
         await asyncio.sleep(1)
     log("  leftovers still not final after abort; the next cases may be affected")
@@ -804,7 +808,7 @@ async def run(args: argparse.Namespace) -> list[Result]:
                    "SENDOUT_PROVIDER_TIMEOUT_SECONDS": str(PROVIDER_TIMEOUT),
                    "SENDOUT_CONCURRENCY": str(CONCURRENCY),
                    # At least 20 pages, so that a crash can land mid fan-out at any size.
-                   "SENDOUT_FANOUT_PAGE_SIZE": str(max(100, args.recipients // 20))},
+                   "SENDOUT_FANOUT_PAGE_SIZE": str(max(250, args.recipients // 10))},
         provider_args=["--control-port", str(control_port)])
     results: list[Result] = []
     try:
@@ -813,7 +817,7 @@ async def run(args: argparse.Namespace) -> list[Result]:
             control=f"http://127.0.0.1:{control_port}",
             tokens={"faults": sendout.token,
                     "bystander": await _organisation_token(sendout, "bystander")},
-            recipients=args.recipients, other=args.other or max(100, args.recipients // 20),
+            recipients=args.recipients, other=args.other or max(250, args.recipients // 10),
             budget=args.budget_seconds or 90 + args.recipients / 40,
             outage_seconds=args.outage_seconds, kafka_down_seconds=args.kafka_down_seconds)
         for case in selected:
@@ -875,7 +879,7 @@ path; `make faults FAULTS_ARGS="--case kill-dispatcher"` runs one case (after `b
 {cases}
 
 Last run: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {args.recipients:,} recipients per case
-(the other organisation's campaign: {args.other or max(100, args.recipients // 20):,}),
+(the other organisation's campaign: {args.other or max(250, args.recipients // 10):,}),
 commit `{commit}`{' (with uncommitted changes)' if dirty else ''}, {os.cpu_count()} cores,
 {seconds / 60:.1f} minutes in all.
 
@@ -903,7 +907,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipients", type=int, default=50_000)
     parser.add_argument("--other", type=int, default=0,
-                        help="the other organisation's recipients (default: 5%%, at least 100)")
+                        help="the other organisation's recipients (default: 10%%, at least 250)")
     parser.add_argument("--case", action="append",
                         help=f"run only this case (repeatable): "
                              f"{', '.join(c.name for c in CASES)}")
