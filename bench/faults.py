@@ -808,7 +808,7 @@ async def run(args: argparse.Namespace) -> list[Result]:
                    "SENDOUT_PROVIDER_TIMEOUT_SECONDS": str(PROVIDER_TIMEOUT),
                    "SENDOUT_CONCURRENCY": str(CONCURRENCY),
                    # At least 20 pages, so that a crash can land mid fan-out at any size.
-                   "SENDOUT_FANOUT_PAGE_SIZE": str(max(250, args.recipients // 10))},
+                   "SENDOUT_FANOUT_PAGE_SIZE": str(max(100, args.recipients // 20))},
         provider_args=["--control-port", str(control_port)])
     results: list[Result] = []
     try:
