@@ -857,6 +857,18 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def _sections(text: str) -> dict[str, str]:
+    """The report's sections by size ("## 5,000 recipients per case" ...), to keep the other
+    sizes' latest runs when one size is written again."""
+    found: dict[str, str] = {}
+    parts = text.split("\n## ")
+    for part in parts[1:]:
+        title = part.split("\n", 1)[0].strip()
+        if title.endswith("recipients per case"):
+            found[title] = "## " + part.rstrip() + "\n"
+    return found
+
+
 def write_report(results: list[Result], args: argparse.Namespace, seconds: float) -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                             capture_output=True, text=True).stdout.strip() or "?"
@@ -869,21 +881,29 @@ def write_report(results: list[Result], args: argparse.Namespace, seconds: float
             details += [f"  - ✗ {line}" for line in r.failures]
             details += [f"  - {line}" for line in r.notes]
     cases = "\n".join(f"- `{c.name}`: {c.what}" for c in CASES)
-    text = f"""# Reliability: the fault suite
+    size = f"{args.recipients:,} recipients per case"
+    section = f"""## {size}
 
-`make faults` (50,000 recipients per case) and `make faults-ci` (5,000) run mass campaigns
-through all services while something breaks, and check what the provider received and what
-the counters say (`bench/faults.py` has the details). Rerun it after any change to the send
-path; `make faults FAULTS_ARGS="--case kill-dispatcher"` runs one case (after `baseline`).
-
-{cases}
-
-Last run: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {args.recipients:,} recipients per case
+Last run: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {size}
 (the other organisation's campaign: {args.other or max(250, args.recipients // 10):,}),
 commit `{commit}`{' (with uncommitted changes)' if dirty else ''}, {os.cpu_count()} cores,
 {seconds / 60:.1f} minutes in all.
 
 {table(results)}
+
+Findings:
+
+{chr(10).join(details) if details else 'Every case passed.'}
+"""
+    head = f"""# Reliability: the fault suite
+
+`make faults` (50,000 recipients per case) and `make faults-ci` (5,000, run by `.ci/run`) run
+mass campaigns through all services while something breaks, and check what the provider
+received and what the counters say (`bench/faults.py` has the details). Rerun it after any
+change to the send path; `make faults FAULTS_ARGS="--case kill-dispatcher"` runs one case
+(after `baseline`). Each size's latest run has a section of its own below.
+
+{cases}
 
 Columns: *dup keys* — idempotency keys the provider accepted more than once (repeated
 acceptances in brackets); *dup addresses* — addresses that got more than one accepted
@@ -892,11 +912,11 @@ the provider accepted; *other org x quiet* — the other organisation's completi
 its time in `baseline` (must be ≤ 2); *recovery* — from the fault's end to the main campaign's
 next settled outcome; *wall* — send-now to final state; *in doubt* — outcomes failed
 `in_doubt`.
-
-## Findings
-
-{chr(10).join(details) if details else 'Every case passed.'}
 """
+    sections = _sections(REPORT.read_text() if REPORT.exists() else "")
+    sections[size] = section
+    ordered = sorted(sections.items(), key=lambda kv: int(kv[0].split()[0].replace(",", "")))
+    text = head + "".join(f"\n{body}" for _, body in ordered)
     REPORT.parent.mkdir(parents=True, exist_ok=True)
     REPORT.write_text(text)
     log(f"written {REPORT.relative_to(ROOT)}")
