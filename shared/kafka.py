@@ -341,6 +341,10 @@ def is_transient(exc: BaseException) -> bool:
         return any(is_transient(e) for e in exc.exceptions)
     if isinstance(exc, _TRANSIENT):
         return True
+    if isinstance(exc, asyncpg.exceptions._base.InternalClientError):
+        # A connection left mid-operation by a lost server ("another operation is in
+        # progress"): the connection's failure, not the records'.
+        return True
     if isinstance(exc, asyncpg.exceptions.InterfaceError):
         # "pool is closed", "pool is closing", "connection is closed"; other interface errors
         # (wrong arguments, unsupported types) are the records' or the code's.

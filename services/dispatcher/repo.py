@@ -328,8 +328,9 @@ async def step(
     except asyncpg.UniqueViolationError:
         await conn.execute("ROLLBACK")
     except BaseException:
-        if not conn.is_closed():
-            await conn.execute("ROLLBACK")
+        # Lost mid-statement (a database restart, a cancellation): the connection's state is
+        # unknown, so it is closed rather than reused; the pool opens another.
+        conn.terminate()
         raise
     async with conn.transaction():
         for k in keys:

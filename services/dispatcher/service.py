@@ -465,7 +465,12 @@ class Dispatcher:
                                 recorder.add(req, early)  # no call: nothing waits on it
                         if not ready:
                             continue
-                        taken = await steps.submit(_Step(done, [req for req, _ in ready]))
+                        try:
+                            taken = await steps.submit(_Step(done, [req for req, _ in ready]))
+                        except BaseException:
+                            for req, result in done:  # called: their results must be kept
+                                recorder.add(req, result)
+                            raise
                         done = []
                         for req, message in ready:
                             if req.campaign_id in taken:
