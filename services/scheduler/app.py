@@ -9,7 +9,7 @@ from pathlib import Path
 from aiokafka.admin import AIOKafkaAdminClient
 from fastapi import Depends, FastAPI
 
-from services.scheduler import auth, domain, handlers, repo, service
+from services.scheduler import auth, domain, handlers, passwords, repo, service
 from services.scheduler.fanout import FanoutRunner
 from services.scheduler.schedules import ScheduleLoop
 from services.scheduler.service import AbortAcks
@@ -108,6 +108,7 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
         user = Depends(auth.require_user(pool))
         app.include_router(handlers.http_router(deps, user))
         app.include_router(voters.http_router(pool, settings.default_phone_region, user))
+        app.include_router(passwords.http_router(pool, publish_identity, user))
         app.include_router(ops_router(standard_checks(pool, broker)))
         try:
             yield
