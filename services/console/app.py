@@ -27,7 +27,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from starlette.datastructures import FormData, UploadFile
 
 from services.console.api import Api, ApiError, SignedOut
-from services.console.sessions import COOKIE, Session, SessionStore
+from services.console.sessions import COOKIE, FailedSignIns, Session, SessionStore
 from services.console.settings import ConsoleSettings
 from shared.service import ops_router
 
@@ -86,6 +86,7 @@ def local_iso(value: str | None, tz: str) -> str:
 def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
     settings = settings or ConsoleSettings()
     store = SessionStore(settings.session_idle_minutes * 60)
+    failed_sign_ins = FailedSignIns()
     api = Api(settings.scheduler_url, settings.tracker_url)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.autoescape = True  # every value escaped, template text and recipients too
@@ -227,11 +228,16 @@ def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
         if not cookie or not secrets.compare_digest(cookie, str(form.get("csrf") or "")):
             return sign_in_page(request, next_path=next_path, login=login, status=403,
                                 error="The form expired; please sign in again.")
+        client = request.client.host if request.client else "?"
+        too_many = "Too many failed sign-ins. Wait a few minutes and try again."
+        if failed_sign_ins.blocked(client):
+            return sign_in_page(request, next_path=next_path, login=login, error=too_many,
+                                status=429)
         try:
             user = await api.sign_in(login, str(form.get("password") or ""))
         except ApiError as exc:
-            message = ("Too many failed sign-ins. Wait a few minutes and try again."
-                       if exc.status == 429 else "Wrong user name, e-mail or password.")
+            failed_sign_ins.failed(client)
+            message = too_many if exc.status == 429 else "Wrong user name, e-mail or password."
             return sign_in_page(request, next_path=next_path, login=login, error=message,
                                 status=429 if exc.status == 429 else 401)
         session = store.create(token=user["token"], user_id=user["user_id"], name=user["name"],

@@ -37,6 +37,28 @@ class Session:
         return bool(presented) and hmac.compare_digest(presented or "", self.csrf)
 
 
+class FailedSignIns:
+    """Failed sign-ins per browser address: at most `limit` in a sliding `window` (seconds).
+    The scheduler limits per login as well; it sees only the console's address."""
+
+    def __init__(self, limit: int = 20, window: float = 300.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit, self.window, self.clock = limit, window, clock
+        self.failures: dict[str, list[float]] = {}
+
+    def blocked(self, client: str) -> bool:
+        now = self.clock()
+        recent = [t for t in self.failures.get(client, []) if now - t <= self.window]
+        if recent:
+            self.failures[client] = recent
+        else:
+            self.failures.pop(client, None)
+        return len(recent) >= self.limit
+
+    def failed(self, client: str) -> None:
+        self.failures.setdefault(client, []).append(self.clock())
+
+
 class SessionStore:
     def __init__(self, idle_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.idle_seconds = idle_seconds

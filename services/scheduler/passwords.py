@@ -1,5 +1,7 @@
 """Passwords and sign-in for people: argon2id hashes, `POST /auth/sign-in` → a fresh API token,
-`PUT /auth/password`. Failed sign-ins are rate limited per login and per client address."""
+`PUT /auth/password`. Failed sign-ins are rate limited per login (here: whatever the client, so
+guessing one person's password is slow) and per client address (the console adds its own per
+browser address, since here every console user comes from the console's address)."""
 
 from __future__ import annotations
 
@@ -97,9 +99,12 @@ class FailureLimiter:
 
 
 def http_router(pool: asyncpg.Pool, publish_identity: service.PublishIdentity, user: Any,
-                limiter: FailureLimiter | None = None) -> APIRouter:
+                limiter: FailureLimiter | None = None,
+                client_limiter: FailureLimiter | None = None) -> APIRouter:
     router = APIRouter(prefix="/auth", tags=["sign-in"])
-    limiter = limiter or FailureLimiter()
+    limiter = limiter or FailureLimiter(limit=5, window=300)
+    # Generous: a console in front of the API is one client address for all its users.
+    client_limiter = client_limiter or FailureLimiter(limit=200, window=300)
 
     @router.post("/sign-in")
     async def sign_in(cmd: SignIn, request: Request) -> dict[str, Any]:
@@ -107,8 +112,9 @@ def http_router(pool: asyncpg.Pool, publish_identity: service.PublishIdentity, u
         The same 401 for an unknown login and a wrong password; 429 after repeated failures."""
         login = cmd.login.strip()
         client = request.client.host if request.client else "?"
-        keys = (f"login:{login.lower()}", f"client:{client}")
-        wait = limiter.retry_after(*keys)
+        keys = (f"login:{login.lower()}",)
+        client_key = f"client:{client}"
+        wait = max(limiter.retry_after(*keys), client_limiter.retry_after(client_key))
         if wait > 0:
             raise HTTPException(429, "too many failed sign-ins; try again later",
                                 headers={"Retry-After": str(int(wait) + 1)})
@@ -127,6 +133,7 @@ def http_router(pool: asyncpg.Pool, publish_identity: service.PublishIdentity, u
             await verify(_DUMMY_HASH, cmd.password)
         if len(matches) != 1:
             limiter.failed(*keys)
+            client_limiter.failed(client_key)
             raise HTTPException(401, "wrong user name, e-mail or password")
         row = matches[0]
         limiter.succeeded(keys[0])

@@ -30,7 +30,9 @@ from tests.conftest import ROOT, Stack
 
 CHROMIUM = Path("/usr/bin/chromium")
 AXE = Path(__file__).parent / "vendor" / "axe.min.js"
-SCREENSHOTS = ROOT / "docs" / "screenshots"
+# Where screenshots of each screen go: .sendout/screenshots; the README's, in docs/screenshots,
+# are refreshed with SENDOUT_SCREENSHOTS=docs/screenshots ./sendout test tests/browser
+SCREENSHOTS = ROOT / os.environ.get("SENDOUT_SCREENSHOTS", ".sendout/screenshots")
 FAIL_PATTERN = r"\+bounce@"
 PASSWORD = "correct horse battery"
 

@@ -404,3 +404,30 @@ def test_phone_width(ui: Ui, env: Env) -> None:
     ui.go("/voters")
     assert ui.page.evaluate("() => document.documentElement.scrollWidth") <= 390
     ui.shot("phone-voters")
+
+
+def test_sign_in_api_rate_limits_failures_and_changes_passwords(env: Env) -> None:
+    name = f"limited-{uuid.uuid4().hex[:6]}"
+    env.texter(name)
+    url = f"{env.sendout.scheduler}/auth/sign-in"
+    for _ in range(5):
+        r = httpx.post(url, json={"login": name, "password": "wrong password"})
+        assert r.status_code == 401, r.text
+    r = httpx.post(url, json={"login": name, "password": PASSWORD})
+    assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
+    # Another person is not affected; their token changes their password.
+    other = f"changer-{uuid.uuid4().hex[:6]}"
+    env.texter(other)
+    r = httpx.post(url, json={"login": other, "password": PASSWORD})
+    assert r.status_code == 200, r.text
+    token = r.json()["token"]
+    change = {"current_password": "not it", "new_password": "a new long password"}
+    h = {"Authorization": f"Bearer {token}"}
+    assert httpx.put(f"{env.sendout.scheduler}/auth/password", json=change,
+                     headers=h).status_code == 403
+    change["current_password"] = PASSWORD
+    assert httpx.put(f"{env.sendout.scheduler}/auth/password", json=change,
+                     headers=h).status_code == 200
+    assert httpx.post(url, json={"login": other, "password": PASSWORD}).status_code == 401
+    assert httpx.post(url, json={"login": other,
+                                 "password": "a new long password"}).status_code == 200
