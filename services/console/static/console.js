@@ -51,6 +51,11 @@
             list.appendChild(li);
           });
         });
+        if (!list.children.length) {
+          var none = document.createElement("li");
+          none.textContent = "None so far.";
+          list.appendChild(none);
+        }
       }
       if (p.state === "completed" || p.state === "aborted") {
         document.querySelectorAll("[data-hide-when-done]").forEach(function (el) { el.hidden = true; });
