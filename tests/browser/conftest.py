@@ -116,7 +116,8 @@ class Env:
             time.sleep(0.2)
 
 
-@pytest.fixture(scope="session")
+# Package scope: its dispatcher must be gone before other tests' services share the topics.
+@pytest.fixture(scope="package")
 def env(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     # SMS and email through the fake HTTP provider, whose /requests lists every message; a
     # small concurrency, so a send-out lasts long enough to watch and to abort.

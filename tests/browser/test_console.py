@@ -431,3 +431,43 @@ def test_sign_in_api_rate_limits_failures_and_changes_passwords(env: Env) -> Non
     assert httpx.post(url, json={"login": other, "password": PASSWORD}).status_code == 401
     assert httpx.post(url, json={"login": other,
                                  "password": "a new long password"}).status_code == 200
+
+
+def test_progress_reaches_the_page_within_a_second_of_the_tracker(ui: Ui, env: Env) -> None:
+    """The live counters: from the moment the tracker's progress changes, the page shows it
+    within 1 s (the console polls the tracker every 0.3 s and pushes by Server-Sent Events)."""
+    tag = f"live{uuid.uuid4().hex[:6]}"
+    texter = env.texter(f"texter-{tag}")
+    cid = env.campaign(f"Live {tag}", recipients_csv(3, tag=tag), channels=("sms",),
+                       kind="p2p")
+    ui.sign_in(texter["name"], PASSWORD)
+    r = httpx.post(f"{env.sendout.scheduler}/auth/sign-in",
+                   json={"login": texter["name"], "password": PASSWORD})
+    token = r.json()["token"]
+    h = {"Authorization": f"Bearer {token}"}
+    assert httpx.post(f"{env.sendout.scheduler}/campaigns/{cid}/p2p/start",
+                      headers=h).status_code == 200
+    recipients = httpx.get(f"{env.sendout.scheduler}/campaigns/{cid}/p2p/recipients",
+                           headers=h).json()["recipients"]
+    ui.go(f"/p2p/{cid}")
+    completed = counter(ui, "Completed")
+    expect(completed).to_have_text("0")
+    # The page's own clock marks when the counter changes; the tracker is polled meanwhile.
+    ui.page.evaluate("""() => {
+        const el = document.querySelector('[data-field="completed"]');
+        new MutationObserver(() => { if (el.textContent === '1') window.__seen = Date.now(); })
+          .observe(el, {childList: true, characterData: true, subtree: true});
+    }""")
+    assert httpx.post(f"{env.sendout.scheduler}/campaigns/{cid}/recipients/"
+                      f"{recipients[0]['id']}/send", headers=h).status_code == 200
+    deadline = time.monotonic() + 30
+    while True:
+        p = httpx.get(f"{env.sendout.tracker}/campaigns/{cid}/progress", headers=h).json()
+        if p.get("completed") == 1:
+            tracker_ms = time.time() * 1000
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    expect(completed).to_have_text("1", timeout=5_000)
+    seen_ms = ui.page.evaluate("() => window.__seen")
+    assert seen_ms - tracker_ms < 1000, f"the page showed it {seen_ms - tracker_ms:.0f} ms late"
