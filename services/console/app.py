@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import unquote, urlencode
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import FastAPI, HTTPException, Request
@@ -83,6 +83,16 @@ def local_iso(value: str | None, tz: str) -> str:
     return datetime.fromisoformat(value).astimezone(zone).strftime("%Y-%m-%d %H:%M")
 
 
+def user_tz(request: Request) -> str:
+    """The browser's time zone (its script sets the cookie), else UTC."""
+    name = unquote(request.cookies.get("sendout_tz", "UTC"))
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return "UTC"
+    return name
+
+
 def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
     settings = settings or ConsoleSettings()
     store = SessionStore(settings.session_idle_minutes * 60)
@@ -129,7 +139,7 @@ def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
             request, name,
             {"session": session, "csrf": session.csrf if session else "",
              "flashes": session.take_flashes() if session else [],
-             "tz": request.cookies.get("sendout_tz", "UTC"), **context},
+             "tz": user_tz(request), **context},
             status_code=status,
         )
 
@@ -406,10 +416,7 @@ def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
         await act(session, cid, "schedule",
                   f"Scheduled for {when.astimezone(zone):%Y-%m-%d %H:%M} ({tz_name}).",
                   json={"at": when.isoformat()})
-        response = back(f"/campaigns/{cid}")
-        response.set_cookie("sendout_tz", tz_name, samesite="lax", httponly=True,
-                            secure=settings.secure_cookies)
-        return response
+        return back(f"/campaigns/{cid}")
 
     @app.post("/campaigns/{cid}/cancel")
     async def cancel(request: Request, cid: uuid.UUID) -> Response:
@@ -452,8 +459,12 @@ def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
         async def stream() -> AsyncIterator[bytes]:
             last: Any = None
             quiet = 0.0
+            # A stream ends after a while and the browser reconnects (EventSource does, and
+            # gets the current state first): so a stopping console is not held by open pages.
+            ends = asyncio.get_running_loop().time() + settings.stream_max_seconds
             yield b"retry: 1000\n\n"
-            while not await request.is_disconnected():
+            while (not await request.is_disconnected()
+                   and asyncio.get_running_loop().time() < ends):
                 try:
                     progress = await progress_of(session, str(cid))
                     if p2p and progress is not None:
@@ -617,7 +628,7 @@ def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
             session.flash("error", message)
             return back(f"/p2p/{cid}/send?after={form.get('after') or 0}#r{rid}")
         status = result["status"]
-        tz = request.cookies.get("sendout_tz", "UTC")
+        tz = user_tz(request)
         queued = f"Queued until {local_iso(result.get('goes_at'), tz)} ({tz})"
         text = {"sent": "Sent", "already sent": "Already sent"}.get(status, queued)
         if wants_json(request):

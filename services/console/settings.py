@@ -12,5 +12,7 @@ class ConsoleSettings(CommonSettings):
     secure_cookies: bool = False
     # How often a live progress stream asks the tracker (an update reaches the page within 1 s).
     progress_poll_seconds: float = 0.3
+    # A live progress stream lasts at most this long; the browser then reconnects by itself.
+    stream_max_seconds: float = 20.0
     # Recipients shown per page on a peer-to-peer sending screen; voters per search page.
     page_size: int = 50

@@ -6,6 +6,8 @@
   function timeZones() {
     var tz = "UTC";
     try { tz = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC"; } catch (e) { /* keep UTC */ }
+    // Tells the server the time zone to show times in (not a secret: a plain cookie).
+    document.cookie = "sendout_tz=" + encodeURIComponent(tz) + "; path=/; SameSite=Lax";
     document.querySelectorAll("[data-tz-input]").forEach(function (el) { el.value = tz; });
     document.querySelectorAll("[data-tz-name]").forEach(function (el) { el.textContent = tz; });
     document.querySelectorAll("time[data-local]").forEach(function (el) {
