@@ -56,6 +56,38 @@ def browser_type_launch_args() -> dict[str, Any]:
     return {"executable_path": str(CHROMIUM), "args": args, "headless": True}
 
 
+# pytest-playwright's Playwright, browser type and browser live for the whole session; here for
+# this package only: a running sync Playwright keeps an event loop running in the main thread,
+# which the tests after these (asyncio.run, pytest-asyncio) could not start theirs beside.
+@pytest.fixture(scope="package")
+def playwright() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    pw = sync_playwright().start()
+    yield pw
+    pw.stop()
+
+
+@pytest.fixture(scope="package")
+def browser_type(playwright: Any, browser_name: str | None) -> Any:
+    return getattr(playwright, browser_name or "chromium")
+
+
+@pytest.fixture(scope="package")
+def launch_browser(browser_type_launch_args: dict[str, Any], browser_type: Any) -> Any:
+    def launch(**kwargs: Any) -> Any:
+        return browser_type.launch(**{**browser_type_launch_args, **kwargs})
+
+    return launch
+
+
+@pytest.fixture(scope="package")
+def browser(launch_browser: Any) -> Iterator[Any]:
+    browser = launch_browser()
+    yield browser
+    browser.close()
+
+
 @pytest.fixture(scope="session")
 def browser_context_args() -> dict[str, Any]:
     # A user in Copenhagen: the schedule form must read times in the user's time zone.
