@@ -51,7 +51,7 @@ async def make_campaigns(scheduler: str, token: str, sender_id: str, template_id
                 r.raise_for_status()
                 cid = r.json()["id"]
                 r = await client.post(f"/campaigns/{cid}/recipients", json={"recipients": [
-                    {"email": f"bench{i}@example.org", "first_name": "B",
+                    {"email": f"bench{i}@example.org", "first_name": "B", "last_name": "Bench",
                      "attributes": {"city": "Aarhus"}}]})
                 r.raise_for_status()
                 if i % 10 == 0:

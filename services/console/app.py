@@ -37,6 +37,7 @@ STATES = ("draft", "scheduled", "sending", "aborting", "completed", "aborted")
 OPEN_STATES = ("draft", "scheduled", "sending")
 DONE_STATES = ("completed", "aborted")
 CHANNELS = ("email", "sms")
+ALL_VIEW_PER_STATE = 25
 SAMPLE_RECIPIENT = {"first_name": "Ada", "last_name": "Lovelace", "email": "ada@example.org",
                     "phone": "+4512345678"}
 
@@ -282,7 +283,9 @@ def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
         rows = (await call(session, "GET", "/campaigns"))["campaigns"]
         counts = {s: sum(1 for c in rows if c["state"] == s) for s in STATES}
         shown = [c for c in rows if state is None or c["state"] == state]
-        by_state = {s: [c for c in shown if c["state"] == s] for s in STATES}
+        # All states on one page: the most recent of each; a state's tab lists all of them.
+        per_state = None if state else ALL_VIEW_PER_STATE
+        by_state = {s: [c for c in shown if c["state"] == s][:per_state] for s in STATES}
         return page(request, "campaigns.html", session, state=state, counts=counts,
                     by_state=by_state, total=len(rows), states=STATES)
 
