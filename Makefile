@@ -1,6 +1,6 @@
 # Benchmarks (see docs/benchmarks.md). Both use this folder's .venv and its local Kafka +
 # PostgreSQL, set up as ./sendout sets them up (deploy/local/stack.py, .sendout/stack.env).
-.PHONY: bench bench-quick stack
+.PHONY: bench bench-quick stack faults faults-ci
 
 BENCH_ARGS ?=
 PY := .venv/bin/python
@@ -21,3 +21,13 @@ bench: stack
 # The same with 100,000 recipients (about a minute).
 bench-quick: stack
 	set -a && . .sendout/stack.env && set +a && $(PY) -m bench.pipeline --recipients 100000 $(BENCH_ARGS)
+
+# The fault suite (docs/reliability.md): every case on 50,000-recipient campaigns, or 5,000 for
+# CI; FAULTS_ARGS e.g. `--case kill-dispatcher --case restart-kafka`.
+FAULTS_ARGS ?=
+
+faults: stack
+	set -a && . .sendout/stack.env && set +a && $(PY) -m bench.faults --recipients 50000 $(FAULTS_ARGS)
+
+faults-ci: stack
+	set -a && . .sendout/stack.env && set +a && $(PY) -m bench.faults --recipients 5000 --outage-seconds 15 $(FAULTS_ARGS)

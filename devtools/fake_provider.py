@@ -5,6 +5,17 @@ with its idempotency key so tests can check exactly what was (and was not) sent.
 - `--fail-pattern REGEX`: addresses that match are refused for good (422, like a dead mailbox);
 - `--flaky-pattern REGEX`: the first attempt for a matching address gets 503, retries succeed;
 - `--latency-ms N`: every answer waits N ms.
+- Faults, set at run time through `POST /config` (all optional, fractions of `POST /messages`
+  calls drawn at random): `error_500` (answer 500), `error_429` (answer 429 with
+  `Retry-After: <retry_after_seconds>`), `hang` (say nothing for `hang_seconds`, then close the
+  connection without an answer: nothing accepted), and `outage`: `"refuse"` (stop listening
+  and hang up on every request of an open connection, like a provider that is down) or `"503"`
+  (answer 503 to everything); `null` ends it. During a "refuse" outage the other routes stay
+  reachable on `--control-port`. `seed` makes the draws repeatable.
+- `GET /tally[?to_contains=TEXT][&full=1]`: accepted calls (202) per idempotency key — a
+  provider that honours the key would answer a repeat with the same id, this one counts each
+  acceptance so that repeats show: total accepted, distinct keys, keys accepted more than once
+  (with their counts), and with `full=1` every key with its address and count.
 - `--receipts-url URL --receipts-secret S`: for every accepted message, a signed delivery
   receipt is posted to URL shortly afterwards (batched, like real providers' callbacks);
   `--not-delivered-pattern REGEX` / `--not-delivered-reason TEXT`: matching addresses are
@@ -21,6 +32,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import random
 import re
 import time
 import uuid
@@ -147,11 +159,110 @@ class ReceiptPoster:
 class Recorder:
     requests: list[dict[str, Any]] = field(default_factory=list)
     flaked: set[str] = field(default_factory=set)
+    # Acceptances per idempotency key (a request without one counts under its address).
+    accepted: dict[str, int] = field(default_factory=dict)
+    accepted_to: dict[str, str] = field(default_factory=dict)
+
+    def accept(self, key: str | None, to: str) -> None:
+        k = key or f"to:{to}"
+        self.accepted[k] = self.accepted.get(k, 0) + 1
+        self.accepted_to[k] = to
+
+    def clear(self) -> None:
+        self.requests.clear()
+        self.flaked.clear()
+        self.accepted.clear()
+        self.accepted_to.clear()
+
+    def tally(self, to_contains: str | None, full: bool) -> dict[str, Any]:
+        keys = [k for k in self.accepted
+                if to_contains is None or to_contains in self.accepted_to[k]]
+        repeated = {k: self.accepted[k] for k in keys if self.accepted[k] > 1}
+        out: dict[str, Any] = {
+            "accepted": sum(self.accepted[k] for k in keys),
+            "keys": len(keys),
+            "keys_accepted_more_than_once": len(repeated),
+            "repeated_acceptances": sum(n - 1 for n in repeated.values()),
+            "repeated": dict(list(repeated.items())[:1000]),
+        }
+        if full:
+            out["per_key"] = [[k, self.accepted_to[k], self.accepted[k]] for k in keys]
+        return out
 
 
-def create_routes(behaviour: Behaviour, poster: ReceiptPoster) -> lean_http.Routes:
+def tally_route(rec: Recorder) -> lean_http.Handler:
+    async def tally(request: lean_http.Request) -> lean_http.Response:
+        return 200, rec.tally(request.query.get("to_contains"),
+                              request.query.get("full") in ("1", "true"))
+    return tally
+
+
+@dataclass
+class Faults:
+    """Injected provider failures (see the module's docstring)."""
+
+    error_500: float = 0.0
+    error_429: float = 0.0
+    retry_after_seconds: int = 1
+    hang: float = 0.0
+    hang_seconds: float = 30.0
+    outage: str | None = None  # "refuse" | "503" | None
+    rng: random.Random = field(default_factory=random.Random)
+    # Called with the new outage mode: stops or restarts listening (set by `serve`).
+    on_outage: Any = None
+
+    async def configure(self, body: dict[str, Any]) -> dict[str, Any]:
+        for name in ("error_500", "error_429", "hang"):
+            if name in body:
+                value = float(body[name])
+                if not 0.0 <= value <= 1.0:
+                    raise ValueError(f"{name} must be a fraction between 0 and 1")
+                setattr(self, name, value)
+        if self.error_500 + self.error_429 + self.hang > 1.0:
+            raise ValueError("error_500 + error_429 + hang must not exceed 1")
+        if "retry_after_seconds" in body:
+            self.retry_after_seconds = int(body["retry_after_seconds"])
+        if "hang_seconds" in body:
+            self.hang_seconds = float(body["hang_seconds"])
+        if "seed" in body:
+            self.rng.seed(body["seed"])
+        if "outage" in body:
+            mode = body["outage"]
+            if mode not in (None, "refuse", "503"):
+                raise ValueError("outage is one of null, \"refuse\", \"503\"")
+            if mode != self.outage:
+                self.outage = mode
+                if self.on_outage is not None:
+                    await self.on_outage(mode)
+        return {"error_500": self.error_500, "error_429": self.error_429,
+                "retry_after_seconds": self.retry_after_seconds, "hang": self.hang,
+                "hang_seconds": self.hang_seconds, "outage": self.outage}
+
+    async def injected(self) -> lean_http.Response | None:
+        """The failure this call gets, if any (None: handle it normally)."""
+        if self.outage == "refuse":
+            return lean_http.DROP
+        if self.outage == "503":
+            return 503, {"error": "service unavailable (outage)"}
+        draw = self.rng.random()
+        if draw < self.error_500:
+            return 500, {"error": "internal error (injected)"}
+        draw -= self.error_500
+        if draw < self.error_429:
+            return (429, {"error": "too many requests (injected)"},
+                    {"retry-after": str(self.retry_after_seconds)})
+        draw -= self.error_429
+        if draw < self.hang:
+            await asyncio.sleep(self.hang_seconds)
+            return lean_http.DROP
+        return None
+
+
+def create_routes(behaviour: Behaviour, poster: ReceiptPoster,
+                  faults: Faults | None = None) -> lean_http.Routes:
     # On `lean_http`, not aiohttp's server: the fake must not be what bounds a benchmark.
     rec = Recorder()
+    faults = faults if faults is not None else Faults()
 
     async def send(request: lean_http.Request) -> lean_http.Response:
         try:
@@ -165,6 +276,10 @@ def create_routes(behaviour: Behaviour, poster: ReceiptPoster) -> lean_http.Rout
             "body": body, "subject": message.get("subject"),
         }
         rec.requests.append(entry)
+        fault = await faults.injected()
+        if fault is not None:
+            entry["status"] = fault[0] or "dropped"
+            return fault
         if behaviour.latency_ms:
             await asyncio.sleep(behaviour.latency_ms / 1000)
         if behaviour.fail_pattern and behaviour.fail_pattern.search(to):
@@ -177,6 +292,7 @@ def create_routes(behaviour: Behaviour, poster: ReceiptPoster) -> lean_http.Rout
             return 503, {"error": "temporarily unavailable"}
         entry["status"] = 202
         entry["id"] = f"fake-{uuid.uuid4().hex}"
+        rec.accept(key, to)
         poster.receipt_for(entry["id"], to)
         return 202, {"id": entry["id"]}
 
@@ -203,11 +319,15 @@ def create_routes(behaviour: Behaviour, poster: ReceiptPoster) -> lean_http.Rout
             return 400, {"error": "a JSON object is expected"}
         if "latency_ms" in body:
             behaviour.latency_ms = float(body["latency_ms"])
-        return 200, {"latency_ms": behaviour.latency_ms, **poster.configure(body)}
+        try:
+            fault_state = await faults.configure(body)
+        except (ValueError, TypeError) as exc:
+            return 400, {"error": str(exc)}
+        return 200, {"latency_ms": behaviour.latency_ms, **poster.configure(body),
+                     **fault_state}
 
     async def reset(request: lean_http.Request) -> lean_http.Response:
-        rec.requests.clear()
-        rec.flaked.clear()
+        rec.clear()
         return 200, {"status": "ok"}
 
     async def health(request: lean_http.Request) -> lean_http.Response:
@@ -217,20 +337,43 @@ def create_routes(behaviour: Behaviour, poster: ReceiptPoster) -> lean_http.Rout
         ("POST", "/messages"): send,
         ("GET", "/requests"): requests,
         ("GET", "/stats"): stats,
+        ("GET", "/tally"): tally_route(rec),
         ("POST", "/reset"): reset,
         ("POST", "/config"): configure,
         ("GET", "/health"): health,
     }
 
 
-async def serve(behaviour: Behaviour, host: str, port: int) -> None:
+async def serve(behaviour: Behaviour, host: str, port: int,
+                control_port: int | None = None) -> None:
     poster = ReceiptPoster(behaviour)
     posting = poster.start()
-    server = await lean_http.serve(create_routes(behaviour, poster), host, port)
+    faults = Faults()
+    routes = create_routes(behaviour, poster, faults)
+    servers = [await lean_http.serve(routes, host, port)]
+    # Everything but `POST /messages`, on a port that stays open during a "refuse" outage.
+    control = None if control_port is None else await lean_http.serve(
+        {k: v for k, v in routes.items() if k != ("POST", "/messages")}, host, control_port)
+    done = asyncio.Event()
+
+    async def on_outage(mode: str | None) -> None:
+        # "refuse": stop listening (new connections are refused) until the outage ends; then
+        # listen again on the same port. The answer to `POST /config` itself goes out on its
+        # already open connection.
+        if mode == "refuse" and servers:
+            servers.pop().close()
+        elif mode != "refuse" and not servers:
+            servers.append(await lean_http.serve(routes, host, port))
+
+    faults.on_outage = on_outage
     try:
-        await server.serve_forever()
+        await done.wait()
     finally:
         posting.cancel()
+        for server in servers:
+            server.close()
+        if control is not None:
+            control.close()
 
 
 def add_receipt_options(parser: argparse.ArgumentParser, *, not_delivered_reason: str) -> None:
@@ -255,6 +398,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8025)
+    parser.add_argument("--control-port", type=int, default=None,
+                        help="also serve every route but POST /messages here (it stays open "
+                             "during an outage of mode \"refuse\")")
     parser.add_argument("--fail-pattern")
     parser.add_argument("--flaky-pattern")
     parser.add_argument("--latency-ms", type=float, default=0.0)
@@ -267,7 +413,7 @@ def main() -> None:
         **receipt_options(args),
     )
     with contextlib.suppress(KeyboardInterrupt):
-        uvloop.run(serve(behaviour, args.host, args.port))
+        uvloop.run(serve(behaviour, args.host, args.port, args.control_port))
 
 
 if __name__ == "__main__":

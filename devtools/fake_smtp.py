@@ -9,8 +9,9 @@ tests can check exactly what was and was not sent. Behaviour:
   posted to URL shortly afterwards; `--not-delivered-pattern REGEX` / `--not-delivered-reason`
   (also through `POST /config`): matching addresses are reported not delivered (e.g. a bounce
   after acceptance, "mailbox full"). The same poster as the fake HTTP provider's.
-HTTP (`--http-port`): GET /requests, GET /stats, POST /reset, POST /config, GET /health — like
-the fake HTTP provider's. Loopback only; not a product component.
+HTTP (`--http-port`): GET /requests, GET /stats, GET /tally, POST /reset, POST /config,
+GET /health — like the fake HTTP provider's (`/tally`: accepted messages per idempotency
+key). Loopback only; not a product component.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from devtools.fake_provider import (
     Behaviour,
     ReceiptPoster,
+    Recorder,
     add_receipt_options,
     receipt_options,
 )
@@ -113,6 +115,14 @@ def http_app(sink: Sink) -> web.Application:
             "unique_keys": len({r["idempotency_key"] for r in delivered}),
         })
 
+    async def tally(request: web.Request) -> web.Response:
+        rec = Recorder()
+        for r in sink.requests:
+            if r["status"] == 250:
+                rec.accept(r.get("idempotency_key") or None, r["to"])
+        return web.json_response(rec.tally(request.query.get("to_contains"),
+                                           request.query.get("full") in ("1", "true")))
+
     async def reset(request: web.Request) -> web.Response:
         sink.requests.clear()
         sink.flaked.clear()
@@ -129,6 +139,7 @@ def http_app(sink: Sink) -> web.Application:
     app.router.add_post("/config", configure)
     app.router.add_get("/requests", requests)
     app.router.add_get("/stats", stats)
+    app.router.add_get("/tally", tally)
     app.router.add_post("/reset", reset)
     app.router.add_get("/health", health)
     return app

@@ -36,8 +36,12 @@ class Request:
         return json.loads(self.body) if self.body else None
 
 
-Response = tuple[int, Any]  # status, JSON-able body
+# status and JSON-able body, optionally extra headers; or `DROP`: close without answering.
+Response = tuple[int, Any] | tuple[int, Any, dict[str, str]]
 Handler = Callable[[Request], Awaitable[Response]]
+# A handler's answer that closes the connection with no response at all (a provider that
+# hangs up), so the client cannot tell whether its request was taken.
+DROP: Response = (0, None)
 Routes = dict[tuple[str, str], Handler]  # (method, path) → handler
 
 
@@ -47,15 +51,17 @@ class _BadRequest(Exception):
         self.status = status
 
 
-def _encode(status: int, body: Any, *, close: bool) -> bytes:
+def _encode(status: int, body: Any, *, close: bool,
+            headers: dict[str, str] | None = None) -> bytes:
     payload = json.dumps(body, separators=(",", ":")).encode()
     try:
         reason = HTTPStatus(status).phrase
     except ValueError:
         reason = "Status"
     connection = "connection: close\r\n" if close else ""
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     head = (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(payload)}\r\n{connection}\r\n")
+            f"content-length: {len(payload)}\r\n{extra}{connection}\r\n")
     return head.encode("latin-1") + payload
 
 
@@ -128,17 +134,28 @@ class _Connection(asyncio.Protocol):
         self._task = asyncio.ensure_future(self._handle(handler, request, close))
 
     async def _handle(self, handler: Handler, request: Request, close: bool) -> None:
+        headers: dict[str, str] | None = None
         try:
-            status, body = await handler(request)
+            answer = await handler(request)
+            status, body = answer[0], answer[1]
+            if len(answer) == 3:
+                headers = answer[2]  # type: ignore[misc]
         except Exception as exc:  # a fake: report it to the client rather than hang it
             status, body = 500, {"error": f"{type(exc).__name__}: {exc}"}
         self._busy = False
-        self._answer(status, body, close)
+        if status == DROP[0]:
+            self._buffer.clear()
+            if self._transport is not None:
+                self._transport.close()
+                self._transport = None
+            return
+        self._answer(status, body, close, headers)
 
-    def _answer(self, status: int, body: Any, close: bool) -> None:
+    def _answer(self, status: int, body: Any, close: bool,
+                headers: dict[str, str] | None = None) -> None:
         if self._transport is None:
             return
-        self._transport.write(_encode(status, body, close=close))
+        self._transport.write(_encode(status, body, close=close, headers=headers))
         if close:
             self._transport.close()
             self._transport = None

@@ -41,6 +41,8 @@ class Proc:
     port: int
     popen: subprocess.Popen[bytes]
     log_path: Path
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -66,6 +68,32 @@ class Processes:
         proc.popen.wait()
         self.stopped.add(name)
 
+    def terminate(self, name: str, timeout: float = 60.0) -> int:
+        """SIGTERM one process (a graceful stop), wait for it (SIGKILL after `timeout`) and
+        forget it; its exit code."""
+        proc = self.by_name(name)
+        proc.popen.send_signal(signal.SIGTERM)
+        try:
+            code = proc.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.popen.kill()
+            code = proc.popen.wait()
+        self.procs.remove(proc)
+        self.stopped.discard(name)
+        return code
+
+    def restart(self, name: str, timeout: float = 90.0) -> Proc:
+        """Start a stopped (e.g. killed) process again: same command, environment and port;
+        healthy on return."""
+        old = self.by_name(name)
+        if old.popen.poll() is None:
+            raise RuntimeError(f"{name} is still running")
+        self.procs.remove(old)
+        self.stopped.discard(name)
+        proc = self.start(name, old.args, old.env, old.port)
+        self.wait_healthy(timeout)
+        return proc
+
     def start(self, name: str, args: list[str], env: dict[str, str], port: int) -> Proc:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
@@ -79,7 +107,7 @@ class Processes:
                 start_new_session=True,
                 preexec_fn=_die_with_parent,
             )
-        proc = Proc(name, port, popen, log_path)
+        proc = Proc(name, port, popen, log_path, list(args), dict(env))
         self.procs.append(proc)
         return proc
 
@@ -193,10 +221,12 @@ def start_sendout(
     dispatchers: int = 1,
     extra_env: dict[str, str] | None = None,
     email_via: str = "smtp",
+    provider_args: list[str] | None = None,
     console: bool = False,
     console_port: int | None = None,
 ) -> Sendout:
-    """`email_via`: `smtp` sends email to the SMTP sink, `http` to the fake HTTP provider."""
+    """`email_via`: `smtp` sends email to the SMTP sink, `http` to the fake HTTP provider.
+    `provider_args`: more command-line options of the fake HTTP provider."""
     common = {
         "KAFKA_BOOTSTRAP_SERVERS": kafka,
         "DATABASE_URL": database_url,
@@ -223,7 +253,8 @@ def start_sendout(
             provider_url = procs.start(
                 "fake-provider",
                 ["-m", "devtools.fake_provider", "--port", str(port),
-                 "--latency-ms", str(provider_latency_ms), *patterns, *receipts],
+                 "--latency-ms", str(provider_latency_ms), *patterns, *receipts,
+                 *(provider_args or [])],
                 {}, port,
             ).url
             smtp_port, http_port = free_port(), free_port()

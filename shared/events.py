@@ -49,6 +49,26 @@ class TemplateRef(BaseModel):
     version: int
 
 
+class ChannelTemplate(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    body: str
+    subject: str | None = None
+
+
+class CampaignContext(BaseModel):
+    """What a dispatcher needs of a campaign to send its requests: the templates and sender
+    pinned when it started. Carried by the send-request records themselves, so a request never
+    waits for another topic's (the `started` event's) consumer to have caught up."""
+
+    model_config = ConfigDict(frozen=True)
+
+    organisation_id: uuid.UUID | None = None
+    template: TemplateRef
+    templates: dict[Channel, ChannelTemplate]
+    sender: SenderInfo
+
+
 class SendRequested(Event):
     """Scheduler → dispatcher: send one recipient one channel's message of a campaign."""
 
@@ -65,6 +85,9 @@ class SendRequested(Event):
     variables: dict[str, Any] = Field(default_factory=dict)
     template: TemplateRef
     requested_at: datetime = Field(default_factory=_now)
+    # Set on a request published alone (e.g. a peer-to-peer SEND); inside a batch, the batch
+    # carries it once for all its requests. Optional: older producers omit it.
+    campaign: CampaignContext | None = None
 
 
 def same_campaign(campaign_id: uuid.UUID | None, items: Iterable[Any], what: str) -> None:
@@ -85,6 +108,8 @@ class SendRequestedBatch(Event):
 
     type: Literal["send_requested_batch"] = "send_requested_batch"
     requests: list[SendRequested] = Field(min_length=1)
+    # The campaign's templates and sender, once for every request of the batch.
+    campaign: CampaignContext | None = None
 
     @model_validator(mode="after")
     def _one_campaign(self) -> SendRequestedBatch:
@@ -157,13 +182,6 @@ OUTCOME_RECORD = TypeAdapter(
 )
 
 
-class ChannelTemplate(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    body: str
-    subject: str | None = None
-
-
 class CampaignStarted(Event):
     """Scheduler: the campaign began sending; `total` recipient-channel messages will follow.
 
@@ -178,6 +196,11 @@ class CampaignStarted(Event):
     template: TemplateRef
     templates: dict[Channel, ChannelTemplate]
     sender: SenderInfo
+
+    def context(self) -> CampaignContext:
+        """What each of the campaign's send requests carries of this."""
+        return CampaignContext(organisation_id=self.organisation_id, template=self.template,
+                               templates=self.templates, sender=self.sender)
 
 
 class CampaignScheduled(Event):

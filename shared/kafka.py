@@ -1,19 +1,21 @@
 """Kafka plumbing shared by the services: broker construction, batch decoding, publishing a
-batch without awaiting each record, and dead-lettering records that can never be processed.
+batch without awaiting each record, bounded redelivery of a failing batch, and dead-lettering
+records that can never be processed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+import asyncpg
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 from aiokafka.partitioner import DefaultPartitioner
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
@@ -23,7 +25,7 @@ from faststream.message import StreamMessage
 from pydantic import TypeAdapter, ValidationError
 
 from shared import topics
-from shared.metrics import DEAD_LETTERS, EVENTS_CONSUMED, EVENTS_PUBLISHED
+from shared.metrics import DEAD_LETTERS, EVENTS_CONSUMED, EVENTS_PUBLISHED, REDELIVERIES
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -84,6 +86,13 @@ BROADCAST_CONSUMER: dict[str, Any] = {
 class BadRecord:
     record: ConsumerRecord[Any, Any]
     error: str
+    """`<exception type>: <message>`, at most 2,000 characters."""
+    attempts: int = 1
+    """How many times processing it was tried (1 for a record that could not be decoded)."""
+
+
+def error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:2000]
 
 
 Decoder = TypeAdapter[T] | Callable[[bytes], T]
@@ -103,7 +112,7 @@ def decode_records(
         try:
             good.append((record, decode(record.value)))
         except (ValidationError, ValueError, TypeError) as exc:
-            bad.append(BadRecord(record, f"{type(exc).__name__}: {exc}"[:2000]))
+            bad.append(BadRecord(record, error_text(exc)))
     return good, bad
 
 
@@ -240,7 +249,7 @@ async def dead_letter(broker: KafkaBroker, bad: Sequence[BadRecord], *, service:
         log.error(
             "record dead-lettered",
             extra={"topic": rec.topic, "partition": rec.partition, "offset": rec.offset,
-                   "error": item.error},
+                   "error": item.error, "attempts": item.attempts},
         )
         futures.append(
             await broker.publish(
@@ -249,6 +258,9 @@ async def dead_letter(broker: KafkaBroker, bad: Sequence[BadRecord], *, service:
                 key=rec.key,
                 headers={
                     "x-error": item.error,
+                    "x-error-type": item.error.split(":", 1)[0],
+                    "x-attempts": str(item.attempts),
+                    "x-service": service,
                     "x-source-topic": rec.topic,
                     "x-source-partition": str(rec.partition),
                     "x-source-offset": str(rec.offset),
@@ -258,19 +270,6 @@ async def dead_letter(broker: KafkaBroker, bad: Sequence[BadRecord], *, service:
         )
         DEAD_LETTERS.labels(service, rec.topic).inc()
     await asyncio.gather(*(f for f in futures if f is not None))
-
-
-@contextlib.asynccontextmanager
-async def redelivered_on_failure(*, pause_seconds: float = 1.0) -> AsyncIterator[None]:
-    """Wrap a group consumer's batch: if it fails, log, wait a little, and let the error
-    through, so the batch is rewound and redelivered (NACK_ON_ERROR) — and an outage (database
-    down, broker unreachable) becomes a slow retry loop rather than a hot one."""
-    try:
-        yield
-    except Exception as exc:
-        log.warning("batch failed; it will be redelivered", exc_info=exc)
-        await asyncio.sleep(pause_seconds)
-        raise
 
 
 async def ensure_topics(bootstrap_servers: str, names: Iterable[str], partitions: int) -> None:
@@ -320,18 +319,232 @@ async def group_instances(admin: AIOKafkaAdminClient, group_id: str) -> set[str]
     return instances
 
 
-async def accept_batch(
+# Bounded redelivery ---------------------------------------------------------------------------
+
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.PostgresConnectionError,  # ConnectionDoesNotExistError among them
+    asyncpg.exceptions.CannotConnectNowError,  # starting up or shutting down
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    OSError,  # refused, reset, unreachable
+    TimeoutError,  # asyncio's as well
+    KafkaTimeoutError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """An error of the infrastructure (PostgreSQL or Kafka unreachable, restarting, out of
+    connections) rather than of the records: their batch is retried for as long as it lasts,
+    and never dead-lettered. Anything else counts against the batch."""
+    if isinstance(exc, BaseExceptionGroup):
+        return any(is_transient(e) for e in exc.exceptions)
+    if isinstance(exc, _TRANSIENT):
+        return True
+    if isinstance(exc, asyncpg.exceptions.InterfaceError):
+        # "pool is closed", "pool is closing", "connection is closed"; other interface errors
+        # (wrong arguments, unsupported types) are the records' or the code's.
+        return "closed" in str(exc) or "closing" in str(exc)
+    return isinstance(exc, KafkaError) and bool(exc.retriable)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """The pause before a failed batch is redelivered: doubling from `first_*` with each
+    failure in a row, at most `cap` seconds."""
+
+    first_transient: float = 1.0
+    first_error: float = 0.25
+    cap: float = 30.0
+
+    def pause(self, failures: int, *, transient: bool) -> float:
+        first = self.first_transient if transient else self.first_error
+        return min(self.cap, first * 2.0 ** min(max(failures - 1, 0), 32))
+
+
+# (service, topic, partition, offset of the batch's first record in that partition)
+_Start = tuple[str, str, int, int]
+
+
+@dataclass(frozen=True)
+class _Count:
+    errors: int = 0
+    transient: int = 0  # in a row
+
+
+class _Failures:
+    """How often the batch starting at a partition's offset failed, in this process. A
+    redelivered batch may hold more or fewer partitions than the first delivery: it carries
+    the highest count of its partitions' starts. Bounded, oldest forgotten first."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self._counts: OrderedDict[_Start, _Count] = OrderedDict()
+        self._limit = limit
+
+    def of(self, starts: Sequence[_Start]) -> _Count:
+        found = [self._counts[s] for s in starts if s in self._counts]
+        return _Count(max((c.errors for c in found), default=0),
+                      max((c.transient for c in found), default=0))
+
+    def failed(self, starts: Sequence[_Start], *, transient: bool) -> _Count:
+        now = self.of(starts)
+        new = (_Count(now.errors, now.transient + 1) if transient
+               else _Count(now.errors + 1, 0))
+        for start in starts:
+            self._counts[start] = new
+            self._counts.move_to_end(start)
+        while len(self._counts) > self._limit:
+            self._counts.popitem(last=False)
+        return new
+
+    def forget(self, starts: Sequence[_Start]) -> None:
+        for start in starts:
+            self._counts.pop(start, None)
+
+
+_FAILURES = _Failures()
+
+Item = TypeVar("Item", bound=tuple[ConsumerRecord[Any, Any], Any])
+
+
+def _starts(service: str, records: Sequence[ConsumerRecord[Any, Any]]) -> list[_Start]:
+    first: dict[tuple[str, int], int] = {}
+    for r in records:
+        tp = (r.topic, r.partition)
+        first[tp] = min(first.get(tp, r.offset), r.offset)
+    return [(service, topic, partition, offset)
+            for (topic, partition), offset in sorted(first.items())]
+
+
+async def _isolate(
+    items: Sequence[Item], process: Callable[[Sequence[Item]], Awaitable[None]]
+) -> list[tuple[Item, Exception]]:
+    """Process `items`; when that fails, bisect: the items that fail alone are returned with
+    their error, the others are processed. A transient error goes through."""
+    if not items:
+        return []
+    try:
+        await process(items)
+        return []
+    except Exception as exc:
+        if is_transient(exc):
+            raise
+        return await _halves(items, process, exc)
+
+
+async def _halves(
+    items: Sequence[Item], process: Callable[[Sequence[Item]], Awaitable[None]],
+    exc: Exception,
+) -> list[tuple[Item, Exception]]:
+    if len(items) == 1:
+        return [(items[0], exc)]
+    mid = len(items) // 2
+    return [*await _isolate(items[:mid], process), *await _isolate(items[mid:], process)]
+
+
+async def process_bounded(
     message: KafkaMessage,
     broker: KafkaBroker,
     adapter: Decoder[T],
+    process: Callable[[Sequence[tuple[ConsumerRecord[Any, Any], T]]], Awaitable[None]],
     *,
     service: str,
-) -> list[tuple[ConsumerRecord[Any, Any], T]]:
-    """A group consumer's first step: decode each record, park the undecodable on the DLQ,
-    count the batch, and hand back the good ones."""
+    max_attempts: int = 5,
+    backoff: Backoff = Backoff(),
+) -> None:
+    """A group consumer's batch (BATCH_CONSUMER), from decoding to the DLQ: call it as the
+    whole body of the subscriber.
+
+    Each record is decoded with `adapter`; those that cannot be go to `<topic>.dlq`.
+    `process` gets the decoded (record, value) pairs (not called when there are none) and must
+    be idempotent: it may see a record again, alone or with others. When it raises:
+    - a transient error (`is_transient`): wait (1 s doubling to 30 s, per batch, in a row) and
+      re-raise, so the batch is rewound and redelivered (NACK_ON_ERROR) — without limit, never
+      to the DLQ;
+    - any other: counted for the batch (its partitions' first offsets, in this process); wait
+      (0.25 s doubling) and re-raise, until the `max_attempts`-th failure, which instead
+      bisects the batch: the records that still fail alone go to `<topic>.dlq` with the error
+      (headers x-error, x-error-type, x-attempts, x-service, x-source-topic/-partition/
+      -offset; key and bytes as they were), the others are processed. Then this returns, the
+      batch is acknowledged, and its partitions move on.
+    A transient error while bisecting or dead-lettering redelivers the batch, which is then
+    bisected again straight away. Bisecting keeps the batch's order (left half first), so
+    within a partition the parts that succeed are processed in offset order, as consumers that
+    store a per-partition watermark (the tracker's) need.
+    """
+    if max_attempts < 1:
+        raise ValueError("max_attempts must be at least 1")
     records = records_of(message)
+    if not records:
+        return
+    topic = records[0].topic
+    starts = _starts(service, records)
     good, bad = decode_records(records, adapter)
-    await dead_letter(broker, bad, service=service)
-    if records:
-        EVENTS_CONSUMED.labels(service, records[0].topic).inc(len(records))
-    return good
+    try:
+        errors = _FAILURES.of(starts).errors
+        if errors >= max_attempts:
+            failed = await _isolate(good, process)
+            attempts = errors + 1  # and once more alone
+        else:
+            failed = await _first_try(good, process, starts, max_attempts, backoff,
+                                      service=service, topic=topic)
+            errors = _FAILURES.of(starts).errors
+            # A batch of one failed alone every time; in a larger one it was tried alone once.
+            attempts = errors if len(good) == 1 else errors + 1
+        await dead_letter(
+            broker,
+            [*bad, *(BadRecord(item[0], error_text(exc), attempts) for item, exc in failed)],
+            service=service,
+        )
+    except Exception as exc:
+        if is_transient(exc):
+            failures = _FAILURES.failed(starts, transient=True).transient
+            pause = backoff.pause(failures, transient=True)
+            REDELIVERIES.labels(service, topic, "transient").inc()
+            log.warning(
+                "batch failed on unavailable infrastructure; redelivered in %.1f s", pause,
+                extra={"topic": topic, "failures_in_a_row": failures,
+                       "error": error_text(exc)},
+            )
+            await asyncio.sleep(pause)
+        raise
+    _FAILURES.forget(starts)
+    EVENTS_CONSUMED.labels(service, topic).inc(len(records))
+
+
+async def _first_try(
+    good: Sequence[Item],
+    process: Callable[[Sequence[Item]], Awaitable[None]],
+    starts: Sequence[_Start],
+    max_attempts: int,
+    backoff: Backoff,
+    *,
+    service: str,
+    topic: str,
+) -> list[tuple[Item, Exception]]:
+    """The whole batch at once; on a non-transient failure, count it, then pause and re-raise
+    or, at the last attempt, bisect."""
+    if not good:
+        return []
+    try:
+        await process(good)
+        return []
+    except Exception as exc:
+        if is_transient(exc):
+            raise
+        errors = _FAILURES.failed(starts, transient=False).errors
+        if errors < max_attempts:
+            pause = backoff.pause(errors, transient=False)
+            REDELIVERIES.labels(service, topic, "error").inc()
+            log.warning(
+                "batch failed (attempt %d of %d); redelivered in %.2f s",
+                errors, max_attempts, pause, exc_info=exc,
+                extra={"topic": topic, "starts": [s[2:] for s in starts]},
+            )
+            await asyncio.sleep(pause)
+            raise
+        log.error(
+            "batch failed %d times; isolating the records that fail alone", errors,
+            exc_info=exc, extra={"topic": topic, "records": len(good)},
+        )
+        return await _halves(good, process, exc)

@@ -11,6 +11,12 @@ EVENTS_PUBLISHED = Counter(
 DEAD_LETTERS = Counter(
     "sendout_dead_letters_total", "Records sent to a DLQ, by source topic", ["service", "topic"]
 )
+REDELIVERIES = Counter(
+    "sendout_redeliveries_total",
+    "Batches rewound to be processed again, by topic and cause (transient: infrastructure "
+    "unavailable, retried without limit; error: any other, counted towards the DLQ)",
+    ["service", "topic", "cause"],
+)
 BATCH_SECONDS = Histogram(
     "sendout_batch_seconds",
     "Time to process one consumed batch",

@@ -43,6 +43,27 @@ class TemplateRef(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     version: int
 
 
+class SenderInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    name: str
+    email: str | None = None
+    sms_sender_id: str | None = None
+
+
+class ChannelTemplate(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    body: str
+    subject: str | None = None
+
+
+class CampaignContext(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """Mirror of `shared.events.CampaignContext`: the campaign's templates and sender, carried
+    by its send-request records."""
+
+    organisation_id: uuid.UUID | None = None
+    template: TemplateRef
+    templates: dict[Channel, ChannelTemplate]
+    sender: SenderInfo
+
+
 class _Event(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Mirror of `shared.events.Event`: the fields every event starts with."""
 
@@ -64,6 +85,7 @@ class SendRequested(_Event, frozen=True, kw_only=True, gc=False):
     variables: dict[str, Any] = msgspec.field(default_factory=dict)
     template: TemplateRef
     requested_at: datetime = msgspec.field(default_factory=_now)
+    campaign: CampaignContext | None = None
 
     def to_bytes(self) -> bytes:
         return _ENCODER.encode(self)
@@ -74,12 +96,22 @@ class SendRequestedBatch(_Event, frozen=True, kw_only=True, gc=False):
 
     type: Literal["send_requested_batch"] = "send_requested_batch"
     requests: Annotated[list[SendRequested], msgspec.Meta(min_length=1)]
+    campaign: CampaignContext | None = None
 
     def __post_init__(self) -> None:
         events.same_campaign(self.campaign_id, self.requests, "request")
 
     def to_bytes(self) -> bytes:
         return _ENCODER.encode(self)
+
+
+class _SendRequestedBatchOfEncoded(_Event, frozen=True, kw_only=True, gc=False):
+    """A `SendRequestedBatch` whose campaign context is already JSON: encoded once per page of
+    the fan-out and spliced into each of its records, not encoded again per record."""
+
+    type: Literal["send_requested_batch"] = "send_requested_batch"
+    requests: list[SendRequested]
+    campaign: msgspec.Raw | None = None
 
 
 class _Outcome(_Event, frozen=True, kw_only=True, tag_field="type", gc=False):
@@ -137,39 +169,57 @@ _OUTCOME = msgspec.json.Decoder(Outcome)
 _OUTCOME_RECORD = msgspec.json.Decoder(Outcome | OutcomeBatch)
 
 
-def decode_send_requests(data: bytes) -> list[SendRequested]:
-    """The requests of a send-requested record, a batch or a single one; raises pydantic's
-    `ValidationError` for what the schema refuses (the whole record: it goes to the DLQ)."""
+def decode_send_requests(data: bytes) -> tuple[CampaignContext | None, list[SendRequested]]:
+    """The campaign context and the requests of a send-requested record, a batch or a single
+    one (the context: the batch's, or the lone request's; None from producers that predate
+    it); raises pydantic's `ValidationError` for what the schema refuses (the whole record: it
+    goes to the DLQ)."""
     try:
-        return _SEND_REQUESTED_BATCH.decode(data).requests  # the mass send-outs' form
+        batch = _SEND_REQUESTED_BATCH.decode(data)  # the mass send-outs' form
+        return batch.campaign, batch.requests
     except msgspec.DecodeError:
         pass
     try:
-        return [_SEND_REQUESTED.decode(data)]
+        request = _SEND_REQUESTED.decode(data)
+        return request.campaign, [request]
     except msgspec.DecodeError:
         model = events.SEND_REQUESTED_RECORD.validate_json(data)  # refuses (→ DLQ), or laxer
         if isinstance(model, events.SendRequestedBatch):
-            return msgspec.convert(model.model_dump(), SendRequestedBatch,
-                                   from_attributes=True).requests
-        return [msgspec.convert(model.model_dump(), SendRequested, from_attributes=True)]
+            batch = msgspec.convert(model.model_dump(), SendRequestedBatch,
+                                    from_attributes=True)
+            return batch.campaign, batch.requests
+        request = msgspec.convert(model.model_dump(), SendRequested, from_attributes=True)
+        return request.campaign, [request]
 
 
 def request_records(
-    requests: Sequence[SendRequested], batch_size: int
+    requests: Sequence[SendRequested], batch_size: int,
+    campaign: CampaignContext | None = None,
 ) -> list[tuple[bytes, bytes]]:
     """(key, value) records for `requests`: batches of up to `batch_size` requests of one
     campaign, each keyed by its first recipient id (so batches spread over the partitions); a
-    lone request is published as itself."""
+    lone request is published as itself.
+
+    `campaign`: the requests' campaign context (then they are all of that one campaign),
+    encoded once and carried by every record: by a batch once, by a lone request on itself.
+    """
+    grouped = _by_campaign(requests)
+    if campaign is not None and len(grouped) > 1:
+        raise ValueError("requests of several campaigns given one campaign context")
+    context = msgspec.Raw(_ENCODER.encode(campaign)) if campaign is not None else None
     records: list[tuple[bytes, bytes]] = []
-    for campaign_id, items in _by_campaign(requests).items():
+    for campaign_id, items in grouped.items():
         for start in range(0, len(items), batch_size):
             chunk = items[start:start + batch_size]
             key = str(chunk[0].recipient_id).encode()
             if len(chunk) == 1:
-                records.append((key, chunk[0].to_bytes()))
+                lone = chunk[0] if campaign is None else msgspec.structs.replace(
+                    chunk[0], campaign=campaign)
+                records.append((key, lone.to_bytes()))
             else:
-                batch = SendRequestedBatch(campaign_id=campaign_id, requests=chunk)
-                records.append((key, batch.to_bytes()))
+                batch = _SendRequestedBatchOfEncoded(campaign_id=campaign_id, requests=chunk,
+                                                     campaign=context)
+                records.append((key, _ENCODER.encode(batch)))
     return records
 
 

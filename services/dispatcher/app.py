@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -9,7 +11,10 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from services.dispatcher import handlers, repo
+from services.dispatcher.domain import Outcome
 from services.dispatcher.providers import HttpProvider, NoopProvider, Provider, SmtpProvider
+from services.dispatcher.reliability import CircuitBreaker, RetryPolicy
+from services.dispatcher.rendering import Renderer
 from services.dispatcher.service import (
     AbortRegistry,
     Dispatcher,
@@ -19,8 +24,9 @@ from services.dispatcher.service import (
 from services.dispatcher.settings import DispatcherSettings
 from shared import db, topics
 from shared.events import Channel
-from shared.kafka import ensure_topics, instance_client_id, make_broker
+from shared.kafka import ensure_topics, instance_client_id, make_broker, publish_encoded
 from shared.service import ops_router, standard_checks
+from shared.wire import outcome_records
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -45,6 +51,34 @@ def build_providers(settings: DispatcherSettings) -> dict[Channel, Provider]:
     return providers
 
 
+def build_breakers(
+    settings: DispatcherSettings, providers: dict[Channel, Provider]
+) -> dict[Channel, CircuitBreaker]:
+    """One breaker per provider (one serving both channels is one provider's health)."""
+    by_provider: dict[int, CircuitBreaker] = {}
+    return {
+        channel: by_provider.setdefault(id(provider), CircuitBreaker(
+            window_seconds=settings.breaker_window_seconds,
+            min_calls=settings.breaker_min_calls,
+            failure_ratio=settings.breaker_failure_ratio,
+            open_seconds=settings.breaker_open_seconds,
+            max_open_seconds=settings.breaker_max_open_seconds,
+        ))
+        for channel, provider in providers.items()
+    }
+
+
+async def stop_between_rounds(
+    task: asyncio.Task[None], dispatcher: Dispatcher, bound_seconds: float
+) -> None:
+    dispatcher.stopping = True
+    with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+        await asyncio.wait_for(asyncio.shield(task), bound_seconds)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 def create_app(settings: DispatcherSettings | None = None) -> FastAPI:
     settings = settings or DispatcherSettings()
 
@@ -58,7 +92,15 @@ def create_app(settings: DispatcherSettings | None = None) -> FastAPI:
         aborts, opt_outs = AbortRegistry(), OptOutRegistry()
         async with pool.acquire() as conn:
             aborts.add(await repo.aborted_campaigns(conn))
+            aborts.add(await repo.aborted_gates(conn))
             opt_outs.add(await repo.all_opt_outs(conn))
+        # Untrusted templates render in worker processes, with a time and an output limit per
+        # message; text-and-variable templates render inline.
+        renderer = Renderer(time_limit_seconds=settings.render_time_limit_seconds,
+                            max_output_chars=settings.render_max_output_chars,
+                            workers=settings.render_workers,
+                            memory_limit_mb=settings.render_memory_limit_mb)
+        await renderer.start()
         dispatcher = Dispatcher(
             pool,
             providers,
@@ -66,8 +108,13 @@ def create_app(settings: DispatcherSettings | None = None) -> FastAPI:
             opt_outs=opt_outs,
             concurrency=settings.concurrency,
             rate_limiter=RateLimiter(settings.rate_limit_per_second),
-            max_attempts=settings.max_attempts,
-            retry_backoff_seconds=settings.retry_backoff_seconds,
+            instance=settings.instance_id,
+            retry_policy=RetryPolicy(settings.retry_base_seconds, settings.retry_cap_seconds,
+                                     settings.retry_deadline_seconds),
+            breakers=build_breakers(settings, providers),
+            claim_lease_seconds=settings.claim_lease_seconds,
+            resend_in_doubt=settings.resend_in_doubt,
+            renderer=renderer,
         )
         await ensure_topics(
             settings.kafka_bootstrap_servers, topics.ALL, settings.kafka_partitions
@@ -91,16 +138,29 @@ def create_app(settings: DispatcherSettings | None = None) -> FastAPI:
                 pool, dispatcher, aborts, opt_outs, outcomes_pub, lifecycle_pub,
                 instance=settings.instance_id, max_records=settings.batch_max_records,
                 outcome_batch_size=settings.outcome_batch_size, consumers=settings.consumers,
+                rebalance_seconds=settings.drain_seconds,
             )
         )
         await broker.start()
 
+        async def publish_outcomes(outcomes: list[tuple[Outcome, bytes]]) -> None:
+            await publish_encoded(
+                outcomes_pub, outcome_records(outcomes, settings.outcome_batch_size),
+                service="dispatcher",
+            )
+
+        retries = asyncio.create_task(dispatcher.retry_forever(publish_outcomes),
+                                      name="retry-schedule")
 
         app.include_router(ops_router(standard_checks(pool, broker)))
         try:
             yield
         finally:
+            # The retry round in progress is settled first (bounded: a call that does not end
+            # is left to its claim, which goes stale and is reported in doubt).
+            await stop_between_rounds(retries, dispatcher, settings.drain_seconds)
             await broker.stop()
+            await renderer.close()
             for provider in {id(p): p for p in providers.values()}.values():
                 await provider.close()
             await pool.close()

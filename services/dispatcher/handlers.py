@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
 import asyncpg
+from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from faststream.kafka import KafkaRouter
 from faststream.kafka.annotations import KafkaBroker, KafkaMessage
 from faststream.kafka.publisher.usecase import DefaultPublisher
 
 from services.dispatcher import repo
-from services.dispatcher.domain import Outcome
+from services.dispatcher.domain import CampaignTemplate, Outcome, template_from_context
 from services.dispatcher.service import AbortRegistry, Dispatcher, OptOutRegistry
 from shared import topics
 from shared.events import (
@@ -21,16 +28,71 @@ from shared.events import (
 from shared.kafka import (
     BATCH_CONSUMER,
     BROADCAST_CONSUMER,
-    accept_batch,
     decode_records,
+    process_bounded,
     publish_all,
     publish_encoded,
     records_of,
-    redelivered_on_failure,
 )
 from shared.wire import decode_send_requests, outcome_records
 
 SERVICE = "dispatcher"
+log = logging.getLogger(__name__)
+
+
+class InFlight(ConsumerRebalanceListener):  # type: ignore[misc]
+    """One consumer's batch in progress. A partition is handed back only once the batch in
+    progress is settled (recorded, published), so its next owner re-reports it instead of
+    finding it mid-flight; bounded, since a claim left behind is safe either way."""
+
+    def __init__(self, bound_seconds: float) -> None:
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._bound = bound_seconds
+
+    @contextlib.asynccontextmanager
+    async def busy(self) -> AsyncIterator[None]:
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._idle.set()
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        if self._idle.is_set():
+            return
+        try:
+            await asyncio.wait_for(self._idle.wait(), self._bound)
+        except TimeoutError:
+            log.warning("partitions revoked with a batch still in flight; its claims stand",
+                        extra={"partitions": len(revoked)})
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        return None
+
+
+def contexts_of(
+    dispatcher: Dispatcher, good: Sequence[tuple[Any, tuple[Any, Any]]]
+) -> dict[Any, CampaignTemplate]:
+    """The campaign contexts the records carry, for campaigns the dispatcher does not know
+    yet: a request never waits for another consumer group's `started` event."""
+    contexts: dict[Any, CampaignTemplate] = {}
+    for _, (context, requests) in good:
+        if context is None or not requests:
+            continue
+        campaign_id = requests[0].campaign_id
+        if campaign_id not in contexts and not dispatcher.knows(campaign_id):
+            contexts[campaign_id] = template_from_context(campaign_id, context)
+    return contexts
+
+
+def spans_of(records: Sequence[ConsumerRecord[Any, Any]]) -> list[tuple[int, int, int]]:
+    """(partition, first offset, last offset) of each partition a batch read."""
+    spans: dict[int, tuple[int, int]] = {}
+    for r in records:
+        low, high = spans.get(r.partition, (r.offset, r.offset))
+        spans[r.partition] = (min(low, r.offset), max(high, r.offset))
+    return [(p, low, high) for p, (low, high) in spans.items()]
 
 
 def kafka_router(
@@ -45,36 +107,48 @@ def kafka_router(
     max_records: int,
     outcome_batch_size: int = 500,
     consumers: int = 1,
+    rebalance_seconds: float = 30.0,
 ) -> KafkaRouter:
     router = KafkaRouter()
 
-    async def on_send_requested(body: list[bytes], msg: KafkaMessage, broker: KafkaBroker) -> None:
-        async with redelivered_on_failure():
-            good = await accept_batch(msg, broker, decode_send_requests, service=SERVICE)
+    def send_requested_handler(in_flight: InFlight) -> Any:
+        async def publish(outcomes: list[tuple[Outcome, bytes]]) -> None:
+            await publish_encoded(outcomes_pub, outcome_records(outcomes, outcome_batch_size),
+                                  service=SERVICE)
 
-            async def publish(outcomes: list[tuple[Outcome, bytes]]) -> None:
-                await publish_encoded(
-                    outcomes_pub, outcome_records(outcomes, outcome_batch_size), service=SERVICE
-                )
-
+        async def send(good: Sequence[tuple[ConsumerRecord[Any, Any], Any]]) -> None:
             # Outcomes are recorded and acknowledged by Kafka before this returns and the
             # offsets commit.
             await dispatcher.dispatch_encoded(
-                [request for _, requests in good for request in requests], publish
+                [request for _, (_, requests) in good for request in requests], publish,
+                spans=spans_of([record for record, _ in good]),
+                contexts=contexts_of(dispatcher, good),
             )
+
+        async def on_send_requested(
+            body: list[bytes], msg: KafkaMessage, broker: KafkaBroker
+        ) -> None:
+            async with in_flight.busy():
+                await process_bounded(msg, broker, decode_send_requests, send, service=SERVICE)
+
+        return on_send_requested
 
     # `consumers` members of the group in this process, each with its own partitions and its
     # own batch in flight: a batch spends most of its time waiting on PostgreSQL and Kafka,
     # and meanwhile another consumer's batch uses the CPU.
     for n in range(consumers):
+        in_flight = InFlight(bound_seconds=rebalance_seconds)
         router.subscriber(
             topics.SEND_REQUESTED,
             group_id="sendout-dispatcher",
             max_records=max_records,
             description="Renders and sends each requested message; reports its outcome.",
             include_in_schema=n == 0,
+            listener=in_flight,
+            # Time for a member to settle its batch in flight before a rebalance goes on.
+            rebalance_timeout_ms=int(rebalance_seconds * 1000) + 10_000,
             **BATCH_CONSUMER,
-        )(on_send_requested)
+        )(send_requested_handler(in_flight))
 
     @router.subscriber(
         topics.CAMPAIGN_LIFECYCLE,
@@ -85,8 +159,7 @@ def kafka_router(
         **BATCH_CONSUMER,
     )
     async def on_lifecycle(body: list[bytes], msg: KafkaMessage, broker: KafkaBroker) -> None:
-        async with redelivered_on_failure():
-            good = await accept_batch(msg, broker, LIFECYCLE, service=SERVICE)
+        async def apply(good: Sequence[tuple[ConsumerRecord[Any, Any], Any]]) -> None:
             started = [e for _, e in good if isinstance(e, CampaignStarted)]
             aborted = [e.campaign_id for _, e in good if isinstance(e, CampaignAborted)]
             if started or aborted:
@@ -94,6 +167,10 @@ def kafka_router(
                     for event in started:
                         await repo.save_template(conn, event)
                     await repo.save_aborts(conn, aborted)
+                    for campaign_id in aborted:
+                        await repo.close_gate(conn, campaign_id)
+
+        await process_bounded(msg, broker, LIFECYCLE, apply, service=SERVICE)
 
     # No group: every dispatcher process must hear of an abort itself, at once, and say so.
     @router.subscriber(
@@ -110,7 +187,11 @@ def kafka_router(
         acks = []
         async with pool.acquire() as conn:
             for campaign_id in aborted:
-                settled = await repo.settled_count(conn, campaign_id)
+                # The gate first: from its commit on, no dispatcher (this one, another, or one
+                # that was hung and wakes up) claims a message of the campaign, and every claim
+                # before it is counted as going out.
+                await repo.close_gate(conn, campaign_id)
+                settled = await repo.sent_or_in_flight(conn, campaign_id)
                 acks.append(AbortAcknowledged(campaign_id=campaign_id, instance=instance,
                                               settled=settled))
         await publish_all(lifecycle_pub, [(a.campaign_id.bytes, a) for a in acks],
@@ -124,11 +205,11 @@ def kafka_router(
         **BATCH_CONSUMER,
     )
     async def on_opt_outs(body: list[bytes], msg: KafkaMessage, broker: KafkaBroker) -> None:
-        async with redelivered_on_failure():
-            good = await accept_batch(msg, broker, OPTED_OUT, service=SERVICE)
-            if good:
-                async with pool.acquire() as conn:
-                    await repo.save_opt_outs(conn, [e for _, e in good])
+        async def save(good: Sequence[tuple[ConsumerRecord[Any, Any], Any]]) -> None:
+            async with pool.acquire() as conn:
+                await repo.save_opt_outs(conn, [e for _, e in good])
+
+        await process_bounded(msg, broker, OPTED_OUT, save, service=SERVICE)
 
     # No group: every process stops messaging an opted-out address at once.
     @router.subscriber(

@@ -12,6 +12,7 @@ body — and nothing else: no redirects, no cookies, no compression, no proxies.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ class HttpError(Exception):
 class Response:
     status: int
     body: bytes
+    # Seconds from a `Retry-After: <seconds>` header (429/503), if the answer had one.
+    retry_after: float | None = None
 
 
 class _Connection(asyncio.Protocol):
@@ -124,6 +127,7 @@ def _parse_from(
     keep_alive = parts[0] == b"HTTP/1.1"
     length: int | None = None
     chunked = False
+    retry_after: float | None = None
     for line in head[1:]:
         name, _, value = line.partition(b":")
         name = name.strip().lower()
@@ -136,6 +140,9 @@ def _parse_from(
         elif name == b"connection":
             token = value.strip().lower()
             keep_alive = token == b"keep-alive" or (keep_alive and token != b"close")
+        elif name == b"retry-after":
+            with contextlib.suppress(ValueError):  # an HTTP date: not honoured, backoff applies
+                retry_after = max(0.0, min(float(value.strip()), 86400.0))
     start = end + 4
     if chunked:
         body = bytearray()
@@ -151,21 +158,22 @@ def _parse_from(
                 trailer_end = buffer.find(b"\r\n\r\n", line_end)
                 if trailer_end < 0:
                     return None
-                return Response(status, bytes(body)), keep_alive, trailer_end + 4
+                return Response(status, bytes(body), retry_after), keep_alive, trailer_end + 4
             if len(buffer) < line_end + 2 + size + 2:
                 return None
             body += buffer[line_end + 2:line_end + 2 + size]
             pos = line_end + 2 + size + 2
     if length is None:
         if status in (204, 304) or 100 <= status < 200:
-            return Response(status, b""), keep_alive, start
+            return Response(status, b"", retry_after), keep_alive, start
         # The body runs to the end of the connection.
         if not at_eof:
             return None
-        return Response(status, bytes(buffer[start:])), False, len(buffer)
+        return Response(status, bytes(buffer[start:]), retry_after), False, len(buffer)
     if len(buffer) < start + length:
         return None
-    return Response(status, bytes(buffer[start:start + length])), keep_alive, start + length
+    response = Response(status, bytes(buffer[start:start + length]), retry_after)
+    return response, keep_alive, start + length
 
 
 class Http11Pool:

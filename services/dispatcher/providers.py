@@ -40,7 +40,22 @@ class PermanentProviderError(ProviderError):
 
 
 class RetryableProviderError(ProviderError):
-    """Worth trying again later (429, 5xx, timeout, connection reset)."""
+    """Worth trying again later (429, 5xx, timeout, connection reset); `retry_after`: the
+    provider's own Retry-After, in seconds, when it gave one."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def check_header_safe(message: OutgoingMessage) -> None:
+    """A line break in a value that becomes a header (address, sender, subject) would let a
+    recipient's data add headers of its own: refused for that message alone."""
+    for field, value in (("address", message.to), ("sender", message.sender),
+                         ("subject", message.subject or "")):
+        if "\r" in value or "\n" in value or "\x00" in value:
+            reason = "invalid_address" if field == "address" else "invalid_header"
+            raise PermanentProviderError(f"{reason}: line break in the {field}")
 
 
 class Provider(Protocol):
@@ -114,7 +129,8 @@ class HttpProvider:
                 raise RetryableProviderError(f"HTTP {status} without a message id") from exc
         reason = _error_text(response.body)
         if status == 429 or status >= 500:
-            raise RetryableProviderError(f"HTTP {status}: {reason}")
+            raise RetryableProviderError(f"HTTP {status}: {reason}",
+                                         retry_after=response.retry_after)
         raise PermanentProviderError(f"HTTP {status}: {reason}")
 
     async def close(self) -> None:
@@ -160,15 +176,12 @@ class SmtpProvider:
         self._domain = host
 
     async def send(self, message: OutgoingMessage) -> str:
-        email = EmailMessage()
-        email["From"] = message.sender
-        email["To"] = message.to
-        email["Subject"] = message.subject or ""
-        # Stable across retries, so a receiving system can tell a retry from a new message.
-        message_id = f"<{message.idempotency_key}@sendout.local>"
-        email["Message-ID"] = message_id
-        email["X-Sendout-Idempotency-Key"] = message.idempotency_key
-        email.set_content(message.body)
+        check_header_safe(message)
+        try:
+            email = _email(message)
+        except (ValueError, TypeError) as exc:  # the email package refused a header value
+            raise PermanentProviderError(f"invalid_header: {exc}"[:500]) from exc
+        message_id: str = email["Message-ID"]
         client = await self._idle.get()
         try:
             if client is None or not client.is_connected:
@@ -202,6 +215,18 @@ class SmtpProvider:
             if client is not None and client.is_connected:
                 with contextlib.suppress(aiosmtplib.SMTPException, OSError):
                     await client.quit()
+
+
+def _email(message: OutgoingMessage) -> EmailMessage:
+    email = EmailMessage()
+    email["From"] = message.sender
+    email["To"] = message.to
+    email["Subject"] = message.subject or ""
+    # Stable across retries, so a receiving system can tell a retry from a new message.
+    email["Message-ID"] = f"<{message.idempotency_key}@sendout.local>"
+    email["X-Sendout-Idempotency-Key"] = message.idempotency_key
+    email.set_content(message.body)
+    return email
 
 
 def _no_delay(client: aiosmtplib.SMTP) -> None:

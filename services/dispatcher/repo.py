@@ -7,6 +7,7 @@ import json
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 
@@ -31,12 +32,28 @@ async def save_template(conn: asyncpg.Connection, event: CampaignStarted) -> Non
     )
 
 
+async def save_campaign_template(conn: asyncpg.Connection, template: CampaignTemplate) -> None:
+    """A campaign's context as a send request carried it (the first one stays)."""
+    templates = {channel: t.model_dump() for channel, t in template.templates.items()}
+    await conn.execute(
+        """
+        INSERT INTO templates (campaign_id, organisation_id, template_id, template_version,
+                               templates, sender)
+        VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb)
+        ON CONFLICT (campaign_id) DO NOTHING
+        """,
+        template.campaign_id, template.organisation_id, template.template_id, template.version,
+        json.dumps(templates), template.sender.model_dump_json(),
+    )
+
+
 async def load_templates(
     conn: asyncpg.Connection, campaign_ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, CampaignTemplate]:
     rows = await conn.fetch(
         """
-        SELECT campaign_id, organisation_id, template_version, templates::text AS templates,
+        SELECT campaign_id, organisation_id, template_id, template_version,
+               templates::text AS templates,
                sender::text AS sender
         FROM templates WHERE campaign_id = ANY($1::uuid[])
         """,
@@ -46,6 +63,7 @@ async def load_templates(
         r["campaign_id"]: CampaignTemplate(
             campaign_id=r["campaign_id"],
             organisation_id=r["organisation_id"],
+            template_id=r["template_id"],
             version=r["template_version"],
             templates={
                 channel: ChannelTemplate(**t) for channel, t in json.loads(r["templates"]).items()
@@ -102,28 +120,46 @@ async def settled(
     nothing unless the batch was seen before. The keys found are matched against the requests'
     own, and only theirs have their outcomes read.
     """
+    settled_found, _ = await seen_before(conn, requests)
+    return settled_found
+
+
+async def seen_before(
+    conn: asyncpg.Connection, requests: Sequence[Request]
+) -> tuple[dict[tuple[uuid.UUID, int, str], Outcome], set[Key]]:
+    """The outcomes recorded for some of the requests' keys, and those of their keys that are
+    on the retry schedule: both found in one statement."""
     campaigns, lows, highs = _id_ranges(requests)
     # One index range scan per range, whatever the statistics say: `OFFSET 0` keeps the
     # planner from merging the subquery into a join. (Merged, with a 1M-recipient campaign in
     # the table, it chose a hash join over a sequential scan: 1.7 s a batch.)
     found = await conn.fetch(
         """
-        SELECT d.campaign_id, d.recipient_id, d.channel
+        SELECT d.campaign_id, d.recipient_id, d.channel, false AS scheduled
         FROM unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS r(campaign_id, lo, hi)
         CROSS JOIN LATERAL (
             SELECT campaign_id, recipient_id, channel FROM deliveries d
             WHERE d.campaign_id = r.campaign_id AND d.recipient_id BETWEEN r.lo AND r.hi
             OFFSET 0
         ) AS d
+        UNION ALL
+        SELECT t.campaign_id, t.recipient_id, t.channel, true
+        FROM unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS r(campaign_id, lo, hi)
+        CROSS JOIN LATERAL (
+            SELECT campaign_id, recipient_id, channel FROM retries t
+            WHERE t.campaign_id = r.campaign_id AND t.recipient_id BETWEEN r.lo AND r.hi
+            OFFSET 0
+        ) AS t
         """,
         campaigns, lows, highs,
     )
-    if not found:  # the common case: nothing of this batch was recorded before
-        return {}
+    if not found:  # the common case: nothing of this batch was seen before
+        return {}, set()
     wanted = {domain.dedupe_key(r) for r in requests}
-    keys = [k for k in (tuple(row) for row in found) if k in wanted]
+    scheduled = {k for k in (tuple(row[:3]) for row in found if row[3]) if k in wanted}
+    keys = [k for k in (tuple(row[:3]) for row in found if not row[3]) if k in wanted]
     if not keys:
-        return {}
+        return {}, scheduled  # type: ignore[return-value]
     rows = await conn.fetch(
         """
         SELECT d.campaign_id, d.recipient_id, d.channel, d.outcome::text AS outcome
@@ -136,7 +172,7 @@ async def settled(
     return {
         (r["campaign_id"], r["recipient_id"], r["channel"]): decode_outcome(r["outcome"])
         for r in rows
-    }
+    }, scheduled  # type: ignore[return-value]
 
 
 # Recipient ids this close together share a range: the ids between them that are not asked
@@ -192,16 +228,25 @@ async def record_outcomes(
     if await db.copy_if_all_new(conn, "deliveries", _DELIVERY_COLUMNS, rows):
         return
     async with conn.transaction():
-        await _DELIVERIES_IN.load(conn, rows)
-        await conn.execute(
-            f"""
-            INSERT INTO deliveries AS d ({", ".join(_DELIVERY_COLUMNS)})
-            SELECT * FROM {_DELIVERIES_IN.name}
-            ON CONFLICT (campaign_id, recipient_id, channel) DO UPDATE
-            SET outcome = excluded.outcome, done_at = excluded.done_at
-            WHERE d.outcome IS NULL
-            """
-        )
+        await _insert_new_outcomes(conn, rows)
+
+
+async def _insert_new_outcomes(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Outcome rows staged and inserted with `ON CONFLICT`: the first outcome recorded for a
+    key stays (a row claimed without an outcome by an older version gets it). In a
+    transaction."""
+    if not rows:
+        return
+    await _DELIVERIES_IN.load(conn, rows)
+    await conn.execute(
+        f"""
+        INSERT INTO deliveries AS d ({", ".join(_DELIVERY_COLUMNS)})
+        SELECT * FROM {_DELIVERIES_IN.name}
+        ON CONFLICT (campaign_id, recipient_id, channel) DO UPDATE
+        SET outcome = excluded.outcome, done_at = excluded.done_at
+        WHERE d.outcome IS NULL
+        """
+    )
 
 
 async def save_opt_outs(conn: asyncpg.Connection, events: Sequence[AddressOptedOut]) -> None:
@@ -218,3 +263,344 @@ async def save_opt_outs(conn: asyncpg.Connection, events: Sequence[AddressOptedO
 async def all_opt_outs(conn: asyncpg.Connection) -> set[tuple[uuid.UUID, str]]:
     rows = await conn.fetch("SELECT organisation_id, address FROM opt_outs")
     return {(r["organisation_id"], r["address"]) for r in rows}
+
+
+# --- Claims, the abort gate and the retry schedule ---------------------------------------------
+
+Key = tuple[uuid.UUID, int, str]
+
+
+def gate_key(campaign_id: uuid.UUID) -> int:
+    """The advisory lock that orders a campaign's claims against its abort."""
+    return int.from_bytes(campaign_id.bytes[:8], "big", signed=True)
+
+
+_CLAIM = """
+    WITH spans AS (
+        INSERT INTO batch_spans (batch_id, topic_partition, first_offset, last_offset)
+        SELECT $1, * FROM unnest($4::int[], $5::bigint[], $6::bigint[])
+    ), groups AS (
+        SELECT (g->>0)::uuid AS campaign_id, g->>1 AS channel,
+               ARRAY(SELECT json_array_elements_text(g->2)::bigint) AS ids
+        FROM json_array_elements($2::json) AS g
+    )
+    INSERT INTO claims (batch_id, campaign_id, channel, recipient_ids, claimed_by)
+    SELECT $1, campaign_id, channel, ids, $3 FROM groups
+    WHERE NOT EXISTS (SELECT 1 FROM gates WHERE gates.campaign_id = groups.campaign_id
+                      AND gates.aborted_at IS NOT NULL)
+    RETURNING campaign_id
+"""
+
+
+async def step(
+    conn: asyncpg.Connection,
+    *,
+    outcomes: Sequence[tuple[Request, Outcome, bytes]] = (),
+    retries: Sequence[tuple[uuid.UUID, int, str, str, int, datetime, datetime, str | None]] = (),
+    claims: Sequence[tuple[uuid.UUID, str, Sequence[int]]] = (),
+    batch_id: uuid.UUID | None = None,
+    owner: str = "",
+    spans: Sequence[tuple[int, int, int]] = (),
+) -> set[uuid.UUID]:
+    """In one transaction: record outcomes, put retries on the schedule, and claim groups of
+    (campaign, channel, recipient ids) before their provider calls start. Returns the
+    campaigns whose claims were taken (an aborted campaign's are refused).
+
+    The transaction holds each claimed campaign's advisory lock in shared mode, so an abort
+    (`close_gate`, the lock in exclusive mode) waits for the claims in progress, counts them,
+    and is seen by every claim after it; a lock, unlike a locked row, writes nothing. Outcome
+    rows are copied straight in; in the rare transaction where a key is there already (a race,
+    an old claim) the whole step is done again the careful way. `spans`: the batch's Kafka
+    positions, recorded with its first claim."""
+    done_at = datetime.now(UTC)
+    rows = [(o.campaign_id, o.recipient_id, o.channel, r.event_id, data.decode(), done_at)
+            for r, o, data in outcomes]
+    keys = sorted({gate_key(c) for c, _, _ in claims})
+    begin = "BEGIN" + "".join(f"; SELECT pg_advisory_xact_lock_shared({k})" for k in keys)
+    try:
+        await conn.execute(begin)
+        if rows:
+            await conn.copy_records_to_table("deliveries", records=rows,
+                                             columns=_DELIVERY_COLUMNS)
+        taken = await _step_rest(conn, retries, claims, batch_id, owner, spans)
+        await conn.execute("COMMIT")
+        return taken
+    except asyncpg.UniqueViolationError:
+        await conn.execute("ROLLBACK")
+    except BaseException:
+        if not conn.is_closed():
+            await conn.execute("ROLLBACK")
+        raise
+    async with conn.transaction():
+        for k in keys:
+            await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", k)
+        await _insert_new_outcomes(conn, rows)
+        return await _step_rest(conn, retries, claims, batch_id, owner, spans)
+
+
+async def _step_rest(
+    conn: asyncpg.Connection,
+    retries: Sequence[tuple[uuid.UUID, int, str, str, int, datetime, datetime, str | None]],
+    claims: Sequence[tuple[uuid.UUID, str, Sequence[int]]],
+    batch_id: uuid.UUID | None,
+    owner: str,
+    spans: Sequence[tuple[int, int, int]],
+) -> set[uuid.UUID]:
+    if retries:
+        await schedule_retries(conn, retries)
+    if not claims:
+        return set()
+    rows = await conn.fetch(
+        _CLAIM, batch_id, json.dumps([[str(c), ch, list(ids)] for c, ch, ids in claims]),
+        owner, [s[0] for s in spans], [s[1] for s in spans], [s[2] for s in spans],
+    )
+    return {r["campaign_id"] for r in rows}
+
+
+async def claim(
+    conn: asyncpg.Connection,
+    batch_id: uuid.UUID,
+    groups: Sequence[tuple[uuid.UUID, str, Sequence[int]]],
+    *,
+    owner: str,
+    spans: Sequence[tuple[int, int, int]] = (),
+) -> set[uuid.UUID]:
+    """Claim groups of messages alone (`step` with nothing else to write)."""
+    return await step(conn, claims=groups, batch_id=batch_id, owner=owner, spans=spans)
+
+
+async def refresh_claims(conn: asyncpg.Connection, batch_id: uuid.UUID) -> None:
+    """The owner is still at work: its claims stay fresh."""
+    await conn.execute("UPDATE claims SET claimed_at = now() WHERE batch_id = $1", batch_id)
+
+
+async def earlier_claims(
+    conn: asyncpg.Connection, spans: Sequence[tuple[int, int, int]]
+) -> dict[Key, float]:
+    """Keys claimed by earlier attempts at any of these Kafka positions, with the age in
+    seconds of their freshest claim. Empty for a batch seen the first time (one index probe
+    per partition)."""
+    if not spans:
+        return {}
+    rows = await conn.fetch(
+        """
+        SELECT c.campaign_id, c.channel, c.recipient_ids,
+               extract(epoch FROM now() - c.claimed_at)::float8 AS age
+        FROM claims c
+        WHERE c.batch_id IN (
+            SELECT b.batch_id
+            FROM unnest($1::int[], $2::bigint[], $3::bigint[]) AS s(p, lo, hi)
+            CROSS JOIN LATERAL (
+                SELECT batch_id FROM batch_spans b
+                WHERE b.topic_partition = s.p AND b.last_offset >= s.lo AND b.first_offset <= s.hi
+                OFFSET 0
+            ) AS b
+        )
+        """,
+        [s[0] for s in spans], [s[1] for s in spans], [s[2] for s in spans],
+    )
+    ages: dict[Key, float] = {}
+    for r in rows:
+        for rid in r["recipient_ids"]:
+            key = (r["campaign_id"], rid, r["channel"])
+            ages[key] = min(ages.get(key, r["age"]), r["age"])
+    return ages
+
+
+async def close_gate(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> None:
+    """Refuse every claim for the campaign from now on; waits for the claims in progress
+    (which then count as going out)."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", gate_key(campaign_id))
+        await conn.execute(
+            """
+            INSERT INTO gates (campaign_id, aborted_at) VALUES ($1, now())
+            ON CONFLICT (campaign_id) DO UPDATE
+            SET aborted_at = coalesce(gates.aborted_at, now())
+            """,
+            campaign_id,
+        )
+
+
+async def sent_or_in_flight(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> int:
+    """How many of the campaign's messages were settled other than by its abort, or claimed
+    (their calls may still complete), or are on the retry schedule mid-call: everything else
+    still pending will be skipped `aborted`."""
+    return int(await conn.fetchval(
+        """
+        SELECT
+          (SELECT count(*) FROM deliveries
+           WHERE campaign_id = $1 AND outcome IS NOT NULL
+             AND coalesce(outcome->>'reason', '') <> 'aborted')
+        + (SELECT count(*) FROM claims c CROSS JOIN LATERAL unnest(c.recipient_ids) AS r(id)
+           WHERE c.campaign_id = $1 AND NOT EXISTS (
+               SELECT 1 FROM deliveries d
+               WHERE d.campaign_id = c.campaign_id AND d.recipient_id = r.id
+                 AND d.channel = c.channel))
+        """,
+        campaign_id,
+    ))
+
+
+async def scheduled_keys(conn: asyncpg.Connection, requests: Sequence[Request]) -> set[Key]:
+    """Those of the requests' keys that are on the retry schedule (the schedule owns them)."""
+    campaigns, lows, highs = _id_ranges(requests)
+    rows = await conn.fetch(
+        """
+        SELECT r.campaign_id, r.recipient_id, r.channel
+        FROM unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS k(campaign_id, lo, hi)
+        CROSS JOIN LATERAL (
+            SELECT campaign_id, recipient_id, channel FROM retries r
+            WHERE r.campaign_id = k.campaign_id AND r.recipient_id BETWEEN k.lo AND k.hi
+            OFFSET 0
+        ) AS r
+        """,
+        campaigns, lows, highs,
+    )
+    return {(r["campaign_id"], r["recipient_id"], r["channel"]) for r in rows}
+
+
+async def any_scheduled(conn: asyncpg.Connection) -> bool:
+    return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM retries)"))
+
+
+_RETRY_COLUMNS = ("campaign_id", "recipient_id", "channel", "request", "attempts", "first_at",
+                  "due_at", "last_reason")
+
+
+async def schedule_retries(
+    conn: asyncpg.Connection,
+    rows: Sequence[tuple[uuid.UUID, int, str, str, int, datetime, datetime, str | None]],
+) -> None:
+    """Put messages on (or back on) the retry schedule, waiting until their due time."""
+    if not rows:
+        return
+    await conn.execute(
+        """
+        INSERT INTO retries AS r (campaign_id, recipient_id, channel, request, attempts,
+                                  first_at, due_at, last_reason)
+        SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::json[], $5::int[],
+                             $6::timestamptz[], $7::timestamptz[], $8::text[])
+        ON CONFLICT (campaign_id, recipient_id, channel) DO UPDATE
+        SET status = 'waiting', attempts = excluded.attempts, due_at = excluded.due_at,
+            last_reason = excluded.last_reason, owner = NULL, claimed_at = NULL
+        """,
+        *(list(column) for column in zip(*rows, strict=True)),
+    )
+
+
+async def take_due(
+    conn: asyncpg.Connection, *, owner: str, limit: int, lease_seconds: float,
+    channels: Sequence[str],
+) -> list[asyncpg.Record]:
+    """Claim up to `limit` scheduled messages that are due (for the given channels), and the
+    ones left `sending` or `settled` by an owner that stopped refreshing them."""
+    return await conn.fetch(
+        """
+        UPDATE retries r SET status = CASE WHEN r.status = 'settled' THEN 'settled'
+                                           ELSE 'sending' END,
+                             owner = $1, claimed_at = now(),
+                             attempts = r.attempts
+        FROM (
+            SELECT campaign_id, recipient_id, channel, status AS was
+            FROM retries
+            WHERE channel = ANY($4::text[]) AND (
+                (status = 'waiting' AND due_at <= now())
+                OR (status IN ('sending', 'settled')
+                    AND claimed_at < now() - make_interval(secs => $3)))
+            ORDER BY due_at
+            LIMIT $2
+            FOR UPDATE SKIP LOCKED
+        ) AS due
+        WHERE (r.campaign_id, r.recipient_id, r.channel)
+            = (due.campaign_id, due.recipient_id, due.channel)
+        RETURNING r.campaign_id, r.recipient_id, r.channel, r.request::text AS request,
+                  r.attempts, extract(epoch FROM r.first_at)::float8 AS first_at,
+                  r.last_reason, due.was
+        """,
+        owner, limit, lease_seconds, list(channels),
+    )
+
+
+async def refresh_retries(conn: asyncpg.Connection, keys: Sequence[Key], owner: str) -> None:
+    await conn.execute(
+        """
+        UPDATE retries SET claimed_at = now()
+        WHERE (campaign_id, recipient_id, channel) IN (
+            SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[])) AND owner = $4
+        """,
+        [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], owner,
+    )
+
+
+async def settle_retries(
+    conn: asyncpg.Connection, outcomes: Sequence[tuple[Request, Outcome, bytes]]
+) -> None:
+    """Record scheduled messages' final outcomes (the first one of a key stays) and mark them
+    `settled` until published."""
+    if not outcomes:
+        return
+    done_at = datetime.now(UTC)
+    async with conn.transaction():
+        await _DELIVERIES_IN.load(conn, [
+            (o.campaign_id, o.recipient_id, o.channel, r.event_id, data.decode(), done_at)
+            for r, o, data in outcomes
+        ])
+        await conn.execute(
+            f"""
+            INSERT INTO deliveries AS d ({", ".join(_DELIVERY_COLUMNS)})
+            SELECT * FROM {_DELIVERIES_IN.name}
+            ON CONFLICT (campaign_id, recipient_id, channel) DO UPDATE
+            SET outcome = excluded.outcome, done_at = excluded.done_at
+            WHERE d.outcome IS NULL
+            """
+        )
+        await conn.execute(
+            f"""
+            UPDATE retries r SET status = 'settled', claimed_at = now()
+            FROM {_DELIVERIES_IN.name} k
+            WHERE (r.campaign_id, r.recipient_id, r.channel)
+                = (k.campaign_id, k.recipient_id, k.channel)
+            """
+        )
+
+
+async def recorded_outcomes(conn: asyncpg.Connection, keys: Sequence[Key]) -> dict[Key, Outcome]:
+    rows = await conn.fetch(
+        """
+        SELECT d.campaign_id, d.recipient_id, d.channel, d.outcome::text AS outcome
+        FROM unnest($1::uuid[], $2::bigint[], $3::text[]) AS k(campaign_id, recipient_id, channel)
+        JOIN deliveries d USING (campaign_id, recipient_id, channel)
+        WHERE d.outcome IS NOT NULL
+        """,
+        [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
+    )
+    return {
+        (r["campaign_id"], r["recipient_id"], r["channel"]): decode_outcome(r["outcome"])
+        for r in rows
+    }
+
+
+async def forget_retries(conn: asyncpg.Connection, keys: Sequence[Key]) -> None:
+    """Settled and published: off the schedule."""
+    await conn.execute(
+        """
+        DELETE FROM retries WHERE (campaign_id, recipient_id, channel) IN (
+            SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[]))
+        """,
+        [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
+    )
+
+
+async def aborted_gates(conn: asyncpg.Connection) -> set[uuid.UUID]:
+    rows = await conn.fetch("SELECT campaign_id FROM gates WHERE aborted_at IS NOT NULL")
+    return {r["campaign_id"] for r in rows}
+
+
+async def aborted_gates_of(
+    conn: asyncpg.Connection, campaign_ids: Sequence[uuid.UUID]
+) -> set[uuid.UUID]:
+    rows = await conn.fetch(
+        "SELECT campaign_id FROM gates WHERE campaign_id = ANY($1::uuid[]) "
+        "AND aborted_at IS NOT NULL", list(campaign_ids))
+    return {r["campaign_id"] for r in rows}

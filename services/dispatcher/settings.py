@@ -33,8 +33,30 @@ class DispatcherSettings(CommonSettings):
     # Provider calls in flight at once per process, and the provider's rate limit.
     concurrency: int = 200
     rate_limit_per_second: float = 0.0  # 0 = unlimited
-    max_attempts: int = 3
-    retry_backoff_seconds: float = 0.2
+    # The retry schedule: a retryable failure is tried again after base · 2^(attempt-1)
+    # seconds (capped, jittered 0.5-1.5x, at least the provider's Retry-After) until the
+    # deadline after the first attempt; then it fails with the last reason.
+    retry_base_seconds: float = 1.0
+    retry_cap_seconds: float = 300.0
+    retry_deadline_seconds: float = 4 * 3600.0
+    # A provider whose calls fail retryably (at least `breaker_failure_ratio` of at least
+    # `breaker_min_calls` calls within `breaker_window_seconds`) is paused: its messages wait on
+    # the retry schedule, and one probe call after `breaker_open_seconds` (doubling up to
+    # `breaker_max_open_seconds`) decides when sends resume.
+    breaker_window_seconds: float = 10.0
+    breaker_min_calls: int = 20
+    breaker_failure_ratio: float = 0.5
+    breaker_open_seconds: float = 2.0
+    breaker_max_open_seconds: float = 30.0
+    # A claim (a provider call that may have started) is refreshed by its owner while it
+    # works; one older than this was left by a process that died mid-call.
+    claim_lease_seconds: float = 15.0
+    # A message whose call may have reached the provider when its process died is reported
+    # failed `in_doubt` (never a second message to a voter). True: send it again with the same
+    # idempotency key, for providers that honour it.
+    resend_in_doubt: bool = False
+    # How long a rebalance or a stop waits for a batch in flight to settle.
+    drain_seconds: float = 25.0
     # Kafka records per batch. A mass send-out's record holds up to the scheduler's
     # `send_batch_size` requests (100): 50 records are up to 5,000 messages.
     batch_max_records: int = 50
@@ -44,3 +66,10 @@ class DispatcherSettings(CommonSettings):
     consumers: int = 2
     # Outcomes per Kafka record (`OutcomeBatch`, one campaign's) published to the tracker.
     outcome_batch_size: int = 500
+    # Templates that do more than output variables are rendered in worker processes
+    # (services/dispatcher/rendering.py): each message within this much CPU time, at most this
+    # long, by this many workers, each limited to this much address space.
+    render_time_limit_seconds: float = 0.5
+    render_max_output_chars: int = 100_000
+    render_workers: int = 1
+    render_memory_limit_mb: int = 1024

@@ -6,23 +6,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient
 from fastapi import Depends, FastAPI
 
 from services.scheduler import auth, domain, handlers, passwords, repo, service
 from services.scheduler.fanout import FanoutRunner
+from services.scheduler.outbox_relay import OutboxRelay
 from services.scheduler.schedules import ScheduleLoop
 from services.scheduler.service import AbortAcks
 from services.scheduler.settings import SchedulerSettings
 from services.scheduler.voters import handlers as voters
 from shared import db, http_errors, topics, wire
-from shared.events import (
-    AddressOptedOut,
-    ApiTokenIssued,
-    ApiTokenRevoked,
-    CampaignStarted,
-    Event,
-)
+from shared.events import ApiTokenIssued, ApiTokenRevoked, CampaignStarted
 from shared.kafka import (
     ensure_topics,
     group_instances,
@@ -69,24 +65,36 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
         acks = AbortAcks()
         broker.include_router(handlers.kafka_router(pool, acks))
 
-        async def publish_requests(events: list[wire.SendRequested]) -> None:
-            records = wire.request_records(events, settings.send_batch_size)
+        # The fan-out's pages are published directly (not through the outbox): each page is
+        # published before its checkpoint is stored, with stable event ids.
+        async def publish_requests(
+            context: wire.CampaignContext, events: list[wire.SendRequested]
+        ) -> None:
+            records = wire.request_records(events, settings.send_batch_size, context)
             await publish_encoded(requests_pub, records, service="scheduler")
 
-        async def publish_lifecycle(event: Event) -> None:
-            keyed = [(event.campaign_id.bytes, event)]
-            await publish_all(lifecycle_pub, keyed, service="scheduler")
-
-        async def publish_opt_out(event: AddressOptedOut) -> None:
-            keyed = [(event.organisation_id.bytes, event)]
-            await publish_all(opt_outs_pub, keyed, service="scheduler")
+        async def publish_started(event: CampaignStarted) -> None:
+            await publish_all(lifecycle_pub, [(event.campaign_id.bytes, event)],
+                              service="scheduler")
 
         async def publish_identity(events: list[ApiTokenIssued | ApiTokenRevoked]) -> None:
             keyed = [(bytes.fromhex(e.token_hash), e) for e in events]
             await publish_all(identity_pub, keyed, service="scheduler")
 
-        async def publish_started(event: CampaignStarted) -> None:
-            await publish_lifecycle(event)
+        async def relay_connection() -> asyncpg.Connection:
+            # Its own connection, outside the pool: it holds the relay's lock and LISTENs.
+            return await asyncpg.connect(
+                settings.database_url, server_settings={"search_path": "scheduler, public"})
+
+        # Every other event the scheduler emits is written with its state change, in the same
+        # transaction (services/scheduler/outbox.py), and published from there after commit.
+        relay = OutboxRelay(
+            relay_connection,
+            {publisher.topic: publisher
+             for publisher in (lifecycle_pub, opt_outs_pub, identity_pub, requests_pub)},
+            service="scheduler",
+            poll_seconds=settings.outbox_poll_seconds,
+        )
 
         async def list_dispatchers() -> set[str]:
             return await group_instances(admin, DISPATCHER_GROUP)
@@ -101,20 +109,21 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
         schedules = ScheduleLoop(pool, fanout, settings.schedule_poll_seconds)
         await broker.start()
         await service.publish_all_tokens(pool, publish_identity)
+        relay.start()
         fanout.start()
         schedules.start()
-        deps = handlers.Deps(pool, fanout, publish_lifecycle, publish_requests, publish_opt_out,
-                             publish_identity, acks, list_dispatchers, settings)
+        deps = handlers.Deps(pool, fanout, acks, list_dispatchers, settings)
         user = Depends(auth.require_user(pool))
         app.include_router(handlers.http_router(deps, user))
         app.include_router(voters.http_router(pool, settings.default_phone_region, user))
-        app.include_router(passwords.http_router(pool, publish_identity, user))
+        app.include_router(passwords.http_router(pool, user))
         app.include_router(ops_router(standard_checks(pool, broker)))
         try:
             yield
         finally:
             await schedules.stop()
             await fanout.stop()
+            await relay.stop()
             await broker.stop()
             await admin.close()
             await pool.close()

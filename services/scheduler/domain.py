@@ -6,7 +6,7 @@ import csv
 import io
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -14,18 +14,23 @@ from typing import Any, Literal
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
-from jinja2 import TemplateSyntaxError, meta
-from jinja2.sandbox import SandboxedEnvironment
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from shared import wire
+from shared import templating, wire
 from shared.events import Channel
+from shared.templating import TemplateProblem
 
 CampaignState = Literal["draft", "scheduled", "sending", "aborting", "aborted", "completed"]
 # Namespace for deterministic send-requested event ids: a re-published page reuses its ids, so
 # consumers see a duplicate, not a second request.
 _SEND_NS = uuid.UUID("6f1c7c33-0d1e-4c55-9d8b-5b0e3c1f6a10")
-_ENV = SandboxedEnvironment()
 # Variables every recipient row can provide, from its columns (the rest come from attributes).
 RECIPIENT_COLUMNS = ("first_name", "last_name", "email", "phone")
 
@@ -72,6 +77,45 @@ def ensure_allowed(campaign_id: uuid.UUID, state: str, action: str) -> None:
         raise InvalidTransition(campaign_id, state, action)
 
 
+def abort_answer(
+    *, total: int, members: set[str], acks: Mapping[str, int], relayed: bool,
+    waited_seconds: float,
+) -> dict[str, Any]:
+    """What an abort answers, from the dispatchers' acknowledgements.
+
+    Acknowledged only if at least one dispatcher answered and every live member of their group
+    did: silence (a hung dispatcher, or none at all) is never taken for a yes. Any one answer
+    means nothing unclaimed is sent afterwards (each dispatcher fences the campaign in the
+    database before answering), so `pending` is the total less the most messages any answer
+    counted as sent or settled; None without an answer.
+    """
+    settled = max(acks.values(), default=None)
+    unresponsive = sorted(members - set(acks))
+    acknowledged = bool(acks) and not unresponsive
+    result: dict[str, Any] = {
+        "pending": total - settled if settled is not None else None,
+        "acknowledged": acknowledged,
+        "acknowledged_by": sorted(acks),
+        "unresponsive": unresponsive,
+    }
+    if acknowledged:
+        return result
+    if not relayed:
+        why = "the abort is recorded but Kafka has not taken it yet; it will be published"
+    elif unresponsive:
+        why = (f"{', '.join(unresponsive)} did not answer within {waited_seconds:g} s "
+               "(hung or unreachable?)")
+    else:
+        why = "no dispatcher is a live member of the dispatchers' group to answer"
+    if acks:
+        message = (f"not every dispatcher answered: {why}; those that answered start no "
+                   "provider call for the campaign any more")
+    else:
+        message = (f"no dispatcher answered: {why}; the campaign is aborting, and dispatchers "
+                   "skip its remaining messages once they read the abort")
+    return {**result, "message": message}
+
+
 def ensure_can_send_now(campaign_id: uuid.UUID, state: str) -> None:
     ensure_allowed(campaign_id, state, "send out now")
 
@@ -101,15 +145,18 @@ def ensure_schedulable_time(at: datetime, now: datetime | None = None) -> dateti
 _SMS_SENDER = re.compile(r"^(?:[A-Za-z0-9 ]{1,11}|\+[1-9]\d{6,14})$")
 
 
-def _syntax_checked(value: str | None, what: str) -> str | None:
+def _template_checked(value: str | None, what: str) -> str | None:
+    """The template text, if it compiles and renders for a sample recipient (shared.templating's
+    check: within a time limit, sizes and work bounded, output only text and numbers); else a
+    ValueError naming the field and the problem, which the API answers with 422."""
     if value is None:
         return None
     if not value.strip():
         raise ValueError(f"{what} must not be empty")
     try:
-        _ENV.parse(value)
-    except TemplateSyntaxError as exc:
-        raise ValueError(f"{what} syntax error on line {exc.lineno}: {exc.message}") from exc
+        templating.check_template(value)
+    except TemplateProblem as problem:
+        raise ValueError(f"{what}: {problem}") from None
     return value
 
 
@@ -150,11 +197,13 @@ class TemplateIn(BaseModel):
     email_body: str | None = Field(default=None, max_length=100_000)
     sms_body: str | None = Field(default=None, max_length=2_000)
 
+    @field_validator("email_subject", "email_body", "sms_body")
+    @classmethod
+    def renders(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _template_checked(value, str(info.field_name))
+
     @model_validator(mode="after")
-    def bodies_parse(self) -> TemplateIn:
-        _syntax_checked(self.email_subject, "email_subject")
-        _syntax_checked(self.email_body, "email_body")
-        _syntax_checked(self.sms_body, "sms_body")
+    def has_a_body(self) -> TemplateIn:
         if self.email_body is None and self.sms_body is None:
             raise ValueError("a template needs an email_body or an sms_body")
         return self
@@ -175,7 +224,7 @@ class TemplateVersion:
         texts = [self.body(c) for c in channels]
         if "email" in channels:
             texts.append(self.email_subject)
-        return {v for t in texts if t for v in meta.find_undeclared_variables(_ENV.parse(t))}
+        return {v for t in texts if t for v in templating.template_variables(t)}
 
 
 @dataclass(frozen=True)
@@ -221,12 +270,10 @@ class CreateCampaign(BaseModel):
     template: str | None = Field(default=None, max_length=100_000)
     subject: str | None = Field(default=None, max_length=500)
 
-    @field_validator("template")
+    @field_validator("template", "subject")
     @classmethod
-    def template_parses(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("template must not be empty")
-        return _syntax_checked(value, "template")
+    def renders(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _template_checked(value, str(info.field_name))
 
     @model_validator(mode="after")
     def one_of_each(self) -> CreateCampaign:
@@ -240,7 +287,6 @@ class CreateCampaign(BaseModel):
             raise ValueError("give exactly one of sender_id or sender")
         if (self.template_id is None) == (self.template is None):
             raise ValueError("give exactly one of template_id or template")
-        _syntax_checked(self.subject, "subject")
         return self
 
     def inline_template(self) -> TemplateIn | None:

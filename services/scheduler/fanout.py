@@ -24,7 +24,8 @@ from shared.events import CampaignStarted, ChannelTemplate, SenderInfo, Template
 
 log = logging.getLogger(__name__)
 
-PublishRequests = Callable[[list[wire.SendRequested]], Awaitable[None]]
+# One campaign's requests, with the campaign's context for every record to carry.
+PublishRequests = Callable[[wire.CampaignContext, list[wire.SendRequested]], Awaitable[None]]
 PublishStarted = Callable[[CampaignStarted], Awaitable[None]]
 
 
@@ -55,6 +56,25 @@ def started_event(row: asyncpg.Record) -> CampaignStarted:
     )
 
 
+def campaign_context(row: asyncpg.Record) -> wire.CampaignContext:
+    """The templates and sender every send request of the campaign carries: what its
+    `started` event says (`started_event(row).context()`), as the hot path encodes it."""
+    channels = row["channels"]
+    templates = {}
+    if "email" in channels:
+        templates["email"] = wire.ChannelTemplate(body=row["email_body"],
+                                                  subject=row["email_subject"])
+    if "sms" in channels:
+        templates["sms"] = wire.ChannelTemplate(body=row["sms_body"])
+    return wire.CampaignContext(
+        organisation_id=row["organisation_id"],
+        template=wire.TemplateRef(id=row["template_id"], version=row["template_version"]),
+        templates=templates,
+        sender=wire.SenderInfo(name=row["sender_name"], email=row["sender_email"],
+                               sms_sender_id=row["sender_sms_id"]),
+    )
+
+
 async def fan_out(
     pool: asyncpg.Pool,
     campaign_id: uuid.UUID,
@@ -75,7 +95,8 @@ async def fan_out(
                 return True
             # Re-published on resume on purpose: same event id, consumers apply it once.
             await publish_started(started_event(row))
-            template = wire.TemplateRef(id=row["template_id"], version=row["template_version"])
+            context = campaign_context(row)
+            template = context.template
             pressed, skip_reason = _selection(row["kind"], row["state"])
             after_id: int = row["fanout_after_id"]
             published = 0
@@ -88,6 +109,7 @@ async def fan_out(
                     suppressed = await repo.opted_out(conn, row["organisation_id"], addresses)
                     now = datetime.now(UTC)
                     await publish_requests(
+                        context,
                         [
                             domain.send_requested_for(
                                 campaign_id=campaign_id, channel=channel, template=template,

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+from aiokafka import ConsumerRecord
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from faststream.kafka import KafkaRouter
 from faststream.kafka.annotations import KafkaBroker, KafkaMessage
@@ -19,14 +21,13 @@ from services.scheduler.fanout import FanoutRunner
 from services.scheduler.settings import SchedulerSettings
 from shared import topics, webhooks
 from shared.auth import Principal
-from shared.events import LIFECYCLE, AbortAcknowledged, CampaignCompleted
+from shared.events import LIFECYCLE, AbortAcknowledged, CampaignCompleted, LifecycleEvent
 from shared.kafka import (
     BATCH_CONSUMER,
     BROADCAST_CONSUMER,
-    accept_batch,
     decode_records,
+    process_bounded,
     records_of,
-    redelivered_on_failure,
 )
 
 SERVICE = "scheduler"
@@ -37,10 +38,6 @@ MAX_CSV_BYTES = 200 * 1024 * 1024
 class Deps:
     pool: asyncpg.Pool
     fanout: FanoutRunner
-    publish_lifecycle: service.PublishLifecycle
-    publish_requests: p2p.PublishRequests
-    publish_opt_out: p2p.PublishOptOut
-    publish_identity: service.PublishIdentity
     acks: service.AbortAcks
     list_dispatchers: service.ListDispatchers
     settings: SchedulerSettings
@@ -177,20 +174,20 @@ def http_router(deps: Deps, user: Any) -> APIRouter:
     async def schedule(
         campaign_id: uuid.UUID, cmd: domain.ScheduleCampaign, principal: Principal = user
     ) -> dict[str, Any]:
-        await service.schedule(pool, campaign_id, cmd.at, principal, deps.publish_lifecycle)
+        await service.schedule(pool, campaign_id, cmd.at, principal)
         return await view(campaign_id, principal)
 
     @router.post("/campaigns/{campaign_id}/cancel", tags=["campaigns"])
     async def cancel(campaign_id: uuid.UUID, principal: Principal = user) -> dict[str, Any]:
         """Cancel a schedule before its time: nothing is sent; the campaign is a draft again."""
-        await service.cancel(pool, campaign_id, principal, deps.publish_lifecycle)
+        await service.cancel(pool, campaign_id, principal)
         return await view(campaign_id, principal)
 
     @router.post("/campaigns/{campaign_id}/abort", status_code=202, tags=["campaigns"])
     async def abort(campaign_id: uuid.UUID, principal: Principal = user) -> dict[str, Any]:
         """Answers once no provider call for the campaign can start any more."""
         result = await service.abort(
-            pool, campaign_id, principal, publish=deps.publish_lifecycle, acks=deps.acks,
+            pool, campaign_id, principal, acks=deps.acks,
             list_dispatchers=deps.list_dispatchers,
             wait_seconds=deps.settings.abort_ack_timeout_seconds,
         )
@@ -246,7 +243,7 @@ def http_router(deps: Deps, user: Any) -> APIRouter:
             user = Principal(await repo.upsert_user(conn, org, cmd.name), org, cmd.name)
             if password_hash:
                 await passwords.set_password(conn, user.user_id, password_hash, cmd.email)
-            token = await service.issue_token(conn, user, deps.publish_identity)
+            token = await service.issue_token(conn, user)
         return user_view(user, token=token)
 
     @router.post("/admin/users/{user_id}/tokens", status_code=201, tags=["admin"],
@@ -255,7 +252,7 @@ def http_router(deps: Deps, user: Any) -> APIRouter:
         """A further token for the user (e.g. to rotate: add, switch, then revoke the old)."""
         async with pool.acquire() as conn, conn.transaction():
             user = await user_or_404(conn, user_id)
-            token = await service.issue_token(conn, user, deps.publish_identity)
+            token = await service.issue_token(conn, user)
         return user_view(user, token=token)
 
     @router.delete("/admin/users/{user_id}/tokens", tags=["admin"], dependencies=admin)
@@ -263,7 +260,7 @@ def http_router(deps: Deps, user: Any) -> APIRouter:
         """Revoke every token of the user, in every service."""
         async with pool.acquire() as conn, conn.transaction():
             user = await user_or_404(conn, user_id)
-            revoked = await service.revoke_tokens(conn, user, deps.publish_identity)
+            revoked = await service.revoke_tokens(conn, user)
         return user_view(user, revoked=revoked)
 
     # --- peer to peer ------------------------------------------------------------------------
@@ -307,7 +304,7 @@ def http_router(deps: Deps, user: Any) -> APIRouter:
     ) -> dict[str, Any]:
         """SEND (or Enter) for one recipient: sends now, or queues it for the scheduled time."""
         return await p2p.press_send(pool, campaign_id, recipient_id, principal,
-                                    deps.publish_requests)
+                                    deps.settings.send_batch_size)
 
     @router.post("/campaigns/{campaign_id}/end", tags=["peer to peer"])
     async def end_campaign(
@@ -331,7 +328,7 @@ def http_router(deps: Deps, user: Any) -> APIRouter:
     @router.post("/opt-outs", status_code=201, tags=["opt-outs"])
     async def add_opt_out(cmd: domain.OptOut, principal: Principal = user) -> dict[str, Any]:
         address = await p2p.opt_out(pool, principal.organisation_id, cmd.address, source="api",
-                                    keyword=None, region=region, publish=deps.publish_opt_out)
+                                    keyword=None, region=region)
         return {"address": address, "opted_out": True}
 
     @router.post("/organisations/{organisation_id}/inbound-sms", tags=["opt-outs"])
@@ -354,8 +351,7 @@ def http_router(deps: Deps, user: Any) -> APIRouter:
         if not domain.is_stop_message(msg.body):
             return {"opted_out": False}
         address = await p2p.opt_out(pool, organisation_id, msg.sender, source="inbound_sms",
-                                    keyword=msg.body.strip().upper(), region=region,
-                                    publish=deps.publish_opt_out)
+                                    keyword=msg.body.strip().upper(), region=region)
         return {"opted_out": True, "address": address}
 
     return router
@@ -372,11 +368,12 @@ def kafka_router(pool: asyncpg.Pool, acks: service.AbortAcks) -> KafkaRouter:
         **BATCH_CONSUMER,
     )
     async def on_lifecycle(body: list[bytes], msg: KafkaMessage, broker: KafkaBroker) -> None:
-        async with redelivered_on_failure():
-            good = await accept_batch(msg, broker, LIFECYCLE, service=SERVICE)
+        async def apply(good: Sequence[tuple[ConsumerRecord[Any, Any], LifecycleEvent]]) -> None:
             for _, event in good:
                 if isinstance(event, CampaignCompleted):
                     await service.apply_completed(pool, event)
+
+        await process_bounded(msg, broker, LIFECYCLE, apply, service=SERVICE)
 
     # No group: every scheduler process sees every acknowledgement, since the abort request
     # waiting for it may be on any of them. Bad records are the group consumer's to park.

@@ -13,21 +13,16 @@ the campaign; opt-outs. The rules are the seed's (../shared/seeds/002_*):
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
 
-from services.scheduler import domain, repo
+from services.scheduler import domain, outbox, repo
 from services.scheduler.auth import Principal
-from services.scheduler.fanout import FanoutRunner, lock_key
+from services.scheduler.fanout import FanoutRunner, campaign_context, lock_key
 from services.scheduler.service import _ensure_recipients_fit
 from shared import wire
 from shared.events import AddressOptedOut
-from shared.wire import SendRequested
-
-PublishRequests = Callable[[list[SendRequested]], Awaitable[None]]
-PublishOptOut = Callable[[AddressOptedOut], Awaitable[None]]
 
 
 class Busy(domain.Conflict):
@@ -75,7 +70,7 @@ async def press_send(
     campaign_id: uuid.UUID,
     recipient_id: int,
     principal: Principal,
-    publish_requests: PublishRequests,
+    batch_size: int,
 ) -> dict[str, Any]:
     async with pool.acquire() as conn, conn.transaction():
         # FOR SHARE: presses run side by side, but not beside the schedule firing or an end.
@@ -93,18 +88,20 @@ async def press_send(
         if first:
             campaign = await repo.get_campaign(conn, campaign_id)
             assert campaign is not None
-            template = wire.TemplateRef(id=campaign["template_id"],
-                                        version=campaign["template_version"])
+            context = campaign_context(campaign)
             addresses = [a for a in (recipient["email"], recipient["phone"]) if a]
             suppressed = await repo.opted_out(conn, row["organisation_id"], addresses)
-            # Published inside the transaction: if it fails, the press is not recorded either,
-            # and pressing again is safe (the request's id is stable, dispatchers dedupe).
-            await publish_requests([
+            # With the press, in its transaction: published once it commits (the request's id
+            # is stable, dispatchers dedupe a repeat). The record carries the campaign's
+            # templates and sender, so it goes out without waiting for anything else.
+            requests = [
                 domain.send_requested_for(campaign_id=campaign_id, channel=channel,
-                                          template=template, row=recipient,
+                                          template=context.template, row=recipient,
                                           opted_out=suppressed)
                 for channel in row["channels"]
-            ])
+            ]
+            await outbox.add(conn, outbox.send_requests(
+                wire.request_records(requests, batch_size, context)))
         return {"recipient_id": recipient_id, "status": "sent" if first else "already sent"}
 
 
@@ -141,7 +138,6 @@ async def opt_out(
     source: str,
     keyword: str | None,
     region: str,
-    publish: PublishOptOut,
 ) -> str:
     normalised = domain.normalise_address(address, region)
     async with pool.acquire() as conn, conn.transaction():
@@ -153,7 +149,7 @@ async def opt_out(
             """,
             organisation_id, normalised,
         )
-        # Dispatchers learn at once (before the commit: a failed publish undoes the opt-out,
-        # and the caller can retry; a repeated event is harmless).
-        await publish(AddressOptedOut(organisation_id=organisation_id, address=normalised))
+        # Dispatchers learn once it commits (a repeated event is harmless).
+        await outbox.add(conn, [outbox.opt_out(
+            AddressOptedOut(organisation_id=organisation_id, address=normalised))])
     return normalised

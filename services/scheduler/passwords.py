@@ -98,8 +98,7 @@ class FailureLimiter:
         self.failures.pop(key, None)
 
 
-def http_router(pool: asyncpg.Pool, publish_identity: service.PublishIdentity, user: Any,
-                limiter: FailureLimiter | None = None,
+def http_router(pool: asyncpg.Pool, user: Any, limiter: FailureLimiter | None = None,
                 client_limiter: FailureLimiter | None = None) -> APIRouter:
     router = APIRouter(prefix="/auth", tags=["sign-in"])
     limiter = limiter or FailureLimiter(limit=5, window=300)
@@ -139,7 +138,8 @@ def http_router(pool: asyncpg.Pool, publish_identity: service.PublishIdentity, u
         limiter.succeeded(keys[0])
         principal = Principal(row["id"], row["organisation_id"], row["name"])
         async with pool.acquire() as conn, conn.transaction():
-            token = await service.issue_token(conn, principal, publish_identity)
+            # Announced to the other services through the outbox, with this transaction.
+            token = await service.issue_token(conn, principal)
         return {"token": token, "user_id": str(row["id"]),
                 "organisation_id": str(row["organisation_id"]),
                 "organisation": row["organisation"], "name": row["name"]}

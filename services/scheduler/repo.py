@@ -209,9 +209,10 @@ async def lock_campaign_state(
 async def copy_recipients(
     conn: asyncpg.Connection, campaign_id: uuid.UUID, rows: Sequence[RecipientRow]
 ) -> int:
+    # Unqualified, like every other statement here: the connection's search path names the
+    # schema.
     await conn.copy_records_to_table(
         "recipients",
-        schema_name="scheduler",
         columns=["campaign_id", "email", "email_invalid", "phone", "phone_invalid",
                  "first_name", "last_name", "attributes", "voter_id"],
         records=(

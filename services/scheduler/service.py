@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 
-from services.scheduler import auth, domain, repo
+from services.scheduler import auth, domain, outbox, repo
 from services.scheduler.fanout import FanoutRunner
 from services.scheduler.voters import repo as voters_repo
 from shared.auth import Principal
@@ -24,12 +24,10 @@ from shared.events import (
     CampaignCanceled,
     CampaignCompleted,
     CampaignScheduled,
-    Event,
 )
 
 log = logging.getLogger(__name__)
 
-PublishLifecycle = Callable[[Event], Awaitable[None]]
 PublishIdentity = Callable[[list[ApiTokenIssued | ApiTokenRevoked]], Awaitable[None]]
 ListDispatchers = Callable[[], Awaitable[set[str]]]
 
@@ -138,8 +136,7 @@ async def send_now(
 
 
 async def schedule(
-    pool: asyncpg.Pool, campaign_id: uuid.UUID, at: Any, actor: Principal,
-    publish: PublishLifecycle,
+    pool: asyncpg.Pool, campaign_id: uuid.UUID, at: Any, actor: Principal
 ) -> None:
     at = domain.ensure_schedulable_time(at)
     async with pool.acquire() as conn, conn.transaction():
@@ -149,13 +146,11 @@ async def schedule(
         await repo.set_scheduled(conn, campaign_id, at)
         await repo.audit(conn, campaign_id, "scheduled", actor,
                          {"scheduled_for": at.isoformat(), "recipients": recipients})
-        # Inside the transaction: if the publish fails, the schedule is not taken either.
-        await publish(CampaignScheduled(campaign_id=campaign_id, scheduled_for=at))
+        await outbox.add(conn, [outbox.lifecycle(
+            CampaignScheduled(campaign_id=campaign_id, scheduled_for=at))])
 
 
-async def cancel(
-    pool: asyncpg.Pool, campaign_id: uuid.UUID, actor: Principal, publish: PublishLifecycle
-) -> None:
+async def cancel(pool: asyncpg.Pool, campaign_id: uuid.UUID, actor: Principal) -> None:
     async with pool.acquire() as conn, conn.transaction():
         state = await _locked_state(conn, campaign_id, actor)
         domain.ensure_allowed(campaign_id, state, "cancel the schedule")
@@ -164,7 +159,7 @@ async def cancel(
         await repo.clear_presses(conn, campaign_id)
         await repo.release_senders(conn, [campaign_id])
         await repo.audit(conn, campaign_id, "canceled", actor, {})
-        await publish(CampaignCanceled(campaign_id=campaign_id))
+        await outbox.add(conn, [outbox.lifecycle(CampaignCanceled(campaign_id=campaign_id))])
 
 
 async def fire_due(pool: asyncpg.Pool, fanout: FanoutRunner, limit: int = 50) -> list[uuid.UUID]:
@@ -189,9 +184,23 @@ async def fire_due(pool: asyncpg.Pool, fanout: FanoutRunner, limit: int = 50) ->
 
 @dataclass
 class _Wait:
-    expected: set[str]
+    # Instances whose answer is awaited: the dispatchers' group members once they are known.
+    expected: set[str] | None = None
     acks: dict[str, int] = field(default_factory=dict)
     done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def expect(self, instances: set[str]) -> None:
+        self.expected = set(instances)
+        self._check()
+
+    def acknowledged(self, instance: str, settled: int) -> None:
+        self.acks[instance] = settled
+        self._check()
+
+    def _check(self) -> None:
+        # Done once someone answered and every member known answered: silence is no answer.
+        if self.expected is not None and self.acks and self.expected <= set(self.acks):
+            self.done.set()
 
 
 class AbortAcks:
@@ -201,10 +210,10 @@ class AbortAcks:
         self._waits: dict[uuid.UUID, _Wait] = {}
 
     @contextlib.contextmanager
-    def expecting(self, campaign_id: uuid.UUID, instances: set[str]) -> Any:
-        wait = _Wait(set(instances))
-        if not instances:
-            wait.done.set()
+    def expecting(self, campaign_id: uuid.UUID) -> Any:
+        """Collect the campaign's acknowledgements from now on (before its abort can be
+        published: the relay may publish it as soon as the transaction commits)."""
+        wait = _Wait()
         self._waits[campaign_id] = wait
         try:
             yield wait
@@ -213,11 +222,8 @@ class AbortAcks:
 
     def acknowledged(self, event: AbortAcknowledged) -> None:
         wait = self._waits.get(event.campaign_id)
-        if wait is None:
-            return
-        wait.acks[event.instance] = event.settled
-        if wait.expected <= set(wait.acks):
-            wait.done.set()
+        if wait is not None:
+            wait.acknowledged(event.instance, event.settled)
 
 
 async def abort(
@@ -225,40 +231,48 @@ async def abort(
     campaign_id: uuid.UUID,
     actor: Principal,
     *,
-    publish: PublishLifecycle,
     acks: AbortAcks,
     list_dispatchers: ListDispatchers,
     wait_seconds: float,
 ) -> dict[str, Any]:
-    """Stop a send-out: answer only once every running dispatcher confirmed that no provider
-    call for the campaign will start any more, with how many messages were still pending."""
-    async with pool.acquire() as conn, conn.transaction():
-        domain.ensure_allowed(campaign_id, await _locked_state(conn, campaign_id, actor), "abort")
-        await repo.set_aborting(conn, campaign_id)
-    instances = await list_dispatchers()
-    with acks.expecting(campaign_id, instances) as wait:
-        await publish(CampaignAborted(campaign_id=campaign_id))
+    """Stop a send-out: answer once the dispatchers confirmed that no provider call for the
+    campaign will start any more (or the wait ran out), with how many messages were still
+    pending. Acknowledged only if at least one dispatcher answered and every live member of
+    their group did."""
+    with acks.expecting(campaign_id) as wait:
+        async with pool.acquire() as conn, conn.transaction():
+            state = await _locked_state(conn, campaign_id, actor)
+            domain.ensure_allowed(campaign_id, state, "abort")
+            await repo.set_aborting(conn, campaign_id)
+            outbox_id = await outbox.add(
+                conn, [outbox.lifecycle(CampaignAborted(campaign_id=campaign_id))])
+        # Committed: the relay publishes the abort now, and dispatchers answer it.
+        try:
+            members = await list_dispatchers()
+        except Exception:
+            # Committed already: answer with what the dispatchers say, without the roll call.
+            log.exception("could not list the dispatchers' group members",
+                          extra={"campaign_id": str(campaign_id)})
+            members = set()
+        wait.expect(members)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(wait.done.wait(), wait_seconds)
     async with pool.acquire() as conn, conn.transaction():
         row = await repo.get_campaign(conn, campaign_id)
         assert row is not None
-        confirmed = wait.expected <= set(wait.acks)
-        # Each dispatcher counts the same shared records; the latest count is the largest.
-        settled = max(wait.acks.values(), default=None)
-        pending = row["total"] - settled if settled is not None else None
-        if pending is not None:
-            await repo.set_abort_pending(conn, campaign_id, pending)
-        result = {
-            "pending": pending,
-            "acknowledged": confirmed,
-            "acknowledged_by": sorted(wait.acks),
-            "missing_acknowledgements": sorted(wait.expected - set(wait.acks)),
-        }
+        relayed = not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM outbox WHERE id = $1)",
+                                          outbox_id)
+        result = domain.abort_answer(
+            total=row["total"], members=wait.expected or set(), acks=wait.acks,
+            relayed=relayed, waited_seconds=wait_seconds,
+        )
+        if result["pending"] is not None:
+            await repo.set_abort_pending(conn, campaign_id, result["pending"])
         await repo.audit(conn, campaign_id, "aborted", actor, result)
-    if not confirmed:
+    if not result["acknowledged"]:
+        # `message` would clash with the log record's own.
         log.error("abort not acknowledged by every dispatcher",
-                  extra={"campaign_id": str(campaign_id), **result})
+                  extra={"campaign_id": str(campaign_id), "answer": result})
     return result
 
 
@@ -311,27 +325,24 @@ async def send_to_voter(
 
 
 # --- API tokens ----------------------------------------------------------------------------------
-# Issued and revoked inside the caller's transaction, published before it commits: if the
-# publish fails, no token exists; if the commit fails after it, the other services know a hash
-# that no one holds. Either way no service accepts a token the scheduler does not.
+# Issued and revoked inside the caller's transaction, their events written to the outbox in it:
+# published once committed, never for a token the rollback undid.
 
-async def issue_token(
-    conn: asyncpg.Connection, user: Principal, publish: PublishIdentity
-) -> str:
+async def issue_token(conn: asyncpg.Connection, user: Principal) -> str:
     token = auth.new_token()
     token_hash = auth.hash_token(token)
     await repo.insert_token(conn, user.user_id, token_hash)
-    await publish([ApiTokenIssued(token_hash=token_hash.hex(), user_id=user.user_id,
-                                  organisation_id=user.organisation_id, user_name=user.name)])
+    await outbox.add(conn, outbox.identity([ApiTokenIssued(
+        token_hash=token_hash.hex(), user_id=user.user_id,
+        organisation_id=user.organisation_id, user_name=user.name)]))
     return token
 
 
-async def revoke_tokens(
-    conn: asyncpg.Connection, user: Principal, publish: PublishIdentity
-) -> int:
+async def revoke_tokens(conn: asyncpg.Connection, user: Principal) -> int:
     hashes = await repo.revoke_tokens(conn, user.user_id)
-    await publish([ApiTokenRevoked(token_hash=h.hex(), user_id=user.user_id,
-                                   organisation_id=user.organisation_id) for h in hashes])
+    await outbox.add(conn, outbox.identity([
+        ApiTokenRevoked(token_hash=h.hex(), user_id=user.user_id,
+                        organisation_id=user.organisation_id) for h in hashes]))
     return len(hashes)
 
 

@@ -15,6 +15,9 @@ class SchedulerSettings(CommonSettings):
     default_phone_region: str = "DK"
     # How often the schedule loop looks for due campaigns (bounds the schedule lag).
     schedule_poll_seconds: float = 0.2
+    # How often the outbox relay looks for unpublished events when no notification woke it
+    # (a commit's NOTIFY wakes it at once).
+    outbox_poll_seconds: float = 1.0
     # How long an abort waits for every dispatcher's acknowledgement before answering anyway.
     abort_ack_timeout_seconds: float = 10.0
     # Enables POST /admin/users (creating users and their API tokens) for whoever has it.

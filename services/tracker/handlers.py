@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import asyncpg
+from aiokafka import ConsumerRecord
 from fastapi import APIRouter, HTTPException, Query
 from faststream.kafka import KafkaRouter
 from faststream.kafka.annotations import KafkaBroker, KafkaMessage
@@ -14,13 +16,9 @@ from services.tracker import repo, service
 from services.tracker.service import PublishCompleted
 from shared import topics
 from shared.auth import Principal
-from shared.events import LIFECYCLE
-from shared.kafka import (
-    BATCH_CONSUMER,
-    accept_batch,
-    redelivered_on_failure,
-)
-from shared.wire import decode_outcomes
+from shared.events import LIFECYCLE, LifecycleEvent
+from shared.kafka import BATCH_CONSUMER, process_bounded
+from shared.wire import Outcome, decode_outcomes
 
 SERVICE = "tracker"
 
@@ -40,13 +38,14 @@ def kafka_router(
         **BATCH_CONSUMER,
     )
     async def on_outcomes(body: list[bytes], msg: KafkaMessage, broker: KafkaBroker) -> None:
-        async with redelivered_on_failure():
-            good = await accept_batch(msg, broker, decode_outcomes, service=SERVICE)
+        async def apply(good: Sequence[tuple[ConsumerRecord[Any, Any], list[Outcome]]]) -> None:
             await service.apply_outcomes(
                 pool, topics.OUTCOMES,
                 [(record, outcome) for record, outcomes in good for outcome in outcomes],
                 publish_completed,
             )
+
+        await process_bounded(msg, broker, decode_outcomes, apply, service=SERVICE)
 
     @router.subscriber(
         topics.CAMPAIGN_LIFECYCLE,
@@ -56,9 +55,10 @@ def kafka_router(
         **BATCH_CONSUMER,
     )
     async def on_lifecycle(body: list[bytes], msg: KafkaMessage, broker: KafkaBroker) -> None:
-        async with redelivered_on_failure():
-            good = await accept_batch(msg, broker, LIFECYCLE, service=SERVICE)
+        async def apply(good: Sequence[tuple[ConsumerRecord[Any, Any], LifecycleEvent]]) -> None:
             await service.apply_lifecycle(pool, [e for _, e in good], publish_completed)
+
+        await process_bounded(msg, broker, LIFECYCLE, apply, service=SERVICE)
 
     return router
 

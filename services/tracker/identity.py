@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import asyncpg
+from aiokafka import ConsumerRecord
 from faststream.kafka import KafkaRouter
 from faststream.kafka.annotations import KafkaBroker, KafkaMessage
 
 from shared import topics
 from shared.auth import Principal, bearer
 from shared.events import IDENTITY, ApiTokenIssued, ApiTokenRevoked
-from shared.kafka import BATCH_CONSUMER, accept_batch, redelivered_on_failure
+from shared.kafka import BATCH_CONSUMER, process_bounded
 
 SERVICE = "tracker"
 
@@ -57,10 +59,13 @@ def kafka_router(pool: asyncpg.Pool) -> KafkaRouter:
         **BATCH_CONSUMER,
     )
     async def on_identity(body: list[bytes], msg: KafkaMessage, broker: KafkaBroker) -> None:
-        async with redelivered_on_failure():
-            good = await accept_batch(msg, broker, IDENTITY, service=SERVICE)
+        async def store(
+            good: Sequence[tuple[ConsumerRecord[Any, Any], ApiTokenIssued | ApiTokenRevoked]],
+        ) -> None:
             async with pool.acquire() as conn, conn.transaction():
                 await apply(conn, [e for _, e in good])
+
+        await process_bounded(msg, broker, IDENTITY, store, service=SERVICE)
 
     return router
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
+from aiokafka import ConsumerRecord
 from fastapi import APIRouter, HTTPException, Request
 from faststream.kafka import KafkaRouter
 from faststream.kafka.annotations import KafkaBroker, KafkaMessage
@@ -17,12 +19,8 @@ from services.tracker import receipts_domain, receipts_service
 from services.tracker.receipts_domain import RECEIPT_BODY, ReceiptRejected
 from services.tracker.receipts_service import PublishReceipts
 from shared import topics
-from shared.events import RECEIPT
-from shared.kafka import (
-    BATCH_CONSUMER,
-    accept_batch,
-    redelivered_on_failure,
-)
+from shared.events import RECEIPT, DeliveryReported
+from shared.kafka import BATCH_CONSUMER, process_bounded
 
 SERVICE = "tracker"
 
@@ -38,9 +36,10 @@ def kafka_router(pool: asyncpg.Pool, max_records: int) -> KafkaRouter:
         **BATCH_CONSUMER,
     )
     async def on_receipts(body: list[bytes], msg: KafkaMessage, broker: KafkaBroker) -> None:
-        async with redelivered_on_failure():
-            good = await accept_batch(msg, broker, RECEIPT, service=SERVICE)
+        async def apply(good: Sequence[tuple[ConsumerRecord[Any, Any], DeliveryReported]]) -> None:
             await receipts_service.apply_receipts(pool, topics.RECEIPTS, good)
+
+        await process_bounded(msg, broker, RECEIPT, apply, service=SERVICE)
 
     return router
 

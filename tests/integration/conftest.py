@@ -21,10 +21,11 @@ _SERVICES = {
 }
 
 
-async def _pool(stack: Stack, service: str) -> asyncpg.Pool:
+async def _pool(stack: Stack, service: str, schema: str | None = None) -> asyncpg.Pool:
     migrations, init = _SERVICES[service]
-    pool = await db.create_pool(stack.database_url, service, max_size=4, init=init)
-    await db.migrate(pool, service, migrations)
+    schema = schema or service
+    pool = await db.create_pool(stack.database_url, schema, max_size=4, init=init)
+    await db.migrate(pool, schema, migrations)
     return pool
 
 
@@ -37,6 +38,8 @@ async def tracker_pool(stack: Stack) -> AsyncIterator[asyncpg.Pool]:
 
 @pytest.fixture(scope="session")
 async def dispatcher_pool(stack: Stack) -> AsyncIterator[asyncpg.Pool]:
-    pool = await _pool(stack, "dispatcher")
+    # A schema of its own: the dispatcher processes of the e2e tests, running in the same
+    # session, work the `dispatcher` schema's retry schedule and would take these tests' rows.
+    pool = await _pool(stack, "dispatcher", "dispatcher_itest")
     yield pool
     await pool.close()

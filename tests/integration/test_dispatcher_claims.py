@@ -14,15 +14,23 @@ from services.dispatcher.providers import (
     PermanentProviderError,
     RetryableProviderError,
 )
+from services.dispatcher.reliability import RetryPolicy
 from services.dispatcher.service import (
     AbortRegistry,
     Dispatcher,
     RateLimiter,
-    TemplateNotYetKnown,
 )
 from tests.factories import send_requested, started
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+async def _empty_retry_schedule(dispatcher_pool: asyncpg.Pool) -> None:
+    """The retry schedule is the process's, not the campaign's: what an earlier test (or run)
+    left on it would be sent by this test's dispatcher."""
+    async with dispatcher_pool.acquire() as conn:
+        await conn.execute("DELETE FROM retries")
 
 
 class RecordingProvider:
@@ -46,12 +54,33 @@ class RecordingProvider:
         return None
 
 
+async def settle_retries(d: Dispatcher, within: float = 10.0) -> list[domain.Outcome]:
+    """Run the retry schedule until it is empty; the outcomes it published."""
+    import asyncio
+
+    published: list[domain.Outcome] = []
+
+    async def publish(outcomes: list[tuple[domain.Outcome, bytes]]) -> None:
+        published.extend(o for o, _ in outcomes)
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while loop.time() < deadline:
+        await d.run_due_retries(publish)
+        async with d._pool.acquire() as conn:
+            if not await repo.any_scheduled(conn):
+                return published
+        await asyncio.sleep(0.02)
+    raise AssertionError("retries still scheduled")
+
+
 def _dispatcher(
     pool: asyncpg.Pool, provider: RecordingProvider, aborts: AbortRegistry | None = None
 ) -> Dispatcher:
     return Dispatcher(pool, {"email": provider, "sms": provider},
                       aborts=aborts or AbortRegistry(), concurrency=10,
-                      rate_limiter=RateLimiter(0), max_attempts=3, retry_backoff_seconds=0.01)
+                      rate_limiter=RateLimiter(0),
+                      retry_policy=RetryPolicy(base_seconds=0.05, deadline_seconds=0.6))
 
 
 async def _campaign(pool: asyncpg.Pool) -> uuid.UUID:
@@ -81,7 +110,8 @@ async def test_outcomes_map_provider_answers_and_missing_addresses(
 ) -> None:
     cid = await _campaign(dispatcher_pool)
     provider = RecordingProvider(permanent={"dead@example.org"}, flaky={"flaky@example.org"})
-    outcomes = await _dispatcher(dispatcher_pool, provider).dispatch([
+    d = _dispatcher(dispatcher_pool, provider)
+    outcomes = await d.dispatch([
         send_requested(cid, 1, "ok@example.org"),
         send_requested(cid, 2, "dead@example.org"),
         send_requested(cid, 3, "flaky@example.org"),
@@ -89,6 +119,8 @@ async def test_outcomes_map_provider_answers_and_missing_addresses(
         send_requested(cid, 5, None, skip_reason="invalid_address"),
     ])
     by_id = {o.recipient_id: o for o in outcomes}
+    assert 3 not in by_id  # on the retry schedule after its first (retryable) failure
+    by_id.update({o.recipient_id: o for o in await settle_retries(d)})
     assert (by_id[1].status, by_id[2].status, by_id[3].status, by_id[4].status) == (
         "completed", "failed", "completed", "skipped")
     assert by_id[2].reason == "HTTP 422: landline"
@@ -109,18 +141,30 @@ async def test_retries_running_out_fail_with_the_last_reason(
 
     cid = await _campaign(dispatcher_pool)
     provider = Down()
-    [o] = await _dispatcher(dispatcher_pool, provider).dispatch([send_requested(cid, 1)])
-    assert o.status == "failed" and "after 3 attempts: HTTP 503" in (o.reason or "")
-    assert len(provider.calls) == 3
+    d = _dispatcher(dispatcher_pool, provider)
+    assert await d.dispatch([send_requested(cid, 1)]) == []
+    [o] = await settle_retries(d)
+    assert o.status == "failed" and "attempts: HTTP 503" in (o.reason or "")
+    assert o.reason.startswith("gave up after")
+    assert len(provider.calls) >= 2
 
 
-async def test_a_request_for_an_unknown_campaign_waits_for_its_template(
+async def test_a_request_for_an_unknown_campaign_waits_for_its_template_on_the_schedule(
     dispatcher_pool: asyncpg.Pool,
 ) -> None:
     provider = RecordingProvider()
-    with pytest.raises(TemplateNotYetKnown):
-        await _dispatcher(dispatcher_pool, provider).dispatch([send_requested(uuid.uuid4(), 1)])
-    assert provider.calls == []
+    d = _dispatcher(dispatcher_pool, provider)
+    cid = uuid.uuid4()
+    ok = send_requested(await _campaign(dispatcher_pool), 1)
+    # Its neighbour's campaign is known: the batch does not fail, only the unknown one waits.
+    outcomes = await d.dispatch([send_requested(cid, 1), ok])
+    assert [o.recipient_id for o in outcomes] == [1] and outcomes[0].campaign_id == ok.campaign_id
+    assert len(provider.calls) == 1
+    async with dispatcher_pool.acquire() as conn:
+        await repo.save_template(conn, started(cid, 1))
+    [late] = await settle_retries(d)
+    assert (late.campaign_id, late.status) == (cid, "completed")
+    assert len(provider.calls) == 2
 
 
 async def test_concurrent_migrations_apply_each_file_once(dispatcher_pool: asyncpg.Pool) -> None:
@@ -159,8 +203,7 @@ async def test_each_channel_goes_to_its_own_provider(dispatcher_pool: asyncpg.Po
         await repo.save_template(conn, started(cid, 1, channels=("email", "sms")))
     email, sms = RecordingProvider(), RecordingProvider()
     d = Dispatcher(dispatcher_pool, {"email": email, "sms": sms}, aborts=AbortRegistry(),
-                   concurrency=5, rate_limiter=RateLimiter(0), max_attempts=1,
-                   retry_backoff_seconds=0)
+                   concurrency=5, rate_limiter=RateLimiter(0))
     await d.dispatch([send_requested(cid, 1, "a@example.org"),
                       send_requested(cid, 1, "+4520123456", channel="sms")])
     assert [(c.channel, c.to, c.subject) for c in email.calls] == [
@@ -228,14 +271,14 @@ async def test_outcomes_published_are_those_recorded_and_a_failed_record_fails_t
     assert len(provider.calls) == 3
 
     # Recording fails (the database refuses the rows): the batch fails, to be redelivered.
-    async def refuse(*args: object) -> None:
+    async def refuse(*args: object, **kw: object) -> None:
         raise asyncpg.PostgresError("refused")
 
     failing = _dispatcher(dispatcher_pool, RecordingProvider())
-    failing._record = refuse  # type: ignore[method-assign]
-    with pytest.raises(ExceptionGroup) as raised:
-        await failing.dispatch_encoded([send_requested(cid, 9, "p9@example.org")], publish)
-    assert raised.group_contains(asyncpg.PostgresError)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(repo, "step", refuse)
+        with pytest.raises(asyncpg.PostgresError):
+            await failing.dispatch_encoded([send_requested(cid, 9, "p9@example.org")], publish)
 
 
 async def test_settled_keys_are_found_among_runs_and_gaps_of_recipient_ids(

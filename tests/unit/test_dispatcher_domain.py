@@ -1,4 +1,4 @@
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import pytest
@@ -106,7 +106,7 @@ async def test_rate_limiter_spaces_out_calls() -> None:
     assert time.monotonic() - start >= 0.18
 
 
-_JINJA = domain._ENV  # the sandboxed environment every template used to be rendered by alone
+_JINJA = domain._ENV  # the shared sandbox (shared.templating) that renders every other template
 PLAIN_TEMPLATES = [
     "Hello {{ first_name }} {{ last_name }}, polls open at 8:00.",
     "{{first_name}}{{last_name}}",
@@ -120,10 +120,28 @@ VARIABLES = {"first_name": "Åse", "last_name": "<b>&amp;</b>", "n": 3.5, "flag"
              "nothing": None, "items": [1, {"a": "b"}], "city": "Aarhus"}
 
 
+def _outcome(render: Callable[[], str]) -> str:
+    try:
+        return render()
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
 @pytest.mark.parametrize("text", PLAIN_TEMPLATES)
-def test_text_and_variable_templates_render_as_the_sandbox_renders_them(text: str) -> None:
+@pytest.mark.parametrize("variables", [VARIABLES, {**VARIABLES, "items": "1, 2"}])
+def test_text_and_variable_templates_render_as_the_sandbox_renders_them(
+    text: str, variables: dict[str, object]
+) -> None:
     assert domain._plain_parts(_JINJA.parse(text)) is not None  # the fast path is taken
-    assert domain.render(text, VARIABLES) == _JINJA.from_string(text).render(**VARIABLES)
+    assert _outcome(lambda: domain.render(text, variables)) == _outcome(
+        lambda: _JINJA.from_string(text).render(**variables))
+
+
+def test_the_fast_path_outputs_only_text_and_numbers_like_the_sandbox() -> None:
+    text = "{{ n }} {{ flag }} [{{ nothing }}] {{ city }}"
+    assert domain.render(text, VARIABLES) == "3.5 True [] Aarhus"
+    with pytest.raises(domain.RenderError, match="an output got a list"):
+        domain.render("{{ items }}", VARIABLES)
 
 
 @pytest.mark.parametrize("text", ["Hi {{ first_name }} {{ last_name }}", "{{ last_name }}"])
@@ -137,13 +155,20 @@ def test_a_missing_variable_fails_with_the_sandboxs_reason(text: str) -> None:
 
 
 @pytest.mark.parametrize("text", [
-    "{{ first_name | upper }}", "{{ user.name }}", "{{ names[0] }}", "{{ range(3) | list }}",
-    "{% if vip %}Dear{% endif %} {{ first_name }}", "{{ self }}", "{{ first_name ~ '!' }}",
+    "{{ first_name | upper }}", "{{ user.name }}", "{{ names[0] }}", "{{ range(3) | join(',') }}",
+    "{% if vip %}Dear{% endif %} {{ first_name }}", "{{ first_name ~ '!' }}",
 ])
 def test_templates_doing_more_than_output_variables_go_through_the_sandbox(text: str) -> None:
     assert domain._plain_parts(_JINJA.parse(text)) is None
     variables = {"first_name": "ada", "user": {"name": "Ada"}, "names": ["Ada"], "vip": True}
     assert domain.render(text, variables) == _JINJA.from_string(text).render(**variables)
+
+
+@pytest.mark.parametrize("text", ["{{ self }}", "{{ range }}", "{{ first_name.upper }}"])
+def test_an_object_that_is_not_text_or_a_number_is_refused_not_printed(text: str) -> None:
+    with pytest.raises(domain.RenderError, match="an output got") as problem:
+        domain.render(text, {"first_name": "ada"})
+    assert " at 0x" not in str(problem.value)
 
 
 def test_the_sandbox_still_guards_templates_off_the_plain_path() -> None:

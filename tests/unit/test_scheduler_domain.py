@@ -1,3 +1,4 @@
+import re
 import uuid
 
 import pytest
@@ -6,6 +7,7 @@ from pydantic import ValidationError
 from services.scheduler import domain
 from shared.wire import TemplateRef
 from tests.factories import campaign_payload
+from tests.hostile_templates import NORMAL, REPORTED
 
 
 def test_empty_template_is_rejected() -> None:
@@ -140,3 +142,37 @@ def test_missing_and_invalid_addresses_become_skip_reasons() -> None:
     sms = domain.send_requested_for(campaign_id=cid, channel="sms", template=ref, row=row)
     assert (email.address, email.skip_reason) == (None, "missing_address")
     assert (sms.address, sms.skip_reason) == (None, "invalid_address")
+
+
+@pytest.mark.parametrize("field", ["email_subject", "email_body", "sms_body"])
+@pytest.mark.parametrize("text", list(REPORTED))
+def test_a_hostile_template_is_refused_naming_its_field(field: str, text: str) -> None:
+    fields = {"email_body": "Hi", "sms_body": "Hi", field: text}
+    with pytest.raises(ValidationError) as refused:
+        domain.TemplateIn(name="t", **fields)
+    [error] = refused.value.errors()
+    assert error["loc"] == (field,)
+    assert f"{field}: template_error: " in error["msg"]
+    assert re.search(REPORTED[text], error["msg"])
+
+
+@pytest.mark.parametrize("text", list(REPORTED))
+def test_a_hostile_inline_campaign_template_is_refused(text: str) -> None:
+    with pytest.raises(ValidationError, match="template: template_error: "):
+        domain.CreateCampaign(**campaign_payload(template=text))
+    with pytest.raises(ValidationError, match="subject: template_error: "):
+        domain.CreateCampaign(**campaign_payload(subject=text))
+
+
+@pytest.mark.parametrize("text", list(NORMAL))
+def test_a_normal_template_is_accepted(text: str) -> None:
+    domain.TemplateIn(name="t", email_subject=text, email_body=text, sms_body=text)
+    domain.CreateCampaign(**campaign_payload(template=text, subject=text))
+
+
+def test_the_variables_a_template_needs_leave_out_what_jinja_provides() -> None:
+    template = domain.TemplateVersion(
+        uuid.uuid4(), 1, "Hi {{ first_name }}",
+        "{% for i in range(2) %}{{ loop.index }} {{ ward }}{% endfor %}", "{{ phone }}")
+    assert template.variables(["email"]) == {"first_name", "ward"}
+    assert template.variables(["sms"]) == {"phone"}

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from services.dispatcher import domain as dispatcher_domain
 from services.scheduler import domain as scheduler_domain
+from services.scheduler import fanout
 from shared import events, wire
 from shared.kafka import decode_records, murmur2
 from tests.factories import outcome, send_requested
@@ -28,6 +29,9 @@ MIRRORS: list[tuple[type[msgspec.Struct], type[BaseModel]]] = [
     (wire.MessageSkipped, events.MessageSkipped),
     (wire.SendRequestedBatch, events.SendRequestedBatch),
     (wire.OutcomeBatch, events.OutcomeBatch),
+    (wire.CampaignContext, events.CampaignContext),
+    (wire.ChannelTemplate, events.ChannelTemplate),
+    (wire.SenderInfo, events.SenderInfo),
 ]
 
 
@@ -71,7 +75,7 @@ def _request_bytes() -> list[bytes]:
 
 def _one_request(data: bytes) -> wire.SendRequested:
     """The request of a single send-requested record, through the records' reader."""
-    [request] = wire.decode_send_requests(data)
+    _, [request] = wire.decode_send_requests(data)
     return request
 
 
@@ -82,6 +86,10 @@ def _same(struct: Any, model: BaseModel) -> None:
         mine, theirs = getattr(struct, name), getattr(model, name)
         if isinstance(theirs, BaseModel):
             _same(mine, theirs)
+        elif isinstance(theirs, dict) and any(isinstance(v, BaseModel) for v in theirs.values()):
+            assert set(mine) == set(theirs), name
+            for key, value in theirs.items():
+                _same(mine[key], value)
         else:
             assert mine == theirs, name
 
@@ -213,7 +221,7 @@ def test_a_poison_record_among_good_ones_is_set_aside_with_the_schemas_error() -
         [Record(REQUEST), Record(REFUSED["bad channel"]), Record(b"{not json")],
         wire.decode_send_requests,
     )
-    assert [str(e.event_id) for _, [e] in good] == [json.loads(REQUEST)["event_id"]]
+    assert [str(e.event_id) for _, (_, [e]) in good] == [json.loads(REQUEST)["event_id"]]
     assert len(bad) == 2 and all(b.error.startswith("ValidationError") for b in bad)
 
 
@@ -260,7 +268,7 @@ def test_requests_go_in_batches_of_one_campaign_keyed_by_their_first_recipient()
     requests = [*_requests(a, 7), *_requests(b, 1)]
     records = wire.request_records(requests, batch_size=3)
     assert [key for key, _ in records] == [b"100", b"103", b"106", b"100"]
-    decoded = [wire.decode_send_requests(value) for _, value in records]
+    decoded = [wire.decode_send_requests(value)[1] for _, value in records]
     assert [len(d) for d in decoded] == [3, 3, 1, 1]
     assert [r for d in decoded for r in d] == requests
     # The schema reads each record alike: a batch, and a lone request as itself.
@@ -328,9 +336,117 @@ def test_an_outcome_batch_the_schema_refuses_is_refused_whole(data: bytes) -> No
 
 def test_a_batch_valid_only_for_the_laxer_schema_is_read_through_it() -> None:
     data = _batch(_CID, [_ITEM | {"recipient_id": "42"}, _ITEM])
-    assert [r.recipient_id for r in wire.decode_send_requests(data)] == [42, 100]
+    assert [r.recipient_id for r in wire.decode_send_requests(data)[1]] == [42, 100]
     lone = json.dumps(_ITEM | {"recipient_id": "43"}).encode()
-    assert [r.recipient_id for r in wire.decode_send_requests(lone)] == [43]
+    assert [r.recipient_id for r in wire.decode_send_requests(lone)[1]] == [43]
     lax_outcomes = json.dumps({"type": "outcome_batch", "campaign_id": str(_CID),
                                "outcomes": [_OUTCOME_ITEM | {"recipient_id": 7.0}]}).encode()
     assert [o.recipient_id for o in wire.decode_outcomes(lax_outcomes)] == [7]
+
+
+# The campaign context: every send-request record carries its campaign's templates and sender,
+# so a dispatcher can send it without the campaign's `started` event.
+
+def _campaign_row(channels: list[str], org: uuid.UUID | None = None) -> dict[str, Any]:
+    """A campaign row as `repo.get_campaign` reads it (the fields the fan-out uses)."""
+    return {
+        "id": uuid.uuid4(), "started_event_id": uuid.uuid4(), "organisation_id": org,
+        "channels": channels, "total": 4 * len(channels), "template_id": uuid.uuid4(),
+        "template_version": 2, "email_subject": "Hi {{ first_name }}",
+        "email_body": "Dear {{ first_name }}, vote.", "sms_body": "Vote, {{ first_name }}",
+        "sender_name": "Office", "sender_email": "office@example.org",
+        "sender_sms_id": "Office",
+    }
+
+
+@pytest.mark.parametrize("channels", [["email"], ["sms"], ["email", "sms"]])
+def test_the_context_each_request_carries_is_what_the_started_event_says(
+    channels: list[str],
+) -> None:
+    row = _campaign_row(channels, org=uuid.uuid4())
+    mine = fanout.campaign_context(row)
+    theirs = fanout.started_event(row).context()
+    _same(mine, theirs)
+    assert events.CampaignContext.model_validate_json(msgspec.json.encode(mine)) == theirs
+
+
+def _context_requests(n: int) -> tuple[wire.CampaignContext, list[wire.SendRequested]]:
+    row = _campaign_row(["email", "sms"], org=uuid.uuid4())
+    context = fanout.campaign_context(row)
+    requests = [
+        scheduler_domain.send_requested_for(
+            campaign_id=row["id"], channel="email", template=context.template,
+            row={"id": 500 + i, "email": f"c{i}@x.org", "email_invalid": False, "phone": None,
+                 "phone_invalid": False, "first_name": "C", "last_name": None,
+                 "attributes": None},
+            opted_out=set())
+        for i in range(n)
+    ]
+    return context, requests
+
+
+def test_every_record_carries_the_campaign_context_encoded_once_and_spliced() -> None:
+    context, requests = _context_requests(7)
+    records = wire.request_records(requests, batch_size=3, campaign=context)
+    encoded = msgspec.json.encode(context)
+    assert len(records) == 3
+    for _, value in records:
+        assert encoded in value  # the very bytes, in the batches and the lone request alike
+        got, reqs = wire.decode_send_requests(value)
+        assert got == context
+        assert all(r.campaign is None for r in reqs) or len(reqs) == 1
+    assert [r for _, v in records for r in wire.decode_send_requests(v)[1]] == [
+        *requests[:6], msgspec.structs.replace(requests[6], campaign=context)]
+    # The schema reads the same context from a batch and from a lone request.
+    batch, lone = (events.SEND_REQUESTED_RECORD.validate_json(v) for _, v in records[1:])
+    assert isinstance(batch, events.SendRequestedBatch) and batch.campaign is not None
+    assert isinstance(lone, events.SendRequested) and lone.campaign == batch.campaign
+    _same(context, batch.campaign)
+    for model, mine in zip(batch.requests, wire.decode_send_requests(records[1][1])[1],
+                           strict=True):
+        _same(mine, model)
+
+
+def test_a_record_without_a_context_still_reads_with_none() -> None:
+    _, requests = _context_requests(3)
+    for _, value in wire.request_records(requests, batch_size=2):
+        assert wire.decode_send_requests(value)[0] is None
+        assert b'"campaign":null' in value or b'"campaign"' not in value
+
+
+def test_one_context_for_requests_of_two_campaigns_is_refused() -> None:
+    context, requests = _context_requests(1)
+    _, others = _context_requests(1)
+    with pytest.raises(ValueError, match="several campaigns"):
+        wire.request_records([*requests, *others], batch_size=10, campaign=context)
+
+
+_CONTEXT = json.loads(msgspec.json.encode(_context_requests(1)[0]))
+REFUSED_CONTEXTS = {
+    "a channel nobody has": _CONTEXT | {"templates": {"fax": {"body": "x"}}},
+    "no sender": {k: v for k, v in _CONTEXT.items() if k != "sender"},
+    "a template without a body": _CONTEXT | {"templates": {"sms": {"subject": "x"}}},
+    "not an object": "email",
+}
+
+
+@pytest.mark.parametrize("context", REFUSED_CONTEXTS.values(), ids=REFUSED_CONTEXTS.keys())
+def test_a_context_the_schema_refuses_is_refused_in_a_batch_and_alone(context: Any) -> None:
+    for data in (json.loads(_batch(_CID, [_ITEM])) | {"campaign": context},
+                 _ITEM | {"campaign": context}):
+        raw = json.dumps(data).encode()
+        with pytest.raises(ValidationError):
+            events.SEND_REQUESTED_RECORD.validate_json(raw)
+        with pytest.raises(ValidationError):
+            wire.decode_send_requests(raw)
+
+
+def test_a_context_valid_only_for_the_laxer_schema_is_read_through_it() -> None:
+    org = uuid.uuid4()
+    lax = _CONTEXT | {"organisation_id": f"urn:uuid:{org}",
+                      "template": _CONTEXT["template"] | {"version": "3"}}
+    data = json.dumps(json.loads(_batch(_CID, [_ITEM, _ITEM])) | {"campaign": lax}).encode()
+    context, requests = wire.decode_send_requests(data)
+    assert context is not None and context.organisation_id == org
+    assert context.template.version == 3 and len(requests) == 2
+    _same(context, events.SendRequestedBatch.model_validate_json(data).campaign)

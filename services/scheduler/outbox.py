@@ -1,0 +1,82 @@
+"""The transactional outbox's writing side: a use case hands its events' records to `add`
+inside the transaction of the state change they report. They are published to Kafka after
+the commit by the relay (`outbox_relay`), so a rolled-back change publishes nothing, a
+committed one is published, and no Kafka round trip happens while a row lock is held.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import asyncpg
+
+from services.scheduler.domain import Invalid
+from shared import topics
+from shared.events import AddressOptedOut, ApiTokenIssued, ApiTokenRevoked, Event
+
+# Notified at commit (NOTIFY is transactional): wakes the relay at once.
+CHANNEL = "sendout_outbox"
+
+# (topic, key, value): a Kafka record to be.
+Record = tuple[str, bytes | None, bytes]
+
+# Below what a Kafka record may be by default (the producer's max_request_size and the
+# broker's message.max.bytes, about 1 MiB, include the batch's own overhead).
+MAX_RECORD_BYTES = 1_000_000
+
+
+def record_size_error(key: bytes | None, value: bytes) -> str | None:
+    """Why Kafka could never take this record, if it could not."""
+    size = len(value) + (len(key) if key is not None else 0)
+    if size > MAX_RECORD_BYTES:
+        return f"a record of {size} bytes; Kafka takes at most {MAX_RECORD_BYTES}"
+    return None
+
+
+async def add(conn: asyncpg.Connection, records: Sequence[Record]) -> int | None:
+    """Write `records` to be published once the caller's transaction commits, in this order;
+    the id of the last one (None if none)."""
+    if not records:
+        return None
+    if not conn.is_in_transaction():
+        # Outside a transaction the row would be published with no state change to go with it.
+        raise RuntimeError("outbox records are written inside the state change's transaction")
+    unknown = {topic for topic, _, _ in records} - set(topics.ALL)
+    if unknown:
+        raise ValueError(f"no such topic: {sorted(unknown)}")
+    for _, key, value in records:
+        error = record_size_error(key, value)
+        if error is not None:
+            # Refused with the change, rather than accepted and never published.
+            raise Invalid(f"this cannot be sent: {error} (a recipient's data too large?)")
+    last: int = await conn.fetchval(
+        """
+        WITH written AS (
+            INSERT INTO outbox (topic, key, value)
+            SELECT r.topic, r.key, r.value
+            FROM unnest($1::text[], $2::bytea[], $3::bytea[]) WITH ORDINALITY
+                AS r(topic, key, value, n)
+            ORDER BY r.n
+            RETURNING id
+        )
+        SELECT max(id), pg_notify($4, '') FROM written
+        """,
+        [r[0] for r in records], [r[1] for r in records], [r[2] for r in records], CHANNEL,
+    )
+    return last
+
+
+def lifecycle(event: Event) -> Record:
+    return topics.CAMPAIGN_LIFECYCLE, event.campaign_id.bytes, event.to_bytes()
+
+
+def opt_out(event: AddressOptedOut) -> Record:
+    return topics.OPT_OUTS, event.organisation_id.bytes, event.to_bytes()
+
+
+def identity(events: Iterable[ApiTokenIssued | ApiTokenRevoked]) -> list[Record]:
+    return [(topics.IDENTITY, bytes.fromhex(e.token_hash), e.to_bytes()) for e in events]
+
+
+def send_requests(records: Iterable[tuple[bytes, bytes]]) -> list[Record]:
+    return [(topics.SEND_REQUESTED, key, value) for key, value in records]

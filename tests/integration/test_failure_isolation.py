@@ -1,0 +1,278 @@
+"""One message's trouble stays its own, on real PostgreSQL: claims before calls, in-doubt keys,
+the abort gate, the retry schedule and the breaker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import asyncpg
+import msgspec
+import pytest
+
+from services.dispatcher import repo
+from services.dispatcher.providers import OutgoingMessage, RetryableProviderError
+from services.dispatcher.reliability import CircuitBreaker, RetryPolicy
+from services.dispatcher.service import AbortRegistry, Dispatcher, RateLimiter
+from tests.factories import send_requested, started
+from tests.integration.test_dispatcher_claims import RecordingProvider, settle_retries
+
+pytestmark = pytest.mark.integration
+
+SPANS = [(0, 100, 149)]
+
+
+@pytest.fixture(autouse=True)
+async def _empty_retry_schedule(dispatcher_pool: asyncpg.Pool) -> None:
+    async with dispatcher_pool.acquire() as conn:
+        await conn.execute("DELETE FROM retries")
+
+
+async def _campaign(pool: asyncpg.Pool, body: str = "Hi {{ first_name }}") -> uuid.UUID:
+    cid = uuid.uuid4()
+    async with pool.acquire() as conn:
+        await repo.save_template(conn, started(cid, 10, body=body))
+    return cid
+
+
+def _dispatcher(pool: asyncpg.Pool, provider: object, **kw: object) -> Dispatcher:
+    options: dict[str, object] = {
+        "aborts": AbortRegistry(), "concurrency": 10, "rate_limiter": RateLimiter(0),
+        "retry_policy": RetryPolicy(base_seconds=0.01, cap_seconds=0.05, deadline_seconds=30),
+        "instance": f"test-{uuid.uuid4().hex[:6]}",
+    }
+    options.update(kw)
+    return Dispatcher(pool, {"email": provider, "sms": provider}, **options)  # type: ignore[arg-type]
+
+
+def _unique_spans() -> list[tuple[int, int, int]]:
+    # Partitions numbered past any real topic's, so that tests do not see each other's spans.
+    base = 1_000 + uuid.uuid4().int % 1_000_000
+    return [(base, 0, 49)]
+
+
+async def _leave_claims(
+    pool: asyncpg.Pool, cid: uuid.UUID, ids: list[int], spans: list[tuple[int, int, int]],
+    *, age_seconds: float,
+) -> None:
+    """What a dispatcher leaves behind when it dies mid-call: claims, no outcomes."""
+    async with pool.acquire() as conn:
+        await repo.claim(conn, uuid.uuid4(), [(cid, "email", ids)], owner="gone", spans=spans)
+        await conn.execute(
+            "UPDATE claims SET claimed_at = now() - make_interval(secs => $2) "
+            "WHERE campaign_id = $1", cid, age_seconds)
+
+
+async def test_a_key_claimed_by_a_process_that_died_is_reported_in_doubt_never_sent_again(
+    dispatcher_pool: asyncpg.Pool,
+) -> None:
+    cid = await _campaign(dispatcher_pool)
+    spans = _unique_spans()
+    batch = [send_requested(cid, i, f"d{i}@example.org") for i in range(1, 5)]
+    await _leave_claims(dispatcher_pool, cid, [1, 2], spans, age_seconds=3600)
+    provider = RecordingProvider()
+    outcomes = await _dispatcher(dispatcher_pool, provider).dispatch(batch, spans=spans)
+    by_id = {o.recipient_id: (o.status, o.reason) for o in outcomes}
+    assert by_id == {1: ("failed", "in_doubt"), 2: ("failed", "in_doubt"),
+                     3: ("completed", None), 4: ("completed", None)}
+    assert sorted(c.to for c in provider.calls) == ["d3@example.org", "d4@example.org"]
+
+
+async def test_in_doubt_keys_are_sent_again_with_the_same_key_where_chosen(
+    dispatcher_pool: asyncpg.Pool,
+) -> None:
+    cid = await _campaign(dispatcher_pool)
+    spans = _unique_spans()
+    req = send_requested(cid, 1, "again@example.org")
+    await _leave_claims(dispatcher_pool, cid, [1], spans, age_seconds=3600)
+    provider = RecordingProvider()
+    d = _dispatcher(dispatcher_pool, provider, resend_in_doubt=True)
+    [o] = await d.dispatch([req], spans=spans)
+    assert o.status == "completed"
+    assert [c.idempotency_key for c in provider.calls] == [str(req.event_id)]
+
+
+async def test_a_key_another_live_dispatcher_claimed_is_waited_for_and_reported_as_it_ended(
+    dispatcher_pool: asyncpg.Pool,
+) -> None:
+    from services.dispatcher import domain
+
+    cid = await _campaign(dispatcher_pool)
+    spans = _unique_spans()
+    req = send_requested(cid, 1, "busy@example.org")
+    await _leave_claims(dispatcher_pool, cid, [1], spans, age_seconds=0)
+    provider = RecordingProvider()
+    task = asyncio.create_task(_dispatcher(dispatcher_pool, provider).dispatch([req], spans=spans))
+    await asyncio.sleep(0.8)
+    assert not task.done()
+    elsewhere = domain.sent(req, "sent-elsewhere")
+    async with dispatcher_pool.acquire() as conn:
+        await repo.record_outcomes(conn, [(req, elsewhere, elsewhere.to_bytes())])
+    [o] = await asyncio.wait_for(task, 5)
+    assert o.provider_message_id == "sent-elsewhere"
+    assert provider.calls == []
+
+
+async def test_after_the_abort_gate_closes_no_message_is_claimed_and_claims_before_it_count(
+    dispatcher_pool: asyncpg.Pool,
+) -> None:
+    cid = await _campaign(dispatcher_pool)
+    provider = RecordingProvider()
+    d = _dispatcher(dispatcher_pool, provider)
+    await d.dispatch([send_requested(cid, i, f"g{i}@example.org") for i in (1, 2)])
+    await _leave_claims(dispatcher_pool, cid, [3], _unique_spans(), age_seconds=0)  # in flight
+    async with dispatcher_pool.acquire() as conn:
+        await repo.close_gate(conn, cid)
+        assert await repo.sent_or_in_flight(conn, cid) == 3
+    # A dispatcher that never heard of the abort (its registry is empty) still sends nothing.
+    outcomes = await _dispatcher(dispatcher_pool, provider).dispatch(
+        [send_requested(cid, i, f"g{i}@example.org") for i in (4, 5)])
+    assert {(o.status, o.reason) for o in outcomes} == {("skipped", "aborted")}
+    assert len(provider.calls) == 2
+    async with dispatcher_pool.acquire() as conn:
+        assert await repo.sent_or_in_flight(conn, cid) == 3  # the aborted skips are not "sent"
+
+
+async def test_a_message_whose_send_raises_fails_alone(dispatcher_pool: asyncpg.Pool) -> None:
+    class Surprising(RecordingProvider):
+        async def send(self, message: OutgoingMessage) -> str:
+            if message.to == "odd@example.org":
+                raise ValueError("a library's surprise")
+            return await super().send(message)
+
+    cid = await _campaign(dispatcher_pool)
+    outcomes = await _dispatcher(dispatcher_pool, Surprising()).dispatch(
+        [send_requested(cid, 1, "odd@example.org"), send_requested(cid, 2, "fine@example.org")])
+    by_id = {o.recipient_id: (o.status, o.reason) for o in outcomes}
+    assert by_id == {1: ("failed", "send_error: ValueError"), 2: ("completed", None)}
+
+
+async def test_a_failing_template_fails_its_own_messages_and_no_other_campaign(
+    dispatcher_pool: asyncpg.Pool,
+) -> None:
+    poison = await _campaign(dispatcher_pool, body="{{ 1/0 }}")
+    fine = await _campaign(dispatcher_pool)
+    provider = RecordingProvider()
+    outcomes = await _dispatcher(dispatcher_pool, provider).dispatch(
+        [send_requested(poison, 1, "p@example.org"), send_requested(fine, 1, "f@example.org")])
+    by_campaign = {o.campaign_id: o for o in outcomes}
+    assert by_campaign[poison].status == "failed"
+    assert (by_campaign[poison].reason or "").startswith("template_error")
+    assert by_campaign[fine].status == "completed"
+    assert [c.to for c in provider.calls] == ["f@example.org"]
+
+
+async def test_a_lost_database_connection_while_recording_is_waited_out_not_resent(
+    dispatcher_pool: asyncpg.Pool,
+) -> None:
+    cid = await _campaign(dispatcher_pool)
+    provider = RecordingProvider()
+    d = _dispatcher(dispatcher_pool, provider)
+    real = repo.step
+    failures = [2]
+
+    async def flaky_write(*args: object, **kw: object) -> set[uuid.UUID]:
+        # Both failures hit a step that records outcomes of calls the provider accepted.
+        if failures[0] and kw.get("outcomes"):
+            failures[0] -= 1
+            raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle")
+        return await real(*args, **kw)  # type: ignore[arg-type]
+
+    batch = [send_requested(cid, i, f"w{i}@example.org") for i in range(1, 4)]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(repo, "step", flaky_write)
+        outcomes = await d.dispatch(batch)
+    assert failures == [0]
+    assert {o.status for o in outcomes} == {"completed"} and len(provider.calls) == 3
+    again = await _dispatcher(dispatcher_pool, provider).dispatch(batch)
+    assert len(provider.calls) == 3
+    assert sorted(o.provider_message_id or "" for o in again) == sorted(
+        o.provider_message_id or "" for o in outcomes)
+
+
+async def test_a_provider_down_trips_the_breaker_messages_wait_and_all_go_once_after(
+    dispatcher_pool: asyncpg.Pool,
+) -> None:
+    class Outage(RecordingProvider):
+        down = True
+        accepted: dict[str, int]
+
+        async def send(self, message: OutgoingMessage) -> str:
+            self.calls.append(message)
+            if self.down:
+                raise RetryableProviderError("HTTP 503: down")
+            self.accepted[message.idempotency_key] = (
+                self.accepted.get(message.idempotency_key, 0) + 1)
+            return f"id-{len(self.calls)}"
+
+    cid = await _campaign(dispatcher_pool)
+    provider = Outage()
+    provider.accepted = {}
+    breaker = CircuitBreaker(min_calls=5, open_seconds=0.2, max_open_seconds=0.4)
+    d = _dispatcher(dispatcher_pool, provider, breakers={"email": breaker, "sms": breaker},
+                    concurrency=1)
+    batch = [send_requested(cid, i, f"o{i}@example.org") for i in range(1, 41)]
+    assert await d.dispatch(batch) == []  # nothing failed: everything waits
+    assert breaker.state == "open"
+    assert len(provider.calls) < 10  # the breaker stopped the calls, not the batch's end
+    # Still down for a while: probes fail, nothing fails for good.
+    published: list[object] = []
+
+    async def publish(outcomes: list[tuple[object, bytes]]) -> None:
+        published.extend(outcomes)
+
+    until = time.monotonic() + 1.0
+    while time.monotonic() < until:
+        await d.run_due_retries(publish)
+        await asyncio.sleep(0.05)
+    assert published == []
+    provider.down = False
+    outcomes = await settle_retries(d, within=20)
+    assert sorted(o.recipient_id for o in outcomes) == list(range(1, 41))
+    assert {o.status for o in outcomes} == {"completed"}
+    assert max(provider.accepted.values()) == 1
+
+
+async def test_a_retry_waits_at_least_the_providers_retry_after(
+    dispatcher_pool: asyncpg.Pool,
+) -> None:
+    class Busy(RecordingProvider):
+        async def send(self, message: OutgoingMessage) -> str:
+            self.calls.append(message)
+            if len(self.calls) == 1:
+                raise RetryableProviderError("HTTP 429: slow down", retry_after=1.0)
+            return "ok"
+
+    cid = await _campaign(dispatcher_pool)
+    provider = Busy()
+    d = _dispatcher(dispatcher_pool, provider)
+    before = time.time()
+    assert await d.dispatch([send_requested(cid, 1, "r@example.org")]) == []
+    async with dispatcher_pool.acquire() as conn:
+        due = await conn.fetchval(
+            "SELECT extract(epoch FROM due_at) FROM retries WHERE campaign_id = $1", cid)
+    assert float(due) >= before + 1.0
+    [o] = await settle_retries(d)
+    assert o.status == "completed" and len(provider.calls) == 2
+
+
+async def test_a_request_carrying_its_campaign_is_sent_before_any_started_event(
+    dispatcher_pool: asyncpg.Pool,
+) -> None:
+    from services.dispatcher import domain
+    from shared import wire
+
+    cid = uuid.uuid4()  # no `started` event stored for it
+    context = msgspec.convert(started(cid, 1).context().model_dump(), wire.CampaignContext)
+    provider = RecordingProvider(flaky={"first@example.org"})
+    d = _dispatcher(dispatcher_pool, provider)
+    outcomes = await d.dispatch_encoded(
+        [send_requested(cid, 1, "first@example.org"), send_requested(cid, 2, "b@example.org")],
+        contexts={cid: domain.template_from_context(cid, context)})
+    assert [o.recipient_id for o, _ in outcomes] == [2]
+    assert provider.calls[0].subject == "Subject for Ada"
+    # The retry schedule renders it too, from the context the dispatcher stored, in another
+    # process (a dispatcher that never saw the record).
+    [o] = await settle_retries(_dispatcher(dispatcher_pool, provider))
+    assert (o.recipient_id, o.status) == (1, "completed")
