@@ -160,6 +160,8 @@ class Sendout:
     dispatchers: list[str]
     provider: str | None
     smtp: str | None
+    # The console (web UI), when started (`console=True`).
+    console: str | None = None
     # The operator's API token (user "operator" of organisation "default"), for every call.
     token: str = ""
 
@@ -220,6 +222,8 @@ def start_sendout(
     extra_env: dict[str, str] | None = None,
     email_via: str = "smtp",
     provider_args: list[str] | None = None,
+    console: bool = False,
+    console_port: int | None = None,
 ) -> Sendout:
     """`email_via`: `smtp` sends email to the SMTP sink, `http` to the fake HTTP provider.
     `provider_args`: more command-line options of the fake HTTP provider."""
@@ -277,6 +281,16 @@ def start_sendout(
             procs.start(f"dispatcher-{i + 1}", ["-m", "services.dispatcher"],
                         {**common, **dispatcher_env, "SENDOUT_HTTP_PORT": str(port)}, port)
         procs.wait_healthy()
+        if console:
+            # A client of the scheduler's and tracker's HTTP APIs only: started once they are up.
+            port = console_port or free_port()
+            procs.start("console", ["-m", "services.console"], {
+                "SENDOUT_HTTP_PORT": str(port),
+                "SENDOUT_SCHEDULER_URL": procs.by_name("scheduler").url,
+                "SENDOUT_TRACKER_URL": procs.by_name("tracker").url,
+                "SENDOUT_LOG_LEVEL": common.get("SENDOUT_LOG_LEVEL", "INFO"),
+            }, port)
+            procs.wait_healthy()
     except BaseException:
         procs.stop()
         raise
@@ -288,6 +302,7 @@ def start_sendout(
         dispatchers=[p.url for p in procs.procs if p.name.startswith("dispatcher")],
         provider=provider_url,
         smtp=smtp_url,
+        console=procs.by_name("console").url if console else None,
     )
     try:
         sendout.token = sendout.new_user("default", "operator")["token"]

@@ -557,6 +557,9 @@ class CreateUser(BaseModel):
 
     organisation: str = Field(min_length=1, max_length=200)
     name: str = Field(min_length=1, max_length=200)
+    # For people who sign in to the console (POST /auth/sign-in); stored as an argon2id hash.
+    password: str | None = Field(default=None, min_length=8, max_length=1024)
+    email: str | None = Field(default=None, max_length=320)
 
 
 def ensure_p2p(campaign_id: uuid.UUID, kind: str) -> None:

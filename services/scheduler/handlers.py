@@ -16,7 +16,7 @@ from faststream.kafka import KafkaRouter
 from faststream.kafka.annotations import KafkaBroker, KafkaMessage
 from pydantic import ValidationError
 
-from services.scheduler import auth, domain, p2p, repo, service
+from services.scheduler import auth, domain, p2p, passwords, repo, service
 from services.scheduler.fanout import FanoutRunner
 from services.scheduler.settings import SchedulerSettings
 from shared import topics, webhooks
@@ -235,10 +235,14 @@ def http_router(deps: Deps, user: Any) -> APIRouter:
     @router.post("/admin/users", status_code=201, tags=["admin"], dependencies=admin)
     async def create_user(cmd: domain.CreateUser) -> dict[str, Any]:
         """Creates the organisation if new, and the user (or, for an existing user, a further
-        token); the API token is shown only here."""
+        token); the API token is shown only here. An optional password (and e-mail) lets the
+        user sign in to the console."""
+        password_hash = await passwords.hash_password(cmd.password) if cmd.password else None
         async with pool.acquire() as conn, conn.transaction():
             org = await repo.ensure_organisation(conn, cmd.organisation)
             user = Principal(await repo.upsert_user(conn, org, cmd.name), org, cmd.name)
+            if password_hash:
+                await passwords.set_password(conn, user.user_id, password_hash, cmd.email)
             token = await service.issue_token(conn, user)
         return user_view(user, token=token)
 

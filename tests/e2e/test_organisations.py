@@ -21,7 +21,9 @@ pytestmark = pytest.mark.e2e
 
 # Not user endpoints: operations, the providers' signed webhooks, administration (its own
 # token; tested in test_p2p).
-PUBLIC = {"/health", "/metrics", "/receipts", "/organisations/{organisation_id}/inbound-sms"}
+# /auth/sign-in: a person signs in with a password there, to get a token.
+PUBLIC = {"/health", "/metrics", "/receipts", "/organisations/{organisation_id}/inbound-sms",
+          "/auth/sign-in"}
 
 
 def _endpoints(base: str) -> list[tuple[str, str]]:

@@ -1,0 +1,161 @@
+"""Passwords and sign-in for people: argon2id hashes, `POST /auth/sign-in` → a fresh API token,
+`PUT /auth/password`. Failed sign-ins are rate limited per login (here: whatever the client, so
+guessing one person's password is slow) and per client address (the console adds its own per
+browser address, since here every console user comes from the console's address)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from fastapi import APIRouter, HTTPException, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.scheduler import service
+from shared.auth import Principal
+
+MIN_LENGTH = 8
+# argon2-cffi's defaults are argon2id (RFC 9106's low-memory profile).
+_hasher = PasswordHasher()
+# Verified when no user matches, so a wrong login costs as long as a wrong password.
+_DUMMY_HASH = _hasher.hash("not a password of anyone")
+
+
+class SignIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    login: str = Field(min_length=1, max_length=320, description="user name or e-mail")
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class ChangePassword(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    current_password: str = Field(min_length=1, max_length=1024)
+    new_password: str = Field(min_length=MIN_LENGTH, max_length=1024)
+
+
+async def hash_password(password: str) -> str:
+    if len(password) < MIN_LENGTH:
+        raise ValueError(f"a password needs at least {MIN_LENGTH} characters")
+    return await asyncio.to_thread(_hasher.hash, password)
+
+
+async def verify(password_hash: str, password: str) -> bool:
+    def check() -> bool:
+        try:
+            return _hasher.verify(password_hash, password)
+        except (VerificationError, InvalidHashError):
+            return False
+
+    return await asyncio.to_thread(check)
+
+
+async def set_password(conn: asyncpg.Connection, user_id: uuid.UUID, password_hash: str,
+                       email: str | None = None) -> None:
+    await conn.execute(
+        "UPDATE users SET password_hash = $2, password_set_at = now(), "
+        "email = coalesce($3, email) WHERE id = $1",
+        user_id, password_hash, email,
+    )
+
+
+class FailureLimiter:
+    """At most `limit` failed sign-ins per key in a sliding `window` (seconds). In memory: each
+    scheduler replica counts its own (a limit, not an account lock an attacker could use)."""
+
+    def __init__(self, limit: int = 5, window: float = 300.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit, self.window, self.clock = limit, window, clock
+        self.failures: dict[str, deque[float]] = {}
+
+    def retry_after(self, *keys: str) -> float:
+        now = self.clock()
+        wait = 0.0
+        for key in keys:
+            times = self.failures.get(key)
+            while times and now - times[0] > self.window:
+                times.popleft()
+            if times is not None and not times:
+                del self.failures[key]
+            elif times and len(times) >= self.limit:
+                wait = max(wait, self.window - (now - times[0]))
+        return wait
+
+    def failed(self, *keys: str) -> None:
+        now = self.clock()
+        for key in keys:
+            self.failures.setdefault(key, deque()).append(now)
+
+    def succeeded(self, key: str) -> None:
+        self.failures.pop(key, None)
+
+
+def http_router(pool: asyncpg.Pool, user: Any, limiter: FailureLimiter | None = None,
+                client_limiter: FailureLimiter | None = None) -> APIRouter:
+    router = APIRouter(prefix="/auth", tags=["sign-in"])
+    limiter = limiter or FailureLimiter(limit=5, window=300)
+    # Generous: a console in front of the API is one client address for all its users.
+    client_limiter = client_limiter or FailureLimiter(limit=200, window=300)
+
+    @router.post("/sign-in")
+    async def sign_in(cmd: SignIn, request: Request) -> dict[str, Any]:
+        """A person's sign-in (user name or e-mail + password) → a fresh API token for them.
+        The same 401 for an unknown login and a wrong password; 429 after repeated failures."""
+        login = cmd.login.strip()
+        client = request.client.host if request.client else "?"
+        keys = (f"login:{login.lower()}",)
+        client_key = f"client:{client}"
+        wait = max(limiter.retry_after(*keys), client_limiter.retry_after(client_key))
+        if wait > 0:
+            raise HTTPException(429, "too many failed sign-ins; try again later",
+                                headers={"Retry-After": str(int(wait) + 1)})
+        async with pool.acquire() as conn:
+            rows = await conn.fetch(
+                """
+                SELECT u.id, u.organisation_id, u.name, u.password_hash, o.name AS organisation
+                FROM users u JOIN organisations o ON o.id = u.organisation_id
+                WHERE u.password_hash IS NOT NULL AND (lower(u.email) = lower($1) OR u.name = $1)
+                ORDER BY u.created_at LIMIT 10
+                """,
+                login,
+            )
+        matches = [r for r in rows if await verify(r["password_hash"], cmd.password)]
+        if not rows:
+            await verify(_DUMMY_HASH, cmd.password)
+        if len(matches) != 1:
+            limiter.failed(*keys)
+            client_limiter.failed(client_key)
+            raise HTTPException(401, "wrong user name, e-mail or password")
+        row = matches[0]
+        limiter.succeeded(keys[0])
+        principal = Principal(row["id"], row["organisation_id"], row["name"])
+        async with pool.acquire() as conn, conn.transaction():
+            # Announced to the other services through the outbox, with this transaction.
+            token = await service.issue_token(conn, principal)
+        return {"token": token, "user_id": str(row["id"]),
+                "organisation_id": str(row["organisation_id"]),
+                "organisation": row["organisation"], "name": row["name"]}
+
+    @router.put("/password")
+    async def change_password(cmd: ChangePassword, principal: Principal = user) -> dict[str, Any]:
+        """Change the caller's password: the current one is required."""
+        async with pool.acquire() as conn:
+            current = await conn.fetchval(
+                "SELECT password_hash FROM users WHERE id = $1", principal.user_id)
+        if current is not None and not await verify(current, cmd.current_password):
+            raise HTTPException(403, "the current password is wrong")
+        new_hash = await hash_password(cmd.new_password)
+        async with pool.acquire() as conn:
+            await set_password(conn, principal.user_id, new_hash)
+        return {"user_id": str(principal.user_id), "changed": True}
+
+    return router
+
