@@ -398,9 +398,9 @@ async def measure(suite: Suite, case: Case, ctx: Ctx, campaigns: list[Campaign],
         # A message in doubt (its process died mid-call) may or may not have reached the
         # provider: the provider's tally lies between what was completed and that plus the
         # messages in doubt.
-        c_doubt = int(await suite.db.fetchval(
-            "SELECT count(*) FROM tracker.recipient_outcomes WHERE campaign_id = $1 "
-            "AND status = 'failed' AND reason LIKE 'in\\_doubt%'", cid) or 0)
+        c_doubt = int((await suite.db.fetch(
+            "SELECT count(*) n FROM tracker.recipient_outcomes WHERE campaign_id = $1 "
+            "AND status = 'failed' AND reason LIKE 'in\\_doubt%'", cid))[0]["n"])
         c_exact = (all(int(count[s]) == recount[s] for s in recount)
                    and recount["completed"] <= tally["keys"] <= recount["completed"] + c_doubt)
         if not c_exact:
