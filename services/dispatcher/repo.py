@@ -270,24 +270,39 @@ async def all_opt_outs(conn: asyncpg.Connection) -> set[tuple[uuid.UUID, str]]:
 Key = tuple[uuid.UUID, int, str]
 
 
-def gate_key(campaign_id: uuid.UUID) -> int:
-    """The advisory lock that orders a campaign's claims against its abort."""
-    return int.from_bytes(campaign_id.bytes[:8], "big", signed=True)
+async def ensure_gates(conn: asyncpg.Connection, campaign_ids: Sequence[uuid.UUID]) -> None:
+    """Each campaign that claims go through has a gate row (created open)."""
+    await conn.execute(
+        "INSERT INTO gates (campaign_id) SELECT unnest($1::uuid[]) ON CONFLICT DO NOTHING",
+        list(campaign_ids),
+    )
 
 
-_CLAIM = """
-    WITH spans AS (
+_STEP = """
+    WITH open_gates AS (
+        SELECT campaign_id FROM gates
+        WHERE campaign_id = ANY($8::uuid[]) AND aborted_at IS NULL
+        FOR SHARE
+    ), recorded AS (
+        INSERT INTO deliveries AS d (campaign_id, recipient_id, channel, request_id, outcome,
+                                     done_at)
+        SELECT o.*, now()
+        FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::uuid[], $5::json[])
+             AS o(campaign_id, recipient_id, channel, request_id, outcome)
+        ON CONFLICT (campaign_id, recipient_id, channel) DO UPDATE
+        SET outcome = excluded.outcome, done_at = excluded.done_at
+        WHERE d.outcome IS NULL
+    ), spans AS (
         INSERT INTO batch_spans (batch_id, topic_partition, first_offset, last_offset)
-        SELECT $1, * FROM unnest($4::int[], $5::bigint[], $6::bigint[])
+        SELECT $6, * FROM unnest($10::int[], $11::bigint[], $12::bigint[])
     ), groups AS (
         SELECT (g->>0)::uuid AS campaign_id, g->>1 AS channel,
                ARRAY(SELECT json_array_elements_text(g->2)::bigint) AS ids
-        FROM json_array_elements($2::json) AS g
+        FROM json_array_elements($9::json) AS g
     )
     INSERT INTO claims (batch_id, campaign_id, channel, recipient_ids, claimed_by)
-    SELECT $1, campaign_id, channel, ids, $3 FROM groups
-    WHERE NOT EXISTS (SELECT 1 FROM gates WHERE gates.campaign_id = groups.campaign_id
-                      AND gates.aborted_at IS NOT NULL)
+    SELECT $6, campaign_id, channel, ids, $7 FROM groups
+    WHERE campaign_id IN (SELECT campaign_id FROM open_gates)
     RETURNING campaign_id
 """
 
@@ -302,59 +317,31 @@ async def step(
     owner: str = "",
     spans: Sequence[tuple[int, int, int]] = (),
 ) -> set[uuid.UUID]:
-    """In one transaction: record outcomes, put retries on the schedule, and claim groups of
-    (campaign, channel, recipient ids) before their provider calls start. Returns the
+    """One statement (one round trip, one commit): record outcomes (the first one recorded
+    for a key stays), claim groups of (campaign, channel, recipient ids) before their provider
+    calls start, and record the batch's Kafka positions with its first claim. Returns the
     campaigns whose claims were taken (an aborted campaign's are refused).
 
-    The transaction holds each claimed campaign's advisory lock in shared mode, so an abort
-    (`close_gate`, the lock in exclusive mode) waits for the claims in progress, counts them,
-    and is seen by every claim after it; a lock, unlike a locked row, writes nothing. Outcome
-    rows are copied straight in; in the rare transaction where a key is there already (a race,
-    an old claim) the whole step is done again the careful way. `spans`: the batch's Kafka
-    positions, recorded with its first claim."""
-    done_at = datetime.now(UTC)
-    rows = [(o.campaign_id, o.recipient_id, o.channel, r.event_id, data.decode(), done_at)
-            for r, o, data in outcomes]
-    keys = sorted({gate_key(c) for c, _, _ in claims})
-    begin = "BEGIN" + "".join(f"; SELECT pg_advisory_xact_lock_shared({k})" for k in keys)
-    try:
-        await conn.execute(begin)
-        if rows:
-            await conn.copy_records_to_table("deliveries", records=rows,
-                                             columns=_DELIVERY_COLUMNS)
-        taken = await _step_rest(conn, retries, claims, batch_id, owner, spans)
-        await conn.execute("COMMIT")
-        return taken
-    except asyncpg.UniqueViolationError:
-        await conn.execute("ROLLBACK")
-    except BaseException:
-        # Lost mid-statement (a database restart, a cancellation): the connection's state is
-        # unknown, so it is closed rather than reused; the pool opens another.
-        conn.terminate()
-        raise
-    async with conn.transaction():
-        for k in keys:
-            await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", k)
-        await _insert_new_outcomes(conn, rows)
-        return await _step_rest(conn, retries, claims, batch_id, owner, spans)
-
-
-async def _step_rest(
-    conn: asyncpg.Connection,
-    retries: Sequence[tuple[uuid.UUID, int, str, str, int, datetime, datetime, str | None]],
-    claims: Sequence[tuple[uuid.UUID, str, Sequence[int]]],
-    batch_id: uuid.UUID | None,
-    owner: str,
-    spans: Sequence[tuple[int, int, int]],
-) -> set[uuid.UUID]:
-    if retries:
-        await schedule_retries(conn, retries)
-    if not claims:
-        return set()
-    rows = await conn.fetch(
-        _CLAIM, batch_id, json.dumps([[str(c), ch, list(ids)] for c, ch, ids in claims]),
-        owner, [s[0] for s in spans], [s[1] for s in spans], [s[2] for s in spans],
+    The claims hold their campaigns' gate rows in share mode until the statement commits, so
+    an abort (`close_gate`, which updates the row) waits for the claims in progress, counts
+    them, and every claim after it sees the gate closed (a row lock is re-checked against the
+    newest version of the row). Gate rows must exist (`ensure_gates`). Retries (rare) go in
+    the same transaction."""
+    campaign_ids = list({c for c, _, _ in claims})
+    args = (
+        [o.campaign_id for _, o, _ in outcomes], [o.recipient_id for _, o, _ in outcomes],
+        [o.channel for _, o, _ in outcomes], [r.event_id for r, _, _ in outcomes],
+        [data.decode() for _, _, data in outcomes],
+        batch_id, owner, campaign_ids,
+        json.dumps([[str(c), ch, list(ids)] for c, ch, ids in claims]),
+        [s[0] for s in spans], [s[1] for s in spans], [s[2] for s in spans],
     )
+    if not retries:
+        rows = await conn.fetch(_STEP, *args)
+        return {r["campaign_id"] for r in rows}
+    async with conn.transaction():
+        await schedule_retries(conn, retries)
+        rows = await conn.fetch(_STEP, *args)
     return {r["campaign_id"] for r in rows}
 
 
@@ -367,6 +354,7 @@ async def claim(
     spans: Sequence[tuple[int, int, int]] = (),
 ) -> set[uuid.UUID]:
     """Claim groups of messages alone (`step` with nothing else to write)."""
+    await ensure_gates(conn, list({c for c, _, _ in groups}))
     return await step(conn, claims=groups, batch_id=batch_id, owner=owner, spans=spans)
 
 
@@ -411,16 +399,13 @@ async def earlier_claims(
 async def close_gate(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> None:
     """Refuse every claim for the campaign from now on; waits for the claims in progress
     (which then count as going out)."""
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", gate_key(campaign_id))
-        await conn.execute(
-            """
-            INSERT INTO gates (campaign_id, aborted_at) VALUES ($1, now())
-            ON CONFLICT (campaign_id) DO UPDATE
-            SET aborted_at = coalesce(gates.aborted_at, now())
-            """,
-            campaign_id,
-        )
+    await conn.execute(
+        """
+        INSERT INTO gates (campaign_id, aborted_at) VALUES ($1, now())
+        ON CONFLICT (campaign_id) DO UPDATE SET aborted_at = coalesce(gates.aborted_at, now())
+        """,
+        campaign_id,
+    )
 
 
 async def sent_or_in_flight(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> int:

@@ -253,6 +253,7 @@ class Dispatcher:
         self._resend_in_doubt = resend_in_doubt
         self._templates: dict[uuid.UUID, CampaignTemplate] = {}
         self._taking = asyncio.Lock()
+        self._gates: set[uuid.UUID] = set()
         # Moving averages of a provider call's and of a step write's duration.
         self._call_seconds = 0.0
         self._step_seconds = 0.002
@@ -446,6 +447,7 @@ class Dispatcher:
         write, more where they are faster (a no-op provider: up to 64), so that waiting on the
         database is not paid per message."""
         if calls:
+            await self._open_gates({req.campaign_id for req, _ in calls})
             per_step = self._messages_per_step()
             workers = min(-(-len(calls) // per_step), max(1, self._concurrency // per_step))
             steps: GroupCommit[_Step] = GroupCommit(self._step_writer(batch_id, spans, recorder))
@@ -472,6 +474,7 @@ class Dispatcher:
                                 recorder.add(req, result)
                             raise
                         done = []
+                        started = time.monotonic()
                         for req, message in ready:
                             if req.campaign_id in taken:
                                 done.append((req, await self._call(
@@ -479,6 +482,7 @@ class Dispatcher:
                             else:  # its campaign was aborted: the gate refused the claim
                                 self.breakers[req.channel].cancel_probe()
                                 recorder.add(req, domain.skipped(req, "aborted"))
+                        self._note_calls(time.monotonic() - started, len(ready))
                     if done:
                         await steps.submit(_Step(done, []))
 
@@ -497,6 +501,19 @@ class Dispatcher:
                 if isinstance(result, BaseException):
                     raise result
         await recorder.drain()
+
+    def _note_calls(self, seconds: float, calls: int) -> None:
+        """A moving average of a provider call's duration (a step's calls, one after another)."""
+        took = seconds / calls
+        self._call_seconds = (took if not self._call_seconds
+                              else self._call_seconds + (took - self._call_seconds) * 0.1)
+
+    async def _open_gates(self, campaign_ids: set[uuid.UUID]) -> None:
+        new = [c for c in campaign_ids if c not in self._gates]
+        if new:
+            async with self._pool.acquire() as conn:
+                await repo.ensure_gates(conn, new)
+            self._gates.update(new)
 
     def _messages_per_step(self) -> int:
         """A worker's k calls of a step go one after another: with calls of c seconds and a
@@ -576,7 +593,6 @@ class Dispatcher:
         if req.campaign_id in self._aborts:  # the last moment to honour an abort
             breaker.cancel_probe()
             return domain.skipped(req, "aborted")
-        started = time.monotonic()
         try:
             provider_id = await self._providers[req.channel].send(message)
         except PermanentProviderError as exc:
@@ -593,10 +609,6 @@ class Dispatcher:
             breaker.cancel_probe()
             log.exception("provider call raised", extra={"campaign_id": str(req.campaign_id)})
             return domain.failed(req, f"{FailReason.SEND_ERROR.value}: {type(exc).__name__}")
-        finally:
-            took = time.monotonic() - started
-            self._call_seconds = (took if not self._call_seconds
-                                  else self._call_seconds + (took - self._call_seconds) * 0.01)
         breaker.record(True)
         return domain.sent(req, provider_id)
 

@@ -30,8 +30,10 @@ class DispatcherSettings(CommonSettings):
     smtp_password: str | None = None
     smtp_starttls: bool = False
     smtp_connections: int = 10
-    # Provider calls in flight at once per process, and the provider's rate limit.
-    concurrency: int = 200
+    # Provider calls in flight at once per process (also what a crash of the process can leave
+    # in doubt at most), and the provider's rate limit. 500: 10,000 messages a second from a
+    # provider answering in 50 ms.
+    concurrency: int = 500
     rate_limit_per_second: float = 0.0  # 0 = unlimited
     # The retry schedule: a retryable failure is tried again after base · 2^(attempt-1)
     # seconds (capped, jittered 0.5-1.5x, at least the provider's Retry-After) until the
