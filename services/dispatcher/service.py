@@ -192,24 +192,39 @@ class GroupCommit(Generic[T]):
 
 class Recorder:
     """A batch's results, written in groups as they come (outcomes to `deliveries`, retries to
-    the schedule); keeps the outcomes written, with their JSON, to publish."""
+    the schedule). Each group's outcomes are published as soon as they are written (progress
+    moves while the batch runs); `drain` waits for every write and every publish, which must
+    all be done before the batch's offsets commit."""
 
     def __init__(
-        self, write: Callable[[list[tuple[Request, Result]]], Awaitable[None]]
+        self,
+        write: Callable[[list[tuple[Request, Result]]], Awaitable[None]],
+        publish: Publish | None,
     ) -> None:
         self._write = write
+        self._publish = publish
         self._commit: GroupCommit[tuple[Request, Result]] = GroupCommit(self._write_group)
+        self._publishing: list[asyncio.Task[None]] = []
         self.outcomes: list[tuple[Outcome, bytes]] = []
 
     def add(self, req: Request, result: Result) -> None:
         self._commit.add((req, result))
 
+    def written(self, outcomes: list[tuple[Outcome, bytes]]) -> None:
+        """Outcomes now recorded: kept, and on their way to Kafka."""
+        self.outcomes.extend(outcomes)
+        if self._publish is not None and outcomes:
+            self._publishing.append(asyncio.create_task(self._publish(outcomes)))
+
     async def drain(self) -> None:
         await self._commit.drain()
+        while self._publishing:
+            tasks, self._publishing = self._publishing, []
+            await asyncio.gather(*tasks)
 
     async def _write_group(self, group: list[tuple[Request, Result]]) -> None:
         await self._write(group)
-        self.outcomes.extend((r, r.to_bytes()) for _, r in group if not isinstance(r, Retry))
+        self.written([(r, r.to_bytes()) for _, r in group if not isinstance(r, Retry)])
 
 
 _REQUEST = msgspec.json.Decoder(wire.SendRequested)
@@ -298,15 +313,13 @@ class Dispatcher:
         if contexts:
             await self._learn(contexts)
         reports, fresh, in_doubt = await self._sort_out(unique, spans)
-        recorder = Recorder(self._write)
+        recorder = Recorder(self._write, publish)
+        recorder.written([(o, o.to_bytes()) for o in reports])  # reported again, as recorded
         for req in in_doubt:
             recorder.add(req, domain.failed(req, FailReason.IN_DOUBT.value))
         calls = await self._prepare_all(fresh, recorder)
         await self._call_all(calls, recorder, batch_id=uuid.uuid4(), spans=spans)
-        encoded = [(o, o.to_bytes()) for o in reports] + recorder.outcomes
-        if publish is not None and encoded:
-            await publish(encoded)
-        return encoded
+        return recorder.outcomes
 
     async def _sort_out(
         self, unique: list[Request], spans: Spans
@@ -566,7 +579,7 @@ class Dispatcher:
             self._step_seconds += (time.monotonic() - started - self._step_seconds) * 0.1
             if groups:
                 spans_left[0] = ()
-            recorder.outcomes.extend((r, data) for _, r, data in outcomes)
+            recorder.written([(r, data) for _, r, data in outcomes])
             return taken
 
         return write
