@@ -767,15 +767,20 @@ async def scale_dispatchers(ctx: Ctx) -> None:
     await s.wait_settled(ctx.main, 0.5, s.budget)
     await s.poll(ctx.main)
     log(f"  scaling 3 → 1 (SIGTERM) at {ctx.main.settled}/{ctx.main.recipients}")
-    stops = []
     at = ctx.main.settled
-    for name in _procs(s, "dispatcher")[:2]:
+    finished_before = ctx.main.final_at is not None or at >= ctx.main.recipients
+
+    async def stop(name: str) -> str:
         t = time.monotonic()
         await asyncio.to_thread(s.sendout.processes.terminate, name)
-        stops.append(f"{time.monotonic() - t:.1f} s")
+        return f"{time.monotonic() - t:.1f} s"
+
+    # Both at once: each drains its batch in flight before it leaves, and the campaign goes on
+    # meanwhile, so one after the other could outlast the campaign.
+    stops = await asyncio.gather(*(stop(name) for name in _procs(s, "dispatcher")[:2]))
     ctx.notes.append(f"two dispatchers stopped (SIGTERM) from {at}/{ctx.main.recipients}, "
                      f"taking {', '.join(stops)}")
-    if ctx.main.final_at is not None or at >= ctx.main.recipients:
+    if finished_before:
         ctx.extra_failures.append("the campaign had finished before the scale-down")
     ctx.fault_end = time.monotonic()
 
