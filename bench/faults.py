@@ -71,7 +71,9 @@ HANG_SECONDS = 8.0
 # second per dispatcher, slow enough for a fault to land mid-send and light on the cores.
 PROVIDER_LATENCY_MS = 50.0
 CONCURRENCY = 50
-SCALE_SECONDS = 60.0
+# One dispatcher alone would take this long in the scaling case: starting two more can take
+# half a minute on a loaded 2-core machine, and the scale-down must still land mid-send.
+SCALE_SECONDS = 120.0
 
 
 def log(msg: str) -> None:
