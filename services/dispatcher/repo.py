@@ -157,22 +157,9 @@ async def seen_before(
         return {}, set()
     wanted = {domain.dedupe_key(r) for r in requests}
     scheduled = {k for k in (tuple(row[:3]) for row in found if row[3]) if k in wanted}
-    keys = [k for k in (tuple(row[:3]) for row in found if not row[3]) if k in wanted]
-    if not keys:
-        return {}, scheduled  # type: ignore[return-value]
-    rows = await conn.fetch(
-        """
-        SELECT d.campaign_id, d.recipient_id, d.channel, d.outcome::text AS outcome
-        FROM unnest($1::uuid[], $2::bigint[], $3::text[]) AS k(campaign_id, recipient_id, channel)
-        JOIN deliveries d USING (campaign_id, recipient_id, channel)
-        WHERE d.outcome IS NOT NULL
-        """,
-        [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
-    )
-    return {
-        (r["campaign_id"], r["recipient_id"], r["channel"]): decode_outcome(r["outcome"])
-        for r in rows
-    }, scheduled  # type: ignore[return-value]
+    keys: list[Key] = [k for k in (tuple(row[:3]) for row in found if not row[3])  # type: ignore[misc]
+                       if k in wanted]
+    return (await recorded_outcomes(conn, keys) if keys else {}), scheduled  # type: ignore[return-value]
 
 
 # Recipient ids this close together share a range: the ids between them that are not asked
