@@ -951,7 +951,7 @@ Findings:
 """
     head = f"""# Reliability: the fault suite
 
-`make faults` (50,000 recipients per case) and `make faults-ci` (5,000, run by `.ci/run`) run
+`make faults` (50,000 recipients per case) and `./sendout faults` (5,000, run by `.ci/run`) run
 mass campaigns through all services while something breaks, and check what the provider
 received and what the counters say (`bench/faults.py` has the details). Rerun it after any
 change to the send path; `make faults FAULTS_ARGS="--case kill-dispatcher"` runs one case
