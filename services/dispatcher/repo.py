@@ -19,21 +19,17 @@ from shared.wire import decode_outcome
 
 
 async def save_template(conn: asyncpg.Connection, event: CampaignStarted) -> None:
-    templates = {channel: t.model_dump() for channel, t in event.templates.items()}
-    await conn.execute(
-        """
-        INSERT INTO templates (campaign_id, organisation_id, template_id, template_version,
-                               templates, sender)
-        VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb)
-        ON CONFLICT (campaign_id) DO NOTHING
-        """,
-        event.campaign_id, event.organisation_id, event.template.id, event.template.version,
-        json.dumps(templates), event.sender.model_dump_json(),
-    )
+    """A campaign's templates and sender as its `started` event told them."""
+    await save_campaign_template(conn, CampaignTemplate(
+        campaign_id=event.campaign_id, organisation_id=event.organisation_id,
+        version=event.template.version, template_id=event.template.id,
+        templates=dict(event.templates), sender=event.sender,
+    ))
 
 
 async def save_campaign_template(conn: asyncpg.Connection, template: CampaignTemplate) -> None:
-    """A campaign's context as a send request carried it (the first one stays)."""
+    """A campaign's templates and sender, as a send request or its `started` event carried
+    them (the first one stays)."""
     templates = {channel: t.model_dump() for channel, t in template.templates.items()}
     await conn.execute(
         """
