@@ -511,19 +511,10 @@ async def settle_retries(
         return
     done_at = datetime.now(UTC)
     async with conn.transaction():
-        await _DELIVERIES_IN.load(conn, [
+        await _insert_new_outcomes(conn, [
             (o.campaign_id, o.recipient_id, o.channel, r.event_id, data.decode(), done_at)
             for r, o, data in outcomes
         ])
-        await conn.execute(
-            f"""
-            INSERT INTO deliveries AS d ({", ".join(_DELIVERY_COLUMNS)})
-            SELECT * FROM {_DELIVERIES_IN.name}
-            ON CONFLICT (campaign_id, recipient_id, channel) DO UPDATE
-            SET outcome = excluded.outcome, done_at = excluded.done_at
-            WHERE d.outcome IS NULL
-            """
-        )
         await conn.execute(
             f"""
             UPDATE retries r SET status = 'settled', claimed_at = now()
