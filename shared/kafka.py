@@ -321,7 +321,13 @@ async def group_instances(admin: AIOKafkaAdminClient, group_id: str) -> set[str]
 
 # Bounded redelivery ---------------------------------------------------------------------------
 
+class Redeliver(Exception):
+    """Raised by a batch's processing to have the batch redelivered for a reason that is not
+    the records' (counted as transient: never dead-lettered)."""
+
+
 _TRANSIENT: tuple[type[BaseException], ...] = (
+    Redeliver,
     asyncpg.exceptions.PostgresConnectionError,  # ConnectionDoesNotExistError among them
     asyncpg.exceptions.CannotConnectNowError,  # starting up or shutting down
     asyncpg.exceptions.AdminShutdownError,

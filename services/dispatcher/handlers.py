@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 import asyncpg
@@ -16,7 +16,12 @@ from faststream.kafka.publisher.usecase import DefaultPublisher
 
 from services.dispatcher import repo
 from services.dispatcher.domain import CampaignTemplate, Outcome, template_from_context
-from services.dispatcher.service import AbortRegistry, Dispatcher, OptOutRegistry
+from services.dispatcher.service import (
+    AbortRegistry,
+    BatchSuperseded,
+    Dispatcher,
+    OptOutRegistry,
+)
 from shared import topics
 from shared.events import (
     LIFECYCLE,
@@ -28,6 +33,7 @@ from shared.events import (
 from shared.kafka import (
     BATCH_CONSUMER,
     BROADCAST_CONSUMER,
+    Redeliver,
     decode_records,
     process_bounded,
     publish_all,
@@ -41,14 +47,20 @@ log = logging.getLogger(__name__)
 
 
 class InFlight(ConsumerRebalanceListener):  # type: ignore[misc]
-    """One consumer's batch in progress. A partition is handed back only once the batch in
-    progress is settled (recorded, published), so its next owner re-reports it instead of
-    finding it mid-flight; bounded, since a claim left behind is safe either way."""
+    """One consumer's batch in progress, and the partitions assigned to it. A partition is
+    handed back only once the batch in progress is settled (recorded, published), so its next
+    owner re-reports it instead of finding it mid-flight; bounded, since the next owner's
+    attempt fences this one (`repo.register_batch`) either way."""
 
     def __init__(self, bound_seconds: float) -> None:
         self._idle = asyncio.Event()
         self._idle.set()
         self._bound = bound_seconds
+        self._assigned: set[int] | None = None  # not known before the first assignment
+
+    def owns(self, partitions: Iterable[int]) -> bool:
+        """Are these partitions (still) assigned to this consumer?"""
+        return self._assigned is None or set(partitions) <= self._assigned
 
     @contextlib.asynccontextmanager
     async def busy(self) -> AsyncIterator[None]:
@@ -59,16 +71,17 @@ class InFlight(ConsumerRebalanceListener):  # type: ignore[misc]
             self._idle.set()
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self._assigned = (self._assigned or set()) - {tp.partition for tp in revoked}
         if self._idle.is_set():
             return
         try:
             await asyncio.wait_for(self._idle.wait(), self._bound)
         except TimeoutError:
-            log.warning("partitions revoked with a batch still in flight; its claims stand",
+            log.warning("partitions revoked with a batch in flight; their next owner fences it",
                         extra={"partitions": len(revoked)})
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        return None
+        self._assigned = (self._assigned or set()) | {tp.partition for tp in assigned}
 
 
 def contexts_of(
@@ -119,11 +132,25 @@ def kafka_router(
         async def send(good: Sequence[tuple[ConsumerRecord[Any, Any], Any]]) -> None:
             # Outcomes are recorded and acknowledged by Kafka before this returns and the
             # offsets commit.
-            await dispatcher.dispatch_encoded(
-                [request for _, (_, requests) in good for request in requests], publish,
-                spans=spans_of([record for record, _ in good]),
-                contexts=contexts_of(dispatcher, good),
-            )
+            spans = spans_of([record for record, _ in good])
+            partitions = [p for p, _, _ in spans]
+            if not in_flight.owns(partitions):
+                # Revoked between the fetch and now: the partition's new owner sends these.
+                log.warning("batch of a partition no longer assigned left to its new owner",
+                         extra={"partitions": partitions})
+                return
+            try:
+                await dispatcher.dispatch_encoded(
+                    [request for _, (_, requests) in good for request in requests], publish,
+                    spans=spans, contexts=contexts_of(dispatcher, good),
+                )
+            except BatchSuperseded as exc:
+                if in_flight.owns(partitions):
+                    # Superseded by an attempt of a consumer that no longer owns these
+                    # records: this one takes them back (and waits for what it claimed).
+                    raise Redeliver(str(exc)) from exc
+                log.warning("batch taken over by the partition's new owner",
+                         extra={"partitions": partitions})
 
         async def on_send_requested(
             body: list[bytes], msg: KafkaMessage, broker: KafkaBroker

@@ -7,7 +7,7 @@ import json
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 
@@ -266,6 +266,9 @@ _STEP = """
         SELECT campaign_id FROM gates
         WHERE campaign_id = ANY($8::uuid[]) AND aborted_at IS NULL
         FOR SHARE
+    ), live AS (
+        SELECT batch_id FROM batches WHERE batch_id = $6 AND superseded_at IS NULL
+        FOR SHARE
     ), recorded AS (
         INSERT INTO deliveries AS d (campaign_id, recipient_id, channel, request_id, outcome,
                                      done_at)
@@ -275,19 +278,30 @@ _STEP = """
         ON CONFLICT (campaign_id, recipient_id, channel) DO UPDATE
         SET outcome = excluded.outcome, done_at = excluded.done_at
         WHERE d.outcome IS NULL
-    ), spans AS (
-        INSERT INTO batch_spans (batch_id, topic_partition, first_offset, last_offset)
-        SELECT $6, * FROM unnest($10::int[], $11::bigint[], $12::bigint[])
     ), groups AS (
         SELECT (g->>0)::uuid AS campaign_id, g->>1 AS channel,
                ARRAY(SELECT json_array_elements_text(g->2)::bigint) AS ids
         FROM json_array_elements($9::json) AS g
+    ), claimed AS (
+        INSERT INTO claims (batch_id, campaign_id, channel, recipient_ids, claimed_by)
+        SELECT $6, campaign_id, channel, ids, $7 FROM groups
+        WHERE campaign_id IN (SELECT campaign_id FROM open_gates)
+          AND EXISTS (SELECT 1 FROM live)
+        RETURNING campaign_id
     )
-    INSERT INTO claims (batch_id, campaign_id, channel, recipient_ids, claimed_by)
-    SELECT $6, campaign_id, channel, ids, $7 FROM groups
-    WHERE campaign_id IN (SELECT campaign_id FROM open_gates)
-    RETURNING campaign_id
+    SELECT campaign_id FROM claimed
+    UNION ALL
+    SELECT NULL WHERE $9::json::text <> '[]' AND NOT EXISTS (SELECT 1 FROM live)
 """
+
+
+class Step(NamedTuple):
+    """What a step's claims got: the campaigns whose claims were taken (an aborted
+    campaign's are refused), and whether all were refused because a later attempt at the
+    batch superseded this one."""
+
+    taken: set[uuid.UUID]
+    superseded: bool
 
 
 async def step(
@@ -298,18 +312,18 @@ async def step(
     claims: Sequence[tuple[uuid.UUID, str, Sequence[int]]] = (),
     batch_id: uuid.UUID | None = None,
     owner: str = "",
-    spans: Sequence[tuple[int, int, int]] = (),
-) -> set[uuid.UUID]:
+) -> Step:
     """One statement (one round trip, one commit): record outcomes (the first one recorded
-    for a key stays), claim groups of (campaign, channel, recipient ids) before their provider
-    calls start, and record the batch's Kafka positions with its first claim. Returns the
-    campaigns whose claims were taken (an aborted campaign's are refused).
+    for a key stays) and claim groups of (campaign, channel, recipient ids) before their
+    provider calls start.
 
     The claims hold their campaigns' gate rows in share mode until the statement commits, so
     an abort (`close_gate`, which updates the row) waits for the claims in progress, counts
     them, and every claim after it sees the gate closed (a row lock is re-checked against the
-    newest version of the row). Gate rows must exist (`ensure_gates`). Retries (rare) go in
-    the same transaction."""
+    newest version of the row). They hold their batch's row the same way, so a takeover
+    (`register_batch` by a later attempt) waits for them, reads them, and every claim of the
+    batch after it is refused. Gate rows must exist (`ensure_gates`), and the batch's row
+    (`register_batch`). Retries (rare) go in the same transaction."""
     campaign_ids = list({c for c, _, _ in claims})
     args = (
         [o.campaign_id for _, o, _ in outcomes], [o.recipient_id for _, o, _ in outcomes],
@@ -317,15 +331,17 @@ async def step(
         [data.decode() for _, _, data in outcomes],
         batch_id, owner, campaign_ids,
         json.dumps([[str(c), ch, list(ids)] for c, ch, ids in claims]),
-        [s[0] for s in spans], [s[1] for s in spans], [s[2] for s in spans],
     )
     if not retries:
         rows = await conn.fetch(_STEP, *args)
-        return {r["campaign_id"] for r in rows}
-    async with conn.transaction():
-        await schedule_retries(conn, retries)
-        rows = await conn.fetch(_STEP, *args)
-    return {r["campaign_id"] for r in rows}
+    else:
+        async with conn.transaction():
+            await schedule_retries(conn, retries)
+            rows = await conn.fetch(_STEP, *args)
+    taken = {r["campaign_id"] for r in rows}
+    superseded = None in taken
+    taken.discard(None)
+    return Step(taken, superseded)
 
 
 async def claim(
@@ -336,9 +352,11 @@ async def claim(
     owner: str,
     spans: Sequence[tuple[int, int, int]] = (),
 ) -> set[uuid.UUID]:
-    """Claim groups of messages alone (`step` with nothing else to write)."""
+    """A batch registered and some of its messages claimed, nothing else written (what a
+    process leaves behind if it dies right after)."""
     await ensure_gates(conn, list({c for c, _, _ in groups}))
-    return await step(conn, claims=groups, batch_id=batch_id, owner=owner, spans=spans)
+    await register_batch(conn, batch_id, owner=owner, spans=spans)
+    return (await step(conn, claims=groups, batch_id=batch_id, owner=owner)).taken
 
 
 async def refresh_claims(conn: asyncpg.Connection, batch_id: uuid.UUID) -> None:
@@ -346,30 +364,72 @@ async def refresh_claims(conn: asyncpg.Connection, batch_id: uuid.UUID) -> None:
     await conn.execute("UPDATE claims SET claimed_at = now() WHERE batch_id = $1", batch_id)
 
 
-async def earlier_claims(
-    conn: asyncpg.Connection, spans: Sequence[tuple[int, int, int]]
+# Registrations at the same Kafka positions go one at a time (a transaction-scoped advisory
+# lock per partition, this number being the lock space), so that of two attempts at the same
+# records, the later one always sees the earlier one.
+_REGISTRATION_LOCKS = 20_201
+
+_REGISTER = """
+    WITH earlier AS (
+        SELECT DISTINCT b.batch_id
+        FROM unnest($3::int[], $4::bigint[], $5::bigint[]) AS s(p, lo, hi)
+        CROSS JOIN LATERAL (
+            SELECT batch_id FROM batch_spans b
+            WHERE b.topic_partition = s.p AND b.last_offset >= s.lo AND b.first_offset <= s.hi
+            OFFSET 0
+        ) AS b
+    ), superseded AS (
+        UPDATE batches SET superseded_at = now()
+        WHERE batch_id IN (SELECT batch_id FROM earlier) AND superseded_at IS NULL
+    ), mine AS (
+        INSERT INTO batches (batch_id, owner) VALUES ($1, $2)
+    ), spans AS (
+        INSERT INTO batch_spans (batch_id, topic_partition, first_offset, last_offset)
+        SELECT $1, * FROM unnest($3::int[], $4::bigint[], $5::bigint[])
+    )
+    SELECT batch_id FROM earlier
+"""
+
+
+async def register_batch(
+    conn: asyncpg.Connection,
+    batch_id: uuid.UUID,
+    *,
+    owner: str,
+    spans: Sequence[tuple[int, int, int]] = (),
+) -> list[uuid.UUID]:
+    """Register an attempt at a batch read from these Kafka positions (partition, first
+    offset, last offset), before it claims anything, and supersede every earlier attempt at
+    any of them: from this commit on, their claims are refused (a claim in progress is waited
+    for). Returns the earlier attempts, whose claims (`claims_of`) are then complete.
+    Nothing earlier is the common case: one index probe per partition."""
+    parts = [s[0] for s in spans]
+    async with conn.transaction():
+        if parts:
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock($1, p) "
+                "FROM (SELECT DISTINCT unnest($2::int[]) AS p ORDER BY 1) AS s",
+                _REGISTRATION_LOCKS, parts)
+        # A new statement (a new snapshot) after the locks: registrations committed while
+        # this one waited are seen.
+        rows = await conn.fetch(_REGISTER, batch_id, owner, parts,
+                                [s[1] for s in spans], [s[2] for s in spans])
+    return [r["batch_id"] for r in rows]
+
+
+async def claims_of(
+    conn: asyncpg.Connection, batch_ids: Sequence[uuid.UUID]
 ) -> dict[Key, float]:
-    """Keys claimed by earlier attempts at any of these Kafka positions, with the age in
-    seconds of their freshest claim. Empty for a batch seen the first time (one index probe
-    per partition)."""
-    if not spans:
+    """The keys these attempts claimed, with the age in seconds of their freshest claim."""
+    if not batch_ids:
         return {}
     rows = await conn.fetch(
         """
-        SELECT c.campaign_id, c.channel, c.recipient_ids,
-               extract(epoch FROM now() - c.claimed_at)::float8 AS age
-        FROM claims c
-        WHERE c.batch_id IN (
-            SELECT b.batch_id
-            FROM unnest($1::int[], $2::bigint[], $3::bigint[]) AS s(p, lo, hi)
-            CROSS JOIN LATERAL (
-                SELECT batch_id FROM batch_spans b
-                WHERE b.topic_partition = s.p AND b.last_offset >= s.lo AND b.first_offset <= s.hi
-                OFFSET 0
-            ) AS b
-        )
+        SELECT campaign_id, channel, recipient_ids,
+               extract(epoch FROM now() - claimed_at)::float8 AS age
+        FROM claims WHERE batch_id = ANY($1::uuid[])
         """,
-        [s[0] for s in spans], [s[1] for s in spans], [s[2] for s in spans],
+        list(batch_ids),
     )
     ages: dict[Key, float] = {}
     for r in rows:

@@ -230,6 +230,11 @@ class Recorder:
 _REQUEST = msgspec.json.Decoder(wire.SendRequested)
 
 
+class BatchSuperseded(Exception):
+    """A later attempt at the batch's records (another consumer, after a rebalance) took it
+    over; this attempt's outcomes so far are recorded and published, the rest is not its."""
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -312,29 +317,38 @@ class Dispatcher:
         unique = list({domain.dedupe_key(r): r for r in requests}.values())
         if contexts:
             await self._learn(contexts)
-        reports, fresh, in_doubt = await self._sort_out(unique, spans)
+        batch_id = uuid.uuid4()
+        reports, fresh, in_doubt = await self._sort_out(unique, spans, batch_id)
         recorder = Recorder(self._write, publish)
         recorder.written([(o, o.to_bytes()) for o in reports])  # reported again, as recorded
         for req in in_doubt:
             recorder.add(req, domain.failed(req, FailReason.IN_DOUBT.value))
         calls = await self._prepare_all(fresh, recorder)
-        await self._call_all(calls, recorder, batch_id=uuid.uuid4(), spans=spans)
+        if await self._call_all(calls, recorder, batch_id=batch_id):
+            raise BatchSuperseded(
+                "a later attempt at these records took them over: what this one had not "
+                "claimed is that attempt's to send")
         return recorder.outcomes
 
     async def _sort_out(
-        self, unique: list[Request], spans: Spans
+        self, unique: list[Request], spans: Spans, batch_id: uuid.UUID
     ) -> tuple[list[Outcome], list[Request], list[Request]]:
-        """(outcomes to report again, requests to send, requests in doubt). Keys claimed by a
-        live owner are waited for; keys on the retry schedule are left to it."""
+        """Register the attempt (superseding earlier attempts at the same Kafka positions),
+        then: (outcomes to report again, requests to send, requests in doubt). Keys claimed
+        by a live owner are waited for; keys on the retry schedule are left to it."""
         reports: list[Outcome] = []
         fresh: list[Request] = []
         in_doubt: list[Request] = []
         pending = unique
         waited = 0.0
+        earlier: list[uuid.UUID] | None = None
         while True:
             async with self._pool.acquire() as conn:
+                if earlier is None:
+                    earlier = await repo.register_batch(conn, batch_id, owner=self._instance,
+                                                        spans=spans)
                 settled, scheduled = await repo.seen_before(conn, pending)
-                claimed = await repo.earlier_claims(conn, spans) if spans else {}
+                claimed = await repo.claims_of(conn, earlier)
             if not (settled or scheduled or claimed):  # the common case: nothing seen before
                 return reports, fresh + pending, in_doubt
             waiting: list[Request] = []
@@ -449,8 +463,7 @@ class Dispatcher:
         recorder: Recorder,
         *,
         batch_id: uuid.UUID,
-        spans: Spans,
-    ) -> None:
+    ) -> bool:
         """Each message claimed before its provider call, and its result recorded before its
         worker moves on: a worker's step writes its last calls' results and claims its next
         messages, in one transaction shared with every other worker's step waiting at that
@@ -458,22 +471,27 @@ class Dispatcher:
         those messages — all a crash can leave in doubt — are at most the process's
         concurrency. A worker takes one message per step where calls take longer than a step's
         write, more where they are faster (a no-op provider: up to 64), so that waiting on the
-        database is not paid per message."""
+        database is not paid per message.
+
+        True if a later attempt at the batch superseded this one: its claims were refused from
+        then on, and the messages not claimed were left alone (no call, no outcome)."""
+        superseded = False
         if calls:
             await self._open_gates({req.campaign_id for req, _ in calls})
             per_step = self._messages_per_step()
             workers = min(-(-len(calls) // per_step), max(1, self._concurrency // per_step))
-            steps: GroupCommit[_Step] = GroupCommit(self._step_writer(batch_id, spans, recorder))
+            steps: GroupCommit[_Step] = GroupCommit(self._step_writer(batch_id, recorder))
             queue = iter(calls)
 
             async def worker() -> None:
+                nonlocal superseded
                 async with self._units(per_step):
                     done: list[tuple[Request, Result]] = []
-                    while chunk := list(itertools.islice(queue, per_step)):
+                    while not superseded and (chunk := list(itertools.islice(queue, per_step))):
                         ready: list[tuple[Request, OutgoingMessage]] = []
                         first_at = _WALL()
                         for req, message in chunk:
-                            early = self._precheck(req, attempts=0, first_at=first_at)
+                            early = self._precheck(req)
                             if early is None:
                                 ready.append((req, message))
                             else:
@@ -481,19 +499,21 @@ class Dispatcher:
                         if not ready:
                             continue
                         try:
-                            taken = await steps.submit(_Step(done, [req for req, _ in ready]))
+                            step = await steps.submit(_Step(done, [req for req, _ in ready]))
                         except BaseException:
                             for req, result in done:  # called: their results must be kept
                                 recorder.add(req, result)
                             raise
                         done = []
+                        if step.superseded:  # the batch's later attempt sends the rest
+                            superseded = True
+                            break
                         started = time.monotonic()
                         for req, message in ready:
-                            if req.campaign_id in taken:
+                            if req.campaign_id in step.taken:
                                 done.append((req, await self._call(
                                     req, message, attempts=0, first_at=first_at)))
                             else:  # its campaign was aborted: the gate refused the claim
-                                self.breakers[req.channel].cancel_probe()
                                 recorder.add(req, domain.skipped(req, "aborted"))
                         self._note_calls(time.monotonic() - started, len(ready))
                     if done:
@@ -514,6 +534,7 @@ class Dispatcher:
                 if isinstance(result, BaseException):
                     raise result
         await recorder.drain()
+        return superseded
 
     def _note_calls(self, seconds: float, calls: int) -> None:
         """A moving average of a provider call's duration (a step's calls, one after another)."""
@@ -552,11 +573,9 @@ class Dispatcher:
                 self._slots.release()
 
     def _step_writer(
-        self, batch_id: uuid.UUID, spans: Spans, recorder: Recorder
-    ) -> Callable[[list[_Step]], Awaitable[set[uuid.UUID]]]:
-        spans_left = [spans]
-
-        async def write(steps: list[_Step]) -> set[uuid.UUID]:
+        self, batch_id: uuid.UUID, recorder: Recorder
+    ) -> Callable[[list[_Step]], Awaitable[repo.Step]]:
+        async def write(steps: list[_Step]) -> repo.Step:
             results = [d for s in steps for d in s.done]
             outcomes = [(req, r, r.to_bytes()) for req, r in results if not isinstance(r, Retry)]
             retries = [_retry_row(r) for _, r in results if isinstance(r, Retry)]
@@ -564,44 +583,43 @@ class Dispatcher:
             for s in steps:
                 for req in s.claim:
                     groups.setdefault((req.campaign_id, req.channel), []).append(req.recipient_id)
-            with_spans = spans_left[0] if groups else ()
-            taken: set[uuid.UUID] = set()
+            result: list[repo.Step] = []
 
             async def step() -> None:
                 async with self._pool.acquire() as conn:
-                    taken.update(await repo.step(
+                    result.append(await repo.step(
                         conn, outcomes=outcomes, retries=retries,
                         claims=[(c, ch, ids) for (c, ch), ids in groups.items()],
-                        batch_id=batch_id, owner=self._instance, spans=with_spans))
+                        batch_id=batch_id, owner=self._instance))
 
             started = time.monotonic()
             await self._retrying(step)
             self._step_seconds += (time.monotonic() - started - self._step_seconds) * 0.1
-            if groups:
-                spans_left[0] = ()
             recorder.written([(r, data) for _, r, data in outcomes])
-            return taken
+            return result[-1]
 
         return write
 
-    def _precheck(self, req: Request, *, attempts: int, first_at: float) -> Result | None:
+    def _precheck(self, req: Request) -> Result | None:
         """The last checks before a message is claimed: its outcome if it is not to be sent
         now, else None."""
         if req.campaign_id in self._aborts:
             return domain.skipped(req, "aborted")
         if (self._templates[req.campaign_id].organisation_id, req.address) in self._opt_outs:
             return domain.skipped(req, "opted_out")
-        breaker = self.breakers[req.channel]
-        if not breaker.allow():
-            due = _WALL() + max(breaker.reopen_at - time.monotonic(), 0.0) + random.random()
-            return Retry(req, attempts, first_at, due, "provider paused: circuit open")
         return None
 
     async def _call(
         self, req: Request, message: OutgoingMessage, *, attempts: int, first_at: float
     ) -> Result:
-        """One message's provider call (claimed, checked); the caller holds its call slot."""
+        """One message's provider call (claimed, checked); the caller holds its call slot. No
+        call while the provider's breaker is open: the message waits on the retry schedule
+        (claimed first, so that a takeover of its batch waits for it, then leaves it to the
+        schedule)."""
         breaker = self.breakers[req.channel]
+        if not breaker.allow():
+            due = _WALL() + max(breaker.reopen_at - time.monotonic(), 0.0) + random.random()
+            return Retry(req, attempts, first_at, due, "provider paused: circuit open")
         await self._limiter.acquire()
         if req.campaign_id in self._aborts:  # the last moment to honour an abort
             breaker.cancel_probe()
@@ -737,7 +755,7 @@ class Dispatcher:
             async with self._slots:
                 for req, message in queue:
                     attempts, first_at = progress[domain.dedupe_key(req)]
-                    early = self._precheck(req, attempts=attempts, first_at=first_at)
+                    early = self._precheck(req)
                     results.append((req, early if early is not None else await self._call(
                         req, message, attempts=attempts, first_at=first_at)))
 

@@ -114,6 +114,75 @@ async def test_a_key_another_live_dispatcher_claimed_is_waited_for_and_reported_
     assert provider.calls == []
 
 
+class HeldProvider(RecordingProvider):
+    """Each call waits until the test lets it go."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = asyncio.Event()
+        self.called = asyncio.Event()
+
+    async def send(self, message: OutgoingMessage) -> str:
+        self.called.set()
+        await self.go.wait()
+        return await super().send(message)
+
+
+async def test_a_batch_taken_over_mid_send_claims_nothing_more_and_no_message_goes_twice(
+    dispatcher_pool: asyncpg.Pool,
+) -> None:
+    """A rebalance moved the partition while its old owner was mid-batch, and the old owner
+    kept going: the new owner's attempt fences it. The old one finishes the call it had
+    claimed and claims nothing more; the new one waits for that call's outcome and sends the
+    rest, once."""
+    from services.dispatcher.service import BatchSuperseded
+
+    cid = await _campaign(dispatcher_pool)
+    spans = _unique_spans()
+    batch = [send_requested(cid, i, f"t{i}@example.org") for i in range(1, 5)]
+    old_provider, new_provider = HeldProvider(), RecordingProvider()
+    # One call at a time: the old owner claims one message per step.
+    old = asyncio.create_task(_dispatcher(dispatcher_pool, old_provider, concurrency=1)
+                              .dispatch(batch, spans=spans))
+    await asyncio.wait_for(old_provider.called.wait(), 5)
+    new = asyncio.create_task(_dispatcher(dispatcher_pool, new_provider).dispatch(
+        batch, spans=spans))
+    await asyncio.sleep(0.5)  # registered, superseding the old attempt; waiting for key 1
+    assert not new.done()
+    old_provider.go.set()
+    with pytest.raises(BatchSuperseded):
+        await asyncio.wait_for(old, 5)
+    outcomes = await asyncio.wait_for(new, 10)
+    assert [c.to for c in old_provider.calls] == ["t1@example.org"]
+    assert sorted(c.to for c in new_provider.calls) == [f"t{i}@example.org" for i in (2, 3, 4)]
+    assert {o.recipient_id: o.status for o in outcomes} == {i: "completed" for i in range(1, 5)}
+
+
+async def test_an_attempt_superseded_before_its_first_claim_sends_nothing(
+    dispatcher_pool: asyncpg.Pool,
+) -> None:
+    cid = await _campaign(dispatcher_pool)
+    spans = _unique_spans()
+    first, later = uuid.uuid4(), uuid.uuid4()
+    async with dispatcher_pool.acquire() as conn:
+        await repo.ensure_gates(conn, [cid])
+        assert await repo.register_batch(conn, first, owner="old", spans=spans) == []
+        # Another consumer's attempt at overlapping offsets of the same partition.
+        overlapping = [(spans[0][0], spans[0][2], spans[0][2] + 10)]
+        assert await repo.register_batch(conn, later, owner="new", spans=overlapping) == [first]
+        refused = await repo.step(conn, claims=[(cid, "email", [1, 2])], batch_id=first,
+                                  owner="old")
+        taken = await repo.step(conn, claims=[(cid, "email", [3])], batch_id=later,
+                                owner="new")
+        assert refused == repo.Step(set(), True)
+        assert taken == repo.Step({cid}, False)
+        assert await repo.claims_of(conn, [first]) == {}
+        # Attempts at other offsets or partitions are not fenced.
+        elsewhere = [(spans[0][0], spans[0][2] + 11, spans[0][2] + 20),
+                     (spans[0][0] + 1, spans[0][1], spans[0][2])]
+        assert await repo.register_batch(conn, uuid.uuid4(), owner="x", spans=elsewhere) == []
+
+
 async def test_after_the_abort_gate_closes_no_message_is_claimed_and_claims_before_it_count(
     dispatcher_pool: asyncpg.Pool,
 ) -> None:

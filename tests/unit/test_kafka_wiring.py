@@ -104,3 +104,16 @@ def test_abort_acks_complete_when_every_expected_instance_answered() -> None:
         assert not wait.done.is_set()
         acks.acknowledged(AbortAcknowledged(campaign_id=cid, instance="b", settled=5))
         assert wait.done.is_set() and wait.acks == {"a": 3, "b": 5}
+
+
+async def test_a_dispatcher_consumer_knows_which_partitions_are_still_its_own() -> None:
+    from aiokafka import TopicPartition
+
+    in_flight = dispatcher_handlers.InFlight(bound_seconds=0.1)
+    assert in_flight.owns([0, 5])  # before the first assignment: not known, not refused
+    await in_flight.on_partitions_assigned([TopicPartition(topics.SEND_REQUESTED, p)
+                                            for p in (0, 1, 2)])
+    assert in_flight.owns([0, 2]) and not in_flight.owns([0, 3])
+    async with in_flight.busy():  # a batch in flight: the revocation waits (bounded) for it
+        await in_flight.on_partitions_revoked([TopicPartition(topics.SEND_REQUESTED, 2)])
+        assert in_flight.owns([0, 1]) and not in_flight.owns([2])
