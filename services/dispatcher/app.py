@@ -85,7 +85,8 @@ def create_app(settings: DispatcherSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = await db.create_pool(
-            settings.database_url, "dispatcher", max_size=settings.db_pool_max
+            settings.database_url, "dispatcher", max_size=settings.db_pool_max,
+            generic_plans=True,
         )
         await db.migrate(pool, "dispatcher", MIGRATIONS)
         providers = build_providers(settings)
