@@ -158,6 +158,32 @@ async def test_a_batch_taken_over_mid_send_claims_nothing_more_and_no_message_go
     assert {o.recipient_id: o.status for o in outcomes} == {i: "completed" for i in range(1, 5)}
 
 
+async def test_an_outcome_recorded_elsewhere_during_the_call_stays_and_the_step_goes_on(
+    dispatcher_pool: asyncpg.Pool,
+) -> None:
+    """The step's plain insert meets a key recorded meanwhile: the step runs again the careful
+    way, the first outcome stays, and the batch's other outcomes are recorded."""
+    from services.dispatcher import domain
+
+    cid = await _campaign(dispatcher_pool)
+    batch = [send_requested(cid, i, f"e{i}@example.org") for i in (1, 2)]
+
+    class RecordsElsewhere(RecordingProvider):
+        async def send(self, message: OutgoingMessage) -> str:
+            if message.to == "e1@example.org":
+                elsewhere = domain.sent(batch[0], "sent-elsewhere")
+                async with dispatcher_pool.acquire() as conn:
+                    await repo.record_outcomes(conn, [(batch[0], elsewhere,
+                                                       elsewhere.to_bytes())])
+            return await super().send(message)
+
+    await _dispatcher(dispatcher_pool, RecordsElsewhere(), concurrency=1).dispatch(batch)
+    async with dispatcher_pool.acquire() as conn:
+        stored = await repo.recorded_outcomes(conn, [domain.dedupe_key(r) for r in batch])
+    assert stored[domain.dedupe_key(batch[0])].provider_message_id == "sent-elsewhere"
+    assert stored[domain.dedupe_key(batch[1])].status == "completed"
+
+
 async def test_an_attempt_superseded_before_its_first_claim_sends_nothing(
     dispatcher_pool: asyncpg.Pool,
 ) -> None:
