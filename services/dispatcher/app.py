@@ -152,6 +152,8 @@ def create_app(settings: DispatcherSettings | None = None) -> FastAPI:
 
         retries = asyncio.create_task(dispatcher.retry_forever(publish_outcomes),
                                       name="retry-schedule")
+        pruning = asyncio.create_task(
+            dispatcher.prune_forever(settings.claim_retention_hours * 3600), name="prune")
 
         app.include_router(ops_router(standard_checks(pool, broker)))
         try:
@@ -160,6 +162,7 @@ def create_app(settings: DispatcherSettings | None = None) -> FastAPI:
             # The retry round in progress is settled first (bounded: a call that does not end
             # is left to its claim, which goes stale and is reported in doubt).
             await stop_between_rounds(retries, dispatcher, settings.drain_seconds)
+            pruning.cancel()
             await broker.stop()
             await renderer.close()
             for provider in {id(p): p for p in providers.values()}.values():

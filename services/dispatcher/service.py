@@ -692,6 +692,20 @@ class Dispatcher:
                 await repo.record_outcomes(conn, outcomes)
             await repo.schedule_retries(conn, retries)
 
+    async def prune_forever(
+        self, retention_seconds: float, *, every_seconds: float = 3600.0
+    ) -> None:
+        """Forget old batches' registrations, spans and claims, once an interval."""
+        while True:
+            try:
+                async with self._pool.acquire() as conn:
+                    pruned = await repo.prune_batches(conn, retention_seconds)
+                if pruned:
+                    log.info("forgot old batches", extra={"batches": pruned})
+            except Exception:
+                log.warning("could not prune old batches", exc_info=True)
+            await asyncio.sleep(every_seconds)
+
     # --- the retry schedule ---------------------------------------------------------------
 
     async def retry_forever(self, publish: Publish, *, idle_seconds: float = 0.5) -> None:
