@@ -393,3 +393,27 @@ async def test_old_batches_are_forgotten_with_their_spans_and_claims(
         assert await repo.register_batch(conn, uuid.uuid4(), owner="b", spans=old_spans) == []
         assert await repo.register_batch(conn, uuid.uuid4(), owner="b",
                                          spans=new_spans) == [new]
+
+
+async def test_an_opt_out_heard_mid_batch_stops_the_messages_not_called_yet(
+    dispatcher_pool: asyncpg.Pool,
+) -> None:
+    from services.dispatcher.service import OptOutRegistry
+
+    cid = await _campaign(dispatcher_pool)
+    async with dispatcher_pool.acquire() as conn:
+        org = (await repo.load_templates(conn, [cid]))[cid].organisation_id
+    opt_outs = OptOutRegistry()
+
+    class OptsOutTheNext(RecordingProvider):
+        async def send(self, message: OutgoingMessage) -> str:
+            opt_outs.add({(org, "o2@example.org")})  # heard while this call is under way
+            return await super().send(message)
+
+    provider = OptsOutTheNext()
+    outcomes = await _dispatcher(dispatcher_pool, provider, concurrency=1,
+                                 opt_outs=opt_outs).dispatch(
+        [send_requested(cid, i, f"o{i}@example.org") for i in (1, 2)])
+    assert [c.to for c in provider.calls] == ["o1@example.org"]
+    assert {o.recipient_id: (o.status, o.reason) for o in outcomes} == {
+        1: ("completed", None), 2: ("skipped", "opted_out")}
