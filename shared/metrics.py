@@ -1,6 +1,19 @@
-"""Prometheus metrics shared by the services (one registry per process)."""
+"""Prometheus metrics of the services (one registry per process). Every series is documented
+in docs/metrics.md; tests/unit/test_metrics_doc.py keeps the two in step.
 
-from prometheus_client import Counter, Histogram
+Labels are bounded: no recipient, address or message text is ever a label value; a failure's
+reason is reduced to its class (`reason_class`), and per-campaign series exist only while the
+campaign is in flight.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# Kafka plumbing (shared/kafka.py) -------------------------------------------------------------
 
 EVENTS_CONSUMED = Counter(
     "sendout_events_consumed_total", "Events consumed, by topic", ["service", "topic"]
@@ -23,3 +36,106 @@ BATCH_SECONDS = Histogram(
     ["service", "topic"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+CONSUMER_LAG = Gauge(
+    "sendout_consumer_lag_records",
+    "Records of a partition not yet committed by its consumer group (end offset minus the "
+    "group's committed offset), for the partitions assigned to this process",
+    ["group", "topic", "partition"],
+)
+
+# Messages (dispatcher, tracker) ---------------------------------------------------------------
+
+MESSAGES = Counter(
+    "sendout_messages_total",
+    "Messages reported by the dispatcher, by channel, provider, outcome (completed, failed, "
+    "skipped) and reason class (empty for completed)",
+    ["channel", "provider", "outcome", "reason"],
+)
+RECEIPTS_CONSUMED = Counter(
+    "sendout_receipts_total",
+    "Delivery receipts consumed by the tracker, by status (delivered, not_delivered)",
+    ["status"],
+)
+PROVIDER_CALLS = Counter(
+    "sendout_provider_calls_total",
+    "Provider calls, by provider and result (accepted, retryable, permanent, error)",
+    ["provider", "result"],
+)
+PROVIDER_CALL_SECONDS = Histogram(
+    "sendout_provider_call_seconds",
+    "Duration of one provider call, whatever its result",
+    ["provider"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+PROVIDER_IN_FLIGHT = Gauge(
+    "sendout_provider_calls_in_flight", "Provider calls started and not yet ended",
+    ["provider"],
+)
+
+# Campaigns (scheduler, tracker) ---------------------------------------------------------------
+
+FANOUT_MESSAGES = Counter(
+    "sendout_fanout_messages_total",
+    "Send requests (one per recipient and channel) published by the scheduler's fan-out",
+)
+CAMPAIGNS = Gauge(
+    "sendout_campaigns", "Campaigns by state, as the scheduler's database holds them",
+    ["state"],
+)
+CAMPAIGN_PENDING = Gauge(
+    "sendout_campaign_pending_messages",
+    "Messages of a campaign in flight (sending or aborting) without an outcome yet, by channel; "
+    "a campaign's series is removed once it is completed or aborted",
+    ["campaign_id", "channel"],
+)
+CAMPAIGN_SETTLED = Gauge(
+    "sendout_campaign_settled_messages",
+    "Messages of a campaign in flight with an outcome (completed, failed or skipped), by "
+    "channel; removed with the campaign's pending series",
+    ["campaign_id", "channel"],
+)
+
+# HTTP (shared/observability.py) ---------------------------------------------------------------
+
+HTTP_REQUEST_SECONDS = Histogram(
+    "sendout_http_request_duration_seconds",
+    "HTTP requests served, by service, method, route template and status class (2xx...)",
+    ["service", "method", "route", "status"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+WEBHOOK_REQUESTS = Counter(
+    "sendout_webhook_requests_total",
+    "Webhook requests (provider receipts, inbound SMS), by webhook and result (accepted, "
+    "rejected: bad or missing signature, invalid: refused content, error)",
+    ["webhook", "result"],
+)
+
+
+# Reasons --------------------------------------------------------------------------------------
+
+_MAX_REASONS = 100
+_reasons: set[str] = set()
+_reasons_lock = threading.Lock()
+_CODE = re.compile(r"^(HTTP|SMTP) (\d{3})")
+_NOT_WORD = re.compile(r"[^a-z0-9]+")
+
+
+def reason_class(reason: str | None) -> str:
+    """A failure's or skip's reason as a bounded label value: `http_503`, `smtp_550`,
+    `gave_up`, or the reason's text before its first colon, in lower snake case (at most 40
+    characters); once 100 distinct classes were seen in this process, `other`."""
+    if not reason:
+        return ""
+    if reason.startswith("gave up after"):
+        label = "gave_up"
+    elif (m := _CODE.match(reason)) is not None:
+        label = f"{m.group(1).lower()}_{m.group(2)}"
+    else:
+        label = _NOT_WORD.sub("_", reason.split(":", 1)[0].lower()).strip("_")[:40] or "other"
+    if label in _reasons:
+        return label
+    with _reasons_lock:
+        if len(_reasons) >= _MAX_REASONS:
+            return "other"
+        _reasons.add(label)
+    return label

@@ -16,6 +16,7 @@ from faststream.kafka.publisher.usecase import DefaultPublisher
 
 from services.dispatcher import repo
 from services.dispatcher.domain import CampaignTemplate, Outcome, template_from_context
+from services.dispatcher.metrics import OutcomeCounter
 from services.dispatcher.service import (
     AbortRegistry,
     BatchSuperseded,
@@ -121,11 +122,14 @@ def kafka_router(
     outcome_batch_size: int = 500,
     consumers: int = 1,
     rebalance_seconds: float = 30.0,
+    outcome_counter: OutcomeCounter | None = None,
 ) -> KafkaRouter:
     router = KafkaRouter()
 
     def send_requested_handler(in_flight: InFlight) -> Any:
         async def publish(outcomes: list[tuple[Outcome, bytes]]) -> None:
+            if outcome_counter is not None:
+                outcome_counter.count(outcomes)
             await publish_encoded(outcomes_pub, outcome_records(outcomes, outcome_batch_size),
                                   service=SERVICE)
 
