@@ -87,8 +87,13 @@ def of_records(records: Sequence[Any]) -> TraceContext | None:
         for key, value in record.headers or ():
             if key == HEADER:
                 trace_id = parse(value)
-                if trace_id is not None:
-                    return TraceContext(trace_id)
+                if trace_id is None:
+                    return None
+                key = getattr(record, "key", None)
+                if isinstance(key, bytes) and key.hex() == trace_id:
+                    # Keyed by the campaign whose trace it carries.
+                    return TraceContext(trace_id, campaign_id=str(uuid.UUID(bytes=key)))
+                return TraceContext(trace_id)
     return None
 
 
