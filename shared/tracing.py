@@ -16,6 +16,7 @@ services, so one campaign's path can be followed in the logs of every service.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import uuid
@@ -106,3 +107,10 @@ def record_header(key: bytes | None, campaign_keyed: bool) -> tuple[str, bytes] 
     if context is None:
         return None
     return HEADER, context.traceparent().encode()
+
+
+def log_campaign(logger: logging.Logger, msg: str, campaign_id: uuid.UUID | str,
+                 **extra: Any) -> None:
+    """Log one line about a campaign, in its trace (whatever trace the caller is in)."""
+    with use(for_campaign(campaign_id)):
+        logger.info(msg, extra=extra)

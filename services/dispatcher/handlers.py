@@ -23,7 +23,7 @@ from services.dispatcher.service import (
     Dispatcher,
     OptOutRegistry,
 )
-from shared import topics
+from shared import topics, tracing
 from shared.events import (
     LIFECYCLE,
     OPTED_OUT,
@@ -197,6 +197,8 @@ def kafka_router(
                 async with pool.acquire() as conn, conn.transaction():
                     for event in started:
                         await repo.save_template(conn, event)
+                        tracing.log_campaign(log, "campaign templates stored", event.campaign_id,
+                                             event_id=str(event.event_id))
                     await repo.save_aborts(conn, aborted)
                     for campaign_id in aborted:
                         await repo.close_gate(conn, campaign_id)
@@ -225,6 +227,7 @@ def kafka_router(
                 settled = await repo.sent_or_in_flight(conn, campaign_id)
                 acks.append(AbortAcknowledged(campaign_id=campaign_id, instance=instance,
                                               settled=settled))
+                tracing.log_campaign(log, "abort acknowledged", campaign_id, settled=settled)
         await publish_all(lifecycle_pub, [(a.campaign_id.bytes, a) for a in acks],
                           service=SERVICE)
 
