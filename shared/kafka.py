@@ -296,6 +296,9 @@ async def dead_letter(broker: KafkaBroker, bad: Sequence[BadRecord], *, service:
                     "x-source-topic": rec.topic,
                     "x-source-partition": str(rec.partition),
                     "x-source-offset": str(rec.offset),
+                    # The record's trace goes with it (shared/tracing.py).
+                    **{k: v.decode(errors="replace") for k, v in rec.headers or ()
+                       if k == tracing.HEADER},
                 },
                 no_confirm=True,
             )

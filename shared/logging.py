@@ -56,6 +56,12 @@ def configure(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # FastStream gives its loggers a coloured text handler of their own, not propagated: they
+    # write JSON lines like the rest.
+    for name in ("faststream", "faststream.access"):
+        own = logging.getLogger(name)
+        own.handlers[:] = [handler]
+        own.propagate = False
     # aiokafka is chatty at INFO about every rebalance step.
     logging.getLogger("aiokafka").setLevel("WARNING")
     logging.getLogger("uvicorn.access").setLevel("WARNING")

@@ -271,3 +271,22 @@ def test_logs_never_hold_an_address_or_a_body() -> None:
     assert "a@example.org" not in json.dumps(line) and "Hi Ann" not in json.dumps(line)
     assert line["address"] == line["to"] == line["body"] == "[redacted]"
     assert line["topic"] == "t"
+
+
+def test_faststreams_own_logs_are_json_too(capsys: pytest.CaptureFixture[str]) -> None:
+    import faststream._internal.logger.logging  # noqa: F401  (creates its coloured handler)
+
+    from shared.logging import configure
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    fs = logging.getLogger("faststream")
+    fs_saved = fs.handlers[:], fs.propagate
+    try:
+        configure("tracker")
+        fs.info("Consumer x assigned to partitions")
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+        assert json.loads(line)["msg"] == "Consumer x assigned to partitions"
+        assert json.loads(line)["service"] == "tracker"
+    finally:
+        root.handlers[:], root.level = saved[0], saved[1]
+        fs.handlers[:], fs.propagate = fs_saved
