@@ -31,7 +31,9 @@ class Poller:
     async def _run(self) -> None:
         while True:
             try:
-                await self._read()
+                # Bounded: a reading that hangs (a broker request without an answer) is
+                # abandoned and tried again, rather than leaving the gauge silently stale.
+                await asyncio.wait_for(self._read(), max(10.0, 3 * self._interval))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # measured again at the next interval
