@@ -16,7 +16,13 @@ from typing import Any, Protocol, TypeVar
 import asyncpg
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    TopicAlreadyExistsError,
+)
 from aiokafka.partitioner import DefaultPartitioner
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
@@ -39,13 +45,17 @@ T = TypeVar("T")
 
 
 def make_broker(bootstrap_servers: str, client_id: str) -> KafkaBroker:
-    # acks="all" + idempotence: an acknowledged publish survives a broker failover and a
-    # producer retry never duplicates a record.
+    # acks="all": an acknowledged publish survives a broker failover. Not idempotent: after a
+    # broker restart aiokafka's idempotent producer can meet OutOfOrderSequenceNumber, which
+    # ends its sender for good (every later publish of the process fails) — seen in the fault
+    # suite's Kafka restart. Without it a producer retry may write a record twice; every
+    # consumer here counts a key once, and aiokafka keeps one request in flight per broker,
+    # so a partition's order holds.
     return KafkaBroker(
         bootstrap_servers,
         client_id=client_id,
         acks="all",
-        enable_idempotence=True,
+        enable_idempotence=False,
         linger_ms=5,
         max_batch_size=256 * 1024,
         compression_type=None,
@@ -390,7 +400,11 @@ def is_transient(exc: BaseException) -> bool:
         # "pool is closed", "pool is closing", "connection is closed"; other interface errors
         # (wrong arguments, unsupported types) are the records' or the code's.
         return "closed" in str(exc) or "closing" in str(exc)
-    return isinstance(exc, KafkaError) and bool(exc.retriable)
+    if isinstance(exc, (MessageSizeTooLargeError, RecordTooLargeError)):
+        return False  # the record's own fault
+    # Any other Kafka error met while processing is the broker's or the producer's (a publish
+    # of the batch's results), never the records': retried, not dead-lettered.
+    return isinstance(exc, KafkaError)
 
 
 @dataclass(frozen=True)

@@ -98,7 +98,8 @@ def create_app(settings: DispatcherSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = await db.create_pool(
-            settings.database_url, "dispatcher", max_size=settings.db_pool_max
+            settings.database_url, "dispatcher", max_size=settings.db_pool_max,
+            generic_plans=True,
         )
         await db.migrate(pool, "dispatcher", MIGRATIONS)
         providers = build_providers(settings)
@@ -169,6 +170,8 @@ def create_app(settings: DispatcherSettings | None = None) -> FastAPI:
 
         retries = asyncio.create_task(dispatcher.retry_forever(publish_outcomes),
                                       name="retry-schedule")
+        pruning = asyncio.create_task(
+            dispatcher.prune_forever(settings.claim_retention_hours * 3600), name="prune")
 
         app.include_router(ops_router(standard_checks(pool, broker)))
         try:
@@ -177,6 +180,7 @@ def create_app(settings: DispatcherSettings | None = None) -> FastAPI:
             # The retry round in progress is settled first (bounded: a call that does not end
             # is left to its claim, which goes stale and is reported in doubt).
             await stop_between_rounds(retries, dispatcher, settings.drain_seconds)
+            pruning.cancel()
             await lag.stop()
             await broker.stop()
             await renderer.close()
