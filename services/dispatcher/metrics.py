@@ -3,6 +3,7 @@ around each provider, and messages by outcome where outcomes are published."""
 
 from __future__ import annotations
 
+import bisect
 import collections
 import time
 from collections.abc import Iterable, Mapping
@@ -14,13 +15,7 @@ from services.dispatcher.providers import (
     Provider,
     RetryableProviderError,
 )
-from shared.metrics import (
-    MESSAGES,
-    PROVIDER_CALL_SECONDS,
-    PROVIDER_CALLS,
-    PROVIDER_IN_FLIGHT,
-    reason_class,
-)
+from shared.metrics import MESSAGES, PROVIDER_CALLS, reason_class
 
 
 class MeteredProvider:
@@ -30,32 +25,35 @@ class MeteredProvider:
     def __init__(self, provider: Provider, name: str) -> None:
         self.provider = provider
         self.name = name
-        self._seconds = PROVIDER_CALL_SECONDS.labels(name)
-        self._in_flight = PROVIDER_IN_FLIGHT.labels(name)
-        self._results = {result: PROVIDER_CALLS.labels(name, result)
-                         for result in ("accepted", "retryable", "permanent", "error")}
+        self._stats = PROVIDER_CALLS.of(name)
 
     async def send(self, message: OutgoingMessage) -> str:
-        self._in_flight.inc()
+        stats = self._stats
+        stats.in_flight += 1
         started = time.perf_counter()
-        result = "error"
+        result = 3  # error
         try:
             provider_id = await self.provider.send(message)
-            result = "accepted"
+            result = 0  # accepted
             return provider_id
         except RetryableProviderError:
-            result = "retryable"
+            result = 1
             raise
         except PermanentProviderError:
-            result = "permanent"
+            result = 2
             raise
         finally:
-            self._seconds.observe(time.perf_counter() - started)
-            self._in_flight.dec()
-            self._results[result].inc()
+            elapsed = time.perf_counter() - started
+            stats.in_flight -= 1
+            stats.results[result] += 1
+            stats.seconds += elapsed
+            stats.buckets[bisect.bisect_left(_BOUNDS, elapsed)] += 1
 
     async def close(self) -> None:
         await self.provider.close()
+
+
+_BOUNDS = PROVIDER_CALLS.BUCKETS
 
 
 def metered(providers: Mapping[Any, Provider], names: Mapping[Any, str]) -> dict[Any, Provider]:
