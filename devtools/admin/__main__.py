@@ -1,0 +1,3 @@
+from devtools.admin.cli import main
+
+main()
