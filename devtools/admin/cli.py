@@ -31,7 +31,7 @@ import httpx
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from devtools import dlq as dlq_tool
 
@@ -234,11 +234,20 @@ def campaigns_list(
     if not rows:
         out.print("no campaigns" + (f" in state {state}" if state else ""))
         return
-    table = Table("id", "name", "kind", "channels", "state", "recipients", "created")
+    table = Table(Column("id", no_wrap=True, min_width=36), "name", "kind", "channels", "state",
+                  "recipients", "created")
     for c in rows:
         table.add_row(c["id"], c["name"], c["kind"], ",".join(c["channels"]), c["state"],
                       str(c["recipients"]), (c["created_at"] or "")[:19])
-    out.print(table)
+    wide(table)
+
+
+def wide(table: Table) -> None:
+    """A table whole when piped or captured (not cut at 80 columns); fitted at a terminal."""
+    if out.is_terminal:
+        out.print(table)
+    else:
+        Console(highlight=False, width=200).print(table)
 
 
 def counts_table(p: dict[str, Any]) -> Table:
@@ -259,7 +268,7 @@ def campaigns_watch(
     """Follow a campaign's progress with a live bar until it is completed or aborted."""
     api = api_of(ctx)
     final = run(lambda: watch(api, campaign_id, interval, timeout))
-    out.print(counts_table(final))
+    wide(counts_table(final))
     reasons = {f"{status}: {reason}": n for status, by in final.get("reasons", {}).items()
                for reason, n in by.items()}
     for what, n in sorted(reasons.items()):
