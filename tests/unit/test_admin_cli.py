@@ -186,3 +186,11 @@ def test_commands_refuse_to_run_without_their_token(fake: Fake) -> None:
     assert "no admin token" in run(fake, "tokens", "add", "u", admin_token="").stderr
     assert "no API token" in run(fake, "campaigns", "list", token="").stderr
     assert fake.seen == []
+
+
+def test_a_report_to_stdout(fake: Fake) -> None:
+    csv_text = b"address,status\na@example.org,completed\n"
+    fake.routes[("GET", f"/campaigns/{CID}/report.csv")] = [Answer(200, csv_text, "text/csv")]
+    result = run(fake, "campaigns", "report", CID, "-o", "-")
+    assert result.exit_code == 0, result.output
+    assert result.stdout_bytes == csv_text
