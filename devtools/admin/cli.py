@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import httpx
 import typer
@@ -44,7 +45,16 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class CliError(Exception):
-    """What went wrong, in one line for the operator."""
+    """What went wrong, in one line for the operator; `status`: the service's HTTP status."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def seg(value: str) -> str:
+    """An id as one path segment, whatever the operator typed."""
+    return quote(value, safe="")
 
 
 @dataclass
@@ -78,7 +88,11 @@ class Api:
             r = httpx.request(method, url, json=json, params=params,
                               headers=self._headers(admin), timeout=self.timeout)
             check(r, service)
-            return r.json()
+            try:
+                return r.json()
+            except ValueError:
+                raise CliError(f"the {service} at {url} answered {r.status_code} without JSON: "
+                               f"is that address the {service}?") from None
 
     @contextmanager
     def stream(self, service: str, path: str) -> Iterator[httpx.Response]:
@@ -130,7 +144,8 @@ def check(r: httpx.Response, service: str) -> None:
         hint = (" (check --admin-token / SENDOUT_ADMIN_TOKEN)" if "/admin/" in r.url.path else
                 " (check --token / SENDOUT_TOKEN; a new token reaches the tracker within a "
                 "second)")
-    raise CliError(f"the {service} answered {r.status_code}: {detail_of(r)}{hint}")
+    raise CliError(f"the {service} answered {r.status_code}: {detail_of(r)}{hint}",
+                   r.status_code)
 
 
 def api_of(ctx: typer.Context) -> Api:
@@ -208,7 +223,7 @@ def users_create(
 def tokens_add(ctx: typer.Context, user_id: str) -> None:
     """A further API token for a user (rotate: add, switch, then revoke)."""
     api = api_of(ctx)
-    show_user(run(lambda: api.call("POST", "scheduler", f"/admin/users/{user_id}/tokens",
+    show_user(run(lambda: api.call("POST", "scheduler", f"/admin/users/{seg(user_id)}/tokens",
                                    admin=True)))
 
 
@@ -216,7 +231,7 @@ def tokens_add(ctx: typer.Context, user_id: str) -> None:
 def tokens_revoke(ctx: typer.Context, user_id: str) -> None:
     """Revoke every API token of a user, in every service."""
     api = api_of(ctx)
-    show_user(run(lambda: api.call("DELETE", "scheduler", f"/admin/users/{user_id}/tokens",
+    show_user(run(lambda: api.call("DELETE", "scheduler", f"/admin/users/{seg(user_id)}/tokens",
                                    admin=True)))
 
 
@@ -277,7 +292,7 @@ def campaigns_watch(
 
 def watch(api: Api, campaign_id: str, interval: float, timeout: float | None) -> dict[str, Any]:
     # The campaign must exist (a clear 404 otherwise); the tracker knows it once it started.
-    campaign = api.call("GET", "scheduler", f"/campaigns/{campaign_id}")
+    campaign = api.call("GET", "scheduler", f"/campaigns/{seg(campaign_id)}")
     columns = (
         TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
         TextColumn("pending {task.fields[pending]} · [green]completed {task.fields[sent]}[/]"
@@ -308,9 +323,9 @@ def watch(api: Api, campaign_id: str, interval: float, timeout: float | None) ->
 def progress_or_none(api: Api, campaign_id: str) -> dict[str, Any] | None:
     """The tracker's progress; None while it answers 404 (not started yet)."""
     try:
-        return dict(api.call("GET", "tracker", f"/campaigns/{campaign_id}/progress"))
+        return dict(api.call("GET", "tracker", f"/campaigns/{seg(campaign_id)}/progress"))
     except CliError as exc:
-        if "answered 404" in str(exc):
+        if exc.status == 404:
             return None
         raise
 
@@ -319,7 +334,7 @@ def progress_or_none(api: Api, campaign_id: str) -> dict[str, Any] | None:
 def campaigns_abort(ctx: typer.Context, campaign_id: str) -> None:
     """Abort a sending campaign; answers once the dispatchers confirmed (or after 10 s)."""
     api = api_of(ctx)
-    answer = run(lambda: api.call("POST", "scheduler", f"/campaigns/{campaign_id}/abort"))
+    answer = run(lambda: api.call("POST", "scheduler", f"/campaigns/{seg(campaign_id)}/abort"))
     abort = answer.get("abort") or {}
     out.print(f"campaign {campaign_id}: {answer.get('state')}")
     if abort:
@@ -350,7 +365,7 @@ def campaigns_report(
 def export_report(api: Api, campaign_id: str, target: str) -> int:
     """Streams the report; the file appears (whole) only once the download ended well."""
     lines = 0
-    with api.stream("tracker", f"/campaigns/{campaign_id}/report.csv") as r:
+    with api.stream("tracker", f"/campaigns/{seg(campaign_id)}/report.csv") as r:
         if target == "-":
             for chunk in r.iter_bytes():
                 sys.stdout.buffer.write(chunk)

@@ -194,3 +194,16 @@ def test_a_report_to_stdout(fake: Fake) -> None:
     result = run(fake, "campaigns", "report", CID, "-o", "-")
     assert result.exit_code == 0, result.output
     assert result.stdout_bytes == csv_text
+
+
+def test_an_address_that_is_not_the_service_is_said_so(fake: Fake) -> None:
+    fake.routes[("GET", "/campaigns")] = [Answer(200, b"<html>console</html>", "text/html")]
+    result = run(fake, "campaigns", "list")
+    assert result.exit_code == 1
+    assert "answered 200 without JSON: is that address the scheduler?" in result.stderr
+
+
+def test_an_id_stays_one_path_segment(fake: Fake) -> None:
+    result = run(fake, "campaigns", "abort", "../admin/users")
+    assert result.exit_code == 1 and "the scheduler answered 404" in result.stderr
+    assert fake.seen[0][1] == "/campaigns/..%2Fadmin%2Fusers/abort"
