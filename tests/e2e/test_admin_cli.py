@@ -90,6 +90,9 @@ def test_an_operator_creates_a_user_and_tokens_watches_a_campaign_and_exports_it
     assert f"campaign {cid}: completed" in watched.stdout
     assert "skipped: missing_address 1" in watched.stdout
 
+    # The scheduler learns of the end from the tracker's event, a moment after the progress.
+    with httpx.Client(timeout=30, headers={"Authorization": f"Bearer {token}"}) as http:
+        wait_state(http, sendout, cid, {"completed"})
     done = admin(sendout, "campaigns", "list", "--state", "completed", token=token)
     assert done.exit_code == 0 and cid in done.stdout, done.output
 
@@ -140,6 +143,7 @@ def test_abort_from_the_cli_and_watch_ends_aborted(sendout: Sendout, http: httpx
     assert final["state"] == "aborted" and final["pending"] == 0
     assert final["reasons"]["skipped"].get("aborted", 0) > 0
 
+    wait_state(http, sendout, cid, {"aborted"})
     again = admin(sendout, "campaigns", "abort", cid, token=sendout.token)
     assert again.exit_code == 1
     assert "the scheduler answered 409" in again.stderr and "aborted" in again.stderr
