@@ -5,6 +5,7 @@ them from `sendout.identity.v1`. Each service passes its own lookup."""
 from __future__ import annotations
 
 import hashlib
+import hmac
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -26,6 +27,12 @@ LookUp = Callable[[bytes], Awaitable[Principal | None]]
 
 def hash_token(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
+
+
+def same_secret(given: str, expected: str) -> bool:
+    """Constant-time comparison of a header's value with a secret: as bytes, so that a header
+    of any characters is simply unequal (hmac.compare_digest refuses non-ASCII str)."""
+    return hmac.compare_digest(given.encode(), expected.encode())
 
 
 def unauthorized(message: str) -> HTTPException:

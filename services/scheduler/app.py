@@ -17,7 +17,7 @@ from services.scheduler.schedules import ScheduleLoop
 from services.scheduler.service import AbortAcks
 from services.scheduler.settings import SchedulerSettings
 from services.scheduler.voters import handlers as voters
-from shared import db, http_errors, topics, wire
+from shared import db, http_errors, http_input, topics, wire
 from shared.events import ApiTokenIssued, ApiTokenRevoked, CampaignStarted
 from shared.kafka import (
     ensure_topics,
@@ -132,4 +132,5 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
     http_errors.install(
         app, not_found=domain.NotFound, conflict=domain.Conflict, invalid=domain.Invalid
     )
+    http_input.install(app, handlers.BODY_LIMITS)
     return app

@@ -26,6 +26,7 @@ from pydantic import (
 from shared import templating, wire
 from shared.events import Channel
 from shared.templating import TemplateProblem
+from shared.text import check_text
 
 CampaignState = Literal["draft", "scheduled", "sending", "aborting", "aborted", "completed"]
 # Namespace for deterministic send-requested event ids: a re-published page reuses its ids, so
@@ -318,10 +319,22 @@ class Recipient(BaseModel):
     @field_validator("email", "phone", "first_name", "last_name", mode="before")
     @classmethod
     def blank_is_missing(cls, value: Any) -> Any:
+        check_text(value)  # a CSV row's NUL: refused by line, not by the database
         if isinstance(value, str):
             value = value.strip()
             return value or None
         return value
+
+    @field_validator("attributes", mode="before")
+    @classmethod
+    def storable_attributes(cls, value: Any) -> Any:
+        return check_text(value)
+
+
+def _distinct_channels(channels: list[Channel]) -> list[Channel]:
+    if len(set(channels)) != len(channels):
+        raise ValueError("channels must not repeat")
+    return channels
 
 
 class AddRecipients(BaseModel):
@@ -338,6 +351,8 @@ class SendToVoter(BaseModel):
     channels: list[Channel] = Field(min_length=1, max_length=2)
     sender_id: uuid.UUID
     template_id: uuid.UUID
+
+    _distinct = field_validator("channels")(_distinct_channels)
 
 
 def voter_recipient(voter: Any) -> Recipient:
@@ -358,6 +373,8 @@ class SendIndividually(BaseModel):
     sender_id: uuid.UUID
     template_id: uuid.UUID
     name: str | None = Field(default=None, max_length=200)
+
+    _distinct = field_validator("channels")(_distinct_channels)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from fastapi import Depends, FastAPI
 
 from services.tracker import handlers, identity, receipts, report, voters
 from services.tracker.settings import TrackerSettings
-from shared import db, topics
+from shared import db, http_input, topics
 from shared.events import CampaignCompleted, DeliveryReported
 from shared.kafka import ensure_topics, make_broker, publish_all
 from shared.service import ops_router, standard_checks
@@ -67,4 +67,7 @@ def create_app(settings: TrackerSettings | None = None) -> FastAPI:
             await broker.stop()
             await pool.close()
 
-    return FastAPI(title="Sendout tracker", lifespan=lifespan)
+    app = FastAPI(title="Sendout tracker", lifespan=lifespan)
+    # Receipts are the only body the tracker takes: at most 1000 of them, well under 1 MiB.
+    http_input.install(app, default_limit=http_input.DEFAULT_BODY_LIMIT)
+    return app

@@ -11,13 +11,14 @@ import re
 import uuid
 from collections import deque
 from collections.abc import Iterable
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from services.scheduler.domain import Invalid, InvalidTransition
+from shared.text import INT64_MAX
 
 # Organisations do not exist yet. Every voter and list is written with this one, so that
 # organisations can come later without a data migration.
@@ -202,7 +203,8 @@ class CreateList(BaseModel):
 class VoterIds(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    voter_ids: list[int] = Field(min_length=1, max_length=10_000)
+    voter_ids: list[Annotated[int, Field(ge=-INT64_MAX - 1, le=INT64_MAX)]] = Field(
+        min_length=1, max_length=10_000)
 
 
 class TargetLists(BaseModel):

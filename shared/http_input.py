@@ -1,0 +1,254 @@
+"""Hostile and messy input, refused once at the edge of every HTTP service.
+
+`install(app, limits)` adds:
+- a request size limit per route (`BodyLimit`), enforced from `Content-Length` before a byte
+  of the body is read (so before any authentication work), and while a body without one is
+  streamed: 413 naming the limit;
+- text PostgreSQL cannot store refused as 422 naming where it is: a NUL character in the path,
+  a query parameter or any string (key or value) of a JSON body, and lone UTF-16 surrogates
+  (`"\\ud800"`) in a JSON body;
+- 422 answers that echo at most a short excerpt of the input (`excerpt`), whatever its size;
+- a last line of defence: input the database refuses (asyncpg's DataError: an out-of-range
+  integer, an unstorable character) answers 422, not 500.
+
+Integers bound for a BIGINT column are range-checked where they are declared: `BigId` for a
+path parameter and `After` for a cursor (out of range: 422).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any
+from urllib.parse import parse_qsl
+
+import asyncpg
+from fastapi import FastAPI, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.text import INT64_MAX, excerpt, text_problem
+
+__all__ = ["INT64_MAX", "After", "BigId", "BodyLimit", "excerpt", "install"]
+
+DEFAULT_BODY_LIMIT = 1024 * 1024
+
+# An id bound for a BIGINT column: out of its range is 422, not a database error.
+BigId = Annotated[int, Path(ge=-INT64_MAX - 1, le=INT64_MAX)]
+After = Annotated[int, Query(ge=0, le=INT64_MAX, description="id to continue after")]
+
+def _json_problems(value: Any, loc: tuple[str | int, ...]) -> Iterator[dict[str, Any]]:
+    if isinstance(value, str):
+        problem = text_problem(value)
+        if problem:
+            yield {"type": "string_unstorable", "loc": list(loc), "msg": f"text {problem}",
+                   "input": excerpt(value)}
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            problem = text_problem(key)
+            if problem:
+                yield {"type": "string_unstorable", "loc": [*loc, excerpt(key)],
+                       "msg": f"a key {problem}", "input": excerpt(key)}
+            yield from _json_problems(item, (*loc, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _json_problems(item, (*loc, index))
+
+
+def json_body_problems(body: bytes) -> list[dict[str, Any]]:
+    """NUL characters and lone surrogates in a JSON body, each with where it is. Only escapes
+    can put them there (raw control characters are not valid JSON), so a body without `\\u`
+    is not parsed here at all."""
+    if b"\\u" not in body:
+        return []
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return []  # FastAPI answers malformed JSON itself
+    return list(_json_problems(value, ("body",)))[:20]
+
+
+def query_problems(scope: Scope) -> list[dict[str, Any]]:
+    problems: list[dict[str, Any]] = []
+    path = scope.get("path", "")
+    problem = text_problem(path)
+    if problem:
+        problems.append({"type": "string_unstorable", "loc": ["path"],
+                         "msg": f"the path {problem}", "input": excerpt(path)})
+    raw = scope.get("query_string", b"")
+    if raw and (b"%00" in raw or b"\x00" in raw):
+        for key, value in parse_qsl(raw.decode("latin-1"), keep_blank_values=True):
+            for text in (key, value):
+                problem = text_problem(text)
+                if problem:
+                    problems.append({"type": "string_unstorable",
+                                     "loc": ["query", excerpt(key)],
+                                     "msg": f"query parameter {problem}",
+                                     "input": excerpt(value)})
+                    break
+    return problems
+
+
+@dataclass(frozen=True)
+class BodyLimit:
+    """At most `max_bytes` of body for requests whose method is `method` and whose path
+    matches `path` (a regular expression matched in full)."""
+
+    method: str
+    path: str
+    max_bytes: int
+
+    def matches(self, method: str, path: str) -> bool:
+        return method == self.method and re.fullmatch(self.path, path) is not None
+
+
+class BodyTooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body larger than {limit} bytes (this endpoint's limit)")
+        self.limit = limit
+
+
+def _too_large(limit: int) -> JSONResponse:
+    return JSONResponse(
+        {"detail": f"request body larger than {limit} bytes (this endpoint's limit)"},
+        status_code=413, headers={"Connection": "close"})
+
+
+class InputGuard:
+    """Pure ASGI middleware: size limits and unstorable text, before the route runs."""
+
+    def __init__(self, app: ASGIApp, limits: Sequence[BodyLimit] = (),
+                 default_limit: int = DEFAULT_BODY_LIMIT) -> None:
+        self.app = app
+        self.limits = tuple(limits)
+        self.default_limit = default_limit
+
+    def limit_for(self, method: str, path: str) -> int:
+        for limit in self.limits:
+            if limit.matches(method, path):
+                return limit.max_bytes
+        return self.default_limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        problems = query_problems(scope)
+        if problems:
+            await JSONResponse({"detail": problems}, status_code=422)(scope, receive, send)
+            return
+        method = scope["method"]
+        if method in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(method, scope["path"])
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            try:
+                too_big = int(declared) > limit
+            except ValueError:
+                await JSONResponse({"detail": "Content-Length must be a number"},
+                                   status_code=400)(scope, receive, send)
+                return
+            if too_big:
+                await _too_large(limit)(scope, receive, send)
+                return
+        if headers.get(b"content-type", b"").split(b";")[0].strip() == b"application/json":
+            await self._json(scope, receive, send, limit)
+            return
+        await self.app(scope, _counting(receive, limit), send)
+
+    async def _json(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        """A JSON body is small (its limit is): read it here, check its strings, replay it."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                await self.app(scope, _replay([message], receive), send)
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await _too_large(limit)(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        problems = json_body_problems(body)
+        if problems:
+            await JSONResponse({"detail": problems}, status_code=422)(scope, receive, send)
+            return
+        replayed: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
+        await self.app(scope, _replay(replayed, receive), send)
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    async def replay() -> Message:
+        return messages.pop(0) if messages else await receive()
+
+    return replay
+
+
+def _counting(receive: Receive, limit: int) -> Receive:
+    size = 0
+
+    async def counted() -> Message:
+        nonlocal size
+        message = await receive()
+        if message["type"] == "http.request":
+            size += len(message.get("body", b""))
+            if size > limit:
+                raise BodyTooLarge(limit)
+        return message
+
+    return counted
+
+
+def _truncated_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    out = []
+    for error in list(errors)[:50]:
+        error = dict(error)
+        if "input" in error:
+            error["input"] = excerpt(error["input"])
+        if "ctx" in error:
+            error["ctx"] = {k: excerpt(str(v)) for k, v in error["ctx"].items()}
+        error.pop("url", None)
+        out.append(error)
+    return out
+
+
+def validation_detail(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    """Pydantic errors as a 422 answer carries them: inputs cut to an excerpt."""
+    return _truncated_errors(errors)
+
+
+Handler = Callable[[Request, Exception], Awaitable[JSONResponse]]
+
+
+def install(app: FastAPI, limits: Sequence[BodyLimit] = (),
+            default_limit: int = DEFAULT_BODY_LIMIT) -> None:
+    app.add_middleware(InputGuard, limits=limits, default_limit=default_limit)
+
+    async def invalid_request(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return JSONResponse({"detail": _truncated_errors(exc.errors())}, status_code=422)
+
+    async def too_large(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, BodyTooLarge)
+        return _too_large(exc.limit)
+
+    async def unstorable(_: Request, exc: Exception) -> JSONResponse:
+        # asyncpg names the offending argument and repeats (a prefix of) its value.
+        return JSONResponse(
+            {"detail": f"invalid input: {excerpt(str(exc).splitlines()[0], 200)}"},
+            status_code=422)
+
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(BodyTooLarge, too_large)
+    app.add_exception_handler(asyncpg.DataError, unstorable)
