@@ -57,3 +57,18 @@ def check_text(value: Any) -> Any:
         for item in value:
             check_text(item)
     return value
+
+
+# A spreadsheet takes a cell that begins with one of these for a formula (OWASP, "CSV
+# Injection"): `=cmd|'/Ccalc'!A0` runs a program in Excel.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# A plain signed number (an E.164 phone number, a negative count) is no formula: left as is.
+_PLAIN_NUMBER = re.compile(r"^[+-]?[0-9]+(\.[0-9]+)?$")
+
+
+def spreadsheet_safe(text: str) -> str:
+    """A CSV cell a spreadsheet shows as text: one beginning with = + - @ tab or CR gets a
+    leading apostrophe (OWASP's rule), unless it is a plain number."""
+    if text.startswith(_FORMULA_START) and not _PLAIN_NUMBER.match(text):
+        return "'" + text
+    return text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import time
 import uuid
@@ -12,7 +14,7 @@ import pytest
 
 from devtools.processes import Sendout
 from shared import webhooks
-from tests.e2e.conftest import ADMIN_TOKEN, INBOUND_SMS_SECRET
+from tests.e2e.conftest import ADMIN_TOKEN, INBOUND_SMS_SECRET, wait_for_completion
 from tests.e2e.helpers import sender_and_template
 
 pytestmark = pytest.mark.e2e
@@ -186,3 +188,25 @@ def test_a_receipt_is_accepted_once(sendout: Sendout, http: httpx.Client) -> Non
     assert first.status_code == 202, first.text
     again = http.post(f"{sendout.tracker}/receipts", content=body, headers=headers)
     assert again.status_code == 401 and "replayed" in again.text, again.text
+
+
+def test_report_csv_cells_never_start_a_formula(sendout: Sendout, http: httpx.Client) -> None:
+    tag = uuid.uuid4().hex[:6]
+    hostile = [f"=cmd|'/Ccalc'!A0{tag}@example.com", f"=1+1{tag}@example.com",
+               f"-2+3{tag}@example.com", f"+1{tag}@example.com"]
+    plain = f"plain-{tag}@example.com"
+    cid = http.post(f"{sendout.scheduler}/campaigns", json={
+        "name": "CSV injection", "channels": ["email"], "subject": "Hi", "template": "Vote",
+        "sender": {"name": "Office", "email": "office@example.org"},
+    }).raise_for_status().json()["id"]
+    http.post(f"{sendout.scheduler}/campaigns/{cid}/recipients", json={"recipients": [
+        {"email": e} for e in [*hostile, plain]]}).raise_for_status()
+    http.post(f"{sendout.scheduler}/campaigns/{cid}/send-now").raise_for_status()
+    wait_for_completion(http, sendout.tracker, cid)
+    text = http.get(f"{sendout.tracker}/campaigns/{cid}/report.csv").raise_for_status().text
+    rows = list(csv.DictReader(io.StringIO(text)))
+    addresses = sorted(row["address"] for row in rows)
+    assert addresses == sorted(["'" + e for e in hostile] + [plain]), addresses
+    for row in rows:
+        assert not any(str(v).startswith(("=", "+", "-", "@", "\t", "\r"))
+                       for v in row.values()), row

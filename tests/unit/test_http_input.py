@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from shared import http_input
 from shared.http_input import After, BigId, BodyLimit
-from shared.text import check_text, excerpt, text_problem
+from shared.text import check_text, excerpt, spreadsheet_safe, text_problem
 
 
 class Thing(BaseModel):
@@ -139,3 +139,23 @@ def test_text_rules() -> None:
     assert excerpt("x" * 10) == "x" * 10
     assert excerpt("\ud800") == "\ufffd"
     assert len(excerpt({"k": "v" * 1000})) < 120
+
+
+@pytest.mark.parametrize(
+    ("cell", "written"),
+    [
+        ("=cmd|'/Ccalc'!A0@example.com", "'=cmd|'/Ccalc'!A0@example.com"),
+        ("=1+1@example.com", "'=1+1@example.com"),
+        ("+1+cmd|' /C calc'!A0", "'+1+cmd|' /C calc'!A0"),
+        ("-2+3+cmd|' /C calc'!A0", "'-2+3+cmd|' /C calc'!A0"),
+        ("@SUM(1+1)*cmd|' /C calc'!A0", "'@SUM(1+1)*cmd|' /C calc'!A0"),
+        ("\t=1", "'\t=1"),
+        ("\r=1", "'\r=1"),
+        ("+4540000001", "+4540000001"),  # an E.164 phone number is a number, not a formula
+        ("-12", "-12"),
+        ("voter@example.org", "voter@example.org"),
+        ("", ""),
+    ],
+)
+def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised(cell: str, written: str) -> None:
+    assert spreadsheet_safe(cell) == written
