@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from services.dispatcher import handlers, repo
+from services.dispatcher import erasure, handlers, repo
 from services.dispatcher.domain import Outcome
 from services.dispatcher.providers import HttpProvider, NoopProvider, Provider, SmtpProvider
 from services.dispatcher.reliability import CircuitBreaker, RetryPolicy
@@ -141,6 +141,7 @@ def create_app(settings: DispatcherSettings | None = None) -> FastAPI:
                 rebalance_seconds=settings.drain_seconds,
             )
         )
+        broker.include_router(erasure.kafka_router(pool))
         await broker.start()
 
         async def publish_outcomes(outcomes: list[tuple[Outcome, bytes]]) -> None:

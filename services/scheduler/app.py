@@ -62,6 +62,10 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
         identity_pub = broker.publisher(
             topics.IDENTITY, description="API tokens issued and revoked, keyed by token hash."
         )
+        erasures_pub = broker.publisher(
+            topics.ERASURES, description="Recipients whose voter's personal data was erased, "
+            "keyed by organisation id: every service blanks its copies."
+        )
         acks = AbortAcks()
         broker.include_router(handlers.kafka_router(pool, acks))
 
@@ -91,7 +95,8 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
         relay = OutboxRelay(
             relay_connection,
             {publisher.topic: publisher
-             for publisher in (lifecycle_pub, opt_outs_pub, identity_pub, requests_pub)},
+             for publisher in (lifecycle_pub, opt_outs_pub, identity_pub, requests_pub,
+                               erasures_pub)},
             service="scheduler",
             poll_seconds=settings.outbox_poll_seconds,
         )

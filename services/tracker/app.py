@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fastapi import Depends, FastAPI
 
-from services.tracker import handlers, identity, receipts, report, voters
+from services.tracker import erasure, handlers, identity, receipts, report, voters
 from services.tracker.settings import TrackerSettings
 from shared import db, http_input, topics
 from shared.events import CampaignCompleted, DeliveryReported
@@ -52,6 +52,7 @@ def create_app(settings: TrackerSettings | None = None) -> FastAPI:
 
         broker.include_router(receipts.kafka_router(pool, settings.batch_max_records))
         broker.include_router(identity.kafka_router(pool))
+        broker.include_router(erasure.kafka_router(pool))
         await broker.start()
         user = Depends(identity.require_user(pool))
         app.include_router(handlers.http_router(pool, user))
