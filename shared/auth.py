@@ -9,6 +9,7 @@ import hmac
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import Header, HTTPException
 
@@ -37,6 +38,25 @@ def same_secret(given: str, expected: str) -> bool:
 
 def unauthorized(message: str) -> HTTPException:
     return HTTPException(401, message, headers={"WWW-Authenticate": "Bearer"})
+
+
+def scope_bearer(look_up: Callable[[], LookUp | None]) -> Callable[[Any], Awaitable[bool]]:
+    """Whether an ASGI request scope carries a known token: for the input guard, which checks
+    the caller before reading a large body (`shared.http_input.BodyLimit.authenticate_first`).
+    `look_up` gives the look-up once the service has started (None before)."""
+
+    async def known(scope: Any) -> bool:
+        current = look_up()
+        if current is None:
+            return False
+        for name, value in scope.get("headers") or []:
+            if name == b"authorization":
+                text = value.decode("latin-1")
+                if text.startswith("Bearer "):
+                    return await current(hash_token(text[7:].strip())) is not None
+        return False
+
+    return known
 
 
 def bearer(look_up: LookUp) -> Callable[..., Awaitable[Principal]]:

@@ -25,7 +25,7 @@ from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
 import asyncpg
-from fastapi import FastAPI, Path, Query, Request
+from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -95,20 +95,29 @@ def query_problems(scope: Scope) -> list[dict[str, Any]]:
 @dataclass(frozen=True)
 class BodyLimit:
     """At most `max_bytes` of body for requests whose method is `method` and whose path
-    matches `path` (a regular expression matched in full)."""
+    matches `path` (a regular expression matched in full). `authenticate_first`: the caller's
+    credentials are checked (the guard's `authenticate`) before any of the body is read — for
+    routes whose limit is large."""
 
     method: str
     path: str
     max_bytes: int
+    authenticate_first: bool = False
 
     def matches(self, method: str, path: str) -> bool:
         return method == self.method and re.fullmatch(self.path, path) is not None
 
 
-class BodyTooLarge(Exception):
+class BodyTooLarge(HTTPException):
     def __init__(self, limit: int) -> None:
-        super().__init__(f"request body larger than {limit} bytes (this endpoint's limit)")
+        super().__init__(413, f"request body larger than {limit} bytes (this endpoint's limit)",
+                         headers={"Connection": "close"})
         self.limit = limit
+
+
+class UnstorableText(HTTPException):
+    def __init__(self, problems: list[dict[str, Any]]) -> None:
+        super().__init__(422, problems)
 
 
 def _too_large(limit: int) -> JSONResponse:
@@ -117,20 +126,32 @@ def _too_large(limit: int) -> JSONResponse:
         status_code=413, headers={"Connection": "close"})
 
 
+# Whether a request's credentials are good, from its scope (headers): a cheap look-up.
+Authenticate = Callable[[Scope], Awaitable[bool]]
+
+
 class InputGuard:
-    """Pure ASGI middleware: size limits and unstorable text, before the route runs."""
+    """Pure ASGI middleware: size limits and unstorable text, as the body is read.
+
+    The body is not read here: `receive` is wrapped, so a route that refuses a request before
+    reading its body (a webhook checking its signature headers first, a route authenticating
+    its caller) never reads it. A body over the limit by its Content-Length is refused before
+    the route runs; one without it when it passes the limit (413). A JSON body is checked
+    for unstorable text once complete, before the route sees it (422)."""
 
     def __init__(self, app: ASGIApp, limits: Sequence[BodyLimit] = (),
-                 default_limit: int = DEFAULT_BODY_LIMIT) -> None:
+                 default_limit: int = DEFAULT_BODY_LIMIT,
+                 authenticate: Authenticate | None = None) -> None:
         self.app = app
         self.limits = tuple(limits)
-        self.default_limit = default_limit
+        self.default = BodyLimit("*", ".*", default_limit)
+        self.authenticate = authenticate
 
-    def limit_for(self, method: str, path: str) -> int:
+    def limit_for(self, method: str, path: str) -> BodyLimit:
         for limit in self.limits:
             if limit.matches(method, path):
-                return limit.max_bytes
-        return self.default_limit
+                return limit
+        return self.default
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -149,65 +170,46 @@ class InputGuard:
         declared = headers.get(b"content-length")
         if declared is not None:
             try:
-                too_big = int(declared) > limit
+                too_big = int(declared) > limit.max_bytes
             except ValueError:
                 await JSONResponse({"detail": "Content-Length must be a number"},
                                    status_code=400)(scope, receive, send)
                 return
             if too_big:
-                await _too_large(limit)(scope, receive, send)
+                await _too_large(limit.max_bytes)(scope, receive, send)
                 return
-        if headers.get(b"content-type", b"").split(b";")[0].strip() == b"application/json":
-            await self._json(scope, receive, send, limit)
+        if limit.authenticate_first and self.authenticate and not await self.authenticate(scope):
+            await JSONResponse({"detail": "an API token is required: Authorization: Bearer "
+                                          "<token> (checked before the body is read)"},
+                               status_code=401, headers={"WWW-Authenticate": "Bearer"}
+                               )(scope, receive, send)
             return
-        await self.app(scope, _counting(receive, limit), send)
-
-    async def _json(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
-        """A JSON body is small (its limit is): read it here, check its strings, replay it."""
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                await self.app(scope, _replay([message], receive), send)
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                await _too_large(limit)(scope, receive, send)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        problems = json_body_problems(body)
-        if problems:
-            await JSONResponse({"detail": problems}, status_code=422)(scope, receive, send)
-            return
-        replayed: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
-        await self.app(scope, _replay(replayed, receive), send)
+        is_json = headers.get(b"content-type", b"").split(b";")[0].strip() == b"application/json"
+        await self.app(scope, _guarded(receive, limit.max_bytes, check_json=is_json), send)
 
 
-def _replay(messages: list[Message], receive: Receive) -> Receive:
-    async def replay() -> Message:
-        return messages.pop(0) if messages else await receive()
-
-    return replay
-
-
-def _counting(receive: Receive, limit: int) -> Receive:
+def _guarded(receive: Receive, limit: int, *, check_json: bool) -> Receive:
     size = 0
+    chunks: list[bytes] = []
 
-    async def counted() -> Message:
+    async def guarded() -> Message:
         nonlocal size
         message = await receive()
         if message["type"] == "http.request":
-            size += len(message.get("body", b""))
+            chunk = message.get("body", b"")
+            size += len(chunk)
             if size > limit:
                 raise BodyTooLarge(limit)
+            if check_json:
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    problems = json_body_problems(b"".join(chunks))
+                    chunks.clear()
+                    if problems:
+                        raise UnstorableText(problems)
         return message
 
-    return counted
+    return guarded
 
 
 def _truncated_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
@@ -232,16 +234,15 @@ Handler = Callable[[Request, Exception], Awaitable[JSONResponse]]
 
 
 def install(app: FastAPI, limits: Sequence[BodyLimit] = (),
-            default_limit: int = DEFAULT_BODY_LIMIT) -> None:
-    app.add_middleware(InputGuard, limits=limits, default_limit=default_limit)
+            default_limit: int = DEFAULT_BODY_LIMIT,
+            authenticate: Authenticate | None = None) -> None:
+    app.add_middleware(InputGuard, limits=limits, default_limit=default_limit,
+                       authenticate=authenticate)
 
     async def invalid_request(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         return JSONResponse({"detail": _truncated_errors(exc.errors())}, status_code=422)
 
-    async def too_large(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, BodyTooLarge)
-        return _too_large(exc.limit)
 
     async def unstorable(_: Request, exc: Exception) -> JSONResponse:
         # asyncpg names the offending argument and repeats (a prefix of) its value.
@@ -250,5 +251,4 @@ def install(app: FastAPI, limits: Sequence[BodyLimit] = (),
             status_code=422)
 
     app.add_exception_handler(RequestValidationError, invalid_request)
-    app.add_exception_handler(BodyTooLarge, too_large)
     app.add_exception_handler(asyncpg.DataError, unstorable)

@@ -18,6 +18,7 @@ from services.scheduler.service import AbortAcks
 from services.scheduler.settings import SchedulerSettings
 from services.scheduler.voters import handlers as voters
 from shared import db, http_errors, http_input, topics, wire
+from shared.auth import scope_bearer
 from shared.events import ApiTokenIssued, ApiTokenRevoked, CampaignStarted
 from shared.kafka import (
     ensure_topics,
@@ -34,6 +35,7 @@ DISPATCHER_GROUP = "sendout-dispatcher"
 
 def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
     settings = settings or SchedulerSettings()
+    started: dict[str, auth.LookUp] = {}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -118,6 +120,7 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
         fanout.start()
         schedules.start()
         deps = handlers.Deps(pool, fanout, acks, list_dispatchers, settings)
+        started["look_up"] = auth.look_up(pool)
         user = Depends(auth.require_user(pool))
         app.include_router(handlers.http_router(deps, user))
         app.include_router(voters.http_router(pool, settings.default_phone_region, user))
@@ -137,5 +140,6 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
     http_errors.install(
         app, not_found=domain.NotFound, conflict=domain.Conflict, invalid=domain.Invalid
     )
-    http_input.install(app, handlers.BODY_LIMITS)
+    http_input.install(app, handlers.BODY_LIMITS,
+                       authenticate=scope_bearer(lambda: started.get("look_up")))
     return app

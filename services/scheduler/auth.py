@@ -9,7 +9,7 @@ import asyncpg
 from fastapi import Header, HTTPException
 
 from services.scheduler import repo
-from shared.auth import Principal, bearer, hash_token, same_secret, unauthorized
+from shared.auth import LookUp, Principal, bearer, hash_token, same_secret, unauthorized
 
 __all__ = ["Principal", "hash_token", "new_token", "require_admin", "require_user"]
 
@@ -18,13 +18,17 @@ def new_token() -> str:
     return "so_" + secrets.token_urlsafe(32)
 
 
-def require_user(pool: asyncpg.Pool) -> Callable[..., Awaitable[Principal]]:
-    async def look_up(token_hash: bytes) -> Principal | None:
+def look_up(pool: asyncpg.Pool) -> LookUp:
+    async def principal(token_hash: bytes) -> Principal | None:
         async with pool.acquire() as conn:
             row = await repo.principal_by_token(conn, token_hash)
         return Principal(row["user_id"], row["organisation_id"], row["name"]) if row else None
 
-    return bearer(look_up)
+    return principal
+
+
+def require_user(pool: asyncpg.Pool) -> Callable[..., Awaitable[Principal]]:
+    return bearer(look_up(pool))
 
 
 def require_admin(admin_token: str | None) -> Callable[..., Awaitable[None]]:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import socket
 import time
 import uuid
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -106,8 +108,11 @@ def test_repeated_channels_are_refused(sendout: Sendout, http: httpx.Client) -> 
     s = sendout.scheduler
     sender, template = sender_and_template(http, sendout, email_subject="Hi",
                                            email_body="Vote", sms_body="Vote")
-    voter = http.post(f"{s}/voters", json={"phone": "+4540999015"}).raise_for_status().json()
-    for url, extra in ((f"{s}/individual-sends", {"recipient": {"phone": "+4540999015"}}),
+    phone = f"+4543{uuid.uuid4().int % 1_000_000:06d}"
+    r = http.post(f"{s}/voters", json={"phone": phone})
+    assert r.status_code == 201, r.text
+    voter = r.json()
+    for url, extra in ((f"{s}/individual-sends", {"recipient": {"phone": phone}}),
                        (f"{s}/voters/{voter['id']}/send", {})):
         r = http.post(url, json={"channels": ["sms", "sms"], "sender_id": sender,
                                  "template_id": template, **extra})
@@ -210,3 +215,49 @@ def test_report_csv_cells_never_start_a_formula(sendout: Sendout, http: httpx.Cl
     for row in rows:
         assert not any(str(v).startswith(("=", "+", "-", "@", "\t", "\r"))
                        for v in row.values()), row
+
+
+def _answer_to_headers_alone(base: str, path: str, length: int,
+                             headers: dict[str, str] | None = None) -> str:
+    """Send only a request's headers (declaring `length` bytes of body, none sent) and read
+    the answer: a server that waited for the body would not answer within the timeout."""
+    host, port = urlsplit(base).hostname, urlsplit(base).port
+    assert host and port
+    lines = [f"POST {path} HTTP/1.1", f"Host: {host}", f"Content-Length: {length}",
+             "Content-Type: application/json",
+             *(f"{k}: {v}" for k, v in (headers or {}).items())]
+    with socket.create_connection((host, port), timeout=5) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        return sock.recv(65536).decode("latin-1").split("\r\n", 1)[0]
+
+
+def test_large_or_unauthenticated_bodies_are_refused_before_they_are_read(
+    sendout: Sendout, http: httpx.Client
+) -> None:
+    s, t = sendout.scheduler, sendout.tracker
+    fifty_mb = 50 * 1024 * 1024
+    cid = uuid.uuid4()
+    # Over the endpoint's limit: 413 from Content-Length, token or not.
+    assert " 413 " in _answer_to_headers_alone(s, "/senders", fifty_mb)
+    assert " 413 " in _answer_to_headers_alone(t, "/receipts", fifty_mb)
+    assert " 413 " in _answer_to_headers_alone(
+        s, f"/organisations/{cid}/inbound-sms", fifty_mb)
+    # Within a large limit but without a valid token: 401 before the body.
+    for path in (f"/campaigns/{cid}/recipients.csv", f"/campaigns/{cid}/recipients",
+                 "/voters.csv"):
+        assert " 401 " in _answer_to_headers_alone(s, path, fifty_mb), path
+        assert " 401 " in _answer_to_headers_alone(
+            s, path, fifty_mb, {"Authorization": "Bearer so_forged"}), path
+    # Unsigned webhooks: 401 from the headers, before the body.
+    assert " 401 " in _answer_to_headers_alone(t, "/receipts", 500_000)
+    assert " 401 " in _answer_to_headers_alone(
+        s, f"/organisations/{cid}/inbound-sms", 10_000)
+    # With a token the body is read, and refused by its content, not its size.
+    r = http.post(f"{s}/campaigns/{cid}/recipients", json={"recipients": [{"email": "x"}]})
+    assert r.status_code == 404, r.text
+
+
+def test_a_422_never_echoes_more_than_an_excerpt(sendout: Sendout, http: httpx.Client) -> None:
+    r = http.post(f"{sendout.scheduler}/senders", json={"name": "n" * 900_000})
+    assert r.status_code == 422, r.text[:200]
+    assert len(r.content) < 2000 and "900000 characters" in r.text
