@@ -11,7 +11,7 @@ import re
 import uuid
 from collections import deque
 from collections.abc import Iterable
-from typing import Annotated, Any, NamedTuple
+from typing import Annotated, Any, Generic, NamedTuple, TypeVar
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
@@ -242,6 +242,9 @@ def search_pattern(q: str) -> str:
     return f"%{escaped}%"
 
 
+RowT = TypeVar("RowT")
+
+
 class _NeedMore(Exception):
     """The parser ran out of complete lines in the middle of a record."""
 
@@ -291,39 +294,30 @@ class _Lines:
         self._taken = []
 
 
-class CsvImport:
-    """Parses a voter CSV fed in byte chunks of any size; yields good rows, keeps bad rows'
-    line numbers and messages (the first MAX_LISTED_ERRORS) and counts them.
+class IncrementalCsv(Generic[RowT]):
+    """A CSV with a header row, fed in byte chunks of any size (an upload as it streams in):
+    yields the good rows as `_row` makes them, keeps bad rows' line numbers and messages (the
+    first MAX_LISTED_ERRORS) and counts them. The parser of both imports (voters.csv here,
+    a campaign's recipients.csv in services/scheduler/recipients_csv.py).
 
-    The header names columns: COLUMNS are voter fields, any other column is an attribute.
-    Rows are numbered by physical line (the header is line 1). Structural problems of the header
-    raise `Invalid`; nothing has been written by then.
+    Rows are numbered by physical line (the header is line 1). Structural problems of the
+    header raise `Invalid` (from `_read_header`); nothing has been written by then. Subclasses
+    give `_read_header(fields)` and `_row(fields, line) -> row | None` (None: blank or
+    rejected with `reject`).
     """
 
-    def __init__(self, region: str) -> None:
-        self._region = region
+    def __init__(self) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="replace")
         self._tail = ""
         self._lines = _Lines()
         self._header: list[str] | None = None
-        self._known: list[tuple[str, int]] = []
-        self._attributes: list[tuple[str, int]] = []
         self.errors: list[dict[str, Any]] = []
         self.rejected = 0
 
-    @property
-    def columns(self) -> tuple[str, ...]:
-        """The voter fields the file has a column for: an upsert changes only these."""
-        return tuple(name for name, _ in self._known)
-
-    @property
-    def has_attributes(self) -> bool:
-        return bool(self._attributes)
-
-    def feed(self, data: bytes) -> list[ImportRow]:
+    def feed(self, data: bytes) -> list[RowT]:
         return self._parse(self._decoder.decode(data), final=False)
 
-    def close(self) -> list[ImportRow]:
+    def close(self) -> list[RowT]:
         rows = self._parse(self._decoder.decode(b"", final=True), final=True)
         if self._header is None:
             raise Invalid("CSV is empty: a header row is required")
@@ -334,7 +328,7 @@ class CsvImport:
         if len(self.errors) < MAX_LISTED_ERRORS:
             self.errors.append({"line": line, "error": message})
 
-    def _parse(self, text: str, *, final: bool) -> list[ImportRow]:
+    def _parse(self, text: str, *, final: bool) -> list[RowT]:
         self._tail += text
         if final:
             complete, self._tail = self._tail, ""
@@ -348,7 +342,7 @@ class CsvImport:
             self._lines.add(p + "\n" for p in parts)
             if last:
                 self._lines.add([last])
-        out: list[ImportRow] = []
+        out: list[RowT] = []
         reader = csv.reader(self._lines)
         while True:
             try:
@@ -382,6 +376,44 @@ class CsvImport:
         self.reject(first, "unterminated quoted field")
 
     def _read_header(self, fields: list[str]) -> None:
+        raise NotImplementedError
+
+    def _row(self, fields: list[str], line: int) -> RowT | None:
+        raise NotImplementedError
+
+    def _checked_fields(self, fields: list[str], line: int) -> bool:
+        """Whether a data row's fields can be read as the header's columns (else rejected)."""
+        assert self._header is not None
+        if not any(f.strip() for f in fields):
+            return False  # a blank line is no row
+        if len(fields) > len(self._header):
+            self.reject(line, "more fields than the header has")
+            return False
+        if any("\ufffd" in f for f in fields):
+            self.reject(line, "not valid UTF-8")
+            return False
+        return True
+
+
+class CsvImport(IncrementalCsv[ImportRow]):
+    """Parses a voter CSV: COLUMNS are voter fields, any other column is an attribute."""
+
+    def __init__(self, region: str) -> None:
+        super().__init__()
+        self._region = region
+        self._known: list[tuple[str, int]] = []
+        self._attributes: list[tuple[str, int]] = []
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The voter fields the file has a column for: an upsert changes only these."""
+        return tuple(name for name, _ in self._known)
+
+    @property
+    def has_attributes(self) -> bool:
+        return bool(self._attributes)
+
+    def _read_header(self, fields: list[str]) -> None:
         names = [f.strip() for f in fields]
         if not any(names):
             raise Invalid("CSV header is empty")
@@ -395,14 +427,7 @@ class CsvImport:
         self._attributes = [(n, i) for i, n in enumerate(names) if n and n not in COLUMNS]
 
     def _row(self, fields: list[str], line: int) -> ImportRow | None:
-        assert self._header is not None
-        if not any(f.strip() for f in fields):
-            return None  # a blank line is no row
-        if len(fields) > len(self._header):
-            self.reject(line, "more fields than the header has")
-            return None
-        if any("\ufffd" in f for f in fields):
-            self.reject(line, "not valid UTF-8")
+        if not self._checked_fields(fields, line):
             return None
         width = len(fields)
         values = {
