@@ -308,7 +308,9 @@ class IncrementalCsv(Generic[RowT]):
 
     def __init__(self) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="replace")
-        self._tail = ""
+        # The incomplete last physical line, in pieces: a long line arriving in many chunks is
+        # joined once, when its end comes (appending to one string re-copied it every chunk).
+        self._tail: list[str] = []
         self._lines = _Lines()
         self._header: list[str] | None = None
         self.errors: list[dict[str, Any]] = []
@@ -329,13 +331,18 @@ class IncrementalCsv(Generic[RowT]):
             self.errors.append({"line": line, "error": message})
 
     def _parse(self, text: str, *, final: bool) -> list[RowT]:
-        self._tail += text
         if final:
-            complete, self._tail = self._tail, ""
+            complete = "".join(self._tail) + text
+            self._tail = []
             self._lines.final = True
         else:
-            cut = self._tail.rfind("\n") + 1
-            complete, self._tail = self._tail[:cut], self._tail[cut:]
+            cut = text.rfind("\n") + 1  # only the new text is searched
+            if cut == 0:
+                self._tail.append(text)
+                complete = ""
+            else:
+                complete = "".join(self._tail) + text[:cut]
+                self._tail = [text[cut:]] if cut < len(text) else []
         if complete:
             parts = complete.split("\n")
             last = parts.pop()  # "" when `complete` ends with a newline
