@@ -166,11 +166,12 @@ def http_router(deps: Deps, user: Any) -> APIRouter:
     ) -> dict[str, Any]:
         """Body: CSV with a header (email, phone, first_name, last_name, any attribute...).
         Streamed (at most 200 MiB): parsed as it arrives, all or nothing — 422 lists the
-        refused rows by line."""
+        refused rows by line. Encoding (UTF-8 with or without BOM, UTF-16, Windows-1252) and
+        separator (comma, semicolon, tab) are detected and said in `detected`."""
         await view(campaign_id, principal)  # 404 before reading a body meant for nobody
-        added = await service.add_recipients_csv(
+        added, detected = await service.add_recipients_csv(
             pool, campaign_id, request.stream(), region, principal)
-        return {"added": added}
+        return {"added": added, "detected": detected}
 
     @router.post("/campaigns/{campaign_id}/send-now", status_code=202, tags=["campaigns"])
     async def send_now(campaign_id: uuid.UUID, principal: Principal = user) -> dict[str, Any]:

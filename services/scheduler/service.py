@@ -131,11 +131,12 @@ async def add_recipients_csv(
     region: str,
     actor: Principal,
     batch_rows: int = CSV_BATCH_ROWS,
-) -> int:
+) -> tuple[int, dict[str, str]]:
     """Stream a recipients CSV into a draft campaign: parsed as it arrives (off the event
     loop) and copied in batches, so memory stays flat whatever the file's size. All or
     nothing: one transaction (the campaign stays locked while the file arrives); if any row is
-    refused, nothing is added and `Invalid` lists the rows by line (the first 100)."""
+    refused, nothing is added and `Invalid` lists the rows by line (the first 100). Returns
+    the rows added and the file's encoding and separator, as detected."""
     parser = RecipientsCsv(region)
     added = 0
     async with pool.acquire() as conn, conn.transaction():
@@ -151,12 +152,14 @@ async def add_recipients_csv(
                 pending = []
         pending += await asyncio.to_thread(parser.close)
         if parser.rejected:
-            raise domain.Invalid(f"{parser.rejected} invalid CSV rows; nothing was added",
-                                 parser.errors)
+            raise domain.Invalid(
+                f"{parser.rejected} invalid CSV rows; nothing was added (read as "
+                f"{parser.detected['encoding']}, {parser.detected['delimiter']}-separated)",
+                parser.errors)
         added += await repo.copy_recipients(conn, campaign_id, pending) if pending else 0
         if not added:
             raise domain.Invalid("CSV has a header but no recipients")
-    return added
+    return added, parser.detected
 
 
 async def send_now(

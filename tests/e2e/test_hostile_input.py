@@ -261,3 +261,33 @@ def test_a_422_never_echoes_more_than_an_excerpt(sendout: Sendout, http: httpx.C
     r = http.post(f"{sendout.scheduler}/senders", json={"name": "n" * 900_000})
     assert r.status_code == 422, r.text[:200]
     assert len(r.content) < 2000 and "900000 characters" in r.text
+
+
+def test_semicolon_separated_windows_1252_files_import_with_every_letter(
+    sendout: Sendout, http: httpx.Client
+) -> None:
+    """Excel's "CSV" in Denmark: semicolons, Windows-1252."""
+    s = sendout.scheduler
+    tag = uuid.uuid4().hex[:8]
+    phones = [f"+4544{uuid.uuid4().int % 1_000_000:06d}" for _ in range(2)]
+    body = (f"external_id;first_name;last_name;phone\n{tag}-1;Søren;Ærø;{phones[0]}\n"
+            f"{tag}-2;Åse;Müller;{phones[1]}\n").encode("cp1252")
+    r = http.post(f"{s}/voters.csv", content=body, headers={"content-type": "text/csv"})
+    assert r.status_code == 200, r.text
+    assert (r.json()["inserted"], r.json()["rejected"]) == (2, 0), r.text
+    assert r.json()["detected"] == {"encoding": "Windows-1252", "delimiter": "semicolon"}
+    found = http.get(f"{s}/voters", params={"q": "Ærø"}).raise_for_status().json()["voters"]
+    assert [(v["first_name"], v["last_name"]) for v in found
+            if v["external_id"] == f"{tag}-1"] == [("Søren", "Ærø")]
+
+    cid = http.post(f"{s}/campaigns", json={
+        "name": "Texting", "kind": "p2p", "channels": ["sms"], "template": "Hi, vote!",
+        "sender": {"name": "Office", "sms_sender_id": "Office"}}).raise_for_status().json()["id"]
+    r = http.post(f"{s}/campaigns/{cid}/recipients.csv", content=body,
+                  headers={"content-type": "text/csv"})
+    assert r.status_code == 201, r.text
+    assert r.json() == {"added": 2, "detected": {"encoding": "Windows-1252",
+                                                 "delimiter": "semicolon"}}
+    rows = http.get(f"{s}/campaigns/{cid}/p2p/recipients").raise_for_status().json()
+    assert [(x["first_name"], x["last_name"]) for x in rows["recipients"]] == [
+        ("Søren", "Ærø"), ("Åse", "Müller")]

@@ -107,11 +107,41 @@ def test_csv_unknown_columns_become_attributes_and_blanks_are_missing() -> None:
 
 def test_csv_bad_rows_are_listed_by_line() -> None:
     rows, parser = _recipients_csv(
-        b"email,first_name\na@x.org,Ada\nb@x.org,Bob,extra\nc@x.org,C\x00\n\xff\xfe@x.org,D\n")
+        b"email,first_name\na@x.org,Ada\nb@x.org,Bob,extra\nc@x.org,C\x00\n")
     assert [r.email for r in rows] == ["a@x.org"]
     assert [(e["line"], e["error"].split(":")[0]) for e in parser.errors] == [
-        (3, "more fields than the header has"), (4, "first_name"), (5, "not valid UTF-8")]
+        (3, "more fields than the header has"), (4, "first_name")]
     assert "NUL" in parser.errors[1]["error"]
+
+
+@pytest.mark.parametrize(
+    ("data", "detected"),
+    [
+        ("email;first_name;by\nsoeren@example.dk;Søren Ærø;Århus\n".encode("cp1252"),
+         {"encoding": "Windows-1252", "delimiter": "semicolon"}),
+        ("email\tfirst_name\tby\nsoeren@example.dk\tSøren Ærø\tÅrhus\n".encode("utf-16"),
+         {"encoding": "UTF-16", "delimiter": "tab"}),
+        ("\ufeffemail,first_name,by\nsoeren@example.dk,Søren Ærø,Århus\n".encode(),
+         {"encoding": "UTF-8", "delimiter": "comma"}),
+        ('"email;x",first_name,by\nsoeren@example.dk,Søren Ærø,Århus\n'.encode(),
+         {"encoding": "UTF-8", "delimiter": "comma"}),
+    ],
+)
+def test_csv_encoding_and_separator_are_detected_and_said(
+    data: bytes, detected: dict[str, str]
+) -> None:
+    rows, parser = _recipients_csv(data, chunk=5)
+    assert parser.detected == detected and parser.errors == []
+    assert [(r.first_name, r.attributes["by"]) for r in rows] == [("Søren Ærø", "Århus")]
+
+
+def test_csv_a_row_not_in_the_detected_encoding_is_listed() -> None:
+    """UTF-8 by its first 64 KiB; a row further on that is not UTF-8 is refused by line."""
+    good = "".join(f"v{i}@example.org,Åse\n" for i in range(4000)).encode()
+    rows, parser = _recipients_csv(b"email,first_name\n" + good + b"x@example.org,\xe6\n",
+                                   chunk=4096)
+    assert len(rows) == 4000 and parser.detected["encoding"] == "UTF-8"
+    assert parser.errors == [{"line": 4002, "error": "not valid UTF-8"}]
 
 
 def test_csv_invalid_addresses_are_kept_flagged() -> None:

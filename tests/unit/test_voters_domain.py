@@ -77,9 +77,20 @@ def test_csv_unterminated_quote_rejects_its_line_and_parsing_goes_on() -> None:
 
 
 def test_csv_invalid_utf8_rejects_the_row_only() -> None:
-    parser, rows = _parse(b"email,name\na@example.org,\xff\xfe\nb@example.org,B\n", 5)
-    assert parser.errors == [{"line": 2, "error": "not valid UTF-8"}]
-    assert [r.email for r in rows] == ["b@example.org"]
+    # UTF-8 by its first 64 KiB (the encoding is chosen from them); a row further on is not.
+    long = ("Å" * 40_000).encode()
+    parser, rows = _parse(
+        b"email,name\nl@example.org," + long + b"\na@example.org,\xff\xfe\nb@example.org,B\n", 5)
+    assert parser.errors == [{"line": 3, "error": "not valid UTF-8"}]
+    assert [r.email for r in rows] == ["l@example.org", "b@example.org"]
+
+
+def test_csv_in_windows_1252_with_semicolons_keeps_every_letter() -> None:
+    body = "external_id;first_name;last_name\n1;Søren;Ærø\n2;Zoë;Müller\n".encode("cp1252")
+    parser, rows = _parse(body, 3)
+    assert parser.errors == [] and parser.detected == {
+        "encoding": "Windows-1252", "delimiter": "semicolon"}
+    assert [(r.first_name, r.last_name) for r in rows] == [("Søren", "Ærø"), ("Zoë", "Müller")]
 
 
 @pytest.mark.parametrize(

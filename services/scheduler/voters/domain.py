@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Annotated, Any, Generic, NamedTuple, TypeVar
 
+import charset_normalizer
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -262,6 +263,9 @@ class _Lines:
     def add(self, lines: Iterable[str]) -> None:
         self._ready.extend(lines)
 
+    def peek(self) -> str | None:
+        return self._ready[0] if self._ready else None
+
     def __iter__(self) -> _Lines:
         return self
 
@@ -294,6 +298,50 @@ class _Lines:
         self._taken = []
 
 
+# Bytes read before the file's encoding is chosen (or the whole file, if smaller).
+SNIFF_BYTES = 64 * 1024
+DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab"}
+_ENCODING_NAMES = {"utf-8-sig": "UTF-8", "utf-16": "UTF-16", "utf-16-le": "UTF-16",
+                   "utf-16-be": "UTF-16", "cp1252": "Windows-1252", "latin-1": "Latin-1"}
+
+
+def detect_encoding(sample: bytes) -> str:
+    """The encoding of a CSV file from its first bytes: UTF-8 (with or without a BOM), UTF-16
+    (BOM, or charset-normalizer's finding), else the single-byte encoding spreadsheets write in
+    Western Europe (Windows-1252; Latin-1 if a byte is not Windows-1252)."""
+    if sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    try:
+        # A character cut at the end of the sample is not an error (final=False).
+        codecs.getincrementaldecoder("utf-8")().decode(sample, final=False)
+        return "utf-8-sig"  # with or without a BOM
+    except UnicodeDecodeError:
+        pass
+    best = charset_normalizer.from_bytes(
+        sample, cp_isolation=["utf_16_le", "utf_16_be", "cp1252", "latin_1"]).best()
+    if best is not None and best.encoding in ("utf_16_le", "utf_16_be"):
+        return best.encoding.replace("_", "-")
+    try:
+        sample.decode("cp1252")
+        return "cp1252"
+    except UnicodeDecodeError:
+        return "latin-1"
+
+
+def detect_delimiter(header_line: str) -> str:
+    """Comma, semicolon (Excel's in most of Europe, Denmark included) or tab: whichever the
+    header line has most of outside quotes; comma on a tie."""
+    counts = dict.fromkeys(DELIMITERS, 0)
+    quoted = False
+    for char in header_line:
+        if char == '"':
+            quoted = not quoted
+        elif not quoted and char in counts:
+            counts[char] += 1
+    best = max(DELIMITERS, key=lambda d: (counts[d], d == ","))
+    return best if counts[best] else ","
+
+
 class IncrementalCsv(Generic[RowT]):
     """A CSV with a header row, fed in byte chunks of any size (an upload as it streams in):
     yields the good rows as `_row` makes them, keeps bad rows' line numbers and messages (the
@@ -307,7 +355,14 @@ class IncrementalCsv(Generic[RowT]):
     """
 
     def __init__(self) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="replace")
+        # Chosen from the first SNIFF_BYTES (held until then), as is the delimiter from the
+        # header line: both are said in the answer (`detected`).
+        self._decoder: codecs.IncrementalDecoder | None = None
+        self._sniffed: list[bytes] = []
+        self._sniffed_size = 0
+        self.encoding = "utf-8-sig"
+        self.delimiter = ","
+
         # The incomplete last physical line, in pieces: a long line arriving in many chunks is
         # joined once, when its end comes (appending to one string re-copied it every chunk).
         self._tail: list[str] = []
@@ -316,14 +371,38 @@ class IncrementalCsv(Generic[RowT]):
         self.errors: list[dict[str, Any]] = []
         self.rejected = 0
 
+    @property
+    def detected(self) -> dict[str, str]:
+        return {"encoding": _ENCODING_NAMES.get(self.encoding, self.encoding),
+                "delimiter": DELIMITERS.get(self.delimiter, self.delimiter)}
+
     def feed(self, data: bytes) -> list[RowT]:
-        return self._parse(self._decoder.decode(data), final=False)
+        if self._decoder is None:
+            self._sniffed.append(data)
+            self._sniffed_size += len(data)
+            if self._sniffed_size < SNIFF_BYTES:
+                return []
+            data = self._start_decoding()
+        return self._parse(self._decoder.decode(data), final=False)  # type: ignore[union-attr]
 
     def close(self) -> list[RowT]:
-        rows = self._parse(self._decoder.decode(b"", final=True), final=True)
+        rows: list[RowT] = []
+        if self._decoder is None:
+            sample = self._start_decoding()
+            assert self._decoder is not None
+            rows = self._parse(self._decoder.decode(sample), final=False)
+        assert self._decoder is not None
+        rows += self._parse(self._decoder.decode(b"", final=True), final=True)
         if self._header is None:
             raise Invalid("CSV is empty: a header row is required")
         return rows
+
+    def _start_decoding(self) -> bytes:
+        sample = b"".join(self._sniffed)
+        self._sniffed = []
+        self.encoding = detect_encoding(sample)
+        self._decoder = codecs.getincrementaldecoder(self.encoding)(errors="replace")
+        return sample
 
     def reject(self, line: int, message: str) -> None:
         self.rejected += 1
@@ -350,7 +429,9 @@ class IncrementalCsv(Generic[RowT]):
             if last:
                 self._lines.add([last])
         out: list[RowT] = []
-        reader = csv.reader(self._lines)
+        if self._header is None and self._lines.peek() is not None:
+            self.delimiter = detect_delimiter(self._lines.peek() or "")
+        reader = csv.reader(self._lines, delimiter=self.delimiter)
         while True:
             try:
                 fields = next(reader)
@@ -359,7 +440,7 @@ class IncrementalCsv(Generic[RowT]):
             except _NeedMore:
                 if self._lines.record_lines > MAX_RECORD_LINES:
                     self._runaway_quote()
-                    reader = csv.reader(self._lines)
+                    reader = csv.reader(self._lines, delimiter=self.delimiter)
                     continue
                 self._lines.rewind()
                 break
@@ -368,7 +449,7 @@ class IncrementalCsv(Generic[RowT]):
                 continue
             if self._lines.record_lines > MAX_RECORD_LINES:
                 self._runaway_quote()
-                reader = csv.reader(self._lines)
+                reader = csv.reader(self._lines, delimiter=self.delimiter)
                 continue
             line = self._lines.record_done()
             if self._header is None:
@@ -397,7 +478,7 @@ class IncrementalCsv(Generic[RowT]):
             self.reject(line, "more fields than the header has")
             return False
         if any("\ufffd" in f for f in fields):
-            self.reject(line, "not valid UTF-8")
+            self.reject(line, f"not valid {self.detected['encoding']}")
             return False
         return True
 

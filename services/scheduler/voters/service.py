@@ -33,11 +33,13 @@ class ImportResult:
     unchanged: int = 0
     rejected: int = 0
     errors: list[dict[str, Any]] = field(default_factory=list)
+    # The file's encoding and separator, as detected.
+    detected: dict[str, str] = field(default_factory=dict)
 
     def view(self) -> dict[str, Any]:
         return {
             "inserted": self.inserted, "updated": self.updated, "unchanged": self.unchanged,
-            "rejected": self.rejected,
+            "rejected": self.rejected, "detected": self.detected,
             "errors": sorted(self.errors, key=lambda e: e["line"])[: domain.MAX_LISTED_ERRORS],
         }
 
@@ -102,6 +104,7 @@ async def import_csv(
         parser.reject(line, f"same voter as line {kept}, which was kept")
     result.rejected = parser.rejected
     result.errors = parser.errors
+    result.detected = parser.detected
     log.info(
         "voters imported",
         extra={"inserted": result.inserted, "updated": result.updated,
