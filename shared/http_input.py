@@ -18,6 +18,7 @@ path parameter and `After` for a cursor (out of range: 422).
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from shared.text import INT64_MAX, excerpt, text_problem
 __all__ = ["INT64_MAX", "After", "BigId", "BodyLimit", "excerpt", "install"]
 
 DEFAULT_BODY_LIMIT = 1024 * 1024
+
+log = logging.getLogger(__name__)
 
 # An id bound for a BIGINT column: out of its range is 422, not a database error.
 BigId = Annotated[int, Path(ge=-INT64_MAX - 1, le=INT64_MAX)]
@@ -244,8 +247,12 @@ def install(app: FastAPI, limits: Sequence[BodyLimit] = (),
         return JSONResponse({"detail": _truncated_errors(exc.errors())}, status_code=422)
 
 
-    async def unstorable(_: Request, exc: Exception) -> JSONResponse:
-        # asyncpg names the offending argument and repeats (a prefix of) its value.
+    async def unstorable(request: Request, exc: Exception) -> JSONResponse:
+        # The last line of defence: logged (without the value), so that a route missing its
+        # validation shows. asyncpg names the offending argument and repeats part of its value.
+        log.warning("input refused by the database", extra={
+            "method": request.method, "route": request.url.path[:200],
+            "error_type": type(exc).__name__})
         return JSONResponse(
             {"detail": f"invalid input: {excerpt(str(exc).splitlines()[0], 200)}"},
             status_code=422)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
@@ -44,6 +45,11 @@ def _app(seen: dict[str, int]) -> FastAPI:
     @app.get("/things/{thing_id}")
     async def thing(thing_id: BigId, after: After = 0, q: str | None = None) -> dict[str, Any]:
         return {"id": thing_id, "after": after, "q": q}
+
+    @app.get("/database-refuses")
+    async def database_refuses() -> None:
+        raise asyncpg.exceptions.DataError(
+            "invalid input for query argument $1: 9223372036854775808 (value out of int64 range)")
 
     http_input.install(app, [BodyLimit("POST", "/upload", 1000)], default_limit=500)
     return app
@@ -159,3 +165,8 @@ def test_text_rules() -> None:
 )
 def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised(cell: str, written: str) -> None:
     assert spreadsheet_safe(cell) == written
+
+
+async def test_input_the_database_refuses_is_a_422_not_a_500(client: httpx.AsyncClient) -> None:
+    r = await client.get("/database-refuses")
+    assert r.status_code == 422 and "int64" in r.json()["detail"]
