@@ -11,7 +11,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import Header, HTTPException
+from fastapi import Depends, HTTPException
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,12 @@ class Principal:
 
 
 LookUp = Callable[[bytes], Awaitable[Principal | None]]
+
+# The OpenAPI security scheme of every protected operation ("bearer"); the 401 answers are ours
+# (auto_error off), saying what is missing or wrong.
+API_TOKEN = HTTPBearer(
+    scheme_name="bearer", auto_error=False,
+    description="An API token (POST /admin/users issues them): Authorization: Bearer <token>")
 
 
 def hash_token(token: str) -> bytes:
@@ -62,10 +69,12 @@ def scope_bearer(look_up: Callable[[], LookUp | None]) -> Callable[[Any], Awaita
 def bearer(look_up: LookUp) -> Callable[..., Awaitable[Principal]]:
     """A FastAPI dependency: the caller, or 401 with what is wrong."""
 
-    async def authenticated(authorization: str | None = Header(default=None)) -> Principal:
-        if not authorization or not authorization.startswith("Bearer "):
+    async def authenticated(
+        credentials: HTTPAuthorizationCredentials | None = Depends(API_TOKEN),
+    ) -> Principal:
+        if credentials is None or not credentials.credentials.strip():
             raise unauthorized("an API token is required: Authorization: Bearer <token>")
-        principal = await look_up(hash_token(authorization[7:].strip()))
+        principal = await look_up(hash_token(credentials.credentials.strip()))
         if principal is None:
             raise unauthorized("unknown or revoked API token")
         return principal

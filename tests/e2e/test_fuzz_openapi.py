@@ -171,3 +171,20 @@ def test_no_tracker_operation_answers_a_server_error(sendout: Sendout) -> None:
     assert len(operations) >= 5
     for method, path, op, spec in operations:
         _fuzz(sendout, sendout.tracker, method, path, op, spec)
+
+
+PUBLIC = {"/health", "/metrics", "/receipts", "/organisations/{organisation_id}/inbound-sms",
+          "/auth/sign-in"}
+
+
+def test_every_protected_operation_documents_the_bearer_scheme(sendout: Sendout) -> None:
+    for base in (sendout.scheduler, sendout.tracker):
+        spec = httpx.get(f"{base}/openapi.json").raise_for_status().json()
+        assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+        protected = [(m, p, op) for p, ops in spec["paths"].items() for m, op in ops.items()
+                     if p not in PUBLIC and not p.startswith("/admin/")]
+        assert protected
+        for method, path, op in protected:
+            assert {"bearer": []} in op.get("security", []), (method, path)
+            assert not any(p["name"].lower() == "authorization"
+                           for p in op.get("parameters", [])), (method, path)

@@ -108,7 +108,7 @@ def test_repeated_channels_are_refused(sendout: Sendout, http: httpx.Client) -> 
     s = sendout.scheduler
     sender, template = sender_and_template(http, sendout, email_subject="Hi",
                                            email_body="Vote", sms_body="Vote")
-    phone = f"+4543{uuid.uuid4().int % 1_000_000:06d}"
+    phone = f"+4540{100_000 + uuid.uuid4().int % 900_000}"
     r = http.post(f"{s}/voters", json={"phone": phone})
     assert r.status_code == 201, r.text
     voter = r.json()
@@ -269,7 +269,7 @@ def test_semicolon_separated_windows_1252_files_import_with_every_letter(
     """Excel's "CSV" in Denmark: semicolons, Windows-1252."""
     s = sendout.scheduler
     tag = uuid.uuid4().hex[:8]
-    phones = [f"+4544{uuid.uuid4().int % 1_000_000:06d}" for _ in range(2)]
+    phones = [f"+4540{100_000 + uuid.uuid4().int % 900_000}" for _ in range(2)]
     body = (f"external_id;first_name;last_name;phone\n{tag}-1;Søren;Ærø;{phones[0]}\n"
             f"{tag}-2;Åse;Müller;{phones[1]}\n").encode("cp1252")
     r = http.post(f"{s}/voters.csv", content=body, headers={"content-type": "text/csv"})
