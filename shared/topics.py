@@ -13,6 +13,8 @@ ERASURES = "sendout.erasures.v1"
 
 ALL = (SEND_REQUESTED, OUTCOMES, RECEIPTS, CAMPAIGN_LIFECYCLE, OPT_OUTS, IDENTITY, ERASURES)
 COMPACTED = frozenset({IDENTITY})
+# Keyed by campaign id: each record carries its campaign's trace (shared/tracing.py).
+CAMPAIGN_KEYED = frozenset({OUTCOMES, RECEIPTS, CAMPAIGN_LIFECYCLE})
 
 
 def dlq(topic: str) -> str:

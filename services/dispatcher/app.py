@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from services.dispatcher import erasure, handlers, repo
+from services.dispatcher import erasure, handlers, metrics, repo
 from services.dispatcher.domain import Outcome
 from services.dispatcher.providers import HttpProvider, NoopProvider, Provider, SmtpProvider
 from services.dispatcher.reliability import CircuitBreaker, RetryPolicy
@@ -25,13 +25,26 @@ from services.dispatcher.settings import DispatcherSettings
 from shared import db, topics
 from shared.events import Channel
 from shared.kafka import ensure_topics, instance_client_id, make_broker, publish_encoded
+from shared.observability import HttpMetrics, LagMonitor
 from shared.service import ops_router, standard_checks
 from shared.wire import outcome_records
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
+def provider_names(settings: DispatcherSettings) -> dict[Channel, str]:
+    """The adapter each channel goes through (`noop`, `http`, `smtp`): the provider label of
+    the metrics."""
+    return {"email": settings.provider or settings.email_provider,
+            "sms": settings.provider or settings.sms_provider}
+
+
 def build_providers(settings: DispatcherSettings) -> dict[Channel, Provider]:
+    """Each channel's provider, timed and counted (services/dispatcher/metrics.py)."""
+    return metrics.metered(_build_providers(settings), provider_names(settings))
+
+
+def _build_providers(settings: DispatcherSettings) -> dict[Channel, Provider]:
     email = settings.provider or settings.email_provider
     sms = settings.provider or settings.sms_provider
     http: Provider | None = None
@@ -85,7 +98,8 @@ def create_app(settings: DispatcherSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = await db.create_pool(
-            settings.database_url, "dispatcher", max_size=settings.db_pool_max
+            settings.database_url, "dispatcher", max_size=settings.db_pool_max,
+            generic_plans=True,
         )
         await db.migrate(pool, "dispatcher", MIGRATIONS)
         providers = build_providers(settings)
@@ -133,18 +147,23 @@ def create_app(settings: DispatcherSettings | None = None) -> FastAPI:
         lifecycle_pub = broker.publisher(
             topics.CAMPAIGN_LIFECYCLE, description="Abort acknowledgements, keyed by campaign id."
         )
+        outcome_counter = metrics.OutcomeCounter(provider_names(settings))
         broker.include_router(
             handlers.kafka_router(
                 pool, dispatcher, aborts, opt_outs, outcomes_pub, lifecycle_pub,
                 instance=settings.instance_id, max_records=settings.batch_max_records,
                 outcome_batch_size=settings.outcome_batch_size, consumers=settings.consumers,
                 rebalance_seconds=settings.drain_seconds,
+                outcome_counter=outcome_counter,
             )
         )
         broker.include_router(erasure.kafka_router(pool))
         await broker.start()
+        lag = LagMonitor(broker, interval=settings.metrics_interval_seconds)
+        lag.start()
 
         async def publish_outcomes(outcomes: list[tuple[Outcome, bytes]]) -> None:
+            outcome_counter.count(outcomes)
             await publish_encoded(
                 outcomes_pub, outcome_records(outcomes, settings.outcome_batch_size),
                 service="dispatcher",
@@ -152,6 +171,8 @@ def create_app(settings: DispatcherSettings | None = None) -> FastAPI:
 
         retries = asyncio.create_task(dispatcher.retry_forever(publish_outcomes),
                                       name="retry-schedule")
+        pruning = asyncio.create_task(
+            dispatcher.prune_forever(settings.claim_retention_hours * 3600), name="prune")
 
         app.include_router(ops_router(standard_checks(pool, broker)))
         try:
@@ -160,10 +181,14 @@ def create_app(settings: DispatcherSettings | None = None) -> FastAPI:
             # The retry round in progress is settled first (bounded: a call that does not end
             # is left to its claim, which goes stale and is reported in doubt).
             await stop_between_rounds(retries, dispatcher, settings.drain_seconds)
+            pruning.cancel()
+            await lag.stop()
             await broker.stop()
             await renderer.close()
             for provider in {id(p): p for p in providers.values()}.values():
                 await provider.close()
             await pool.close()
 
-    return FastAPI(title="Sendout dispatcher", lifespan=lifespan)
+    app = FastAPI(title="Sendout dispatcher", lifespan=lifespan)
+    app.add_middleware(HttpMetrics, service="dispatcher")
+    return app

@@ -275,9 +275,7 @@ _STEP = """
         SELECT o.*, now()
         FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::uuid[], $5::json[])
              AS o(campaign_id, recipient_id, channel, request_id, outcome)
-        ON CONFLICT (campaign_id, recipient_id, channel) DO UPDATE
-        SET outcome = excluded.outcome, done_at = excluded.done_at
-        WHERE d.outcome IS NULL
+        {on_conflict}
     ), groups AS (
         SELECT (g->>0)::uuid AS campaign_id, g->>1 AS channel,
                ARRAY(SELECT json_array_elements_text(g->2)::bigint) AS ids
@@ -293,6 +291,14 @@ _STEP = """
     UNION ALL
     SELECT NULL WHERE $9::json::text <> '[]' AND NOT EXISTS (SELECT 1 FROM live)
 """
+# The keys of a step's outcomes were looked up just before their calls, so they are nearly
+# always new: a plain insert (no speculative insertion per row). Only if one is there after
+# all does the step run again with `ON CONFLICT` (the first outcome recorded for a key stays).
+_STEP_NEW = _STEP.format(on_conflict="")
+_STEP = _STEP.format(on_conflict="""
+        ON CONFLICT (campaign_id, recipient_id, channel) DO UPDATE
+        SET outcome = excluded.outcome, done_at = excluded.done_at
+        WHERE d.outcome IS NULL""")
 
 
 class Step(NamedTuple):
@@ -333,7 +339,10 @@ async def step(
         json.dumps([[str(c), ch, list(ids)] for c, ch, ids in claims]),
     )
     if not retries:
-        rows = await conn.fetch(_STEP, *args)
+        try:
+            rows = await conn.fetch(_STEP_NEW, *args)
+        except asyncpg.UniqueViolationError:  # nothing of the statement was written
+            rows = await conn.fetch(_STEP, *args)
     else:
         async with conn.transaction():
             await schedule_retries(conn, retries)
@@ -437,6 +446,26 @@ async def claims_of(
             key = (r["campaign_id"], rid, r["channel"])
             ages[key] = min(ages.get(key, r["age"]), r["age"])
     return ages
+
+
+async def prune_batches(conn: asyncpg.Connection, older_than_seconds: float) -> int:
+    """Forget batches registered longer ago than this, with their spans and claims (their
+    records were committed or dropped by Kafka's retention long since: nothing can ask for
+    them again). How many batches."""
+    return int(await conn.fetchval(
+        """
+        WITH old AS (
+            DELETE FROM batches WHERE created_at < now() - make_interval(secs => $1)
+            RETURNING batch_id
+        ), spans AS (
+            DELETE FROM batch_spans WHERE created_at < now() - make_interval(secs => $1)
+        ), claimed AS (
+            DELETE FROM claims WHERE claimed_at < now() - make_interval(secs => $1)
+        )
+        SELECT count(*) FROM old
+        """,
+        older_than_seconds,
+    ))
 
 
 async def close_gate(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> None:

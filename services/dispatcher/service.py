@@ -76,9 +76,14 @@ class Registry(Generic[T]):
 
     def __init__(self) -> None:
         self._items: set[T] = set()
+        # Changes with every item added: a batch checked against the registry need not check
+        # again before each call while it is unchanged.
+        self.version = 0
 
     def add(self, items: set[T]) -> None:
-        self._items |= items
+        if not items <= self._items:
+            self._items |= items
+            self.version += 1
 
     def __contains__(self, item: object) -> bool:
         return item in self._items
@@ -192,19 +197,29 @@ class GroupCommit(Generic[T]):
 
 class Recorder:
     """A batch's results, written in groups as they come (outcomes to `deliveries`, retries to
-    the schedule). Each group's outcomes are published as soon as they are written (progress
-    moves while the batch runs); `drain` waits for every write and every publish, which must
-    all be done before the batch's offsets commit."""
+    the schedule). Outcomes written are published while the batch runs (progress moves), in
+    records of `publish_at` outcomes, or fewer once the oldest unpublished one has waited
+    `publish_after` seconds: a consumer of outcomes pays per record and per poll, so records
+    of a few hundred cost it half as much per outcome as records of a step's few dozen.
+    `drain` waits for every write and every publish, which must all be done before the
+    batch's offsets commit."""
 
     def __init__(
         self,
-        write: Callable[[list[tuple[Request, Result]]], Awaitable[None]],
+        write: Callable[[list[tuple[Request, Result]]], Awaitable[list[tuple[Outcome, bytes]]]],
         publish: Publish | None,
+        *,
+        publish_at: int = 500,
+        publish_after: float = 0.05,
     ) -> None:
         self._write = write
         self._publish = publish
+        self._publish_at = publish_at
+        self._publish_after = publish_after
         self._commit: GroupCommit[tuple[Request, Result]] = GroupCommit(self._write_group)
         self._publishing: list[asyncio.Task[None]] = []
+        self._unpublished: list[tuple[Outcome, bytes]] = []
+        self._flush: asyncio.TimerHandle | None = None
         self.outcomes: list[tuple[Outcome, bytes]] = []
 
     def add(self, req: Request, result: Result) -> None:
@@ -213,18 +228,32 @@ class Recorder:
     def written(self, outcomes: list[tuple[Outcome, bytes]]) -> None:
         """Outcomes now recorded: kept, and on their way to Kafka."""
         self.outcomes.extend(outcomes)
-        if self._publish is not None and outcomes:
+        if self._publish is None or not outcomes:
+            return
+        self._unpublished.extend(outcomes)
+        if len(self._unpublished) >= self._publish_at:
+            self._publish_now()
+        elif self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(
+                self._publish_after, self._publish_now)
+
+    def _publish_now(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        if self._unpublished and self._publish is not None:
+            outcomes, self._unpublished = self._unpublished, []
             self._publishing.append(asyncio.create_task(self._publish(outcomes)))
 
     async def drain(self) -> None:
         await self._commit.drain()
+        self._publish_now()
         while self._publishing:
             tasks, self._publishing = self._publishing, []
             await asyncio.gather(*tasks)
 
     async def _write_group(self, group: list[tuple[Request, Result]]) -> None:
-        await self._write(group)
-        self.written([(r, r.to_bytes()) for _, r in group if not isinstance(r, Retry)])
+        self.written(await self._write(group))
 
 
 _REQUEST = msgspec.json.Decoder(wire.SendRequested)
@@ -323,8 +352,9 @@ class Dispatcher:
         recorder.written([(o, o.to_bytes()) for o in reports])  # reported again, as recorded
         for req in in_doubt:
             recorder.add(req, domain.failed(req, FailReason.IN_DOUBT.value))
+        checked = self._stops_version()  # every message is checked while preparing
         calls = await self._prepare_all(fresh, recorder)
-        if await self._call_all(calls, recorder, batch_id=batch_id):
+        if await self._call_all(calls, recorder, batch_id=batch_id, checked=checked):
             raise BatchSuperseded(
                 "a later attempt at these records took them over: what this one had not "
                 "claimed is that attempt's to send")
@@ -463,6 +493,7 @@ class Dispatcher:
         recorder: Recorder,
         *,
         batch_id: uuid.UUID,
+        checked: tuple[int, int] = (-1, -1),
     ) -> bool:
         """Each message claimed before its provider call, and its result recorded before its
         worker moves on: a worker's step writes its last calls' results and claims its next
@@ -490,12 +521,15 @@ class Dispatcher:
                     while not superseded and (chunk := list(itertools.islice(queue, per_step))):
                         ready: list[tuple[Request, OutgoingMessage]] = []
                         first_at = _WALL()
-                        for req, message in chunk:
-                            early = self._precheck(req)
-                            if early is None:
-                                ready.append((req, message))
-                            else:
-                                recorder.add(req, early)  # no call: nothing waits on it
+                        if self._stops_version() == checked:  # nothing to stop for since
+                            ready = chunk
+                        else:
+                            for req, message in chunk:
+                                early = self._precheck(req)
+                                if early is None:
+                                    ready.append((req, message))
+                                else:
+                                    recorder.add(req, early)  # no call: nothing waits on it
                         if not ready:
                             continue
                         try:
@@ -600,6 +634,9 @@ class Dispatcher:
 
         return write
 
+    def _stops_version(self) -> tuple[int, int]:
+        return self._aborts.version, self._opt_outs.version
+
     def _precheck(self, req: Request) -> Result | None:
         """The last checks before a message is claimed: its outcome if it is not to be sent
         now, else None."""
@@ -652,12 +689,13 @@ class Dispatcher:
             except Exception:
                 log.warning("could not refresh claims", exc_info=True)
 
-    async def _write(self, group: list[tuple[Request, Result]]) -> None:
+    async def _write(self, group: list[tuple[Request, Result]]) -> list[tuple[Outcome, bytes]]:
         """Write a group of results: outcomes to `deliveries`, retries to the schedule, in one
-        transaction."""
+        transaction. Returns the outcomes written, with their JSON."""
         outcomes = [(req, r, r.to_bytes()) for req, r in group if not isinstance(r, Retry)]
         retries = [_retry_row(r) for _, r in group if isinstance(r, Retry)]
         await self._retrying(self._write_group, outcomes, retries)
+        return [(r, data) for _, r, data in outcomes]
 
     async def _write_group(
         self, outcomes: Sequence[tuple[Request, Outcome, bytes]], retries: Sequence[Any]
@@ -666,6 +704,20 @@ class Dispatcher:
             if outcomes:
                 await repo.record_outcomes(conn, outcomes)
             await repo.schedule_retries(conn, retries)
+
+    async def prune_forever(
+        self, retention_seconds: float, *, every_seconds: float = 3600.0
+    ) -> None:
+        """Forget old batches' registrations, spans and claims, once an interval."""
+        while True:
+            try:
+                async with self._pool.acquire() as conn:
+                    pruned = await repo.prune_batches(conn, retention_seconds)
+                if pruned:
+                    log.info("forgot old batches", extra={"batches": pruned})
+            except Exception:
+                log.warning("could not prune old batches", exc_info=True)
+            await asyncio.sleep(every_seconds)
 
     # --- the retry schedule ---------------------------------------------------------------
 

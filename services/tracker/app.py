@@ -8,11 +8,13 @@ from pathlib import Path
 
 from fastapi import Depends, FastAPI
 
-from services.tracker import erasure, handlers, identity, receipts, report, voters
+from services.tracker import erasure, handlers, identity, metrics, receipts, report, voters
 from services.tracker.settings import TrackerSettings
 from shared import db, http_input, topics
 from shared.events import CampaignCompleted, DeliveryReported
 from shared.kafka import ensure_topics, make_broker, publish_all
+from shared.observability import HttpMetrics, LagMonitor
+from shared.pollers import Poller
 from shared.service import ops_router, standard_checks
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -54,6 +56,11 @@ def create_app(settings: TrackerSettings | None = None) -> FastAPI:
         broker.include_router(identity.kafka_router(pool))
         broker.include_router(erasure.kafka_router(pool))
         await broker.start()
+        lag = LagMonitor(broker, interval=settings.metrics_interval_seconds)
+        lag.start()
+        campaigns = Poller("campaigns in flight", metrics.CampaignGauges(pool).update,
+                           settings.metrics_interval_seconds)
+        campaigns.start()
         user = Depends(identity.require_user(pool))
         app.include_router(handlers.http_router(pool, user))
         app.include_router(voters.http_router(pool, user))
@@ -65,10 +72,14 @@ def create_app(settings: TrackerSettings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await campaigns.stop()
+            await lag.stop()
             await broker.stop()
             await pool.close()
 
     app = FastAPI(title="Sendout tracker", lifespan=lifespan)
     # Receipts are the only body the tracker takes: at most 1000 of them, well under 1 MiB.
     http_input.install(app, default_limit=http_input.DEFAULT_BODY_LIMIT)
+    # Outermost (added last): requests the input guard refuses are measured too.
+    app.add_middleware(HttpMetrics, service="tracker", webhooks={"/receipts": "receipts"})
     return app

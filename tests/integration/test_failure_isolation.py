@@ -158,6 +158,32 @@ async def test_a_batch_taken_over_mid_send_claims_nothing_more_and_no_message_go
     assert {o.recipient_id: o.status for o in outcomes} == {i: "completed" for i in range(1, 5)}
 
 
+async def test_an_outcome_recorded_elsewhere_during_the_call_stays_and_the_step_goes_on(
+    dispatcher_pool: asyncpg.Pool,
+) -> None:
+    """The step's plain insert meets a key recorded meanwhile: the step runs again the careful
+    way, the first outcome stays, and the batch's other outcomes are recorded."""
+    from services.dispatcher import domain
+
+    cid = await _campaign(dispatcher_pool)
+    batch = [send_requested(cid, i, f"e{i}@example.org") for i in (1, 2)]
+
+    class RecordsElsewhere(RecordingProvider):
+        async def send(self, message: OutgoingMessage) -> str:
+            if message.to == "e1@example.org":
+                elsewhere = domain.sent(batch[0], "sent-elsewhere")
+                async with dispatcher_pool.acquire() as conn:
+                    await repo.record_outcomes(conn, [(batch[0], elsewhere,
+                                                       elsewhere.to_bytes())])
+            return await super().send(message)
+
+    await _dispatcher(dispatcher_pool, RecordsElsewhere(), concurrency=1).dispatch(batch)
+    async with dispatcher_pool.acquire() as conn:
+        stored = await repo.recorded_outcomes(conn, [domain.dedupe_key(r) for r in batch])
+    assert stored[domain.dedupe_key(batch[0])].provider_message_id == "sent-elsewhere"
+    assert stored[domain.dedupe_key(batch[1])].status == "completed"
+
+
 async def test_an_attempt_superseded_before_its_first_claim_sends_nothing(
     dispatcher_pool: asyncpg.Pool,
 ) -> None:
@@ -345,3 +371,49 @@ async def test_a_request_carrying_its_campaign_is_sent_before_any_started_event(
     # process (a dispatcher that never saw the record).
     [o] = await settle_retries(_dispatcher(dispatcher_pool, provider))
     assert (o.recipient_id, o.status) == (1, "completed")
+
+
+async def test_old_batches_are_forgotten_with_their_spans_and_claims(
+    dispatcher_pool: asyncpg.Pool,
+) -> None:
+    cid = await _campaign(dispatcher_pool)
+    old_spans, new_spans = _unique_spans(), _unique_spans()
+    old, new = uuid.uuid4(), uuid.uuid4()
+    async with dispatcher_pool.acquire() as conn:
+        await repo.claim(conn, old, [(cid, "email", [1])], owner="a", spans=old_spans)
+        await repo.claim(conn, new, [(cid, "email", [2])], owner="a", spans=new_spans)
+        for table, column in (("batches", "created_at"), ("batch_spans", "created_at"),
+                              ("claims", "claimed_at")):
+            await conn.execute(f"UPDATE {table} SET {column} = now() - interval '8 days' "
+                               "WHERE batch_id = $1", old)
+        assert await repo.prune_batches(conn, 7 * 86400) >= 1
+        assert await repo.claims_of(conn, [old]) == {}
+        assert set(await repo.claims_of(conn, [new])) == {(cid, 2, "email")}
+        # The old positions are free: a new attempt there finds nothing earlier.
+        assert await repo.register_batch(conn, uuid.uuid4(), owner="b", spans=old_spans) == []
+        assert await repo.register_batch(conn, uuid.uuid4(), owner="b",
+                                         spans=new_spans) == [new]
+
+
+async def test_an_opt_out_heard_mid_batch_stops_the_messages_not_called_yet(
+    dispatcher_pool: asyncpg.Pool,
+) -> None:
+    from services.dispatcher.service import OptOutRegistry
+
+    cid = await _campaign(dispatcher_pool)
+    async with dispatcher_pool.acquire() as conn:
+        org = (await repo.load_templates(conn, [cid]))[cid].organisation_id
+    opt_outs = OptOutRegistry()
+
+    class OptsOutTheNext(RecordingProvider):
+        async def send(self, message: OutgoingMessage) -> str:
+            opt_outs.add({(org, "o2@example.org")})  # heard while this call is under way
+            return await super().send(message)
+
+    provider = OptsOutTheNext()
+    outcomes = await _dispatcher(dispatcher_pool, provider, concurrency=1,
+                                 opt_outs=opt_outs).dispatch(
+        [send_requested(cid, i, f"o{i}@example.org") for i in (1, 2)])
+    assert [c.to for c in provider.calls] == ["o1@example.org"]
+    assert {o.recipient_id: (o.status, o.reason) for o in outcomes} == {
+        1: ("completed", None), 2: ("skipped", "opted_out")}
