@@ -47,6 +47,7 @@ TOPICS: dict[str, tuple[str, Any, str]] = {
     topics.OPT_OUTS: ("AddressOptedOut", events.AddressOptedOut, "the organisation id"),
     topics.IDENTITY: ("IdentityEvent", events.IdentityEvent,
                       "the token hash (compacted: the latest per token is kept)"),
+    topics.ERASURES: ("RecipientsErased", events.RecipientsErased, "the organisation id"),
 }
 
 # Publishers, as the services' composition roots (services/*/app.py) declare them.
@@ -58,6 +59,8 @@ PUBLISHERS: dict[str, list[tuple[str, str]]] = {
          "aborted), through the outbox."),
         (topics.OPT_OUTS, "Addresses opted out."),
         (topics.IDENTITY, "API tokens issued and revoked."),
+        (topics.ERASURES, "Recipients whose voter's personal data was erased, through the "
+         "outbox."),
     ],
     "dispatcher": [
         (topics.OUTCOMES, "Sent / failed / skipped, in batches of one campaign's."),
@@ -74,8 +77,10 @@ def consumers() -> dict[str, list[tuple[str, str | None, str]]]:
     """(topic, group or None for a broadcast consumer, description) of each service's
     subscribers, read from its FastStream routers (built with stand-ins for their
     dependencies: nothing runs)."""
+    from services.dispatcher import erasure as dispatcher_erasure
     from services.dispatcher import handlers as dispatcher
     from services.scheduler import handlers as scheduler
+    from services.tracker import erasure as tracker_erasure
     from services.tracker import handlers as tracker
     from services.tracker import identity, receipts
 
@@ -83,9 +88,10 @@ def consumers() -> dict[str, list[tuple[str, str | None, str]]]:
     routers = {
         "scheduler": [scheduler.kafka_router(stub, stub)],
         "dispatcher": [dispatcher.kafka_router(stub, stub, stub, stub, stub, stub,
-                                               instance="x", max_records=1)],
+                                               instance="x", max_records=1),
+                       dispatcher_erasure.kafka_router(stub)],
         "tracker": [tracker.kafka_router(stub, stub, 1), receipts.kafka_router(stub, 1),
-                    identity.kafka_router(stub)],
+                    identity.kafka_router(stub), tracker_erasure.kafka_router(stub)],
     }
     found: dict[str, list[tuple[str, str | None, str]]] = {}
     for service, rs in routers.items():

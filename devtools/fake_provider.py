@@ -29,8 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import json
 import random
 import re
@@ -40,12 +38,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import uvloop
 from aiohttp import web
 
 from devtools import lean_http
+from shared import webhooks
 
 
 @dataclass
@@ -60,12 +60,12 @@ class Behaviour:
     receipts_delay_ms: float = 50.0
 
 
-def _signed(secret: str, body: bytes) -> dict[str, str]:
-    """Headers of a receipts callback: HMAC-SHA256 over `<timestamp>.<body>`."""
-    timestamp = str(int(time.time()))
-    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
-    return {"content-type": "application/json", "X-Sendout-Timestamp": timestamp,
-            "X-Sendout-Signature": f"sha256={mac.hexdigest()}"}
+def _signed(secret: str, url: str, body: bytes) -> dict[str, str]:
+    """Headers of a receipts callback, signed for its target (shared/webhooks.py): method,
+    path, timestamp, a fresh nonce and the body."""
+    path = urlsplit(url).path or "/"
+    return {"content-type": "application/json",
+            **webhooks.sign(secret.encode(), "POST", path, body)}
 
 
 class ReceiptPoster:
@@ -144,7 +144,7 @@ class ReceiptPoster:
                 return
             try:
                 async with session.post(url, data=body,
-                                        headers=_signed(b.receipts_secret, body)) as response:
+                                        headers=_signed(b.receipts_secret, url, body)) as response:
                     if response.status < 500:
                         self.posted += len(batch) if response.status == 202 else 0
                         self.errors += 0 if response.status == 202 else 1

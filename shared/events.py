@@ -285,6 +285,38 @@ class AddressOptedOut(BaseModel):
 OPTED_OUT = TypeAdapter(AddressOptedOut)
 
 
+class ErasedRecipient(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    campaign_id: uuid.UUID
+    recipient_id: int
+
+
+class RecipientsErased(BaseModel):
+    """Scheduler: a deleted voter's personal data was erased (`DELETE /voters/{id}?erase=true`)
+    from these campaign recipients — at once for finished campaigns, when the campaign ends for
+    the others. Every service blanks its own copies of them (the tracker's report rows and
+    voter history, the dispatcher's recorded outcomes); rows are kept, their addresses go.
+
+    Also written by the scheduler's trigger `blank_erased_recipients` (migration 080), as JSON
+    of this shape."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    organisation_id: uuid.UUID
+    voter_id: int | None = None
+    recipients: list[ErasedRecipient]
+    occurred_at: datetime = Field(default_factory=_now)
+    schema_version: Literal[1] = 1
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+ERASURE = TypeAdapter(RecipientsErased)
+
+
 class _IdentityEvent(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 

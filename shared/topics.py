@@ -7,8 +7,11 @@ CAMPAIGN_LIFECYCLE = "sendout.campaign-lifecycle.v1"
 OPT_OUTS = "sendout.opt-outs.v1"
 # API tokens issued and revoked, keyed by token hash; compacted (the latest per token is kept).
 IDENTITY = "sendout.identity.v1"
+# A deleted voter's personal data erased from campaign recipients, keyed by organisation id:
+# every service blanks its copies (the literal is also in the scheduler's migration 080).
+ERASURES = "sendout.erasures.v1"
 
-ALL = (SEND_REQUESTED, OUTCOMES, RECEIPTS, CAMPAIGN_LIFECYCLE, OPT_OUTS, IDENTITY)
+ALL = (SEND_REQUESTED, OUTCOMES, RECEIPTS, CAMPAIGN_LIFECYCLE, OPT_OUTS, IDENTITY, ERASURES)
 COMPACTED = frozenset({IDENTITY})
 # Keyed by campaign id: each record carries its campaign's trace (shared/tracing.py).
 CAMPAIGN_KEYED = frozenset({OUTCOMES, RECEIPTS, CAMPAIGN_LIFECYCLE})

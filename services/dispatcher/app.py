@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from services.dispatcher import handlers, metrics, repo
+from services.dispatcher import erasure, handlers, metrics, repo
 from services.dispatcher.domain import Outcome
 from services.dispatcher.providers import HttpProvider, NoopProvider, Provider, SmtpProvider
 from services.dispatcher.reliability import CircuitBreaker, RetryPolicy
@@ -157,6 +157,7 @@ def create_app(settings: DispatcherSettings | None = None) -> FastAPI:
                 outcome_counter=outcome_counter,
             )
         )
+        broker.include_router(erasure.kafka_router(pool))
         await broker.start()
         lag = LagMonitor(broker, interval=settings.metrics_interval_seconds)
         lag.start()

@@ -17,7 +17,8 @@ from services.scheduler.schedules import ScheduleLoop
 from services.scheduler.service import AbortAcks
 from services.scheduler.settings import SchedulerSettings
 from services.scheduler.voters import handlers as voters
-from shared import db, http_errors, topics, tracing, wire
+from shared import db, http_errors, http_input, topics, tracing, wire
+from shared.auth import scope_bearer
 from shared.events import ApiTokenIssued, ApiTokenRevoked, CampaignStarted
 from shared.kafka import (
     ensure_topics,
@@ -37,6 +38,7 @@ DISPATCHER_GROUP = "sendout-dispatcher"
 
 def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
     settings = settings or SchedulerSettings()
+    started: dict[str, auth.LookUp] = {}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -64,6 +66,10 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
         )
         identity_pub = broker.publisher(
             topics.IDENTITY, description="API tokens issued and revoked, keyed by token hash."
+        )
+        erasures_pub = broker.publisher(
+            topics.ERASURES, description="Recipients whose voter's personal data was erased, "
+            "keyed by organisation id: every service blanks its copies."
         )
         acks = AbortAcks()
         broker.include_router(handlers.kafka_router(pool, acks))
@@ -97,7 +103,8 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
         relay = OutboxRelay(
             relay_connection,
             {publisher.topic: publisher
-             for publisher in (lifecycle_pub, opt_outs_pub, identity_pub, requests_pub)},
+             for publisher in (lifecycle_pub, opt_outs_pub, identity_pub, requests_pub,
+                               erasures_pub)},
             service="scheduler",
             poll_seconds=settings.outbox_poll_seconds,
         )
@@ -124,6 +131,7 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
                            settings.metrics_interval_seconds)
         campaigns.start()
         deps = handlers.Deps(pool, fanout, acks, list_dispatchers, settings)
+        started["look_up"] = auth.look_up(pool)
         user = Depends(auth.require_user(pool))
         app.include_router(handlers.http_router(deps, user))
         app.include_router(voters.http_router(pool, settings.default_phone_region, user))
@@ -142,9 +150,12 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
             await pool.close()
 
     app = FastAPI(title="Sendout scheduler", lifespan=lifespan)
-    app.add_middleware(HttpMetrics, service="scheduler",
-                       webhooks={"/organisations/{organisation_id}/inbound-sms": "inbound_sms"})
     http_errors.install(
         app, not_found=domain.NotFound, conflict=domain.Conflict, invalid=domain.Invalid
     )
+    http_input.install(app, handlers.BODY_LIMITS,
+                       authenticate=scope_bearer(lambda: started.get("look_up")))
+    # Outermost (added last): requests the input guard refuses are measured too.
+    app.add_middleware(HttpMetrics, service="scheduler",
+                       webhooks={"/organisations/{organisation_id}/inbound-sms": "inbound_sms"})
     return app

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import secrets
 from collections.abc import Awaitable, Callable
 
@@ -10,7 +9,7 @@ import asyncpg
 from fastapi import Header, HTTPException
 
 from services.scheduler import repo
-from shared.auth import Principal, bearer, hash_token, unauthorized
+from shared.auth import LookUp, Principal, bearer, hash_token, same_secret, unauthorized
 
 __all__ = ["Principal", "hash_token", "new_token", "require_admin", "require_user"]
 
@@ -19,22 +18,24 @@ def new_token() -> str:
     return "so_" + secrets.token_urlsafe(32)
 
 
-def require_user(pool: asyncpg.Pool) -> Callable[..., Awaitable[Principal]]:
-    async def look_up(token_hash: bytes) -> Principal | None:
+def look_up(pool: asyncpg.Pool) -> LookUp:
+    async def principal(token_hash: bytes) -> Principal | None:
         async with pool.acquire() as conn:
             row = await repo.principal_by_token(conn, token_hash)
         return Principal(row["user_id"], row["organisation_id"], row["name"]) if row else None
 
-    return bearer(look_up)
+    return principal
+
+
+def require_user(pool: asyncpg.Pool) -> Callable[..., Awaitable[Principal]]:
+    return bearer(look_up(pool))
 
 
 def require_admin(admin_token: str | None) -> Callable[..., Awaitable[None]]:
     async def admin(x_sendout_admin_token: str | None = Header(default=None)) -> None:
         if not admin_token:
             raise HTTPException(404, "administration is disabled (no SENDOUT_ADMIN_TOKEN)")
-        if not x_sendout_admin_token or not hmac.compare_digest(
-            x_sendout_admin_token, admin_token
-        ):
+        if not x_sendout_admin_token or not same_secret(x_sendout_admin_token, admin_token):
             raise unauthorized("the admin token is required: X-Sendout-Admin-Token")
 
     return admin

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 import uuid
 from collections.abc import Iterable, Mapping
@@ -26,6 +24,7 @@ from pydantic import (
 from shared import templating, wire
 from shared.events import Channel
 from shared.templating import TemplateProblem
+from shared.text import check_text
 
 CampaignState = Literal["draft", "scheduled", "sending", "aborting", "aborted", "completed"]
 # Namespace for deterministic send-requested event ids: a re-published page reuses its ids, so
@@ -318,10 +317,22 @@ class Recipient(BaseModel):
     @field_validator("email", "phone", "first_name", "last_name", mode="before")
     @classmethod
     def blank_is_missing(cls, value: Any) -> Any:
+        check_text(value)  # a CSV row's NUL: refused by line, not by the database
         if isinstance(value, str):
             value = value.strip()
             return value or None
         return value
+
+    @field_validator("attributes", mode="before")
+    @classmethod
+    def storable_attributes(cls, value: Any) -> Any:
+        return check_text(value)
+
+
+def _distinct_channels(channels: list[Channel]) -> list[Channel]:
+    if len(set(channels)) != len(channels):
+        raise ValueError("channels must not repeat")
+    return channels
 
 
 class AddRecipients(BaseModel):
@@ -338,6 +349,8 @@ class SendToVoter(BaseModel):
     channels: list[Channel] = Field(min_length=1, max_length=2)
     sender_id: uuid.UUID
     template_id: uuid.UUID
+
+    _distinct = field_validator("channels")(_distinct_channels)
 
 
 def voter_recipient(voter: Any) -> Recipient:
@@ -358,6 +371,8 @@ class SendIndividually(BaseModel):
     sender_id: uuid.UUID
     template_id: uuid.UUID
     name: str | None = Field(default=None, max_length=200)
+
+    _distinct = field_validator("channels")(_distinct_channels)
 
 
 @dataclass(frozen=True)
@@ -400,51 +415,6 @@ def to_row(recipient: Recipient, region: str, voter_id: int | None = None) -> Re
     phone, phone_invalid = normalise_phone(recipient.phone, region)
     return RecipientRow(email, email_invalid, phone, phone_invalid, recipient.first_name,
                         recipient.last_name, recipient.attributes, voter_id)
-
-
-_KNOWN_COLUMNS = {"email", "phone", "first_name", "last_name"}
-
-
-def parse_csv(lines: Iterable[str]) -> list[Recipient]:
-    """Recipients from CSV with a header row. Unknown columns become template attributes.
-
-    Raises `Invalid` listing every bad row (up to 100), so an upload is all-or-nothing.
-    """
-    reader = csv.DictReader(lines)
-    if not reader.fieldnames:
-        raise Invalid("CSV is empty: a header row is required")
-    header = [h.strip() for h in reader.fieldnames]
-    if not _KNOWN_COLUMNS & set(header):
-        raise Invalid(f"CSV header must name at least one of {sorted(_KNOWN_COLUMNS)}")
-    errors: list[dict[str, Any]] = []
-    out: list[Recipient] = []
-    for row in reader:
-        line = reader.line_num
-        if None in row:
-            errors.append({"line": line, "error": "more fields than the header has"})
-            continue
-        fields = {k.strip(): (v or "") for k, v in row.items() if k is not None}
-        try:
-            out.append(
-                Recipient(
-                    **{k: fields.get(k) for k in _KNOWN_COLUMNS},
-                    attributes={k: v for k, v in fields.items() if k not in _KNOWN_COLUMNS},
-                )
-            )
-        except ValueError as exc:
-            errors.append({"line": line, "error": str(exc)})
-    if errors:
-        raise Invalid(f"{len(errors)} invalid CSV rows; nothing was added", errors[:100])
-    if not out:
-        raise Invalid("CSV has a header but no recipients")
-    return out
-
-
-def csv_lines(data: bytes) -> io.StringIO:
-    try:
-        return io.StringIO(data.decode("utf-8-sig"), newline="")
-    except UnicodeDecodeError as exc:
-        raise Invalid(f"CSV must be UTF-8: {exc}") from exc
 
 
 def missing_variables_error(count: int, recipient_ids: list[int], variables: set[str]) -> Invalid:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ from services.scheduler.settings import SchedulerSettings
 from shared import topics, webhooks
 from shared.auth import Principal
 from shared.events import LIFECYCLE, AbortAcknowledged, CampaignCompleted, LifecycleEvent
+from shared.http_input import After, BigId, BodyLimit, validation_detail
 from shared.kafka import (
     BATCH_CONSUMER,
     BROADCAST_CONSUMER,
@@ -31,7 +31,19 @@ from shared.kafka import (
 )
 
 SERVICE = "scheduler"
+INBOUND_SMS_MAX_SKEW_SECONDS = 300
 MAX_CSV_BYTES = 200 * 1024 * 1024
+_UUID = "[^/]+"
+# Request body limits (413 beyond them, before the body is read); every other route: 1 MiB.
+# The routes with large limits check the caller's token before reading any of the body.
+BODY_LIMITS = (
+    BodyLimit("POST", f"/campaigns/{_UUID}/recipients.csv", MAX_CSV_BYTES, True),
+    BodyLimit("POST", "/voters.csv", MAX_CSV_BYTES, True),
+    BodyLimit("POST", f"/lists/{_UUID}/voters.csv", MAX_CSV_BYTES, True),
+    # Up to 100,000 recipients as JSON.
+    BodyLimit("POST", f"/campaigns/{_UUID}/recipients", 64 * 1024 * 1024, True),
+    BodyLimit("POST", f"/organisations/{_UUID}/inbound-sms", 16 * 1024),
+)
 
 
 @dataclass
@@ -152,18 +164,14 @@ def http_router(deps: Deps, user: Any) -> APIRouter:
     async def upload_recipients_csv(
         campaign_id: uuid.UUID, request: Request, principal: Principal = user
     ) -> dict[str, Any]:
-        """Body: CSV with a header (email, phone, first_name, last_name, any attribute...)."""
+        """Body: CSV with a header (email, phone, first_name, last_name, any attribute...).
+        Streamed (at most 200 MiB): parsed as it arrives, all or nothing — 422 lists the
+        refused rows by line. Encoding (UTF-8 with or without BOM, UTF-16, Windows-1252) and
+        separator (comma, semicolon, tab) are detected and said in `detected`."""
         await view(campaign_id, principal)  # 404 before reading a body meant for nobody
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > MAX_CSV_BYTES:
-                raise HTTPException(413, f"CSV larger than {MAX_CSV_BYTES} bytes")
-            chunks.append(chunk)
-        recipients = domain.parse_csv(domain.csv_lines(b"".join(chunks)))
-        added = await service.add_recipients(pool, campaign_id, recipients, region, principal)
-        return {"added": added}
+        added, detected = await service.add_recipients_csv(
+            pool, campaign_id, request.stream(), region, principal)
+        return {"added": added, "detected": detected}
 
     @router.post("/campaigns/{campaign_id}/send-now", status_code=202, tags=["campaigns"])
     async def send_now(campaign_id: uuid.UUID, principal: Principal = user) -> dict[str, Any]:
@@ -209,7 +217,7 @@ def http_router(deps: Deps, user: Any) -> APIRouter:
 
     @router.post("/voters/{voter_id}/send", status_code=202, tags=["voters"])
     async def send_to_voter(
-        voter_id: int, cmd: domain.SendToVoter, principal: Principal = user
+        voter_id: BigId, cmd: domain.SendToVoter, principal: Principal = user
     ) -> dict[str, Any]:
         """The voter's page action "send email / SMS": an individual send with the chosen
         sender and template, rendered with the voter's attributes."""
@@ -279,7 +287,7 @@ def http_router(deps: Deps, user: Any) -> APIRouter:
     @router.get("/campaigns/{campaign_id}/p2p/recipients", tags=["peer to peer"])
     async def p2p_recipients(
         campaign_id: uuid.UUID,
-        after: int = 0,
+        after: After = 0,
         limit: int = Query(100, ge=1, le=1000),
         *,
         principal: Principal = user,
@@ -300,7 +308,7 @@ def http_router(deps: Deps, user: Any) -> APIRouter:
 
     @router.post("/campaigns/{campaign_id}/recipients/{recipient_id}/send", tags=["peer to peer"])
     async def press_send(
-        campaign_id: uuid.UUID, recipient_id: int, principal: Principal = user
+        campaign_id: uuid.UUID, recipient_id: BigId, principal: Principal = user
     ) -> dict[str, Any]:
         """SEND (or Enter) for one recipient: sends now, or queues it for the scheduled time."""
         return await p2p.press_send(pool, campaign_id, recipient_id, principal,
@@ -331,27 +339,47 @@ def http_router(deps: Deps, user: Any) -> APIRouter:
                                     keyword=None, region=region)
         return {"address": address, "opted_out": True}
 
+    inbound_nonces = webhooks.NonceStore(pool, INBOUND_SMS_MAX_SKEW_SECONDS)
+
     @router.post("/organisations/{organisation_id}/inbound-sms", tags=["opt-outs"])
     async def inbound_sms(organisation_id: uuid.UUID, request: Request) -> dict[str, Any]:
         """The SMS provider's inbound-message callback `{from, to?, body}`, signed like the
-        receipts webhook (shared/webhooks.py): STOP and its synonyms opt the sender out."""
+        receipts webhook (shared/webhooks.py: method, this path, timestamp and nonce; a nonce
+        is accepted once): STOP and its synonyms opt the sender out. 404 for an organisation
+        that does not exist."""
         secret = deps.settings.inbound_sms_secret
         if secret is None:
             raise HTTPException(503, "inbound SMS not configured (SENDOUT_INBOUND_SMS_SECRET)")
-        body = await request.body()
         try:
-            webhooks.verify(secret.get_secret_value().encode(), request.headers, body,
-                            now=time.time(), max_skew_seconds=300)
+            # Headers first: an unsigned or stale request is refused before its body is read.
+            webhooks.check_headers(request.headers, now=time.time(),
+                                   max_skew_seconds=INBOUND_SMS_MAX_SKEW_SECONDS)
+            body = await request.body()
+            claimed = webhooks.verify(
+                secret.get_secret_value().encode(), request.method, request.url.path,
+                request.headers, body, now=time.time(),
+                max_skew_seconds=INBOUND_SMS_MAX_SKEW_SECONDS)
         except webhooks.WebhookRejected as exc:
             raise HTTPException(401, str(exc)) from exc
         try:
             msg = domain.InboundSms.model_validate_json(body)
         except ValidationError as exc:
-            raise HTTPException(422, json.loads(exc.json(include_url=False))) from exc
+            raise HTTPException(422, validation_detail(exc.errors())) from exc
+        async with pool.acquire() as conn:
+            if not await repo.organisation_exists(conn, organisation_id):
+                raise domain.NotFound(f"organisation {organisation_id} not found")
+        try:
+            await inbound_nonces.claim(claimed.nonce)
+        except webhooks.WebhookRejected as exc:
+            raise HTTPException(401, str(exc)) from exc
         if not domain.is_stop_message(msg.body):
             return {"opted_out": False}
-        address = await p2p.opt_out(pool, organisation_id, msg.sender, source="inbound_sms",
-                                    keyword=msg.body.strip().upper(), region=region)
+        try:
+            address = await p2p.opt_out(pool, organisation_id, msg.sender, source="inbound_sms",
+                                        keyword=msg.body.strip().upper(), region=region)
+        except BaseException:
+            await inbound_nonces.release(claimed.nonce)
+            raise
         return {"opted_out": True, "address": address}
 
     return router

@@ -12,7 +12,13 @@ import asyncpg
 
 from services.scheduler.domain import Invalid
 from shared import topics
-from shared.events import AddressOptedOut, ApiTokenIssued, ApiTokenRevoked, Event
+from shared.events import (
+    AddressOptedOut,
+    ApiTokenIssued,
+    ApiTokenRevoked,
+    Event,
+    RecipientsErased,
+)
 
 # Notified at commit (NOTIFY is transactional): wakes the relay at once.
 CHANNEL = "sendout_outbox"
@@ -72,6 +78,10 @@ def lifecycle(event: Event) -> Record:
 
 def opt_out(event: AddressOptedOut) -> Record:
     return topics.OPT_OUTS, event.organisation_id.bytes, event.to_bytes()
+
+
+def erasure(event: RecipientsErased) -> Record:
+    return topics.ERASURES, event.organisation_id.bytes, event.to_bytes()
 
 
 def identity(events: Iterable[ApiTokenIssued | ApiTokenRevoked]) -> list[Record]:

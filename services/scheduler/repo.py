@@ -404,6 +404,11 @@ async def audit_trail(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> list[
 
 # --- organisations, users, tokens --------------------------------------------------------------
 
+async def organisation_exists(conn: asyncpg.Connection, organisation_id: uuid.UUID) -> bool:
+    return bool(await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM organisations WHERE id = $1)", organisation_id))
+
+
 async def ensure_organisation(conn: asyncpg.Connection, name: str) -> uuid.UUID:
     return await conn.fetchval(
         """

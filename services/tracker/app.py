@@ -8,9 +8,9 @@ from pathlib import Path
 
 from fastapi import Depends, FastAPI
 
-from services.tracker import handlers, identity, metrics, receipts, report, voters
+from services.tracker import erasure, handlers, identity, metrics, receipts, report, voters
 from services.tracker.settings import TrackerSettings
-from shared import db, topics
+from shared import db, http_input, topics
 from shared.events import CampaignCompleted, DeliveryReported
 from shared.kafka import ensure_topics, make_broker, publish_all
 from shared.observability import HttpMetrics, LagMonitor
@@ -54,6 +54,7 @@ def create_app(settings: TrackerSettings | None = None) -> FastAPI:
 
         broker.include_router(receipts.kafka_router(pool, settings.batch_max_records))
         broker.include_router(identity.kafka_router(pool))
+        broker.include_router(erasure.kafka_router(pool))
         await broker.start()
         lag = LagMonitor(broker, interval=settings.metrics_interval_seconds)
         lag.start()
@@ -77,5 +78,8 @@ def create_app(settings: TrackerSettings | None = None) -> FastAPI:
             await pool.close()
 
     app = FastAPI(title="Sendout tracker", lifespan=lifespan)
+    # Receipts are the only body the tracker takes: at most 1000 of them, well under 1 MiB.
+    http_input.install(app, default_limit=http_input.DEFAULT_BODY_LIMIT)
+    # Outermost (added last): requests the input guard refuses are measured too.
     app.add_middleware(HttpMetrics, service="tracker", webhooks={"/receipts": "receipts"})
     return app

@@ -17,6 +17,7 @@ from services.tracker.service import PublishCompleted
 from shared import topics
 from shared.auth import Principal
 from shared.events import LIFECYCLE, LifecycleEvent
+from shared.http_input import After
 from shared.kafka import BATCH_CONSUMER, process_bounded
 from shared.wire import Outcome, decode_outcomes
 
@@ -91,7 +92,7 @@ def http_router(pool: asyncpg.Pool, user: Any) -> APIRouter:
     @router.get("/{campaign_id}/recipients")
     async def recipients(
         campaign_id: uuid.UUID,
-        after: int = Query(0, ge=0, description="recipient id to continue after"),
+        after: After = 0,
         limit: int = Query(1000, ge=1, le=10_000),
         status: Literal["completed", "failed", "skipped"] | None = None,
         *,

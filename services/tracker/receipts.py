@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -18,8 +17,9 @@ from pydantic import SecretStr, ValidationError
 from services.tracker import receipts_domain, receipts_service
 from services.tracker.receipts_domain import RECEIPT_BODY, ReceiptRejected
 from services.tracker.receipts_service import PublishReceipts
-from shared import topics
+from shared import topics, webhooks
 from shared.events import RECEIPT, DeliveryReported
+from shared.http_input import validation_detail
 from shared.kafka import BATCH_CONSUMER, process_bounded
 from shared.metrics import RECEIPTS_CONSUMED
 
@@ -54,6 +54,7 @@ def http_router(
     max_skew_seconds: float,
 ) -> APIRouter:
     router = APIRouter(tags=["receipts"])
+    nonces = webhooks.NonceStore(pool, max_skew_seconds)
 
     @router.post("/receipts", status_code=202)
     async def receipts(request: Request) -> dict[str, Any]:
@@ -62,20 +63,32 @@ def http_router(
         `receipts_domain`). 202 once they are on Kafka; the progress counts them shortly."""
         if secret is None:
             raise HTTPException(503, "receipts webhook not configured (SENDOUT_RECEIPTS_SECRET)")
-        # The raw bytes: the signature is over the body exactly as sent.
-        body = await request.body()
         try:
-            receipts_domain.verify(secret.get_secret_value().encode(), request.headers, body,
-                                   now=time.time(), max_skew_seconds=max_skew_seconds)
+            # Headers first: an unsigned or stale request is refused before its body is read.
+            webhooks.check_headers(request.headers, now=time.time(),
+                                   max_skew_seconds=max_skew_seconds)
+            # The raw bytes: the signature is over the body exactly as sent.
+            body = await request.body()
+            claimed = receipts_domain.verify(
+                secret.get_secret_value().encode(), request.method, request.url.path,
+                request.headers, body, now=time.time(), max_skew_seconds=max_skew_seconds)
         except ReceiptRejected as exc:
             raise HTTPException(401, str(exc)) from exc
         try:
             parsed = RECEIPT_BODY.validate_json(body)
         except ValidationError as exc:
-            raise HTTPException(422, json.loads(exc.json(include_url=False))) from exc
-        accepted = await receipts_service.accept(
-            pool, publish, receipts_domain.receipts_of(parsed)
-        )
+            raise HTTPException(422, validation_detail(exc.errors())) from exc
+        try:
+            await nonces.claim(claimed.nonce)
+        except ReceiptRejected as exc:
+            raise HTTPException(401, str(exc)) from exc
+        try:
+            accepted = await receipts_service.accept(
+                pool, publish, receipts_domain.receipts_of(parsed)
+            )
+        except BaseException:
+            await nonces.release(claimed.nonce)  # the provider's retry is not a replay
+            raise
         return {"accepted": accepted}
 
     return router

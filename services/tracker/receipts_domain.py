@@ -9,10 +9,11 @@ from collections.abc import Mapping, Sequence
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 
 from shared.events import DeliveryReported, DeliveryStatus
-from shared.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature, verify
+from shared.webhooks import NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, verify
 from shared.webhooks import WebhookRejected as ReceiptRejected
 
-__all__ = ["SIGNATURE_HEADER", "TIMESTAMP_HEADER", "ReceiptRejected", "signature", "verify"]
+__all__ = ["NONCE_HEADER", "SIGNATURE_HEADER", "TIMESTAMP_HEADER", "ReceiptRejected", "sign",
+           "verify"]
 
 MAX_RECEIPTS_PER_REQUEST = 1000
 

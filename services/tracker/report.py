@@ -15,6 +15,7 @@ from fastapi.responses import StreamingResponse
 
 from services.tracker import identity, report_repo
 from shared.auth import Principal
+from shared.text import spreadsheet_safe
 
 # Rows per chunk written to the response: big enough to keep per-chunk overhead low, small
 # enough that memory stays flat whatever the campaign's size.
@@ -24,6 +25,9 @@ _CHUNK_ROWS = 1000
 def _cell(value: object) -> object:
     if isinstance(value, datetime):
         return value.isoformat()
+    if isinstance(value, str):
+        # Addresses and providers' reasons come from outside: none may become a formula.
+        return spreadsheet_safe(value)
     return "" if value is None else value
 
 

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query
 
 from services.tracker import voters_repo
 from shared.auth import Principal
+from shared.http_input import BigId
 
 
 def http_router(pool: asyncpg.Pool, user: Any) -> APIRouter:
@@ -16,7 +17,7 @@ def http_router(pool: asyncpg.Pool, user: Any) -> APIRouter:
 
     @router.get("/{voter_id}/history")
     async def voter_history(
-        voter_id: int, principal: Principal = user, limit: int = Query(200, ge=1, le=1000)
+        voter_id: BigId, principal: Principal = user, limit: int = Query(200, ge=1, le=1000)
     ) -> dict[str, Any]:
         """Per campaign and channel: the recipient status (completed, failed, skipped) and its
         reason. A voter the tracker has no outcome for yet has an empty history, not a 404:

@@ -83,12 +83,12 @@ def _reasons(http: httpx.Client, sendout: Sendout, cid: str) -> dict[int, tuple[
     return {r["recipient_id"]: (r["status"], r["reason"]) for r in rows}
 
 
-def _signed(payload: dict[str, str], secret: str = INBOUND_SMS_SECRET) -> dict[str, Any]:
+def _signed(payload: dict[str, str], path: str,
+            secret: str = INBOUND_SMS_SECRET) -> dict[str, Any]:
     body = json.dumps(payload).encode()
-    stamp = str(int(time.time()))
     return {"content": body, "headers": {
-        "content-type": "application/json", webhooks.TIMESTAMP_HEADER: stamp,
-        webhooks.SIGNATURE_HEADER: webhooks.signature(secret.encode(), stamp, body)}}
+        "content-type": "application/json",
+        **webhooks.sign(secret.encode(), "POST", path, body)}}
 
 
 def _schedule(http: httpx.Client, sendout: Sendout, cid: str, seconds: float) -> None:
@@ -256,14 +256,15 @@ def test_opted_out_recipient_never_messaged(sendout: Sendout, http: httpx.Client
                     headers={"X-Sendout-Admin-Token": ADMIN_TOKEN}).json()["organisation_id"]
     phones = _phones(3)
     # Opted out before SEND (a STOP reply), and after SEND but before the message left.
-    inbound = f"{sendout.scheduler}/organisations/{org}/inbound-sms"
-    r = http.post(inbound, **_signed({"from": phones[0], "body": " stop "}))
+    path = f"/organisations/{org}/inbound-sms"
+    inbound = f"{sendout.scheduler}{path}"
+    r = http.post(inbound, **_signed({"from": phones[0], "body": " stop "}, path))
     assert r.json() == {"opted_out": True, "address": phones[0]}
-    assert http.post(inbound, **_signed({"from": phones[2], "body": "Stop by later!"})).json() \
-        == {"opted_out": False}
+    later = _signed({"from": phones[2], "body": "Stop by later!"}, path)
+    assert http.post(inbound, **later).json() == {"opted_out": False}
     unsigned = http.post(inbound, json={"from": phones[2], "body": "STOP"})
     assert unsigned.status_code == 401
-    forged = _signed({"from": phones[2], "body": "STOP"}, secret="guess")
+    forged = _signed({"from": phones[2], "body": "STOP"}, path, secret="guess")
     assert http.post(inbound, **forged).status_code == 401
     cid, rids = _p2p_campaign(http, sendout, user, phones)
     _schedule(http, sendout, cid, 2.5)

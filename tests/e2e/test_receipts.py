@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from devtools.processes import Sendout
-from services.tracker.receipts_domain import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
+from services.tracker.receipts_domain import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from tests.e2e.conftest import wait_for_completion
 
 pytestmark = pytest.mark.e2e
@@ -132,8 +132,7 @@ def test_receipts_webhook_rejects_unsigned_badly_signed_and_stale_requests(
                        "at": datetime.now(UTC).isoformat()}).encode()
 
     def signed(ts: float, key: bytes = secret, content: bytes = body) -> dict[str, str]:
-        stamp = str(int(ts))
-        return {TIMESTAMP_HEADER: stamp, SIGNATURE_HEADER: signature(key, stamp, content),
+        return {**sign(key, "POST", "/receipts", content, now=ts),
                 "content-type": "application/json"}
 
     now = time.time()  # stale means > 300 s off; 360 leaves room for a slow machine

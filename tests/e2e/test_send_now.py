@@ -71,7 +71,7 @@ def test_send_out_now_1000_recipients_gives_exact_counters_and_states(
     cid = _create(http, sendout, template=template)
     r = http.post(f"{sendout.scheduler}/campaigns/{cid}/recipients.csv", content=csv.encode(),
                   headers={"content-type": "text/csv"})
-    assert r.status_code == 201 and r.json() == {"added": 1000}, r.text
+    assert r.status_code == 201 and r.json()["added"] == 1000, r.text
 
     r = http.post(f"{sendout.scheduler}/campaigns/{cid}/send-now")
     assert r.status_code == 202 and r.json()["state"] == "sending", r.text

@@ -8,6 +8,7 @@ import uuid
 import asyncpg
 import pytest
 from fastapi import HTTPException
+from fastapi.security import HTTPAuthorizationCredentials
 
 from services.tracker import identity
 from shared.auth import Principal, hash_token
@@ -24,7 +25,7 @@ def _token() -> tuple[str, str]:
 async def _caller(pool: asyncpg.Pool, token: str) -> Principal | None:
     check = identity.require_user(pool)
     try:
-        return await check(f"Bearer {token}")
+        return await check(HTTPAuthorizationCredentials(scheme="Bearer", credentials=token))
     except HTTPException as exc:
         assert exc.status_code == 401
         return None

@@ -7,10 +7,12 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from faststream.kafka.testing import TestKafkaBroker
 
+from services.dispatcher import erasure as dispatcher_erasure
 from services.dispatcher import handlers as dispatcher_handlers
 from services.dispatcher.service import AbortRegistry, OptOutRegistry
 from services.scheduler import handlers as scheduler_handlers
 from services.scheduler.service import AbortAcks
+from services.tracker import erasure as tracker_erasure
 from services.tracker import handlers as tracker_handlers
 from services.tracker import identity, receipts
 from shared import topics
@@ -45,6 +47,8 @@ def _all_routers() -> list[Any]:
         tracker_handlers.kafka_router(pool, None, 10),  # type: ignore[arg-type]
         receipts.kafka_router(pool, 10),
         identity.kafka_router(pool),
+        tracker_erasure.kafka_router(pool),
+        dispatcher_erasure.kafka_router(pool),
     ]
 
 

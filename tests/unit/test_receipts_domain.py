@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from services.tracker.domain import Counts, Progress
 from services.tracker.receipts_domain import (
+    NONCE_HEADER,
     RECEIPT_BODY,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -17,23 +18,32 @@ from services.tracker.receipts_domain import (
     ReceiptRejected,
     receipts_of,
     reported,
-    signature,
+    sign,
     verify,
 )
 from shared.events import RECEIPT, MessageSent
 
 SECRET = b"s3cret"
 NOW = 1_800_000_000.0
+PATH = "/receipts"
+NONCE = "n" * 32
 BODY = b'{"provider_message_id": "m1", "status": "delivered", "at": "2026-11-23T09:00:00Z"}'
 
 
-def _headers(ts: float = NOW, secret: bytes = SECRET, body: bytes = BODY) -> dict[str, str]:
-    stamp = str(int(ts))
-    return {TIMESTAMP_HEADER: stamp, SIGNATURE_HEADER: signature(secret, stamp, body)}
+def _headers(ts: float = NOW, secret: bytes = SECRET, body: bytes = BODY, path: str = PATH,
+             method: str = "POST") -> dict[str, str]:
+    return sign(secret, method, path, body, now=ts, nonce=NONCE)
 
 
-def test_a_request_signed_with_the_secret_and_recent_is_accepted() -> None:
-    verify(SECRET, _headers(NOW - 299), BODY, now=NOW, max_skew_seconds=300)
+def _verify(headers: dict[str, str], body: bytes = BODY, path: str = PATH) -> None:
+    verify(SECRET, "POST", path, headers, body, now=NOW, max_skew_seconds=300)
+
+
+def test_a_request_signed_with_the_secret_for_its_target_and_recent_is_accepted() -> None:
+    _verify(_headers(NOW - 299))
+    assert _headers()[NONCE_HEADER] == NONCE
+    assert sign(SECRET, "POST", PATH, BODY)[NONCE_HEADER] != sign(SECRET, "POST", PATH, BODY)[
+        NONCE_HEADER]
 
 
 @pytest.mark.parametrize(
@@ -41,18 +51,26 @@ def test_a_request_signed_with_the_secret_and_recent_is_accepted() -> None:
     [
         ({}, BODY, "unsigned"),
         ({TIMESTAMP_HEADER: str(int(NOW))}, BODY, "unsigned"),
+        ({k: v for k, v in _headers().items() if k != NONCE_HEADER}, BODY, "unsigned"),
         (_headers(secret=b"other"), BODY, "bad signature"),
         (_headers(), BODY + b" ", "bad signature"),
+        # Signed for another target: another path (organisation) or method.
+        (_headers(path="/organisations/a/inbound-sms"), BODY, "bad signature"),
+        (_headers(method="PUT"), BODY, "bad signature"),
         (_headers(NOW - 301), BODY, "stale"),
         (_headers(NOW + 301), BODY, "stale"),
-        ({TIMESTAMP_HEADER: "yesterday", SIGNATURE_HEADER: "sha256=00"}, BODY, "Unix seconds"),
+        ({TIMESTAMP_HEADER: "yesterday", NONCE_HEADER: NONCE, SIGNATURE_HEADER: "sha256=00"},
+         BODY, "Unix seconds"),
+        ({**_headers(), NONCE_HEADER: "short"}, BODY, NONCE_HEADER),
+        # Any characters in the signature header: refused, not a TypeError.
+        ({**_headers(), SIGNATURE_HEADER: "sha256=" + "é" * 64}, BODY, "sha256="),
     ],
 )
-def test_unsigned_badly_signed_or_stale_requests_are_rejected(
+def test_unsigned_badly_signed_mistargeted_or_stale_requests_are_rejected(
     headers: dict[str, str], body: bytes, why: str
 ) -> None:
     with pytest.raises(ReceiptRejected, match=why):
-        verify(SECRET, headers, body, now=NOW, max_skew_seconds=300)
+        _verify(headers, body)
 
 
 def test_a_body_is_one_receipt_or_a_batch_and_status_is_delivered_or_not() -> None:

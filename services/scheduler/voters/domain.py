@@ -11,13 +11,15 @@ import re
 import uuid
 from collections import deque
 from collections.abc import Iterable
-from typing import Any, NamedTuple
+from typing import Annotated, Any, Generic, NamedTuple, TypeVar
 
+import charset_normalizer
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from services.scheduler.domain import Invalid, InvalidTransition
+from shared.text import INT64_MAX
 
 # Organisations do not exist yet. Every voter and list is written with this one, so that
 # organisations can come later without a data migration.
@@ -202,7 +204,8 @@ class CreateList(BaseModel):
 class VoterIds(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    voter_ids: list[int] = Field(min_length=1, max_length=10_000)
+    voter_ids: list[Annotated[int, Field(ge=-INT64_MAX - 1, le=INT64_MAX)]] = Field(
+        min_length=1, max_length=10_000)
 
 
 class TargetLists(BaseModel):
@@ -240,6 +243,9 @@ def search_pattern(q: str) -> str:
     return f"%{escaped}%"
 
 
+RowT = TypeVar("RowT")
+
+
 class _NeedMore(Exception):
     """The parser ran out of complete lines in the middle of a record."""
 
@@ -256,6 +262,9 @@ class _Lines:
 
     def add(self, lines: Iterable[str]) -> None:
         self._ready.extend(lines)
+
+    def peek(self) -> str | None:
+        return self._ready[0] if self._ready else None
 
     def __iter__(self) -> _Lines:
         return self
@@ -289,65 +298,140 @@ class _Lines:
         self._taken = []
 
 
-class CsvImport:
-    """Parses a voter CSV fed in byte chunks of any size; yields good rows, keeps bad rows'
-    line numbers and messages (the first MAX_LISTED_ERRORS) and counts them.
+# Bytes read before the file's encoding is chosen (or the whole file, if smaller).
+SNIFF_BYTES = 64 * 1024
+DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab"}
+_ENCODING_NAMES = {"utf-8-sig": "UTF-8", "utf-16": "UTF-16", "utf-16-le": "UTF-16",
+                   "utf-16-be": "UTF-16", "cp1252": "Windows-1252", "latin-1": "Latin-1"}
 
-    The header names columns: COLUMNS are voter fields, any other column is an attribute.
-    Rows are numbered by physical line (the header is line 1). Structural problems of the header
-    raise `Invalid`; nothing has been written by then.
+
+def detect_encoding(sample: bytes) -> str:
+    """The encoding of a CSV file from its first bytes: UTF-8 (with or without a BOM), UTF-16
+    (BOM, or charset-normalizer's finding), else the single-byte encoding spreadsheets write in
+    Western Europe (Windows-1252; Latin-1 if a byte is not Windows-1252)."""
+    if sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    try:
+        # A character cut at the end of the sample is not an error (final=False).
+        codecs.getincrementaldecoder("utf-8")().decode(sample, final=False)
+        return "utf-8-sig"  # with or without a BOM
+    except UnicodeDecodeError:
+        pass
+    best = charset_normalizer.from_bytes(
+        sample, cp_isolation=["utf_16_le", "utf_16_be", "cp1252", "latin_1"]).best()
+    if best is not None and best.encoding in ("utf_16_le", "utf_16_be"):
+        return best.encoding.replace("_", "-")
+    try:
+        sample.decode("cp1252")
+        return "cp1252"
+    except UnicodeDecodeError:
+        return "latin-1"
+
+
+def detect_delimiter(header_line: str) -> str:
+    """Comma, semicolon (Excel's in most of Europe, Denmark included) or tab: whichever the
+    header line has most of outside quotes; comma on a tie."""
+    counts = dict.fromkeys(DELIMITERS, 0)
+    quoted = False
+    for char in header_line:
+        if char == '"':
+            quoted = not quoted
+        elif not quoted and char in counts:
+            counts[char] += 1
+    best = max(DELIMITERS, key=lambda d: (counts[d], d == ","))
+    return best if counts[best] else ","
+
+
+class IncrementalCsv(Generic[RowT]):
+    """A CSV with a header row, fed in byte chunks of any size (an upload as it streams in):
+    yields the good rows as `_row` makes them, keeps bad rows' line numbers and messages (the
+    first MAX_LISTED_ERRORS) and counts them. The parser of both imports (voters.csv here,
+    a campaign's recipients.csv in services/scheduler/recipients_csv.py).
+
+    Rows are numbered by physical line (the header is line 1). Structural problems of the
+    header raise `Invalid` (from `_read_header`); nothing has been written by then. Subclasses
+    give `_read_header(fields)` and `_row(fields, line) -> row | None` (None: blank or
+    rejected with `reject`).
     """
 
-    def __init__(self, region: str) -> None:
-        self._region = region
-        self._decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="replace")
-        self._tail = ""
+    def __init__(self) -> None:
+        # Chosen from the first SNIFF_BYTES (held until then), as is the delimiter from the
+        # header line: both are said in the answer (`detected`).
+        self._decoder: codecs.IncrementalDecoder | None = None
+        self._sniffed: list[bytes] = []
+        self._sniffed_size = 0
+        self.encoding = "utf-8-sig"
+        self.delimiter = ","
+
+        # The incomplete last physical line, in pieces: a long line arriving in many chunks is
+        # joined once, when its end comes (appending to one string re-copied it every chunk).
+        self._tail: list[str] = []
         self._lines = _Lines()
         self._header: list[str] | None = None
-        self._known: list[tuple[str, int]] = []
-        self._attributes: list[tuple[str, int]] = []
         self.errors: list[dict[str, Any]] = []
         self.rejected = 0
 
     @property
-    def columns(self) -> tuple[str, ...]:
-        """The voter fields the file has a column for: an upsert changes only these."""
-        return tuple(name for name, _ in self._known)
+    def detected(self) -> dict[str, str]:
+        return {"encoding": _ENCODING_NAMES.get(self.encoding, self.encoding),
+                "delimiter": DELIMITERS.get(self.delimiter, self.delimiter)}
 
-    @property
-    def has_attributes(self) -> bool:
-        return bool(self._attributes)
+    def feed(self, data: bytes) -> list[RowT]:
+        if self._decoder is None:
+            self._sniffed.append(data)
+            self._sniffed_size += len(data)
+            if self._sniffed_size < SNIFF_BYTES:
+                return []
+            data = self._start_decoding()
+        return self._parse(self._decoder.decode(data), final=False)  # type: ignore[union-attr]
 
-    def feed(self, data: bytes) -> list[ImportRow]:
-        return self._parse(self._decoder.decode(data), final=False)
-
-    def close(self) -> list[ImportRow]:
-        rows = self._parse(self._decoder.decode(b"", final=True), final=True)
+    def close(self) -> list[RowT]:
+        rows: list[RowT] = []
+        if self._decoder is None:
+            sample = self._start_decoding()
+            assert self._decoder is not None
+            rows = self._parse(self._decoder.decode(sample), final=False)
+        assert self._decoder is not None
+        rows += self._parse(self._decoder.decode(b"", final=True), final=True)
         if self._header is None:
             raise Invalid("CSV is empty: a header row is required")
         return rows
+
+    def _start_decoding(self) -> bytes:
+        sample = b"".join(self._sniffed)
+        self._sniffed = []
+        self.encoding = detect_encoding(sample)
+        self._decoder = codecs.getincrementaldecoder(self.encoding)(errors="replace")
+        return sample
 
     def reject(self, line: int, message: str) -> None:
         self.rejected += 1
         if len(self.errors) < MAX_LISTED_ERRORS:
             self.errors.append({"line": line, "error": message})
 
-    def _parse(self, text: str, *, final: bool) -> list[ImportRow]:
-        self._tail += text
+    def _parse(self, text: str, *, final: bool) -> list[RowT]:
         if final:
-            complete, self._tail = self._tail, ""
+            complete = "".join(self._tail) + text
+            self._tail = []
             self._lines.final = True
         else:
-            cut = self._tail.rfind("\n") + 1
-            complete, self._tail = self._tail[:cut], self._tail[cut:]
+            cut = text.rfind("\n") + 1  # only the new text is searched
+            if cut == 0:
+                self._tail.append(text)
+                complete = ""
+            else:
+                complete = "".join(self._tail) + text[:cut]
+                self._tail = [text[cut:]] if cut < len(text) else []
         if complete:
             parts = complete.split("\n")
             last = parts.pop()  # "" when `complete` ends with a newline
             self._lines.add(p + "\n" for p in parts)
             if last:
                 self._lines.add([last])
-        out: list[ImportRow] = []
-        reader = csv.reader(self._lines)
+        out: list[RowT] = []
+        if self._header is None and self._lines.peek() is not None:
+            self.delimiter = detect_delimiter(self._lines.peek() or "")
+        reader = csv.reader(self._lines, delimiter=self.delimiter)
         while True:
             try:
                 fields = next(reader)
@@ -356,7 +440,7 @@ class CsvImport:
             except _NeedMore:
                 if self._lines.record_lines > MAX_RECORD_LINES:
                     self._runaway_quote()
-                    reader = csv.reader(self._lines)
+                    reader = csv.reader(self._lines, delimiter=self.delimiter)
                     continue
                 self._lines.rewind()
                 break
@@ -365,7 +449,7 @@ class CsvImport:
                 continue
             if self._lines.record_lines > MAX_RECORD_LINES:
                 self._runaway_quote()
-                reader = csv.reader(self._lines)
+                reader = csv.reader(self._lines, delimiter=self.delimiter)
                 continue
             line = self._lines.record_done()
             if self._header is None:
@@ -378,6 +462,44 @@ class CsvImport:
         first = self._lines.next_line
         self._lines.rewind(keep_first=False)
         self.reject(first, "unterminated quoted field")
+
+    def _read_header(self, fields: list[str]) -> None:
+        raise NotImplementedError
+
+    def _row(self, fields: list[str], line: int) -> RowT | None:
+        raise NotImplementedError
+
+    def _checked_fields(self, fields: list[str], line: int) -> bool:
+        """Whether a data row's fields can be read as the header's columns (else rejected)."""
+        assert self._header is not None
+        if not any(f.strip() for f in fields):
+            return False  # a blank line is no row
+        if len(fields) > len(self._header):
+            self.reject(line, "more fields than the header has")
+            return False
+        if any("\ufffd" in f for f in fields):
+            self.reject(line, f"not valid {self.detected['encoding']}")
+            return False
+        return True
+
+
+class CsvImport(IncrementalCsv[ImportRow]):
+    """Parses a voter CSV: COLUMNS are voter fields, any other column is an attribute."""
+
+    def __init__(self, region: str) -> None:
+        super().__init__()
+        self._region = region
+        self._known: list[tuple[str, int]] = []
+        self._attributes: list[tuple[str, int]] = []
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The voter fields the file has a column for: an upsert changes only these."""
+        return tuple(name for name, _ in self._known)
+
+    @property
+    def has_attributes(self) -> bool:
+        return bool(self._attributes)
 
     def _read_header(self, fields: list[str]) -> None:
         names = [f.strip() for f in fields]
@@ -393,14 +515,7 @@ class CsvImport:
         self._attributes = [(n, i) for i, n in enumerate(names) if n and n not in COLUMNS]
 
     def _row(self, fields: list[str], line: int) -> ImportRow | None:
-        assert self._header is not None
-        if not any(f.strip() for f in fields):
-            return None  # a blank line is no row
-        if len(fields) > len(self._header):
-            self.reject(line, "more fields than the header has")
-            return None
-        if any("\ufffd" in f for f in fields):
-            self.reject(line, "not valid UTF-8")
+        if not self._checked_fields(fields, line):
             return None
         width = len(fields)
         values = {

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response, status
 
 from services.scheduler.voters import domain, service
 from shared.auth import Principal
+from shared.http_input import After, BigId
 
 _CSV_BODY = {"requestBody": {"content": {"text/csv": {"schema": {"type": "string"}}}}}
 
@@ -77,14 +78,14 @@ def http_router(pool: asyncpg.Pool, phone_region: str, user: Any) -> APIRouter:
         org: uuid.UUID = caller_org,
         q: str | None = Query(None, max_length=200,
                               description="substring of name, email or phone"),
-        after: int = Query(0, ge=0, description="voter id to continue after"),
+        after: After = 0,
         limit: int = Query(50, ge=1, le=500),
     ) -> dict[str, Any]:
         rows = await service.search_voters(pool, q, org=org, after=after, limit=limit)
         return _page(rows, limit)
 
     @router.get("/voters/{voter_id}")
-    async def voter_page(*, org: uuid.UUID = caller_org, voter_id: int) -> dict[str, Any]:
+    async def voter_page(*, org: uuid.UUID = caller_org, voter_id: BigId) -> dict[str, Any]:
         """The voter's page: details, opt-out state, lists, and the campaigns they were part
         of. Each campaign's per-channel status and reason come from the tracker:
         `GET /voters/{voter_id}/history` there (the scheduler does not hold send statuses)."""
@@ -103,7 +104,7 @@ def http_router(pool: asyncpg.Pool, phone_region: str, user: Any) -> APIRouter:
 
     @router.patch("/voters/{voter_id}")
     async def edit_voter(
-        voter_id: int, cmd: domain.EditVoter, org: uuid.UUID = caller_org
+        voter_id: BigId, cmd: domain.EditVoter, org: uuid.UUID = caller_org
     ) -> dict[str, Any]:
         row = await service.edit_voter(pool, voter_id, cmd, org=org, region=phone_region)
         return voter_view(row)
@@ -112,14 +113,14 @@ def http_router(pool: asyncpg.Pool, phone_region: str, user: Any) -> APIRouter:
     async def delete_voter(
         *,
         org: uuid.UUID = caller_org,
-        voter_id: int,
+        voter_id: BigId,
         erase: bool = Query(False, description="also blank the voter's personal data in the "
                                                "recipient copies campaigns hold"),
     ) -> dict[str, Any]:
         return await service.delete_voter(pool, voter_id, org=org, erase=erase)
 
     @router.get("/voters/{voter_id}/export")
-    async def export_voter(*, org: uuid.UUID = caller_org, voter_id: int) -> dict[str, Any]:
+    async def export_voter(*, org: uuid.UUID = caller_org, voter_id: BigId) -> dict[str, Any]:
         """Everything the scheduler holds on the voter, recipient copies in campaigns included."""
         data = await service.voter_export(pool, voter_id, org=org)
         return {
@@ -155,7 +156,7 @@ def http_router(pool: asyncpg.Pool, phone_region: str, user: Any) -> APIRouter:
         *,
         org: uuid.UUID = caller_org,
         list_id: uuid.UUID,
-        after: int = Query(0, ge=0, description="voter id to continue after"),
+        after: After = 0,
         limit: int = Query(50, ge=1, le=500),
     ) -> dict[str, Any]:
         rows = await service.members_page(pool, list_id, org=org, after=after, limit=limit)

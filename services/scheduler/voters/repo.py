@@ -165,10 +165,11 @@ async def release_snapshots(
     *,
     erase_now: Sequence[uuid.UUID],
     erase_later: Sequence[uuid.UUID],
-) -> int:
+) -> list[tuple[uuid.UUID, int]]:
     """Before the voter row goes: mark its snapshots `voter_deleted`; blank the personal fields
-    of those in `erase_now`, flag those in `erase_later` (blanked when their campaign ends)."""
-    status = await conn.execute(
+    of those in `erase_now`, flag those in `erase_later` (blanked when their campaign ends).
+    The (campaign id, recipient id) of the snapshots blanked now."""
+    rows = await conn.fetch(
         """
         UPDATE recipients r
         SET voter_deleted = true,
@@ -182,10 +183,11 @@ async def release_snapshots(
             attributes = CASE WHEN r.campaign_id = ANY($2::uuid[]) THEN '{}'::jsonb
                               ELSE r.attributes END
         WHERE r.voter_id = $1
+        RETURNING r.campaign_id, r.id, r.campaign_id = ANY($2::uuid[]) AS erased
         """,
         voter_id, list(erase_now), list(erase_later),
     )
-    return int(status.split()[-1])
+    return [(r["campaign_id"], r["id"]) for r in rows if r["erased"]]
 
 
 async def delete_voter(conn: asyncpg.Connection, org: uuid.UUID, voter_id: int) -> bool:

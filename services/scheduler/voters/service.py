@@ -13,10 +13,12 @@ from typing import Any
 
 import asyncpg
 
+from services.scheduler import outbox
 from services.scheduler import repo as campaigns_repo
 from services.scheduler.domain import Invalid, NotFound
 from services.scheduler.voters import domain, repo
 from services.scheduler.voters.domain import ImportRow
+from shared.events import ErasedRecipient, RecipientsErased
 
 log = logging.getLogger(__name__)
 # Rows per COPY + upsert transaction: large enough to amortise round trips, small enough that
@@ -31,11 +33,13 @@ class ImportResult:
     unchanged: int = 0
     rejected: int = 0
     errors: list[dict[str, Any]] = field(default_factory=list)
+    # The file's encoding and separator, as detected.
+    detected: dict[str, str] = field(default_factory=dict)
 
     def view(self) -> dict[str, Any]:
         return {
             "inserted": self.inserted, "updated": self.updated, "unchanged": self.unchanged,
-            "rejected": self.rejected,
+            "rejected": self.rejected, "detected": self.detected,
             "errors": sorted(self.errors, key=lambda e: e["line"])[: domain.MAX_LISTED_ERRORS],
         }
 
@@ -100,6 +104,7 @@ async def import_csv(
         parser.reject(line, f"same voter as line {kept}, which was kept")
     result.rejected = parser.rejected
     result.errors = parser.errors
+    result.detected = parser.detected
     log.info(
         "voters imported",
         extra={"inserted": result.inserted, "updated": result.updated,
@@ -152,11 +157,18 @@ async def delete_voter(
         campaigns = await repo.lock_campaigns_of_voter(conn, voter_id)
         finished = [c for c, state in campaigns if state in domain.FINISHED]
         running = [c for c, state in campaigns if state not in domain.FINISHED]
-        await repo.release_snapshots(
+        erased = await repo.release_snapshots(
             conn, voter_id,
             erase_now=finished if erase else [], erase_later=running if erase else [],
         )
         await repo.delete_voter(conn, org, voter_id)
+        if erased:
+            # The other services' copies (report rows, recorded outcomes) go too; those of
+            # running campaigns when they end (the trigger of migration 080 writes that event).
+            await outbox.add(conn, [outbox.erasure(RecipientsErased(
+                organisation_id=org, voter_id=voter_id,
+                recipients=[ErasedRecipient(campaign_id=c, recipient_id=r) for c, r in erased],
+            ))])
     return {
         "deleted": voter_id,
         "campaigns": len(campaigns),
