@@ -22,6 +22,7 @@ from services.dispatcher.service import (
     RateLimiter,
 )
 from services.dispatcher.settings import DispatcherSettings
+from services.dispatcher.smtp import LeanSmtpProvider, SmtpOptions
 from shared import db, topics
 from shared.events import Channel
 from shared.kafka import ensure_topics, instance_client_id, make_broker, publish_encoded
@@ -40,15 +41,26 @@ def build_providers(settings: DispatcherSettings) -> dict[Channel, Provider]:
                             max_connections=settings.concurrency)
     providers: dict[Channel, Provider] = {}
     if email == "smtp":
-        providers["email"] = SmtpProvider(
-            settings.smtp_host, settings.smtp_port, connections=settings.smtp_connections,
-            timeout=settings.provider_timeout_seconds, username=settings.smtp_username,
-            password=settings.smtp_password, starttls=settings.smtp_starttls,
-        )
+        providers["email"] = build_smtp(settings)
     else:
         providers["email"] = http if email == "http" and http else NoopProvider()
     providers["sms"] = http if sms == "http" and http else NoopProvider()
     return providers
+
+
+def build_smtp(settings: DispatcherSettings) -> Provider:
+    if settings.smtp_client == "aiosmtplib":
+        return SmtpProvider(
+            settings.smtp_host, settings.smtp_port, connections=settings.smtp_connections,
+            timeout=settings.provider_timeout_seconds, username=settings.smtp_username,
+            password=settings.smtp_password, starttls=settings.smtp_starttls,
+        )
+    return LeanSmtpProvider(SmtpOptions(
+        settings.smtp_host, settings.smtp_port, timeout=settings.provider_timeout_seconds,
+        username=settings.smtp_username, password=settings.smtp_password,
+        starttls=settings.smtp_starttls, use_tls=settings.smtp_tls,
+        local_hostname=settings.smtp_local_hostname, pipelining=settings.smtp_pipelining,
+    ), connections=settings.smtp_connections)
 
 
 def build_breakers(

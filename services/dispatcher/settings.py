@@ -29,7 +29,17 @@ class DispatcherSettings(CommonSettings):
     smtp_username: str | None = None
     smtp_password: str | None = None
     smtp_starttls: bool = False
+    # Implicit TLS from the first byte (port 465) instead of STARTTLS.
+    smtp_tls: bool = False
+    # Sessions kept open per dispatcher process. Ten keep smtp-sink on the loopback busy with
+    # PIPELINING (two round trips a message); a distant server wants more.
     smtp_connections: int = 10
+    # `lean`: services/dispatcher/smtp.py (pipelining, message bytes built once);
+    # `aiosmtplib`: the previous client, one round trip per command.
+    smtp_client: Literal["lean", "aiosmtplib"] = "lean"
+    # Off: one command per round trip even where the server offers PIPELINING.
+    smtp_pipelining: bool = True
+    smtp_local_hostname: str = "sendout.local"
     # Provider calls in flight at once per process (also what a crash of the process can leave
     # in doubt at most), and the provider's rate limit. 500: 10,000 messages a second from a
     # provider answering in 50 ms.
