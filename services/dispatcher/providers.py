@@ -41,11 +41,17 @@ class PermanentProviderError(ProviderError):
 
 class RetryableProviderError(ProviderError):
     """Worth trying again later (429, 5xx, timeout, connection reset); `retry_after`: the
-    provider's own Retry-After, in seconds, when it gave one."""
+    provider's own Retry-After, in seconds, when it gave one. `in_doubt`: the provider may
+    have accepted the message all the same (a timeout or a connection lost after the request
+    went out), so it must not be handed to another provider (services/dispatcher/failover.py);
+    a definite refusal (an answer, a connection refused) is not in doubt."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, in_doubt: bool = False
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.in_doubt = in_doubt
 
 
 def check_header_safe(message: OutgoingMessage) -> None:
@@ -120,7 +126,8 @@ class HttpProvider:
             async with asyncio.timeout(self._timeout):
                 response = await self._pool.request(request)
         except (OSError, HttpError, TimeoutError) as exc:
-            raise RetryableProviderError(f"{type(exc).__name__}: {exc}") from exc
+            raise RetryableProviderError(f"{type(exc).__name__}: {exc}",
+                                         in_doubt=in_doubt(exc)) from exc
         status = response.status
         if status in (200, 201, 202):
             try:
@@ -138,6 +145,12 @@ class HttpProvider:
 
 
 _JSON = msgspec.json.Encoder()
+
+
+def in_doubt(exc: BaseException) -> bool:
+    """A failed HTTP call the provider may have accepted all the same: a timeout or a
+    connection lost once the request could have gone out (not a connection refused)."""
+    return isinstance(exc, (HttpError, TimeoutError))
 
 
 def _error_text(body: bytes) -> str:

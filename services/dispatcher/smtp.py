@@ -177,6 +177,8 @@ class Session:
         # Whether a transaction's content went out: after that, a lost session leaves the
         # message in doubt (it may have been accepted), so it is not sent again here.
         self.wrote_content = False
+        # Between the first command of a transaction and its last reply.
+        self.in_transaction = False
 
     @property
     def usable(self) -> bool:
@@ -252,6 +254,7 @@ class Session:
         cannot go on."""
         wire = self._wire
         self.wrote_content = False
+        self.in_transaction = True
         if self.pipelining:
             wire.write(envelope_from + rcpt + b"DATA\r\n")
             mail, to, data = await wire.reply(), await wire.reply(), await wire.reply()
@@ -274,10 +277,12 @@ class Session:
                 self.close()
             else:
                 await self._reset()
+            self.in_transaction = False
             raise SmtpReplyError(refused)
         self.wrote_content = True
         wire.write(content + b".\r\n")
         done = await wire.reply()
+        self.in_transaction = False
         if done.code != 250:
             raise SmtpReplyError(done)
         return done
@@ -413,46 +418,53 @@ class LeanSmtpProvider:
 
     async def send(self, message: OutgoingMessage) -> str:
         built = build(message, allow_8bit=self._eight_bit)
-        session = await self._idle.get()
+        # The session in use (replaced when one is reopened), for the failure paths.
+        current: list[Session | None] = [await self._idle.get()]
+        refused: ProviderError | None = None
         try:
             async with asyncio.timeout(self._options.timeout):
-                session, refused = await self._transaction(session, built, message)
+                refused = await self._transaction(current, built, message)
         except (SmtpConnectionError, OSError, TimeoutError, ssl.SSLError) as exc:
-            if session is not None:
-                session.close()
-            session = None
-            raise RetryableProviderError(f"SMTP {type(exc).__name__}: {exc}"[:500]) from exc
-        except BaseException:
-            if session is not None:
-                session.close()
-            session = None
-            raise
+            session = current[0]
+            # Content written and no answer to it: the server may have taken the message.
+            in_doubt = session is not None and session.wrote_content
+            raise RetryableProviderError(f"SMTP {type(exc).__name__}: {exc}"[:500],
+                                         in_doubt=in_doubt) from exc
         finally:
-            self._idle.put_nowait(session if session is not None and session.usable else None)
+            session = current[0]
+            if session is not None and not session.usable:
+                session.close()
+                session = None
+            if refused is None and session is not None and session.in_transaction:
+                session.close()  # cancelled or failed mid-transaction: its state is unknown
+                session = None
+            self._idle.put_nowait(session)
         if refused is not None:
             raise refused
         return built.message_id
 
     async def _transaction(
-        self, session: Session | None, built: Built, message: OutgoingMessage
-    ) -> tuple[Session, ProviderError | None]:
-        """(the session to keep, this message's refusal if any). A session raising
-        SmtpConnectionError here is closed by the caller."""
+        self, current: list[Session | None], built: Built, message: OutgoingMessage
+    ) -> ProviderError | None:
+        """This message's refusal if any; `current[0]` is the session used, to keep."""
+        session = current[0]
         if session is None or not session.usable:
             if session is not None:
                 session.close()
-            session = await self._connect()
-            return session, await self._send_on(session, built, message)
+            current[0] = None
+            current[0] = session = await self._connect()
+            return await self._send_on(session, built, message)
         try:
-            return session, await self._send_on(session, built, message)
+            return await self._send_on(session, built, message)
         except SmtpConnectionError:
             if session.wrote_content:
                 raise
         # A kept-open session the server had closed meanwhile (idle timeout) before it took
         # any content: the message goes once on a new session.
         session.close()
-        session = await self._connect()
-        return session, await self._send_on(session, built, message)
+        current[0] = None
+        current[0] = session = await self._connect()
+        return await self._send_on(session, built, message)
 
     async def _connect(self) -> Session:
         session = Session(self._options)
