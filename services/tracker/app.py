@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fastapi import Depends, FastAPI
 
-from services.tracker import handlers, identity, receipts, report, voters
+from services.tracker import handlers, identity, receipts, report, twilio_callbacks, voters
 from services.tracker.settings import TrackerSettings
 from shared import db, topics
 from shared.events import CampaignCompleted, DeliveryReported
@@ -58,6 +58,9 @@ def create_app(settings: TrackerSettings | None = None) -> FastAPI:
         app.include_router(voters.http_router(pool, user))
         app.include_router(receipts.http_router(
             pool, publish_receipts, settings.receipts_secret, settings.receipts_max_skew_seconds
+        ))
+        app.include_router(twilio_callbacks.http_router(
+            pool, publish_receipts, settings.twilio_auth_token, settings.twilio_public_base_url
         ))
         app.include_router(report.http_router(pool, user))
         app.include_router(ops_router(standard_checks(pool, broker)))
