@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from services.dispatcher import handlers, repo
 from services.dispatcher.domain import Outcome
+from services.dispatcher.failover import FailoverProvider
 from services.dispatcher.providers import HttpProvider, NoopProvider, Provider, SmtpProvider
 from services.dispatcher.reliability import CircuitBreaker, RetryPolicy
 from services.dispatcher.rendering import Renderer
@@ -23,6 +24,7 @@ from services.dispatcher.service import (
 )
 from services.dispatcher.settings import DispatcherSettings
 from services.dispatcher.smtp import LeanSmtpProvider, SmtpOptions
+from services.dispatcher.twilio import TwilioProvider
 from shared import db, topics
 from shared.events import Channel
 from shared.kafka import ensure_topics, instance_client_id, make_broker, publish_encoded
@@ -32,20 +34,82 @@ from shared.wire import outcome_records
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def build_providers(settings: DispatcherSettings) -> dict[Channel, Provider]:
-    email = settings.provider or settings.email_provider
-    sms = settings.provider or settings.sms_provider
-    http: Provider | None = None
-    if "http" in (email, sms):
-        http = HttpProvider(settings.provider_url, timeout=settings.provider_timeout_seconds,
-                            max_connections=settings.concurrency)
-    providers: dict[Channel, Provider] = {}
-    if email == "smtp":
-        providers["email"] = build_smtp(settings)
+CHANNEL_PROVIDERS: dict[Channel, frozenset[str]] = {
+    "email": frozenset({"noop", "http", "smtp"}),
+    "sms": frozenset({"noop", "http", "twilio"}),
+}
+
+
+def provider_chain(settings: DispatcherSettings, channel: Channel) -> list[str]:
+    """The providers of a channel, first choice first (one, unless a chain is set)."""
+    chain = settings.email_providers if channel == "email" else settings.sms_providers
+    if chain.strip():
+        names = [n.strip() for n in chain.split(",") if n.strip()]
     else:
-        providers["email"] = http if email == "http" and http else NoopProvider()
-    providers["sms"] = http if sms == "http" and http else NoopProvider()
+        single = settings.email_provider if channel == "email" else settings.sms_provider
+        names = [settings.provider or single]
+    unknown = [n for n in names if n not in CHANNEL_PROVIDERS[channel]]
+    if unknown:
+        raise ValueError(f"{channel} providers: {unknown} unknown; one of "
+                         f"{sorted(CHANNEL_PROVIDERS[channel])}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{channel} providers: {names} names one twice")
+    return names
+
+
+def build_providers(settings: DispatcherSettings) -> dict[Channel, Provider]:
+    """One provider per channel: an adapter, or a failover chain of them. An adapter named
+    for both channels (`http`) is one instance: one pool of connections, one health."""
+    built: dict[str, Provider] = {}
+
+    def adapter(name: str) -> Provider:
+        if name not in built:
+            built[name] = _adapter(settings, name)
+        return built[name]
+
+    providers: dict[Channel, Provider] = {}
+    for channel in ("email", "sms"):
+        names = provider_chain(settings, channel)
+        if len(names) == 1:
+            providers[channel] = adapter(names[0])
+        else:
+            providers[channel] = FailoverProvider(
+                [(name, adapter(name)) for name in names],
+                errors=settings.failover_errors,
+                window_seconds=settings.failover_window_seconds,
+                pause_seconds=settings.failover_pause_seconds,
+            )
     return providers
+
+
+def adapters_of(providers: dict[Channel, Provider]) -> list[Provider]:
+    """Every adapter once (chains' members included): what to close at the end."""
+    found: dict[int, Provider] = {}
+    for provider in providers.values():
+        members = provider.members if isinstance(provider, FailoverProvider) else [provider]
+        for member in members:
+            found.setdefault(id(member), member)
+    return list(found.values())
+
+
+def _adapter(settings: DispatcherSettings, name: str) -> Provider:
+    if name == "http":
+        return HttpProvider(settings.provider_url, timeout=settings.provider_timeout_seconds,
+                            max_connections=settings.concurrency)
+    if name == "smtp":
+        return build_smtp(settings)
+    if name == "twilio":
+        token = settings.twilio_auth_token
+        return TwilioProvider(
+            settings.twilio_base_url, settings.twilio_account_sid,
+            token.get_secret_value() if token else "",
+            from_number=settings.twilio_from,
+            messaging_service_sid=settings.twilio_messaging_service_sid,
+            status_callback=settings.twilio_status_callback,
+            timeout=settings.provider_timeout_seconds,
+            max_connections=settings.concurrency,
+        )
+    return NoopProvider()
 
 
 def build_smtp(settings: DispatcherSettings) -> Provider:
@@ -174,7 +238,7 @@ def create_app(settings: DispatcherSettings | None = None) -> FastAPI:
             await stop_between_rounds(retries, dispatcher, settings.drain_seconds)
             await broker.stop()
             await renderer.close()
-            for provider in {id(p): p for p in providers.values()}.values():
+            for provider in adapters_of(providers):
                 await provider.close()
             await pool.close()
 
