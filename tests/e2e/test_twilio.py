@@ -23,7 +23,7 @@ import pytest
 
 from devtools.processes import Proc, Sendout, free_port
 from shared import twilio
-from tests.e2e.conftest import wait_for_completion
+from tests.e2e.conftest import ADMIN_TOKEN, wait_for_completion
 
 pytestmark = pytest.mark.e2e
 
@@ -34,6 +34,7 @@ SID = "AC" + "3" * 32
 class TwilioSetup:
     twilio: str  # the fake Twilio
     tracker: str  # the tracker receiving its callbacks
+    scheduler: str  # a scheduler receiving its inbound messages
     token: str
 
 
@@ -46,6 +47,8 @@ def twilio_setup(sendout: Sendout) -> Iterator[TwilioSetup]:
                                        "--account-sid", SID, "--auth-token", token], {}, port)
     tracker = sendout.start_service("tracker", name="tracker-twilio",
                                     extra_env={"SENDOUT_TWILIO_AUTH_TOKEN": token})
+    scheduler = sendout.start_service("scheduler", name="scheduler-twilio",
+                                      extra_env={"SENDOUT_TWILIO_AUTH_TOKEN": token})
     originals: list[Proc] = [p for p in procs.procs if p.name.startswith("dispatcher-")]
     for proc in originals:
         procs.terminate(proc.name)
@@ -60,9 +63,9 @@ def twilio_setup(sendout: Sendout) -> Iterator[TwilioSetup]:
         "SENDOUT_FAILOVER_PAUSE_SECONDS": "3",
     })
     try:
-        yield TwilioSetup(fake.url, tracker.url, token)
+        yield TwilioSetup(fake.url, tracker.url, scheduler.url, token)
     finally:
-        for name in (dispatcher.name, tracker.name, fake.name):
+        for name in (dispatcher.name, scheduler.name, tracker.name, fake.name):
             procs.terminate(name)
         for proc in originals:
             procs.start(proc.name, proc.args, proc.env, proc.port)
@@ -87,14 +90,13 @@ def _send(http: httpx.Client, sendout: Sendout, phones: list[str]) -> tuple[str,
     return cid, wait_for_completion(http, sendout.tracker, cid)
 
 
-_RUN = random.randrange(100)
-_series = itertools.count()
+# Danish numbers (+45 and eight digits) no other test of this run uses: the fakes keep every
+# request.
+_numbers = itertools.count(random.randrange(800) * 1000)
 
 
 def _phones(n: int) -> list[str]:
-    """Numbers no other test of this run uses (the fakes keep every request)."""
-    series = f"+4530{_RUN:02d}{next(_series):02d}"
-    return [f"{series}{i:04d}" for i in range(n)]
+    return [f"+4531{next(_numbers):06d}" for _ in range(n)]
 
 
 def _accepted(http: httpx.Client, fake: str | None, phones: list[str]) -> dict[str, int]:
@@ -194,3 +196,34 @@ def test_a_primary_in_outage_fails_over_to_the_secondary_and_traffic_returns_aft
     assert final["completed"] == 20
     assert len(_accepted(http, twilio_setup.twilio, later)) == 20
     assert _accepted(http, sendout.provider, later) == {}
+
+
+def test_a_stop_reply_through_twilios_inbound_webhook_opts_the_number_out(
+    sendout: Sendout, http: httpx.Client, twilio_setup: TwilioSetup
+) -> None:
+    org = http.post(f"{sendout.scheduler}/admin/users",
+                    json={"organisation": "default", "name": "twilio-inbound"},
+                    headers={"X-Sendout-Admin-Token": ADMIN_TOKEN}).json()["organisation_id"]
+    phones = _phones(3)
+    inbound = f"{twilio_setup.scheduler}/organisations/{org}/inbound-sms/twilio"
+    headers = {"content-type": "application/x-www-form-urlencoded"}
+    forged = [("From", phones[1]), ("Body", "STOP"), ("To", "+15005550001")]
+    r = httpx.post(inbound, content=urlencode(forged), headers={
+        **headers, twilio.SIGNATURE_HEADER: twilio.signature("guess", inbound, forged)})
+    assert r.status_code == 401
+    for phone, text in ((phones[0], "Stop"), (phones[2], "Stop texting me later")):
+        http.post(f"{twilio_setup.twilio}/_fake/inbound",
+                  json={"url": inbound, "from": phone, "body": text}).raise_for_status()
+    deadline = time.monotonic() + 15
+    while True:  # the fake posts in the background: wait for both answers
+        posted = [c for c in http.get(f"{twilio_setup.twilio}/callbacks").json()["callbacks"]
+                  if c["url"] == inbound]
+        if len(posted) == 2 and all(c["status"] is not None for c in posted):
+            break
+        assert time.monotonic() < deadline, posted
+        time.sleep(0.1)
+    assert [c["status"] for c in posted] == [200, 200]
+    _, final = _send(http, sendout, phones)
+    assert (final["completed"], final["skipped"]) == (2, 1)
+    assert final["reasons"]["skipped"] == {"opted_out": 1}
+    assert set(_accepted(http, twilio_setup.twilio, phones)) == {phones[1], phones[2]}
