@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from services.dispatcher import handlers, repo
 from services.dispatcher.domain import Outcome
 from services.dispatcher.failover import FailoverProvider
+from services.dispatcher.limiter import AdaptiveLimiter
 from services.dispatcher.providers import HttpProvider, NoopProvider, Provider, SmtpProvider
 from services.dispatcher.reliability import CircuitBreaker, RetryPolicy
 from services.dispatcher.rendering import Renderer
@@ -92,14 +93,24 @@ def adapters_of(providers: dict[Channel, Provider]) -> list[Provider]:
     return list(found.values())
 
 
+def _limiter(settings: DispatcherSettings) -> tuple[int, AdaptiveLimiter | None]:
+    """An HTTP provider's cap on calls in flight, and its adaptive limiter if on."""
+    cap = settings.provider_max_concurrency or settings.concurrency
+    if not settings.provider_adaptive_concurrency:
+        return cap, None
+    return cap, AdaptiveLimiter(maximum=cap, initial=settings.provider_initial_concurrency)
+
+
 def _adapter(settings: DispatcherSettings, name: str) -> Provider:
     if name == "http":
+        cap, limiter = _limiter(settings)
         return HttpProvider(settings.provider_url, timeout=settings.provider_timeout_seconds,
-                            max_connections=settings.concurrency)
+                            max_connections=cap, limiter=limiter)
     if name == "smtp":
         return build_smtp(settings)
     if name == "twilio":
         token = settings.twilio_auth_token
+        cap, limiter = _limiter(settings)
         return TwilioProvider(
             settings.twilio_base_url, settings.twilio_account_sid,
             token.get_secret_value() if token else "",
@@ -107,7 +118,8 @@ def _adapter(settings: DispatcherSettings, name: str) -> Provider:
             messaging_service_sid=settings.twilio_messaging_service_sid,
             status_callback=settings.twilio_status_callback,
             timeout=settings.provider_timeout_seconds,
-            max_connections=settings.concurrency,
+            max_connections=cap,
+            limiter=limiter,
         )
     return NoopProvider()
 

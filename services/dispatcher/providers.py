@@ -15,7 +15,8 @@ from typing import Protocol
 import aiosmtplib
 import msgspec
 
-from services.dispatcher.http11 import Http11Pool, HttpError
+from services.dispatcher.http11 import Http11Pool, HttpError, Response
+from services.dispatcher.limiter import AdaptiveLimiter
 from shared.events import Channel
 
 
@@ -99,9 +100,11 @@ class HttpProvider:
     retryable; other 4xx are permanent.
     """
 
-    def __init__(self, base_url: str, *, timeout: float, max_connections: int) -> None:
+    def __init__(self, base_url: str, *, timeout: float, max_connections: int,
+                 limiter: AdaptiveLimiter | None = None) -> None:
         self._pool = Http11Pool(base_url, max_connections=max_connections)
         self._timeout = timeout
+        self._limiter = limiter
         self._request_line = (f"POST {self._pool.path_prefix}/messages HTTP/1.1\r\n"
                               f"Host: {self._pool.host_header}\r\n"
                               "Content-Type: application/json\r\n").encode()
@@ -123,8 +126,7 @@ class HttpProvider:
             body,
         ))
         try:
-            async with asyncio.timeout(self._timeout):
-                response = await self._pool.request(request)
+            response = await limited_request(self._pool, request, self._timeout, self._limiter)
         except (OSError, HttpError, TimeoutError) as exc:
             raise RetryableProviderError(f"{type(exc).__name__}: {exc}",
                                          in_doubt=in_doubt(exc)) from exc
@@ -145,6 +147,31 @@ class HttpProvider:
 
 
 _JSON = msgspec.json.Encoder()
+
+
+async def limited_request(
+    pool: Http11Pool, request: bytes, seconds: float, limiter: AdaptiveLimiter | None
+) -> Response:
+    """One call, within `seconds`, in a slot of `limiter` when there is one (its limit learns
+    from the call's latency and whether the provider was overloaded: 429, 503, a timeout)."""
+    if limiter is None:
+        async with asyncio.timeout(seconds):
+            return await pool.request(request)
+    started = await limiter.acquire()
+    overloaded, measured = False, True
+    try:
+        async with asyncio.timeout(seconds):
+            response = await pool.request(request)
+        overloaded = response.status in (429, 503)
+        return response
+    except TimeoutError:
+        overloaded = True
+        raise
+    except BaseException:
+        measured = False  # a connection refused or dropped says nothing about load
+        raise
+    finally:
+        limiter.release(started, overloaded=overloaded, measured=measured)
 
 
 def in_doubt(exc: BaseException) -> bool:

@@ -35,6 +35,13 @@ class DispatcherSettings(CommonSettings):
     provider: Literal["noop", "http"] | None = None
     provider_url: str = "http://127.0.0.1:8025"
     provider_timeout_seconds: float = 10.0
+    # HTTP providers (`http`, `twilio`): calls in flight adapt to the provider
+    # (services/dispatcher/limiter.py): from `provider_initial_concurrency`, growing while
+    # latency stays flat, shrinking on 429, 503, timeouts or rising latency; never above
+    # `provider_max_concurrency` (0: `concurrency`). Off: always the maximum.
+    provider_adaptive_concurrency: bool = True
+    provider_initial_concurrency: int = 50
+    provider_max_concurrency: int = 0
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 25
     smtp_username: str | None = None

@@ -20,17 +20,18 @@ is ignored by Twilio itself (a compatible provider may honour it), so keep
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 from urllib.parse import urlencode
 
 from services.dispatcher.http11 import Http11Pool, HttpError
+from services.dispatcher.limiter import AdaptiveLimiter
 from services.dispatcher.providers import (
     OutgoingMessage,
     PermanentProviderError,
     RetryableProviderError,
     in_doubt,
+    limited_request,
 )
 
 # Twilio error codes that say nothing about the message itself.
@@ -60,6 +61,7 @@ class TwilioProvider:
         status_callback: str | None = None,
         timeout: float,
         max_connections: int,
+        limiter: AdaptiveLimiter | None = None,
     ) -> None:
         if not account_sid or not auth_token:
             raise ValueError("Twilio needs an account SID and an auth token")
@@ -67,6 +69,7 @@ class TwilioProvider:
             raise ValueError("Twilio needs a From number or a Messaging Service SID")
         self._pool = Http11Pool(base_url, max_connections=max_connections)
         self._timeout = timeout
+        self._limiter = limiter
         credentials = base64.b64encode(f"{account_sid}:{auth_token}".encode()).decode()
         self._head = (
             f"POST {self._pool.path_prefix}/2010-04-01/Accounts/{account_sid}/Messages.json "
@@ -97,8 +100,7 @@ class TwilioProvider:
             body,
         ))
         try:
-            async with asyncio.timeout(self._timeout):
-                response = await self._pool.request(request)
+            response = await limited_request(self._pool, request, self._timeout, self._limiter)
         except (OSError, HttpError, TimeoutError) as exc:
             # A connection refused: not sent. A timeout or a connection lost: perhaps accepted.
             raise RetryableProviderError(f"twilio {type(exc).__name__}: {exc}",
