@@ -288,8 +288,14 @@ class Session:
         return done
 
     async def _reset(self) -> None:
-        self._wire.write(b"RSET\r\n")
-        reply = await self._wire.reply()
+        """After a refused transaction. The refusal is the message's outcome whatever becomes
+        of the session: one that does not take RSET is closed."""
+        try:
+            self._wire.write(b"RSET\r\n")
+            reply = await self._wire.reply()
+        except SmtpConnectionError:
+            self.close()
+            return
         if reply.code != 250:
             self.close()
 

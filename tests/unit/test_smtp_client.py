@@ -359,3 +359,12 @@ async def test_smtp_sink_closing_with_421_after_data_is_retryable_then_reconnect
             with pytest.raises(RetryableProviderError, match="421"):
                 await provider.send(_message(n))
         await provider.close()
+
+
+async def test_a_refusal_stays_permanent_when_the_server_then_hangs_up_on_rset() -> None:
+    with smtp_sink("-f", "RCPT", "-q", "RSET") as (port, _):
+        provider = LeanSmtpProvider(SmtpOptions("127.0.0.1", port), connections=1)
+        for n in range(3):
+            with pytest.raises(PermanentProviderError, match="5"):
+                await provider.send(_message(n))
+        await provider.close()
