@@ -5,10 +5,11 @@ in 50 ms needs 500 calls in flight, one answering in 200 ms needs 2,000 — and 
 that is saturated answers slower or with 429s, where more calls in flight only make it worse.
 So the limit moves (AIMD, as TCP's congestion window):
 - it grows by one for every call that succeeded while the limit was in use and latency stayed
-  near the best seen lately (within `tolerance` times): from `initial` it roughly doubles every
-  round trip until it meets `maximum` or latency rises;
-- it shrinks to `backoff` times itself on a sign of overload — 429, a timeout, latency over
-  `tolerance` times the best — at most once per round trip (one burst of 429s is one signal).
+  near the best seen lately (its moving average within `tolerance` times the best, plus
+  `slack_seconds`): from `initial` it roughly doubles every round trip until it meets `maximum`
+  or latency rises;
+- it shrinks to `backoff` times itself on a sign of overload — 429, 503, a timeout, latency
+  above that bound — at most once per round trip (one burst of 429s is one signal).
 `maximum` stays a hard cap (SENDOUT_PROVIDER_MAX_CONCURRENCY); the dispatcher's rate limit
 (SENDOUT_RATE_LIMIT_PER_SECOND) and its own concurrency are applied before the provider.
 """
@@ -29,6 +30,7 @@ class AdaptiveLimiter:
         initial: int = 50,
         minimum: int = 4,
         tolerance: float = 2.0,
+        slack_seconds: float = 0.025,
         backoff: float = 0.7,
         baseline_window_seconds: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
@@ -40,6 +42,7 @@ class AdaptiveLimiter:
         self.limit = float(max(self.minimum, min(initial, maximum)))
         self.in_flight = 0
         self._tolerance = tolerance
+        self._slack = slack_seconds
         self._backoff = backoff
         self._clock = clock
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -92,7 +95,9 @@ class AdaptiveLimiter:
         latency = now - started
         if measured and not overloaded:
             self._observe(now, latency)
-        slow = measured and latency > self._tolerance * self.baseline
+        # Latency judged on its moving average, with some slack: a busy event loop delays
+        # single answers by a few milliseconds without the provider being any slower.
+        slow = measured and self._smoothed > self._tolerance * self.baseline + self._slack
         if overloaded or slow:
             if now - self._last_decrease >= max(self._smoothed, 0.001):
                 self._last_decrease = now

@@ -65,14 +65,21 @@ async def test_overload_shrinks_the_limit_once_per_round_trip() -> None:
 
 async def test_latency_well_above_the_best_seen_shrinks_the_limit() -> None:
     clock = Clock()
-    limiter = AdaptiveLimiter(maximum=100, initial=40, tolerance=2.0, backoff=0.5, clock=clock)
+    limiter = AdaptiveLimiter(maximum=100, initial=40, tolerance=2.0, slack_seconds=0.025,
+                              backoff=0.5, clock=clock)
+    for _ in range(10):
+        started = await limiter.acquire()
+        clock.now += 0.05
+        limiter.release(started)
     started = await limiter.acquire()
-    clock.now += 0.05
+    clock.now += 0.5  # one slow answer: within what a busy event loop explains on average
     limiter.release(started)
-    started = await limiter.acquire()
-    clock.now += 0.3  # six times the best
-    limiter.release(started)
-    assert limiter.limit == 20
+    assert limiter.limit == 40
+    for _ in range(10):
+        started = await limiter.acquire()
+        clock.now += 0.3  # six times the best, for a while
+        limiter.release(started)
+    assert limiter.limit <= 20
 
 
 async def test_calls_over_the_limit_wait_for_a_free_slot() -> None:
