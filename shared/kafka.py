@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -15,7 +16,13 @@ from typing import Any, Protocol, TypeVar
 import asyncpg
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    TopicAlreadyExistsError,
+)
 from aiokafka.partitioner import DefaultPartitioner
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
@@ -24,21 +31,31 @@ from faststream.kafka.publisher.usecase import DefaultPublisher
 from faststream.message import StreamMessage
 from pydantic import TypeAdapter, ValidationError
 
-from shared import topics
-from shared.metrics import DEAD_LETTERS, EVENTS_CONSUMED, EVENTS_PUBLISHED, REDELIVERIES
+from shared import topics, tracing
+from shared.metrics import (
+    BATCH_SECONDS,
+    DEAD_LETTERS,
+    EVENTS_CONSUMED,
+    EVENTS_PUBLISHED,
+    REDELIVERIES,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
 def make_broker(bootstrap_servers: str, client_id: str) -> KafkaBroker:
-    # acks="all" + idempotence: an acknowledged publish survives a broker failover and a
-    # producer retry never duplicates a record.
+    # acks="all": an acknowledged publish survives a broker failover. Not idempotent: after a
+    # broker restart aiokafka's idempotent producer can meet OutOfOrderSequenceNumber, which
+    # ends its sender for good (every later publish of the process fails) — seen in the fault
+    # suite's Kafka restart. Without it a producer retry may write a record twice; every
+    # consumer here counts a key once, and aiokafka keeps one request in flight per broker,
+    # so a partition's order holds.
     return KafkaBroker(
         bootstrap_servers,
         client_id=client_id,
         acks="all",
-        enable_idempotence=True,
+        enable_idempotence=False,
         linger_ms=5,
         max_batch_size=256 * 1024,
         compression_type=None,
@@ -212,13 +229,16 @@ async def publish_raw(
     """
     if not items:
         return
+    topic = publisher.topic
+    headers_of = _trace_headers(topic)
     producer = _aiokafka_producer(publisher)
     if producer is None:
-        futures = [await publisher.publish(value, key=key, no_confirm=True)
+        futures = [await publisher.publish(
+                       value, key=key, no_confirm=True,
+                       headers={k: v.decode() for k, v in headers_of(key)})
                    for key, value in items]
         await asyncio.gather(*(f for f in futures if f is not None))
         return
-    topic = publisher.topic
     await producer.client._wait_on_metadata(topic)
     partition_of = _partitioner(producer, topic)
     by_partition: dict[int, list[tuple[bytes | None, bytes]]] = {}
@@ -228,14 +248,36 @@ async def publish_raw(
     for partition, records in by_partition.items():
         batch = producer.create_batch()
         for key, value in records:
-            if batch.append(key=key, value=value, timestamp=None, headers=_JSON_HEADERS) is None:
+            headers = headers_of(key)
+            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
                 futures.append(await producer.send_batch(batch, topic, partition=partition))
                 batch = producer.create_batch()
                 if batch.append(key=key, value=value, timestamp=None,
-                                headers=_JSON_HEADERS) is None:
+                                headers=headers) is None:
                     raise ValueError(f"record of {len(value)} bytes exceeds the batch size")
         futures.append(await producer.send_batch(batch, topic, partition=partition))
     await asyncio.gather(*futures)
+
+
+def _trace_headers(topic: str) -> Callable[[bytes | None], list[tuple[str, bytes]]]:
+    """Each record's headers: JSON, and its trace (`traceparent`, shared/tracing.py) — on a
+    topic keyed by campaign id the campaign's, else the current one's; one span per key and
+    publish."""
+    keyed = topic in topics.CAMPAIGN_KEYED
+    if not keyed:
+        header = tracing.record_header(None, False)
+        fixed = _JSON_HEADERS if header is None else [*_JSON_HEADERS, header]
+        return lambda key: fixed
+    seen: dict[bytes | None, list[tuple[str, bytes]]] = {}
+
+    def headers_of(key: bytes | None) -> list[tuple[str, bytes]]:
+        headers = seen.get(key)
+        if headers is None:
+            header = tracing.record_header(key, True)
+            headers = seen[key] = _JSON_HEADERS if header is None else [*_JSON_HEADERS, header]
+        return headers
+
+    return headers_of
 
 
 async def dead_letter(broker: KafkaBroker, bad: Sequence[BadRecord], *, service: str) -> None:
@@ -264,6 +306,9 @@ async def dead_letter(broker: KafkaBroker, bad: Sequence[BadRecord], *, service:
                     "x-source-topic": rec.topic,
                     "x-source-partition": str(rec.partition),
                     "x-source-offset": str(rec.offset),
+                    # The record's trace goes with it (shared/tracing.py).
+                    **{k: v.decode(errors="replace") for k, v in rec.headers or ()
+                       if k == tracing.HEADER},
                 },
                 no_confirm=True,
             )
@@ -355,7 +400,11 @@ def is_transient(exc: BaseException) -> bool:
         # "pool is closed", "pool is closing", "connection is closed"; other interface errors
         # (wrong arguments, unsupported types) are the records' or the code's.
         return "closed" in str(exc) or "closing" in str(exc)
-    return isinstance(exc, KafkaError) and bool(exc.retriable)
+    if isinstance(exc, (MessageSizeTooLargeError, RecordTooLargeError)):
+        return False  # the record's own fault
+    # Any other Kafka error met while processing is the broker's or the producer's (a publish
+    # of the batch's results), never the records': retried, not dead-lettered.
+    return isinstance(exc, KafkaError)
 
 
 @dataclass(frozen=True)
@@ -487,6 +536,24 @@ async def process_bounded(
     records = records_of(message)
     if not records:
         return
+    # Logged under the trace its first record carries (shared/tracing.py).
+    started = time.perf_counter()
+    with tracing.use(tracing.of_records(records) or tracing.current()):
+        await _process_bounded(records, broker, adapter, process, service=service,
+                               max_attempts=max_attempts, backoff=backoff)
+    BATCH_SECONDS.labels(service, records[0].topic).observe(time.perf_counter() - started)
+
+
+async def _process_bounded(
+    records: Sequence[ConsumerRecord[Any, Any]],
+    broker: KafkaBroker,
+    adapter: Decoder[T],
+    process: Callable[[Sequence[tuple[ConsumerRecord[Any, Any], T]]], Awaitable[None]],
+    *,
+    service: str,
+    max_attempts: int,
+    backoff: Backoff,
+) -> None:
     topic = records[0].topic
     starts = _starts(service, records)
     good, bad = decode_records(records, adapter)

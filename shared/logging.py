@@ -1,4 +1,10 @@
-"""Structured (JSON) logs keyed by campaign_id / event_id. Never log a recipient's address."""
+"""Structured (JSON) logs: one object per line with `ts`, `level`, `service`, `logger`, `msg`,
+the current trace (`trace_id`, and `campaign_id` / `event_id` / `parent_trace_id` when known,
+see shared/tracing.py) and the call's `extra` fields.
+
+Never a recipient's address or a message's content: fields named like one (`address`, `to`,
+`body`, `subject`, ...) are written as "[redacted]" whoever passes them.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,13 @@ import logging
 import sys
 from datetime import UTC, datetime
 
+from shared import tracing
+
 _RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+REDACTED_FIELDS = frozenset({
+    "address", "addresses", "to", "recipient", "recipients", "email", "phone", "body",
+    "subject", "content", "text", "variables", "html",
+})
 
 
 class JsonFormatter(logging.Formatter):
@@ -23,7 +35,16 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        payload.update({k: v for k, v in record.__dict__.items() if k not in _RESERVED})
+        context = tracing.current()
+        if context is not None:
+            payload["trace_id"] = context.trace_id
+            for name in ("campaign_id", "event_id", "parent_trace_id"):
+                value = getattr(context, name)
+                if value is not None:
+                    payload[name] = value
+        for key, value in record.__dict__.items():
+            if key not in _RESERVED:
+                payload[key] = "[redacted]" if key in REDACTED_FIELDS else value
         if record.exc_info:
             payload["exc"] = self.formatException(record.exc_info)
         return json.dumps(payload, default=str)
@@ -35,6 +56,12 @@ def configure(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # FastStream gives its loggers a coloured text handler of their own, not propagated: they
+    # write JSON lines like the rest.
+    for name in ("faststream", "faststream.access"):
+        own = logging.getLogger(name)
+        own.handlers[:] = [handler]
+        own.propagate = False
     # aiokafka is chatty at INFO about every rebalance step.
     logging.getLogger("aiokafka").setLevel("WARNING")
     logging.getLogger("uvicorn.access").setLevel("WARNING")

@@ -25,3 +25,5 @@ class CommonSettings(BaseSettings):
     http_port: int = 8000
     log_level: str = "INFO"
     db_pool_max: int = 10
+    # How often the gauges read from elsewhere are refreshed: consumer lag, campaigns.
+    metrics_interval_seconds: float = 10.0

@@ -10,6 +10,8 @@ IDENTITY = "sendout.identity.v1"
 
 ALL = (SEND_REQUESTED, OUTCOMES, RECEIPTS, CAMPAIGN_LIFECYCLE, OPT_OUTS, IDENTITY)
 COMPACTED = frozenset({IDENTITY})
+# Keyed by campaign id: each record carries its campaign's trace (shared/tracing.py).
+CAMPAIGN_KEYED = frozenset({OUTCOMES, RECEIPTS, CAMPAIGN_LIFECYCLE})
 
 
 def dlq(topic: str) -> str:

@@ -29,6 +29,7 @@ from starlette.datastructures import FormData, UploadFile
 from services.console.api import Api, ApiError, SignedOut
 from services.console.sessions import COOKIE, FailedSignIns, Session, SessionStore
 from services.console.settings import ConsoleSettings
+from shared.observability import HttpMetrics
 from shared.service import ops_router
 
 HERE = Path(__file__).parent
@@ -113,6 +114,7 @@ def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
     app = FastAPI(title="Sendout console", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    app.add_middleware(HttpMetrics, service="console")
 
     async def upstream() -> dict[str, str]:
         for name, client in (("scheduler", api.scheduler), ("tracker", api.tracker)):

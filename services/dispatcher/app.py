@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from services.dispatcher import handlers, repo
+from services.dispatcher import handlers, metrics, repo
 from services.dispatcher.domain import Outcome
 from services.dispatcher.failover import FailoverProvider
 from services.dispatcher.limiter import AdaptiveLimiter
@@ -29,6 +29,7 @@ from services.dispatcher.twilio import TwilioProvider
 from shared import db, topics
 from shared.events import Channel
 from shared.kafka import ensure_topics, instance_client_id, make_broker, publish_encoded
+from shared.observability import HttpMetrics, LagMonitor
 from shared.service import ops_router, standard_checks
 from shared.wire import outcome_records
 
@@ -58,14 +59,21 @@ def provider_chain(settings: DispatcherSettings, channel: Channel) -> list[str]:
     return names
 
 
+def provider_names(settings: DispatcherSettings) -> dict[Channel, str]:
+    """The provider label of each channel's metrics: its adapter, or its chain (`twilio,http`)."""
+    return {channel: ",".join(provider_chain(settings, channel))
+            for channel in ("email", "sms")}
+
+
 def build_providers(settings: DispatcherSettings) -> dict[Channel, Provider]:
     """One provider per channel: an adapter, or a failover chain of them. An adapter named
-    for both channels (`http`) is one instance: one pool of connections, one health."""
+    for both channels (`http`) is one instance: one pool of connections, one health. Each
+    adapter is timed and counted under its own name (services/dispatcher/metrics.py)."""
     built: dict[str, Provider] = {}
 
     def adapter(name: str) -> Provider:
         if name not in built:
-            built[name] = _adapter(settings, name)
+            built[name] = metrics.MeteredProvider(_adapter(settings, name), name)
         return built[name]
 
     providers: dict[Channel, Provider] = {}
@@ -234,17 +242,22 @@ def create_app(settings: DispatcherSettings | None = None) -> FastAPI:
         lifecycle_pub = broker.publisher(
             topics.CAMPAIGN_LIFECYCLE, description="Abort acknowledgements, keyed by campaign id."
         )
+        outcome_counter = metrics.OutcomeCounter(provider_names(settings))
         broker.include_router(
             handlers.kafka_router(
                 pool, dispatcher, aborts, opt_outs, outcomes_pub, lifecycle_pub,
                 instance=settings.instance_id, max_records=settings.batch_max_records,
                 outcome_batch_size=settings.outcome_batch_size, consumers=settings.consumers,
                 rebalance_seconds=settings.drain_seconds,
+                outcome_counter=outcome_counter,
             )
         )
         await broker.start()
+        lag = LagMonitor(broker, interval=settings.metrics_interval_seconds)
+        lag.start()
 
         async def publish_outcomes(outcomes: list[tuple[Outcome, bytes]]) -> None:
+            outcome_counter.count(outcomes)
             await publish_encoded(
                 outcomes_pub, outcome_records(outcomes, settings.outcome_batch_size),
                 service="dispatcher",
@@ -252,6 +265,8 @@ def create_app(settings: DispatcherSettings | None = None) -> FastAPI:
 
         retries = asyncio.create_task(dispatcher.retry_forever(publish_outcomes),
                                       name="retry-schedule")
+        pruning = asyncio.create_task(
+            dispatcher.prune_forever(settings.claim_retention_hours * 3600), name="prune")
 
         app.include_router(ops_router(standard_checks(pool, broker)))
         try:
@@ -260,10 +275,14 @@ def create_app(settings: DispatcherSettings | None = None) -> FastAPI:
             # The retry round in progress is settled first (bounded: a call that does not end
             # is left to its claim, which goes stale and is reported in doubt).
             await stop_between_rounds(retries, dispatcher, settings.drain_seconds)
+            pruning.cancel()
+            await lag.stop()
             await broker.stop()
             await renderer.close()
             for provider in adapters_of(providers):
                 await provider.close()
             await pool.close()
 
-    return FastAPI(title="Sendout dispatcher", lifespan=lifespan)
+    app = FastAPI(title="Sendout dispatcher", lifespan=lifespan)
+    app.add_middleware(HttpMetrics, service="dispatcher")
+    return app

@@ -16,13 +16,14 @@ from faststream.kafka.publisher.usecase import DefaultPublisher
 
 from services.dispatcher import repo
 from services.dispatcher.domain import CampaignTemplate, Outcome, template_from_context
+from services.dispatcher.metrics import OutcomeCounter
 from services.dispatcher.service import (
     AbortRegistry,
     BatchSuperseded,
     Dispatcher,
     OptOutRegistry,
 )
-from shared import topics
+from shared import topics, tracing
 from shared.events import (
     LIFECYCLE,
     OPTED_OUT,
@@ -121,11 +122,14 @@ def kafka_router(
     outcome_batch_size: int = 500,
     consumers: int = 1,
     rebalance_seconds: float = 30.0,
+    outcome_counter: OutcomeCounter | None = None,
 ) -> KafkaRouter:
     router = KafkaRouter()
 
     def send_requested_handler(in_flight: InFlight) -> Any:
         async def publish(outcomes: list[tuple[Outcome, bytes]]) -> None:
+            if outcome_counter is not None:
+                outcome_counter.count(outcomes)
             await publish_encoded(outcomes_pub, outcome_records(outcomes, outcome_batch_size),
                                   service=SERVICE)
 
@@ -193,6 +197,8 @@ def kafka_router(
                 async with pool.acquire() as conn, conn.transaction():
                     for event in started:
                         await repo.save_template(conn, event)
+                        tracing.log_campaign(log, "campaign templates stored", event.campaign_id,
+                                             event_id=str(event.event_id))
                     await repo.save_aborts(conn, aborted)
                     for campaign_id in aborted:
                         await repo.close_gate(conn, campaign_id)
@@ -221,6 +227,7 @@ def kafka_router(
                 settled = await repo.sent_or_in_flight(conn, campaign_id)
                 acks.append(AbortAcknowledged(campaign_id=campaign_id, instance=instance,
                                               settled=settled))
+                tracing.log_campaign(log, "abort acknowledged", campaign_id, settled=settled)
         await publish_all(lifecycle_pub, [(a.campaign_id.bytes, a) for a in acks],
                           service=SERVICE)
 

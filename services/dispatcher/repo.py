@@ -448,6 +448,26 @@ async def claims_of(
     return ages
 
 
+async def prune_batches(conn: asyncpg.Connection, older_than_seconds: float) -> int:
+    """Forget batches registered longer ago than this, with their spans and claims (their
+    records were committed or dropped by Kafka's retention long since: nothing can ask for
+    them again). How many batches."""
+    return int(await conn.fetchval(
+        """
+        WITH old AS (
+            DELETE FROM batches WHERE created_at < now() - make_interval(secs => $1)
+            RETURNING batch_id
+        ), spans AS (
+            DELETE FROM batch_spans WHERE created_at < now() - make_interval(secs => $1)
+        ), claimed AS (
+            DELETE FROM claims WHERE claimed_at < now() - make_interval(secs => $1)
+        )
+        SELECT count(*) FROM old
+        """,
+        older_than_seconds,
+    ))
+
+
 async def close_gate(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> None:
     """Refuse every claim for the campaign from now on; waits for the claims in progress
     (which then count as going out)."""

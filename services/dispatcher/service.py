@@ -76,9 +76,14 @@ class Registry(Generic[T]):
 
     def __init__(self) -> None:
         self._items: set[T] = set()
+        # Changes with every item added: a batch checked against the registry need not check
+        # again before each call while it is unchanged.
+        self.version = 0
 
     def add(self, items: set[T]) -> None:
-        self._items |= items
+        if not items <= self._items:
+            self._items |= items
+            self.version += 1
 
     def __contains__(self, item: object) -> bool:
         return item in self._items
@@ -347,8 +352,9 @@ class Dispatcher:
         recorder.written([(o, o.to_bytes()) for o in reports])  # reported again, as recorded
         for req in in_doubt:
             recorder.add(req, domain.failed(req, FailReason.IN_DOUBT.value))
+        checked = self._stops_version()  # every message is checked while preparing
         calls = await self._prepare_all(fresh, recorder)
-        if await self._call_all(calls, recorder, batch_id=batch_id):
+        if await self._call_all(calls, recorder, batch_id=batch_id, checked=checked):
             raise BatchSuperseded(
                 "a later attempt at these records took them over: what this one had not "
                 "claimed is that attempt's to send")
@@ -487,6 +493,7 @@ class Dispatcher:
         recorder: Recorder,
         *,
         batch_id: uuid.UUID,
+        checked: tuple[int, int] = (-1, -1),
     ) -> bool:
         """Each message claimed before its provider call, and its result recorded before its
         worker moves on: a worker's step writes its last calls' results and claims its next
@@ -514,12 +521,15 @@ class Dispatcher:
                     while not superseded and (chunk := list(itertools.islice(queue, per_step))):
                         ready: list[tuple[Request, OutgoingMessage]] = []
                         first_at = _WALL()
-                        for req, message in chunk:
-                            early = self._precheck(req)
-                            if early is None:
-                                ready.append((req, message))
-                            else:
-                                recorder.add(req, early)  # no call: nothing waits on it
+                        if self._stops_version() == checked:  # nothing to stop for since
+                            ready = chunk
+                        else:
+                            for req, message in chunk:
+                                early = self._precheck(req)
+                                if early is None:
+                                    ready.append((req, message))
+                                else:
+                                    recorder.add(req, early)  # no call: nothing waits on it
                         if not ready:
                             continue
                         try:
@@ -624,6 +634,9 @@ class Dispatcher:
 
         return write
 
+    def _stops_version(self) -> tuple[int, int]:
+        return self._aborts.version, self._opt_outs.version
+
     def _precheck(self, req: Request) -> Result | None:
         """The last checks before a message is claimed: its outcome if it is not to be sent
         now, else None."""
@@ -691,6 +704,20 @@ class Dispatcher:
             if outcomes:
                 await repo.record_outcomes(conn, outcomes)
             await repo.schedule_retries(conn, retries)
+
+    async def prune_forever(
+        self, retention_seconds: float, *, every_seconds: float = 3600.0
+    ) -> None:
+        """Forget old batches' registrations, spans and claims, once an interval."""
+        while True:
+            try:
+                async with self._pool.acquire() as conn:
+                    pruned = await repo.prune_batches(conn, retention_seconds)
+                if pruned:
+                    log.info("forgot old batches", extra={"batches": pruned})
+            except Exception:
+                log.warning("could not prune old batches", exc_info=True)
+            await asyncio.sleep(every_seconds)
 
     # --- the retry schedule ---------------------------------------------------------------
 

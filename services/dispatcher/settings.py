@@ -95,6 +95,9 @@ class DispatcherSettings(CommonSettings):
     # failed `in_doubt` (never a second message to a voter). True: send it again with the same
     # idempotency key, for providers that honour it.
     resend_in_doubt: bool = False
+    # Batches' registrations, Kafka positions and claims are kept this long (a redelivery can
+    # only come while Kafka still holds the records: its default retention is 7 days).
+    claim_retention_hours: float = 168.0
     # How long a rebalance or a stop waits for a batch in flight to settle.
     drain_seconds: float = 25.0
     # Kafka records per batch. A mass send-out's record holds up to the scheduler's

@@ -10,14 +10,23 @@ import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient
 from fastapi import Depends, FastAPI
 
-from services.scheduler import auth, domain, handlers, passwords, repo, service, twilio_inbound
+from services.scheduler import (
+    auth,
+    domain,
+    handlers,
+    metrics,
+    passwords,
+    repo,
+    service,
+    twilio_inbound,
+)
 from services.scheduler.fanout import FanoutRunner
 from services.scheduler.outbox_relay import OutboxRelay
 from services.scheduler.schedules import ScheduleLoop
 from services.scheduler.service import AbortAcks
 from services.scheduler.settings import SchedulerSettings
 from services.scheduler.voters import handlers as voters
-from shared import db, http_errors, topics, wire
+from shared import db, http_errors, topics, tracing, wire
 from shared.events import ApiTokenIssued, ApiTokenRevoked, CampaignStarted
 from shared.kafka import (
     ensure_topics,
@@ -26,6 +35,9 @@ from shared.kafka import (
     publish_all,
     publish_encoded,
 )
+from shared.metrics import FANOUT_MESSAGES
+from shared.observability import HttpMetrics, LagMonitor
+from shared.pollers import Poller
 from shared.service import ops_router, standard_checks
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -71,7 +83,10 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
             context: wire.CampaignContext, events: list[wire.SendRequested]
         ) -> None:
             records = wire.request_records(events, settings.send_batch_size, context)
-            await publish_encoded(requests_pub, records, service="scheduler")
+            # A page is one campaign's: its records carry the campaign's trace.
+            with tracing.use(tracing.for_campaign(events[0].campaign_id) if events else None):
+                await publish_encoded(requests_pub, records, service="scheduler")
+            FANOUT_MESSAGES.inc(len(events))
 
         async def publish_started(event: CampaignStarted) -> None:
             await publish_all(lifecycle_pub, [(event.campaign_id.bytes, event)],
@@ -112,6 +127,11 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
         relay.start()
         fanout.start()
         schedules.start()
+        lag = LagMonitor(broker, interval=settings.metrics_interval_seconds)
+        lag.start()
+        campaigns = Poller("campaigns by state", lambda: metrics.count_campaigns(pool),
+                           settings.metrics_interval_seconds)
+        campaigns.start()
         deps = handlers.Deps(pool, fanout, acks, list_dispatchers, settings)
         user = Depends(auth.require_user(pool))
         app.include_router(handlers.http_router(deps, user))
@@ -124,6 +144,8 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await campaigns.stop()
+            await lag.stop()
             await schedules.stop()
             await fanout.stop()
             await relay.stop()
@@ -132,6 +154,8 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
             await pool.close()
 
     app = FastAPI(title="Sendout scheduler", lifespan=lifespan)
+    app.add_middleware(HttpMetrics, service="scheduler",
+                       webhooks={"/organisations/{organisation_id}/inbound-sms": "inbound_sms"})
     http_errors.install(
         app, not_found=domain.NotFound, conflict=domain.Conflict, invalid=domain.Invalid
     )

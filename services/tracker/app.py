@@ -8,11 +8,21 @@ from pathlib import Path
 
 from fastapi import Depends, FastAPI
 
-from services.tracker import handlers, identity, receipts, report, twilio_callbacks, voters
+from services.tracker import (
+    handlers,
+    identity,
+    metrics,
+    receipts,
+    report,
+    twilio_callbacks,
+    voters,
+)
 from services.tracker.settings import TrackerSettings
 from shared import db, topics
 from shared.events import CampaignCompleted, DeliveryReported
 from shared.kafka import ensure_topics, make_broker, publish_all
+from shared.observability import HttpMetrics, LagMonitor
+from shared.pollers import Poller
 from shared.service import ops_router, standard_checks
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -53,6 +63,11 @@ def create_app(settings: TrackerSettings | None = None) -> FastAPI:
         broker.include_router(receipts.kafka_router(pool, settings.batch_max_records))
         broker.include_router(identity.kafka_router(pool))
         await broker.start()
+        lag = LagMonitor(broker, interval=settings.metrics_interval_seconds)
+        lag.start()
+        campaigns = Poller("campaigns in flight", metrics.CampaignGauges(pool).update,
+                           settings.metrics_interval_seconds)
+        campaigns.start()
         user = Depends(identity.require_user(pool))
         app.include_router(handlers.http_router(pool, user))
         app.include_router(voters.http_router(pool, user))
@@ -67,7 +82,11 @@ def create_app(settings: TrackerSettings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await campaigns.stop()
+            await lag.stop()
             await broker.stop()
             await pool.close()
 
-    return FastAPI(title="Sendout tracker", lifespan=lifespan)
+    app = FastAPI(title="Sendout tracker", lifespan=lifespan)
+    app.add_middleware(HttpMetrics, service="tracker", webhooks={"/receipts": "receipts"})
+    return app

@@ -21,6 +21,7 @@ from services.tracker.receipts_service import PublishReceipts
 from shared import topics
 from shared.events import RECEIPT, DeliveryReported
 from shared.kafka import BATCH_CONSUMER, process_bounded
+from shared.metrics import RECEIPTS_CONSUMED
 
 SERVICE = "tracker"
 
@@ -38,6 +39,8 @@ def kafka_router(pool: asyncpg.Pool, max_records: int) -> KafkaRouter:
     async def on_receipts(body: list[bytes], msg: KafkaMessage, broker: KafkaBroker) -> None:
         async def apply(good: Sequence[tuple[ConsumerRecord[Any, Any], DeliveryReported]]) -> None:
             await receipts_service.apply_receipts(pool, topics.RECEIPTS, good)
+            for _, receipt in good:
+                RECEIPTS_CONSUMED.labels(receipt.status).inc()
 
         await process_bounded(msg, broker, RECEIPT, apply, service=SERVICE)
 

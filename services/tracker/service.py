@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -10,7 +11,10 @@ from aiokafka import ConsumerRecord
 
 from services.tracker import domain, receipts_repo, repo
 from services.tracker.repo import Outcome
+from shared import tracing
 from shared.events import CampaignAborted, CampaignCompleted, CampaignStarted, Event
+
+log = logging.getLogger(__name__)
 
 PublishCompleted = Callable[[list[CampaignCompleted]], Awaitable[None]]
 
@@ -41,6 +45,8 @@ async def _finish_done(
     # Published before the transaction commits: if the commit then fails, the batch is
     # redelivered, completion is detected again and re-published with the same event id.
     await publish([domain.completion_event(p) for p in done])
+    for p in done:
+        tracing.log_campaign(log, "campaign finished", p.campaign_id, state=p.final_state)
 
 
 async def apply_outcomes(
@@ -79,6 +85,8 @@ async def apply_lifecycle(
         for event in relevant:
             if isinstance(event, CampaignStarted):
                 await repo.apply_started(conn, event)
+                tracing.log_campaign(log, "campaign started", event.campaign_id,
+                                     event_id=str(event.event_id), total=event.total)
             else:
                 await repo.apply_aborted(conn, event.campaign_id, event.occurred_at)
         # Every outcome may have arrived before the started event did.

@@ -28,7 +28,9 @@ def sendout(stack: Stack) -> Iterator[Sendout]:
         dispatchers=2,
         # Modest, so that an abort test can catch a send-out in the middle.
         extra_env={"SENDOUT_CONCURRENCY": "50", "SENDOUT_ADMIN_TOKEN": ADMIN_TOKEN,
-                   "SENDOUT_INBOUND_SMS_SECRET": INBOUND_SMS_SECRET},
+                   "SENDOUT_INBOUND_SMS_SECRET": INBOUND_SMS_SECRET,
+                   # Gauges read from Kafka and PostgreSQL (lag, campaigns) refreshed each second.
+                   "SENDOUT_METRICS_INTERVAL_SECONDS": "1"},
     )
     try:
         yield running

@@ -371,3 +371,49 @@ async def test_a_request_carrying_its_campaign_is_sent_before_any_started_event(
     # process (a dispatcher that never saw the record).
     [o] = await settle_retries(_dispatcher(dispatcher_pool, provider))
     assert (o.recipient_id, o.status) == (1, "completed")
+
+
+async def test_old_batches_are_forgotten_with_their_spans_and_claims(
+    dispatcher_pool: asyncpg.Pool,
+) -> None:
+    cid = await _campaign(dispatcher_pool)
+    old_spans, new_spans = _unique_spans(), _unique_spans()
+    old, new = uuid.uuid4(), uuid.uuid4()
+    async with dispatcher_pool.acquire() as conn:
+        await repo.claim(conn, old, [(cid, "email", [1])], owner="a", spans=old_spans)
+        await repo.claim(conn, new, [(cid, "email", [2])], owner="a", spans=new_spans)
+        for table, column in (("batches", "created_at"), ("batch_spans", "created_at"),
+                              ("claims", "claimed_at")):
+            await conn.execute(f"UPDATE {table} SET {column} = now() - interval '8 days' "
+                               "WHERE batch_id = $1", old)
+        assert await repo.prune_batches(conn, 7 * 86400) >= 1
+        assert await repo.claims_of(conn, [old]) == {}
+        assert set(await repo.claims_of(conn, [new])) == {(cid, 2, "email")}
+        # The old positions are free: a new attempt there finds nothing earlier.
+        assert await repo.register_batch(conn, uuid.uuid4(), owner="b", spans=old_spans) == []
+        assert await repo.register_batch(conn, uuid.uuid4(), owner="b",
+                                         spans=new_spans) == [new]
+
+
+async def test_an_opt_out_heard_mid_batch_stops_the_messages_not_called_yet(
+    dispatcher_pool: asyncpg.Pool,
+) -> None:
+    from services.dispatcher.service import OptOutRegistry
+
+    cid = await _campaign(dispatcher_pool)
+    async with dispatcher_pool.acquire() as conn:
+        org = (await repo.load_templates(conn, [cid]))[cid].organisation_id
+    opt_outs = OptOutRegistry()
+
+    class OptsOutTheNext(RecordingProvider):
+        async def send(self, message: OutgoingMessage) -> str:
+            opt_outs.add({(org, "o2@example.org")})  # heard while this call is under way
+            return await super().send(message)
+
+    provider = OptsOutTheNext()
+    outcomes = await _dispatcher(dispatcher_pool, provider, concurrency=1,
+                                 opt_outs=opt_outs).dispatch(
+        [send_requested(cid, i, f"o{i}@example.org") for i in (1, 2)])
+    assert [c.to for c in provider.calls] == ["o1@example.org"]
+    assert {o.recipient_id: (o.status, o.reason) for o in outcomes} == {
+        1: ("completed", None), 2: ("skipped", "opted_out")}

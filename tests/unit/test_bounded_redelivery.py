@@ -15,7 +15,9 @@ from aiokafka import ConsumerRecord
 from aiokafka.errors import (
     KafkaConnectionError,
     KafkaTimeoutError,
+    MessageSizeTooLargeError,
     NotLeaderForPartitionError,
+    OutOfOrderSequenceNumber,
     RecordTooLargeError,
 )
 
@@ -115,6 +117,8 @@ async def _deliver_until_acknowledged(
     KafkaConnectionError("broker down"),
     KafkaTimeoutError(),
     NotLeaderForPartitionError(),
+    # A producer's sequence lost in a broker restart: never the records' fault.
+    OutOfOrderSequenceNumber(),
     ExceptionGroup("several", [ValueError("x"), ConnectionResetError()]),
 ], ids=lambda e: type(e).__name__)
 def test_infrastructure_errors_are_transient(exc: Exception) -> None:
@@ -129,6 +133,7 @@ def test_infrastructure_errors_are_transient(exc: Exception) -> None:
     asyncpg.exceptions.DataError("invalid input for query argument $1"),
     asyncpg.exceptions.InterfaceError("the server expects 2 arguments, 1 was passed"),
     RecordTooLargeError(),
+    MessageSizeTooLargeError(),
     ExceptionGroup("several", [ValueError("x"), KeyError("y")]),
 ], ids=lambda e: type(e).__name__)
 def test_errors_of_the_records_or_the_code_are_not_transient(exc: Exception) -> None:

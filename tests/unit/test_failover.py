@@ -14,8 +14,9 @@ from devtools import lean_http
 from devtools.fake_provider import Behaviour as HttpBehaviour
 from devtools.fake_provider import ReceiptPoster, create_routes
 from devtools.fake_twilio import Behaviour, create_app
-from services.dispatcher.app import adapters_of, build_providers, provider_chain
+from services.dispatcher.app import adapters_of, build_providers, provider_chain, provider_names
 from services.dispatcher.failover import FailoverProvider
+from services.dispatcher.metrics import MeteredProvider
 from services.dispatcher.providers import (
     HttpProvider,
     NoopProvider,
@@ -182,7 +183,12 @@ def test_chains_are_read_from_the_settings_and_bad_names_refused() -> None:
     providers = build_providers(settings)
     chain = providers["sms"]
     assert isinstance(chain, FailoverProvider) and chain.names == ["twilio", "http"]
-    assert isinstance(providers["email"], NoopProvider)
+    # Each adapter timed and counted under its own name; the chain's label names the chain.
+    assert [(m.name, type(m.provider)) for m in chain.members] == [  # type: ignore[attr-defined]
+        ("twilio", TwilioProvider), ("http", HttpProvider)]
+    email = providers["email"]
+    assert isinstance(email, MeteredProvider) and isinstance(email.provider, NoopProvider)
+    assert provider_names(settings) == {"email": "noop", "sms": "twilio,http"}
     assert len(adapters_of(providers)) == 3
     with pytest.raises(ValueError, match="unknown"):
         provider_chain(DispatcherSettings(email_providers="smtp,twilio"), "email")
