@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -12,6 +12,8 @@ from fastapi import FastAPI
 
 from services.dispatcher import erasure, handlers, metrics, repo
 from services.dispatcher.domain import Outcome
+from services.dispatcher.failover import FailoverProvider
+from services.dispatcher.limiter import AdaptiveLimiter
 from services.dispatcher.providers import HttpProvider, NoopProvider, Provider, SmtpProvider
 from services.dispatcher.reliability import CircuitBreaker, RetryPolicy
 from services.dispatcher.rendering import Renderer
@@ -22,6 +24,8 @@ from services.dispatcher.service import (
     RateLimiter,
 )
 from services.dispatcher.settings import DispatcherSettings
+from services.dispatcher.smtp import LeanSmtpProvider, SmtpOptions
+from services.dispatcher.twilio import TwilioProvider
 from shared import db, topics
 from shared.events import Channel
 from shared.kafka import ensure_topics, instance_client_id, make_broker, publish_encoded
@@ -32,36 +36,127 @@ from shared.wire import outcome_records
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
+CHANNEL_PROVIDERS: dict[Channel, frozenset[str]] = {
+    "email": frozenset({"noop", "http", "smtp"}),
+    "sms": frozenset({"noop", "http", "twilio"}),
+}
+
+
+def provider_chain(settings: DispatcherSettings, channel: Channel) -> list[str]:
+    """The providers of a channel, first choice first (one, unless a chain is set)."""
+    chain = settings.email_providers if channel == "email" else settings.sms_providers
+    if chain.strip():
+        names = [n.strip() for n in chain.split(",") if n.strip()]
+    else:
+        single = settings.email_provider if channel == "email" else settings.sms_provider
+        names = [settings.provider or single]
+    unknown = [n for n in names if n not in CHANNEL_PROVIDERS[channel]]
+    if unknown:
+        raise ValueError(f"{channel} providers: {unknown} unknown; one of "
+                         f"{sorted(CHANNEL_PROVIDERS[channel])}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{channel} providers: {names} names one twice")
+    return names
+
+
 def provider_names(settings: DispatcherSettings) -> dict[Channel, str]:
-    """The adapter each channel goes through (`noop`, `http`, `smtp`): the provider label of
-    the metrics."""
-    return {"email": settings.provider or settings.email_provider,
-            "sms": settings.provider or settings.sms_provider}
+    """The provider label of each channel's metrics: its adapter, or its chain (`twilio,http`)."""
+    return {channel: ",".join(provider_chain(settings, channel))
+            for channel in ("email", "sms")}
 
 
 def build_providers(settings: DispatcherSettings) -> dict[Channel, Provider]:
-    """Each channel's provider, timed and counted (services/dispatcher/metrics.py)."""
-    return metrics.metered(_build_providers(settings), provider_names(settings))
+    """One provider per channel: an adapter, or a failover chain of them. An adapter named
+    for both channels (`http`) is one instance: one pool of connections, one health. Each
+    adapter is timed and counted under its own name (services/dispatcher/metrics.py)."""
+    built: dict[str, Provider] = {}
 
+    def adapter(name: str) -> Provider:
+        if name not in built:
+            built[name] = metrics.MeteredProvider(_adapter(settings, name), name)
+        return built[name]
 
-def _build_providers(settings: DispatcherSettings) -> dict[Channel, Provider]:
-    email = settings.provider or settings.email_provider
-    sms = settings.provider or settings.sms_provider
-    http: Provider | None = None
-    if "http" in (email, sms):
-        http = HttpProvider(settings.provider_url, timeout=settings.provider_timeout_seconds,
-                            max_connections=settings.concurrency)
     providers: dict[Channel, Provider] = {}
-    if email == "smtp":
-        providers["email"] = SmtpProvider(
+    for channel in ("email", "sms"):
+        names = provider_chain(settings, channel)
+        if len(names) == 1:
+            providers[channel] = adapter(names[0])
+        else:
+            providers[channel] = FailoverProvider(
+                [(name, adapter(name)) for name in names],
+                errors=settings.failover_errors,
+                window_seconds=settings.failover_window_seconds,
+                pause_seconds=settings.failover_pause_seconds,
+            )
+    return providers
+
+
+def adapters_of(providers: dict[Channel, Provider]) -> list[Provider]:
+    """Every adapter once (chains' members included): what to close at the end."""
+    found: dict[int, Provider] = {}
+    for provider in providers.values():
+        members = provider.members if isinstance(provider, FailoverProvider) else [provider]
+        for member in members:
+            found.setdefault(id(member), member)
+    return list(found.values())
+
+
+def _limiter(settings: DispatcherSettings) -> tuple[int, AdaptiveLimiter | None]:
+    """An HTTP provider's cap on calls in flight, and its adaptive limiter if on."""
+    cap = settings.provider_max_concurrency or settings.concurrency
+    if not settings.provider_adaptive_concurrency:
+        return cap, None
+    return cap, AdaptiveLimiter(maximum=cap, initial=settings.provider_initial_concurrency)
+
+
+def _http(settings: DispatcherSettings) -> Provider:
+    cap, limiter = _limiter(settings)
+    return HttpProvider(settings.provider_url, timeout=settings.provider_timeout_seconds,
+                        max_connections=cap, limiter=limiter)
+
+
+def _twilio(settings: DispatcherSettings) -> Provider:
+    token = settings.twilio_auth_token
+    cap, limiter = _limiter(settings)
+    return TwilioProvider(
+        settings.twilio_base_url, settings.twilio_account_sid,
+        token.get_secret_value() if token else "",
+        from_number=settings.twilio_from,
+        messaging_service_sid=settings.twilio_messaging_service_sid,
+        status_callback=settings.twilio_status_callback,
+        timeout=settings.provider_timeout_seconds,
+        max_connections=cap,
+        limiter=limiter,
+    )
+
+
+def _adapter(settings: DispatcherSettings, name: str) -> Provider:
+    return ADAPTERS[name](settings)
+
+
+def build_smtp(settings: DispatcherSettings) -> Provider:
+    if settings.smtp_client == "aiosmtplib":
+        return SmtpProvider(
             settings.smtp_host, settings.smtp_port, connections=settings.smtp_connections,
             timeout=settings.provider_timeout_seconds, username=settings.smtp_username,
             password=settings.smtp_password, starttls=settings.smtp_starttls,
         )
-    else:
-        providers["email"] = http if email == "http" and http else NoopProvider()
-    providers["sms"] = http if sms == "http" and http else NoopProvider()
-    return providers
+    return LeanSmtpProvider(SmtpOptions(
+        settings.smtp_host, settings.smtp_port, timeout=settings.provider_timeout_seconds,
+        username=settings.smtp_username, password=settings.smtp_password,
+        starttls=settings.smtp_starttls, use_tls=settings.smtp_tls,
+        local_hostname=settings.smtp_local_hostname, pipelining=settings.smtp_pipelining,
+    ), connections=settings.smtp_connections)
+
+
+# The provider registry: a name (as the settings use it) → how to build that adapter from the
+# settings. A new provider is its module plus a line here and in CHANNEL_PROVIDERS.
+ADAPTERS: dict[str, Callable[[DispatcherSettings], Provider]] = {
+    "noop": lambda _settings: NoopProvider(),
+    "http": _http,
+    "smtp": build_smtp,
+    "twilio": _twilio,
+}
 
 
 def build_breakers(
@@ -185,7 +280,7 @@ def create_app(settings: DispatcherSettings | None = None) -> FastAPI:
             await lag.stop()
             await broker.stop()
             await renderer.close()
-            for provider in {id(p): p for p in providers.values()}.values():
+            for provider in adapters_of(providers):
                 await provider.close()
             await pool.close()
 

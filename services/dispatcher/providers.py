@@ -15,7 +15,8 @@ from typing import Protocol
 import aiosmtplib
 import msgspec
 
-from services.dispatcher.http11 import Http11Pool, HttpError
+from services.dispatcher.http11 import Http11Pool, HttpError, Response
+from services.dispatcher.limiter import AdaptiveLimiter
 from shared.events import Channel
 
 
@@ -41,11 +42,17 @@ class PermanentProviderError(ProviderError):
 
 class RetryableProviderError(ProviderError):
     """Worth trying again later (429, 5xx, timeout, connection reset); `retry_after`: the
-    provider's own Retry-After, in seconds, when it gave one."""
+    provider's own Retry-After, in seconds, when it gave one. `in_doubt`: the provider may
+    have accepted the message all the same (a timeout or a connection lost after the request
+    went out), so it must not be handed to another provider (services/dispatcher/failover.py);
+    a definite refusal (an answer, a connection refused) is not in doubt."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, in_doubt: bool = False
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.in_doubt = in_doubt
 
 
 def check_header_safe(message: OutgoingMessage) -> None:
@@ -93,9 +100,11 @@ class HttpProvider:
     retryable; other 4xx are permanent.
     """
 
-    def __init__(self, base_url: str, *, timeout: float, max_connections: int) -> None:
+    def __init__(self, base_url: str, *, timeout: float, max_connections: int,
+                 limiter: AdaptiveLimiter | None = None) -> None:
         self._pool = Http11Pool(base_url, max_connections=max_connections)
         self._timeout = timeout
+        self._limiter = limiter
         self._request_line = (f"POST {self._pool.path_prefix}/messages HTTP/1.1\r\n"
                               f"Host: {self._pool.host_header}\r\n"
                               "Content-Type: application/json\r\n").encode()
@@ -117,10 +126,10 @@ class HttpProvider:
             body,
         ))
         try:
-            async with asyncio.timeout(self._timeout):
-                response = await self._pool.request(request)
+            response = await limited_request(self._pool, request, self._timeout, self._limiter)
         except (OSError, HttpError, TimeoutError) as exc:
-            raise RetryableProviderError(f"{type(exc).__name__}: {exc}") from exc
+            raise RetryableProviderError(f"{type(exc).__name__}: {exc}",
+                                         in_doubt=in_doubt(exc)) from exc
         status = response.status
         if status in (200, 201, 202):
             try:
@@ -138,6 +147,37 @@ class HttpProvider:
 
 
 _JSON = msgspec.json.Encoder()
+
+
+async def limited_request(
+    pool: Http11Pool, request: bytes, seconds: float, limiter: AdaptiveLimiter | None
+) -> Response:
+    """One call, within `seconds`, in a slot of `limiter` when there is one (its limit learns
+    from the call's latency and whether the provider was overloaded: 429, 503, a timeout)."""
+    if limiter is None:
+        async with asyncio.timeout(seconds):
+            return await pool.request(request)
+    started = await limiter.acquire()
+    overloaded, measured = False, True
+    try:
+        async with asyncio.timeout(seconds):
+            response = await pool.request(request)
+        overloaded = response.status in (429, 503)
+        return response
+    except TimeoutError:
+        overloaded = True
+        raise
+    except BaseException:
+        measured = False  # a connection refused or dropped says nothing about load
+        raise
+    finally:
+        limiter.release(started, overloaded=overloaded, measured=measured)
+
+
+def in_doubt(exc: BaseException) -> bool:
+    """A failed HTTP call the provider may have accepted all the same: a timeout or a
+    connection lost once the request could have gone out (not a connection refused)."""
+    return isinstance(exc, (HttpError, TimeoutError))
 
 
 def _error_text(body: bytes) -> str:

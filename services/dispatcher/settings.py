@@ -3,7 +3,7 @@ import socket
 import uuid
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from shared.settings import CommonSettings
 
@@ -19,17 +19,55 @@ class DispatcherSettings(CommonSettings):
     # Which adapter sends each channel. `http`: a JSON messaging API (the fake provider in tests
     # and the demo); `smtp`: an SMTP server (email only); `noop`: accept, send nothing.
     email_provider: Literal["noop", "http", "smtp"] = "noop"
-    sms_provider: Literal["noop", "http"] = "noop"
+    # `twilio`: a Twilio-compatible Messages API (services/dispatcher/twilio.py).
+    sms_provider: Literal["noop", "http", "twilio"] = "noop"
+    # Failover: a chain of providers per channel, first choice first (e.g. `twilio,http`);
+    # set, it replaces the single provider above. See services/dispatcher/failover.py.
+    email_providers: str = ""
+    sms_providers: str = ""
+    # A provider of a chain that failed retryably this many times within the window is
+    # passed over (its share goes to the next) for `failover_pause_seconds`, then tried
+    # again; a success in between forgives nothing early. 50 in 60 s: GOV.UK Notify's rule.
+    failover_errors: int = 50
+    failover_window_seconds: float = 60.0
+    failover_pause_seconds: float = 30.0
     # Kept for one-setting set-ups: SENDOUT_PROVIDER=http sends both channels over HTTP.
     provider: Literal["noop", "http"] | None = None
     provider_url: str = "http://127.0.0.1:8025"
     provider_timeout_seconds: float = 10.0
+    # HTTP providers (`http`, `twilio`): calls in flight adapt to the provider
+    # (services/dispatcher/limiter.py): from `provider_initial_concurrency`, growing while
+    # latency stays flat, shrinking on 429, 503, timeouts or rising latency; never above
+    # `provider_max_concurrency` (0: `concurrency`). Off: always the maximum.
+    provider_adaptive_concurrency: bool = True
+    provider_initial_concurrency: int = 50
+    provider_max_concurrency: int = 0
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 25
     smtp_username: str | None = None
     smtp_password: str | None = None
     smtp_starttls: bool = False
+    # Implicit TLS from the first byte (port 465) instead of STARTTLS.
+    smtp_tls: bool = False
+    # Sessions kept open per dispatcher process. Ten keep smtp-sink on the loopback busy with
+    # PIPELINING (two round trips a message); a distant server wants more.
     smtp_connections: int = 10
+    # `lean`: services/dispatcher/smtp.py (pipelining, message bytes built once);
+    # `aiosmtplib`: the previous client, one round trip per command.
+    smtp_client: Literal["lean", "aiosmtplib"] = "lean"
+    # Off: one command per round trip even where the server offers PIPELINING.
+    smtp_pipelining: bool = True
+    smtp_local_hostname: str = "sendout.local"
+    # Twilio (or a Twilio-compatible API at `twilio_base_url`): the account's SID and auth
+    # token, the sender (`twilio_from`, or a Messaging Service), and where Twilio posts status
+    # callbacks: the tracker's /providers/twilio/status as Twilio reaches it (the tracker
+    # verifies them with the same auth token, SENDOUT_TWILIO_AUTH_TOKEN).
+    twilio_base_url: str = "https://api.twilio.com"
+    twilio_account_sid: str = ""
+    twilio_auth_token: SecretStr | None = None
+    twilio_from: str | None = None
+    twilio_messaging_service_sid: str | None = None
+    twilio_status_callback: str | None = None
     # Provider calls in flight at once per process (also what a crash of the process can leave
     # in doubt at most), and the provider's rate limit. 500: 10,000 messages a second from a
     # provider answering in 50 ms.

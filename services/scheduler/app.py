@@ -10,7 +10,16 @@ import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient
 from fastapi import Depends, FastAPI
 
-from services.scheduler import auth, domain, handlers, metrics, passwords, repo, service
+from services.scheduler import (
+    auth,
+    domain,
+    handlers,
+    metrics,
+    passwords,
+    repo,
+    service,
+    twilio_inbound,
+)
 from services.scheduler.fanout import FanoutRunner
 from services.scheduler.outbox_relay import OutboxRelay
 from services.scheduler.schedules import ScheduleLoop
@@ -136,6 +145,9 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
         app.include_router(handlers.http_router(deps, user))
         app.include_router(voters.http_router(pool, settings.default_phone_region, user))
         app.include_router(passwords.http_router(pool, user))
+        app.include_router(twilio_inbound.http_router(
+            pool, settings.twilio_auth_token, settings.twilio_public_base_url,
+            settings.default_phone_region))
         app.include_router(ops_router(standard_checks(pool, broker)))
         try:
             yield

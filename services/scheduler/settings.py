@@ -24,3 +24,8 @@ class SchedulerSettings(CommonSettings):
     admin_token: str | None = None
     # Shared with the SMS provider: inbound messages (STOP replies) must be signed with it.
     inbound_sms_secret: SecretStr | None = None
+    # Twilio's inbound messages (POST /organisations/{id}/inbound-sms/twilio) are signed with
+    # the account's auth token; the public base URL is the one Twilio calls (the signature
+    # covers the full URL; unset: the request's URL as it arrives).
+    twilio_auth_token: SecretStr | None = None
+    twilio_public_base_url: str | None = None

@@ -8,7 +8,16 @@ from pathlib import Path
 
 from fastapi import Depends, FastAPI
 
-from services.tracker import erasure, handlers, identity, metrics, receipts, report, voters
+from services.tracker import (
+    erasure,
+    handlers,
+    identity,
+    metrics,
+    receipts,
+    report,
+    twilio_callbacks,
+    voters,
+)
 from services.tracker.settings import TrackerSettings
 from shared import db, http_input, topics
 from shared.events import CampaignCompleted, DeliveryReported
@@ -66,6 +75,9 @@ def create_app(settings: TrackerSettings | None = None) -> FastAPI:
         app.include_router(voters.http_router(pool, user))
         app.include_router(receipts.http_router(
             pool, publish_receipts, settings.receipts_secret, settings.receipts_max_skew_seconds
+        ))
+        app.include_router(twilio_callbacks.http_router(
+            pool, publish_receipts, settings.twilio_auth_token, settings.twilio_public_base_url
         ))
         app.include_router(report.http_router(pool, user))
         app.include_router(ops_router(standard_checks(pool, broker)))

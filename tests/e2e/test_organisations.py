@@ -23,7 +23,8 @@ pytestmark = pytest.mark.e2e
 # token; tested in test_p2p).
 # /auth/sign-in: a person signs in with a password there, to get a token.
 PUBLIC = {"/health", "/metrics", "/receipts", "/organisations/{organisation_id}/inbound-sms",
-          "/auth/sign-in"}
+          "/auth/sign-in", "/providers/twilio/status",
+          "/organisations/{organisation_id}/inbound-sms/twilio"}
 
 
 def _endpoints(base: str) -> list[tuple[str, str]]:

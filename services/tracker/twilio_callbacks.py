@@ -1,0 +1,103 @@
+"""Twilio's message status callbacks, turned into Sendout's delivery receipts.
+
+Twilio posts `MessageSid`, `MessageStatus` (queued, sending, sent, delivered, undelivered,
+failed, ...) and, for a message that did not arrive, `ErrorCode`, form-encoded and signed with
+`X-Twilio-Signature` (shared/twilio.py) over the URL it called. `delivered` becomes Delivered,
+`undelivered` / `failed` Not delivered with the reason; the other statuses are steps on the
+way and change nothing. From here on the receipt goes the way of every receipt (published to
+`sendout.receipts.v1`, projected by the tracker).
+
+Twilio's scheme has no timestamp, so a captured callback could be posted again: applying a
+receipt twice changes nothing (the projection sets a message's delivery status once).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl
+
+import asyncpg
+from fastapi import APIRouter, HTTPException, Request
+from pydantic import SecretStr, ValidationError
+
+from services.tracker import receipts_service
+from services.tracker.receipts_domain import Receipt
+from services.tracker.receipts_service import PublishReceipts
+from shared import twilio
+
+PATH = "/providers/twilio/status"
+MAX_BODY = 64 * 1024
+
+# What Twilio's delivery error codes mean for the report (its public error reference).
+ERROR_REASONS = {
+    "30001": "queue overflow",
+    "30002": "account suspended",
+    "30003": "unreachable handset",
+    "30004": "message blocked",
+    "30005": "unknown destination handset",
+    "30006": "landline or unreachable carrier",
+    "30007": "carrier filtered the message",
+    "30008": "unknown error",
+    "30034": "sender number not registered (A2P 10DLC)",
+    "21610": "recipient unsubscribed",
+    "21614": "not a mobile number",
+}
+NOT_DELIVERED = frozenset({"undelivered", "failed"})
+
+
+def receipt_of(params: dict[str, str], now: datetime) -> Receipt | None:
+    """The receipt a callback carries, None for an intermediate status. Raises ValueError for
+    a callback without a message sid or status."""
+    sid, status = params.get("MessageSid") or params.get("SmsSid"), \
+        params.get("MessageStatus") or params.get("SmsStatus")
+    if not sid or not status:
+        raise ValueError("MessageSid and MessageStatus are required")
+    if status == "delivered":
+        return Receipt(provider_message_id=sid, status="delivered", at=now)
+    if status in NOT_DELIVERED:
+        code = params.get("ErrorCode") or ""
+        text = ERROR_REASONS.get(code) or params.get("ErrorMessage") or status
+        reason = f"{text} (twilio {code})" if code else text
+        return Receipt(provider_message_id=sid, status="not_delivered", reason=reason, at=now)
+    return None
+
+
+def http_router(
+    pool: asyncpg.Pool,
+    publish: PublishReceipts,
+    auth_token: SecretStr | None,
+    public_base_url: str | None,
+) -> APIRouter:
+    router = APIRouter(tags=["receipts"])
+
+    @router.post(PATH)
+    async def twilio_status(request: Request) -> dict[str, Any]:
+        """Twilio's StatusCallback (`SENDOUT_TWILIO_STATUS_CALLBACK` on the dispatcher points
+        here). 401 without a valid `X-Twilio-Signature`."""
+        if auth_token is None:
+            raise HTTPException(503, "Twilio callbacks not configured (SENDOUT_TWILIO_AUTH_TOKEN)")
+        body = await request.body()
+        if len(body) > MAX_BODY:
+            raise HTTPException(413, "callback too large")
+        try:
+            pairs = parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=False)
+        except UnicodeDecodeError as exc:
+            raise HTTPException(400, "callback body is not UTF-8") from exc
+        # The URL Twilio called: behind a proxy, the public base URL from the settings.
+        url = str(request.url)
+        if public_base_url:
+            query = f"?{request.url.query}" if request.url.query else ""
+            url = public_base_url.rstrip("/") + request.url.path + query
+        given = request.headers.get(twilio.SIGNATURE_HEADER, "")
+        if not given or not twilio.valid(auth_token.get_secret_value(), url, pairs, given):
+            raise HTTPException(401, "X-Twilio-Signature missing or not valid for this URL")
+        try:
+            receipt = receipt_of(dict(pairs), datetime.now(UTC))
+        except (ValueError, ValidationError) as exc:
+            raise HTTPException(422, str(exc)) from exc
+        if receipt is None:
+            return {"accepted": 0}
+        return {"accepted": await receipts_service.accept(pool, publish, [receipt])}
+
+    return router

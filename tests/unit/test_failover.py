@@ -1,0 +1,198 @@
+"""Provider failover: the chain's rules with scripted providers, then a primary (fake Twilio)
+in an outage and a secondary (the fake HTTP provider) on the loopback, and the settings."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from devtools import lean_http
+from devtools.fake_provider import Behaviour as HttpBehaviour
+from devtools.fake_provider import ReceiptPoster, create_routes
+from devtools.fake_twilio import Behaviour, create_app
+from services.dispatcher.app import adapters_of, build_providers, provider_chain, provider_names
+from services.dispatcher.failover import FailoverProvider
+from services.dispatcher.metrics import MeteredProvider
+from services.dispatcher.providers import (
+    HttpProvider,
+    NoopProvider,
+    OutgoingMessage,
+    PermanentProviderError,
+    RetryableProviderError,
+)
+from services.dispatcher.settings import DispatcherSettings
+from services.dispatcher.twilio import TwilioProvider
+
+
+class Scripted:
+    """A provider whose answers the test sets: "ok", "permanent", "refused" (retryable, not
+    in doubt) or "doubt" (retryable, in doubt)."""
+
+    def __init__(self, name: str, answer: str = "ok") -> None:
+        self.name = name
+        self.answer = answer
+        self.calls: list[str] = []
+
+    async def send(self, message: OutgoingMessage) -> str:
+        self.calls.append(message.idempotency_key)
+        if self.answer == "permanent":
+            raise PermanentProviderError("invalid number")
+        if self.answer in ("refused", "doubt"):
+            raise RetryableProviderError("503", in_doubt=self.answer == "doubt")
+        return f"{self.name}-{message.idempotency_key}"
+
+    async def close(self) -> None:
+        return None
+
+
+def _sms(key: str) -> OutgoingMessage:
+    return OutgoingMessage("sms", "+15005550006", "+15005550001", None, "hello", key)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _chain(a: Scripted, b: Scripted, clock: Clock, errors: int = 3) -> FailoverProvider:
+    return FailoverProvider([("a", a), ("b", b)], errors=errors, window_seconds=60,
+                            pause_seconds=30, clock=clock)
+
+
+async def test_a_refusal_moves_the_message_to_the_next_provider_at_once() -> None:
+    a, b, clock = Scripted("a", "refused"), Scripted("b"), Clock()
+    chain = _chain(a, b, clock, errors=100)
+    assert await chain.send(_sms("k1")) == "b-k1"
+    assert (a.calls, b.calls, chain.accepted) == (["k1"], ["k1"], [0, 1])
+
+
+async def test_sustained_errors_pass_the_primary_over_until_its_pause_ends() -> None:
+    a, b, clock = Scripted("a", "refused"), Scripted("b"), Clock()
+    chain = _chain(a, b, clock, errors=3)
+    for n in range(10):
+        await chain.send(_sms(f"k{n}"))
+    assert len(a.calls) == 3 and len(b.calls) == 10  # after 3 errors, straight to b
+    a.answer = "ok"
+    clock.now += 29
+    await chain.send(_sms("before"))
+    assert b.calls[-1] == "before"
+    clock.now += 2  # the pause is over: traffic returns to the primary
+    assert await chain.send(_sms("after")) == "a-after"
+    assert chain.accepted == [1, 11]
+
+
+async def test_a_passed_over_primary_is_still_tried_when_the_secondary_fails() -> None:
+    a, b, clock = Scripted("a", "refused"), Scripted("b"), Clock()
+    chain = _chain(a, b, clock, errors=1)
+    await chain.send(_sms("k1"))  # a passed over from here
+    a.answer, b.answer = "ok", "refused"
+    assert await chain.send(_sms("k2")) == "a-k2"
+    assert b.calls == ["k1", "k2"]
+
+
+async def test_a_permanent_refusal_is_the_outcome_no_other_provider_is_asked() -> None:
+    a, b, clock = Scripted("a", "permanent"), Scripted("b"), Clock()
+    with pytest.raises(PermanentProviderError):
+        await _chain(a, b, clock).send(_sms("k1"))
+    assert b.calls == []
+
+
+async def test_a_message_in_doubt_stays_with_its_provider_and_never_goes_to_another() -> None:
+    a, b, clock = Scripted("a", "doubt"), Scripted("b"), Clock()
+    chain = _chain(a, b, clock, errors=1)
+    with pytest.raises(RetryableProviderError) as caught:
+        await chain.send(_sms("k1"))
+    assert caught.value.in_doubt and b.calls == []
+    # Its retry goes to the same provider even now that it is passed over for others.
+    with pytest.raises(RetryableProviderError):
+        await chain.send(_sms("k1"))
+    assert await chain.send(_sms("k2")) == "b-k2"
+    a.answer = "ok"
+    assert await chain.send(_sms("k1")) == "a-k1"
+    assert b.calls == ["k2"]
+
+
+async def test_when_every_provider_refuses_the_error_is_retryable_with_the_last_reason() -> None:
+    a, b, clock = Scripted("a", "refused"), Scripted("b", "refused"), Clock()
+    with pytest.raises(RetryableProviderError, match=r"last \(b\)") as caught:
+        await _chain(a, b, clock).send(_sms("k1"))
+    assert not caught.value.in_doubt
+
+
+@pytest.fixture
+async def twilio_and_http() -> AsyncIterator[tuple[TestServer, Behaviour, str]]:
+    behaviour = Behaviour(account_sid="AC" + "2" * 32, auth_token="t", callbacks=False)
+    twilio_server = TestServer(create_app(behaviour))
+    await twilio_server.start_server()
+    http_behaviour = HttpBehaviour()
+    http_server = await lean_http.serve(
+        create_routes(http_behaviour, ReceiptPoster(http_behaviour)), "127.0.0.1", 0)
+    port = http_server.sockets[0].getsockname()[1]
+    yield twilio_server, behaviour, f"http://127.0.0.1:{port}"
+    http_server.close()
+    await twilio_server.close()
+
+
+async def test_a_primary_in_outage_fails_over_to_the_secondary_with_no_message_sent_twice(
+    twilio_and_http: tuple[TestServer, Behaviour, str]
+) -> None:
+    twilio_server, behaviour, http_url = twilio_and_http
+    primary = TwilioProvider(str(twilio_server.make_url("")), behaviour.account_sid, "t",
+                             from_number="+15005550001", timeout=5, max_connections=4)
+    secondary = HttpProvider(http_url, timeout=5, max_connections=4)
+    chain = FailoverProvider([("twilio", primary), ("http", secondary)], errors=5,
+                             window_seconds=60, pause_seconds=0.3)
+    for n in range(10):
+        await chain.send(_sms(f"before-{n}"))
+    behaviour.outage = "503"
+    for n in range(100):
+        await chain.send(_sms(f"outage-{n}"))
+    behaviour.outage = None
+    await asyncio.sleep(0.35)
+    for n in range(10):
+        await chain.send(_sms(f"after-{n}"))
+    await primary.close()
+    await secondary.close()
+    assert chain.accepted == [20, 100]
+    async with aiohttp.ClientSession() as session:
+        async with session.get(twilio_server.make_url("/tally")) as r:
+            at_twilio = await r.json()
+        async with session.get(f"{http_url}/tally") as r:
+            at_http = await r.json()
+    assert (at_twilio["accepted"], at_http["accepted"]) == (20, 100)
+    assert at_twilio["keys_accepted_more_than_once"] == at_http["keys_accepted_more_than_once"] \
+        == 0
+    async with aiohttp.ClientSession() as session, \
+            session.get(twilio_server.make_url("/requests")) as r:
+        tried = [q for q in (await r.json())["requests"] if q["status"] == 503]
+    assert len(tried) == 5  # then passed over: the outage cost five calls, not a hundred
+
+
+def test_chains_are_read_from_the_settings_and_bad_names_refused() -> None:
+    settings = DispatcherSettings(sms_providers="twilio, http", twilio_account_sid="AC1",
+                                  twilio_auth_token="t", twilio_from="+15005550001")
+    assert provider_chain(settings, "sms") == ["twilio", "http"]
+    assert provider_chain(settings, "email") == ["noop"]
+    providers = build_providers(settings)
+    chain = providers["sms"]
+    assert isinstance(chain, FailoverProvider) and chain.names == ["twilio", "http"]
+    # Each adapter timed and counted under its own name; the chain's label names the chain.
+    assert [(m.name, type(m.provider)) for m in chain.members] == [  # type: ignore[attr-defined]
+        ("twilio", TwilioProvider), ("http", HttpProvider)]
+    email = providers["email"]
+    assert isinstance(email, MeteredProvider) and isinstance(email.provider, NoopProvider)
+    assert provider_names(settings) == {"email": "noop", "sms": "twilio,http"}
+    assert len(adapters_of(providers)) == 3
+    with pytest.raises(ValueError, match="unknown"):
+        provider_chain(DispatcherSettings(email_providers="smtp,twilio"), "email")
+    with pytest.raises(ValueError, match="twice"):
+        provider_chain(DispatcherSettings(sms_providers="http,http"), "sms")
+    shared = build_providers(DispatcherSettings(provider="http"))
+    assert shared["email"] is shared["sms"]
