@@ -29,6 +29,9 @@ def sendout(stack: Stack) -> Iterator[Sendout]:
         # Modest, so that an abort test can catch a send-out in the middle.
         extra_env={"SENDOUT_CONCURRENCY": "50", "SENDOUT_ADMIN_TOKEN": ADMIN_TOKEN,
                    "SENDOUT_INBOUND_SMS_SECRET": INBOUND_SMS_SECRET,
+                   # Every webhook configured, so that each answers as in production
+                   # (the fuzz test: unsigned requests are refused, never a 5xx).
+                   "SENDOUT_TWILIO_AUTH_TOKEN": "e2e-twilio-auth-token",
                    # Gauges read from Kafka and PostgreSQL (lag, campaigns) refreshed each second.
                    "SENDOUT_METRICS_INTERVAL_SECONDS": "1"},
     )

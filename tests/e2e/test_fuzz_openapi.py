@@ -180,7 +180,9 @@ def test_no_tracker_operation_answers_a_server_error(sendout: Sendout) -> None:
     print(f"\ntracker: {len(operations)} operations, {sent} requests, no 5xx")
 
 
+# Signed webhooks (their own schemes) and the unauthenticated basics.
 PUBLIC = {"/health", "/metrics", "/receipts", "/organisations/{organisation_id}/inbound-sms",
+          "/organisations/{organisation_id}/inbound-sms/twilio", "/providers/twilio/status",
           "/auth/sign-in"}
 
 
