@@ -2,7 +2,7 @@
 a bare aiokafka pipe moving the same number of messages.
 
     .venv/bin/python -m bench.pipeline [--recipients 1000000] [--dispatchers 1]
-        [--provider noop|http] [--latency-ms 50] [--concurrency N] [--no-baseline]
+        [--provider noop|http|smtp] [--latency-ms 50] [--concurrency N] [--no-baseline]
         [--schedule-lag 100] [--abort] [--no-receipts] [--label NAME]
 
 `make bench` / `make bench-quick` run it against the local stack (KAFKA_BOOTSTRAP_SERVERS and
@@ -25,6 +25,9 @@ import asyncio
 import json
 import multiprocessing
 import os
+import shutil
+import socket
+import subprocess
 import sys
 import time
 import uuid
@@ -410,6 +413,27 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 
 
+def _start_smtp_sink() -> tuple[subprocess.Popen[bytes], int]:
+    """Postfix's smtp-sink on a free loopback port (`apt-get install postfix`)."""
+    sink = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+    if not os.path.exists(sink):
+        raise SystemExit("smtp-sink not found: apt-get install postfix")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    user = ["-u", "nobody"] if os.geteuid() == 0 else []
+    proc = subprocess.Popen([sink, *user, f"127.0.0.1:{port}", "1024"],
+                            stdout=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("smtp-sink did not start")
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     env = _stack_env()
     kafka, database_url = env["KAFKA_BOOTSTRAP_SERVERS"], env["DATABASE_URL"]
@@ -419,7 +443,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     if args.concurrency:
         extra_env["SENDOUT_CONCURRENCY"] = str(args.concurrency)
     http_provider = args.provider == "http" or args.abort
-    if not http_provider:
+    sink = None
+    if args.provider == "smtp":
+        # Email over SMTP to Postfix's smtp-sink (a real, fast SMTP server on this machine).
+        sink, sink_port = _start_smtp_sink()
+        extra_env.update({"SENDOUT_EMAIL_PROVIDER": "smtp", "SENDOUT_SMS_PROVIDER": "noop",
+                          "SENDOUT_SMTP_HOST": "127.0.0.1", "SENDOUT_SMTP_PORT": str(sink_port)})
+    elif not http_provider:
         extra_env["SENDOUT_EMAIL_PROVIDER"] = "noop"
         extra_env["SENDOUT_SMS_PROVIDER"] = "noop"
     sendout = start_sendout(
@@ -443,6 +473,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 abort_after=args.recipients // 20 if args.abort else None)
     finally:
         sendout.processes.stop()
+        if sink is not None:
+            sink.terminate()
+            sink.wait(5)
     if args.recipients and not args.no_baseline:
         result["baseline"] = await bare_pipe(kafka, args.recipients)
         result["ratio"] = round(result["campaign"]["e2e_per_second"]
@@ -455,7 +488,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipients", type=int, default=1_000_000)
     parser.add_argument("--dispatchers", type=int, default=1)
-    parser.add_argument("--provider", choices=["noop", "http"], default="noop")
+    parser.add_argument("--provider", choices=["noop", "http", "smtp"], default="noop")
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--concurrency", type=int, default=0)
     parser.add_argument("--no-baseline", action="store_true")
