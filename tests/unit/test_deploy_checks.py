@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -121,3 +122,17 @@ def test_docker_compose_runs_prometheus_and_grafana_with_these_files() -> None:
     jobs = {job["job_name"] for job in scrape["scrape_configs"]}
     assert jobs == {"sendout-scheduler", "sendout-dispatcher", "sendout-tracker",
                     "sendout-console"}
+
+
+def test_docker_compose_has_no_default_secrets_and_publishes_on_loopback_only() -> None:
+    text = (ROOT / "docker-compose.yml").read_text()
+    compose = yaml.safe_load(text)
+    for name in ("POSTGRES_PASSWORD", "SENDOUT_ADMIN_TOKEN", "SENDOUT_RECEIPTS_SECRET",
+                 "GRAFANA_ADMIN_PASSWORD"):
+        uses = re.findall(r"\$\{" + name + r"(:?[-?][^}]*)?\}", text)
+        assert uses, name
+        assert all(u.startswith(":?") for u in uses), (name, uses)  # required, no default
+    assert "local-demo" not in text
+    for service in compose["services"].values():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), port
