@@ -542,14 +542,12 @@ class Dispatcher:
                         if step.superseded:  # the batch's later attempt sends the rest
                             superseded = True
                             break
-                        started = time.monotonic()
                         for req, message in ready:
                             if req.campaign_id in step.taken:
                                 done.append((req, await self._call(
                                     req, message, attempts=0, first_at=first_at)))
                             else:  # its campaign was aborted: the gate refused the claim
                                 recorder.add(req, domain.skipped(req, "aborted"))
-                        self._note_calls(time.monotonic() - started, len(ready))
                     if done:
                         await steps.submit(_Step(done, []))
 
@@ -570,11 +568,15 @@ class Dispatcher:
         await recorder.drain()
         return superseded
 
-    def _note_calls(self, seconds: float, calls: int) -> None:
-        """A moving average of a provider call's duration (a step's calls, one after another)."""
-        took = seconds / calls
-        self._call_seconds = (took if not self._call_seconds
-                              else self._call_seconds + (took - self._call_seconds) * 0.1)
+    def _note_call(self, took: float) -> None:
+        """A provider call's duration, into the estimate that sizes workers' turns: calls the
+        provider accepted only (a refusal or a paused breaker answers at once, and an outage of
+        such answers must not make a worker take 64 slow calls in a row afterwards); a slower
+        call is taken at once, a faster one gradually."""
+        if took >= self._call_seconds:
+            self._call_seconds = took
+        else:
+            self._call_seconds += (took - self._call_seconds) * 0.1
 
     async def _open_gates(self, campaign_ids: set[uuid.UUID]) -> None:
         new = [c for c in campaign_ids if c not in self._gates]
@@ -661,6 +663,7 @@ class Dispatcher:
         if req.campaign_id in self._aborts:  # the last moment to honour an abort
             breaker.cancel_probe()
             return domain.skipped(req, "aborted")
+        started = time.monotonic()
         try:
             provider_id = await self._providers[req.channel].send(message)
         except PermanentProviderError as exc:
@@ -677,6 +680,7 @@ class Dispatcher:
             breaker.cancel_probe()
             log.exception("provider call raised", extra={"campaign_id": str(req.campaign_id)})
             return domain.failed(req, f"{FailReason.SEND_ERROR.value}: {type(exc).__name__}")
+        self._note_call(time.monotonic() - started)
         breaker.record(True)
         return domain.sent(req, provider_id)
 

@@ -417,3 +417,33 @@ async def test_an_opt_out_heard_mid_batch_stops_the_messages_not_called_yet(
     assert [c.to for c in provider.calls] == ["o1@example.org"]
     assert {o.recipient_id: (o.status, o.reason) for o in outcomes} == {
         1: ("completed", None), 2: ("skipped", "opted_out")}
+
+
+async def test_after_an_outage_of_instant_refusals_slow_calls_still_go_side_by_side(
+    dispatcher_pool: asyncpg.Pool,
+) -> None:
+    """Refusals answer at once; were they taken for the provider's speed, a worker would take
+    many calls in a row afterwards and one slow call would wait behind another."""
+    cid = await _campaign(dispatcher_pool)
+
+    class DownThenSlow(RecordingProvider):
+        down = True
+
+        async def send(self, message: OutgoingMessage) -> str:
+            if self.down:
+                raise RetryableProviderError("connection refused")
+            await asyncio.sleep(0.1)
+            return await super().send(message)
+
+    provider = DownThenSlow()
+    d = _dispatcher(dispatcher_pool, provider, concurrency=10,
+                    breakers={"email": CircuitBreaker(min_calls=10_000)})
+    await d.dispatch([send_requested(cid, i, f"s{i}@example.org") for i in range(1, 51)])
+    provider.down = False
+    started = time.monotonic()
+    outcomes = await d.dispatch(
+        [send_requested(cid, i, f"s{i}@example.org") for i in range(100, 140)])
+    took = time.monotonic() - started
+    assert {o.status for o in outcomes} == {"completed"}
+    # 40 calls of 0.1 s, 10 at a time: about 0.4 s; one after another they take 4 s.
+    assert took < 2.5, took
