@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import random
 import secrets
 import signal
 import socket
@@ -29,10 +30,26 @@ def _die_with_parent() -> None:
         pass
 
 
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nothing listens on, for a service to bind a moment later. Drawn below
+    the kernel's ephemeral range (32768+ on Linux), where every outgoing connection — Kafka's,
+    PostgreSQL's, HTTP clients' — takes its local port: a port from that range can be taken by
+    one of them before the service binds it (seen in CI: "address already in use"). Never the
+    same port twice in a process."""
+    while True:
+        port = random.randint(10_000, 32_000)
+        if port in _GIVEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _GIVEN.add(port)
+        return port
 
 
 @dataclass
