@@ -24,14 +24,22 @@ async def create_pool(
     max_size: int = 10,
     init: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
     generic_plans: bool = False,
+    session_state: bool = True,
 ) -> asyncpg.Pool:
     """A pool whose connections see only `schema` (plus `public`) unqualified.
 
     The search path is a startup parameter rather than a `SET`, because the pool's
     `RESET ALL` on release would undo a `SET`.
+
+    `session_state=False`: the service's code keeps nothing in a connection's session (no
+    session advisory lock, `LISTEN`, `SET` or open cursor outside a transaction), so a
+    connection given back to the pool is not reset — a round trip saved per use (an open
+    transaction is still rolled back). The dispatcher takes a connection per step of its hot
+    path: that round trip cost a sixth of its CPU per message, and as much of PostgreSQL's.
     """
     pool = await asyncpg.create_pool(
         dsn, min_size=1, max_size=max_size, command_timeout=60, init=init,
+        reset=None if session_state else _keep_session,
         # JIT off: these are short statements over few rows each, and a cost estimate over
         # `jit_above_cost` (a batch's join while statistics lag) makes PostgreSQL compile the
         # statement again on every execution — 100+ ms of CPU for a query of milliseconds.
@@ -49,6 +57,10 @@ async def create_pool(
     )
     assert pool is not None
     return pool
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Nothing to reset (asyncpg has already rolled back an open transaction)."""
 
 
 def _read_migrations(folder: Path) -> list[tuple[str, str]]:

@@ -194,7 +194,7 @@ def create_app(settings: DispatcherSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = await db.create_pool(
             settings.database_url, "dispatcher", max_size=settings.db_pool_max,
-            generic_plans=True,
+            generic_plans=True, session_state=False,
         )
         await db.migrate(pool, "dispatcher", MIGRATIONS)
         providers = build_providers(settings)

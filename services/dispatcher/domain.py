@@ -14,10 +14,9 @@ from jinja2 import nodes
 from shared import templating
 from shared.events import Channel, ChannelTemplate, SenderInfo
 from shared.templating import TemplateProblem
-from shared.wire import EventIds, MessageFailed, MessageSent, MessageSkipped, Outcome
+from shared.wire import MessageFailed, MessageSent, MessageSkipped, Outcome, outcome_id
 
 _ENV = templating.ENV
-_EVENT_IDS = EventIds()
 
 __all__ = ["Outcome", "RenderError", "TemplateProblem"]
 
@@ -103,11 +102,13 @@ def sender_address(sender: SenderInfo, channel: str) -> str:
 
 # Outcomes are shared.wire structs (msgspec), the mirror of the pydantic events: built from an
 # already validated request, encoded once (the same bytes go to the deliveries row and Kafka).
+# An outcome's event id is derived from its request's (`shared.wire.outcome_id`).
 
 
 def skipped(req: Request, reason: str) -> MessageSkipped:
     return MessageSkipped(
-        event_id=_EVENT_IDS.next(), campaign_id=req.campaign_id, occurred_at=datetime.now(UTC),
+        event_id=outcome_id(req.event_id), campaign_id=req.campaign_id,
+        occurred_at=datetime.now(UTC),
         recipient_id=req.recipient_id, channel=req.channel, voter_id=req.voter_id,
         address=req.address, reason=reason,
     )
@@ -115,7 +116,8 @@ def skipped(req: Request, reason: str) -> MessageSkipped:
 
 def failed(req: Request, reason: str) -> MessageFailed:
     return MessageFailed(
-        event_id=_EVENT_IDS.next(), campaign_id=req.campaign_id, occurred_at=datetime.now(UTC),
+        event_id=outcome_id(req.event_id), campaign_id=req.campaign_id,
+        occurred_at=datetime.now(UTC),
         recipient_id=req.recipient_id, channel=req.channel, voter_id=req.voter_id,
         address=req.address, reason=reason[:1000],
     )
@@ -123,7 +125,8 @@ def failed(req: Request, reason: str) -> MessageFailed:
 
 def sent(req: Request, provider_message_id: str) -> MessageSent:
     return MessageSent(
-        event_id=_EVENT_IDS.next(), campaign_id=req.campaign_id, occurred_at=datetime.now(UTC),
+        event_id=outcome_id(req.event_id), campaign_id=req.campaign_id,
+        occurred_at=datetime.now(UTC),
         recipient_id=req.recipient_id, channel=req.channel, voter_id=req.voter_id,
         address=req.address, provider_message_id=str(provider_message_id),
     )

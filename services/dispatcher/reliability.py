@@ -92,7 +92,13 @@ class RetryPolicy:
 class CircuitBreaker:
     """Per provider. Closed: calls go. Open (most recent calls failed retryably): no call goes
     until `reopen_at`; then one probe call goes (half-open) and its answer closes the breaker
-    or opens it again for twice as long (up to `max_open_seconds`)."""
+    or opens it again for twice as long (up to `max_open_seconds`).
+
+    The window's answers are counted in ten slices of a tenth of the window each (a slice
+    leaves the window whole), not call by call: recording an answer costs the same at 30,000
+    calls a second as at ten."""
+
+    SLICES = 10
 
     def __init__(
         self,
@@ -110,7 +116,11 @@ class CircuitBreaker:
         self._open_seconds = open_seconds
         self._max_open = max_open_seconds
         self._clock = clock
-        self._calls: deque[tuple[float, bool]] = deque()
+        self._slice = window_seconds / self.SLICES
+        # [slice start, calls, failures], oldest first; the last is the one being filled.
+        self._slices: deque[list[float]] = deque()
+        self._slice_end = float("-inf")
+        self._count = 0
         self._failures = 0
         self._opened_for = 0.0
         self.reopen_at = 0.0  # while open: when the next probe may go
@@ -147,23 +157,42 @@ class CircuitBreaker:
             else:
                 self._open(now, self._opened_for * 2)
             return
-        self._calls.append((now, ok))
-        self._failures += not ok
-        while self._calls and self._calls[0][0] < now - self._window:
-            _, was_ok = self._calls.popleft()
-            self._failures -= not was_ok
-        if len(self._calls) >= self._min_calls and self._failures >= self._ratio * len(self._calls):
+        if now >= self._slice_end:
+            self._next_slice(now)
+        current = self._slices[-1]
+        current[1] += 1
+        self._count += 1
+        if not ok:
+            current[2] += 1
+            self._failures += 1
+        if (self._failures and self._count >= self._min_calls
+                and self._failures >= self._ratio * self._count):
             self._open(now, self._open_seconds)
+
+    def _next_slice(self, now: float) -> None:
+        """Start a slice at `now`; forget the slices that began a window or more ago."""
+        horizon = now - self._window
+        slices = self._slices
+        while slices and slices[0][0] <= horizon:
+            _, calls, failures = slices.popleft()
+            self._count -= int(calls)
+            self._failures -= int(failures)
+        slices.append([now, 0, 0])
+        self._slice_end = now + self._slice
 
     def _open(self, now: float, seconds: float) -> None:
         self._opened_for = min(max(seconds, self._open_seconds), self._max_open)
         self.reopen_at = now + self._opened_for
         self.state = "open"
-        self._calls.clear()
-        self._failures = 0
+        self._forget()
 
     def _close(self) -> None:
         self.state = "closed"
         self._opened_for = 0.0
-        self._calls.clear()
+        self._forget()
+
+    def _forget(self) -> None:
+        self._slices.clear()
+        self._slice_end = float("-inf")
+        self._count = 0
         self._failures = 0

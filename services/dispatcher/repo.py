@@ -167,16 +167,18 @@ def _id_ranges(
     requests: Sequence[Request],
 ) -> tuple[list[uuid.UUID], list[int], list[int]]:
     """The requests' recipient ids as runs per campaign: (campaign ids, lows, highs)."""
-    by_campaign: dict[uuid.UUID, set[int]] = {}
+    # Keyed by the campaign id's integer (hashed in C; a batch's requests come in runs of
+    # one campaign, and a UUID's own hash is computed in Python).
+    by_campaign: dict[int, tuple[uuid.UUID, set[int]]] = {}
     for r in requests:
-        ids = by_campaign.get(r.campaign_id)
-        if ids is None:
-            ids = by_campaign[r.campaign_id] = set()
-        ids.add(r.recipient_id)
+        entry = by_campaign.get(r.campaign_id.int)
+        if entry is None:
+            entry = by_campaign[r.campaign_id.int] = (r.campaign_id, set())
+        entry[1].add(r.recipient_id)
     campaigns: list[uuid.UUID] = []
     lows: list[int] = []
     highs: list[int] = []
-    for campaign_id, id_set in by_campaign.items():
+    for campaign_id, id_set in by_campaign.values():
         ordered = sorted(id_set)
         low = previous = ordered[0]
         for rid in ordered[1:]:

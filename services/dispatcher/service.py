@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import operator
 import random
 import time
 import uuid
@@ -90,7 +91,48 @@ class Registry(Generic[T]):
 
 
 AbortRegistry = Registry[uuid.UUID]
-OptOutRegistry = Registry[tuple[uuid.UUID | None, str]]
+
+
+class OptOutRegistry(Registry[tuple[uuid.UUID | None, str]]):
+    """Opted-out (organisation, address) pairs, also indexed by organisation: a batch looks
+    its organisation up once and each message's address in that set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._by_organisation: dict[uuid.UUID | None, set[str]] = {}
+
+    def add(self, items: set[tuple[uuid.UUID | None, str]]) -> None:
+        super().add(items)
+        for organisation_id, address in items:
+            self._by_organisation.setdefault(organisation_id, set()).add(address)
+
+    def addresses(self, organisation_id: uuid.UUID | None) -> set[str] | frozenset[str]:
+        return self._by_organisation.get(organisation_id, _NOTHING)
+
+
+_NOTHING: frozenset[str] = frozenset()
+# A request's dedupe key and its campaign, as plain values: a UUID's hash is computed in
+# Python on every lookup, its 128-bit integer's in C.
+_KEY_OF = operator.attrgetter("campaign_id.int", "recipient_id", "channel")
+_CAMPAIGN_OF = operator.attrgetter("campaign_id.int")
+
+
+def _call_campaign(call: tuple[Request, OutgoingMessage]) -> int:
+    return call[0].campaign_id.int  # type: ignore[no-any-return]
+
+
+def by_campaign(requests: Sequence[Request]) -> list[tuple[uuid.UUID, list[Request]]]:
+    """The requests by campaign, in order of first appearance (a batch's requests come in
+    runs of one campaign: one lookup per run, not per request)."""
+    groups: dict[int, tuple[uuid.UUID, list[Request]]] = {}
+    for key, run in itertools.groupby(requests, _CAMPAIGN_OF):
+        items = list(run)
+        group = groups.get(key)
+        if group is None:
+            groups[key] = (items[0].campaign_id, items)
+        else:
+            group[1].extend(items)
+    return list(groups.values())
 
 
 
@@ -343,7 +385,7 @@ class Dispatcher:
         `spans`: the Kafka positions the requests came from (a redelivered batch finds its
         earlier claims by them).
         """
-        unique = list({domain.dedupe_key(r): r for r in requests}.values())
+        unique = list({_KEY_OF(r): r for r in requests}.values())
         if contexts:
             await self._learn(contexts)
         batch_id = uuid.uuid4()
@@ -417,14 +459,11 @@ class Dispatcher:
         """The messages to send; what is decided without the provider goes to the recorder.
         Templates are rendered per (campaign, channel) in one call of the renderer; a template
         that fails fails its own messages only."""
-        unknown = await self._ensure_templates({r.campaign_id for r in requests})
+        groups = by_campaign(requests)
+        unknown = await self._ensure_templates({c for c, _ in groups})
         to_render: dict[tuple[uuid.UUID, str], list[Request]] = {}
-        for req in requests:
-            early = self._settle_early(req, unknown)
-            if early is not None:
-                recorder.add(req, early)
-            else:
-                to_render.setdefault((req.campaign_id, req.channel), []).append(req)
+        for campaign_id, reqs in groups:
+            self._settle_early(campaign_id, reqs, unknown, recorder, to_render)
         calls: list[tuple[Request, OutgoingMessage]] = []
         for (campaign_id, channel), reqs in to_render.items():
             campaign = self._templates[campaign_id]
@@ -447,23 +486,49 @@ class Dispatcher:
                     recorder.add(req, domain.failed(req, _template_reason(problem)))
                     continue
                 calls.append((req, OutgoingMessage(
-                    req.channel, req.address or "", sender, subject, body, str(req.event_id))))
+                    req.channel, req.address or "", sender, subject, body, req.event_id)))
         return calls
 
-    def _settle_early(self, req: Request, unknown: set[uuid.UUID]) -> Result | None:
-        if req.campaign_id in self._aborts:
-            return domain.skipped(req, "aborted")
-        if not req.address:
-            return domain.skipped(req, req.skip_reason or "missing_address")
-        if req.campaign_id in unknown:
-            # Its campaign's context has not reached this dispatcher (a request of an older
-            # producer that overtook its `started` event): scheduled, not the batch's failure.
-            now = _WALL()
-            return Retry(req, 0, now, now + 1.0 + random.random(), "campaign not known yet")
-        campaign = self._templates[req.campaign_id]
-        if (campaign.organisation_id, req.address) in self._opt_outs:
-            return domain.skipped(req, "opted_out")
-        return None
+    def _settle_early(
+        self,
+        campaign_id: uuid.UUID,
+        reqs: list[Request],
+        unknown: set[uuid.UUID],
+        recorder: Recorder,
+        to_render: dict[tuple[uuid.UUID, str], list[Request]],
+    ) -> None:
+        """One campaign's requests: what is decided without the provider goes to the recorder
+        (aborted, no address, opted out, campaign not known yet), the rest to `to_render`."""
+        if campaign_id in self._aborts:
+            for req in reqs:
+                recorder.add(req, domain.skipped(req, "aborted"))
+            return
+        if campaign_id in unknown:
+            opted_out: set[str] | frozenset[str] = _NOTHING
+        else:
+            opted_out = self._opt_outs.addresses(self._templates[campaign_id].organisation_id)
+        by_channel: dict[str, list[Request]] = {}
+        for req in reqs:
+            address = req.address
+            if not address:
+                recorder.add(req, domain.skipped(req, req.skip_reason or "missing_address"))
+            elif campaign_id in unknown:
+                # Its campaign's context has not reached this dispatcher (a request of an
+                # older producer that overtook its `started` event): scheduled, not the
+                # batch's failure.
+                now = _WALL()
+                recorder.add(req, Retry(req, 0, now, now + 1.0 + random.random(),
+                                        "campaign not known yet"))
+            elif address in opted_out:
+                recorder.add(req, domain.skipped(req, "opted_out"))
+            else:
+                group = by_channel.get(req.channel)
+                if group is None:
+                    by_channel[req.channel] = [req]
+                else:
+                    group.append(req)
+        for channel, group in by_channel.items():
+            to_render.setdefault((campaign_id, channel), []).extend(group)
 
     async def _ensure_templates(self, campaign_ids: set[uuid.UUID]) -> set[uuid.UUID]:
         """Load the campaigns this process has not seen yet; those still unknown."""
@@ -508,7 +573,9 @@ class Dispatcher:
         then on, and the messages not claimed were left alone (no call, no outcome)."""
         superseded = False
         if calls:
-            await self._open_gates({req.campaign_id for req, _ in calls})
+            campaigns = {next(run)[0].campaign_id
+                         for _, run in itertools.groupby(calls, _call_campaign)}
+            await self._open_gates(campaigns)
             per_step = self._messages_per_step()
             workers = min(-(-len(calls) // per_step), max(1, self._concurrency // per_step))
             steps: GroupCommit[_Step] = GroupCommit(self._step_writer(batch_id, recorder))
@@ -542,10 +609,14 @@ class Dispatcher:
                         if step.superseded:  # the batch's later attempt sends the rest
                             superseded = True
                             break
+                        # Aborts known when the claims were taken (the gate saw those too).
+                        aborts_seen = self._aborts.version
+                        every_campaign = len(step.taken) >= len(campaigns)
                         for req, message in ready:
-                            if req.campaign_id in step.taken:
+                            if every_campaign or req.campaign_id in step.taken:
                                 done.append((req, await self._call(
-                                    req, message, attempts=0, first_at=first_at)))
+                                    req, message, attempts=0, first_at=first_at,
+                                    aborts_seen=aborts_seen)))
                             else:  # its campaign was aborted: the gate refused the claim
                                 recorder.add(req, domain.skipped(req, "aborted"))
                     if done:
@@ -615,17 +686,21 @@ class Dispatcher:
             results = [d for s in steps for d in s.done]
             outcomes = [(req, r, r.to_bytes()) for req, r in results if not isinstance(r, Retry)]
             retries = [_retry_row(r) for _, r in results if isinstance(r, Retry)]
-            groups: dict[tuple[uuid.UUID, str], list[int]] = {}
+            groups: dict[tuple[int, str], tuple[uuid.UUID, str, list[int]]] = {}
             for s in steps:
                 for req in s.claim:
-                    groups.setdefault((req.campaign_id, req.channel), []).append(req.recipient_id)
+                    group = groups.get((req.campaign_id.int, req.channel))
+                    if group is None:
+                        group = groups[req.campaign_id.int, req.channel] = (
+                            req.campaign_id, req.channel, [])
+                    group[2].append(req.recipient_id)
             result: list[repo.Step] = []
 
             async def step() -> None:
                 async with self._pool.acquire() as conn:
                     result.append(await repo.step(
                         conn, outcomes=outcomes, retries=retries,
-                        claims=[(c, ch, ids) for (c, ch), ids in groups.items()],
+                        claims=list(groups.values()),
                         batch_id=batch_id, owner=self._instance))
 
             started = time.monotonic()
@@ -649,18 +724,21 @@ class Dispatcher:
         return None
 
     async def _call(
-        self, req: Request, message: OutgoingMessage, *, attempts: int, first_at: float
+        self, req: Request, message: OutgoingMessage, *, attempts: int, first_at: float,
+        aborts_seen: int = -1,
     ) -> Result:
         """One message's provider call (claimed, checked); the caller holds its call slot. No
         call while the provider's breaker is open: the message waits on the retry schedule
         (claimed first, so that a takeover of its batch waits for it, then leaves it to the
-        schedule)."""
+        schedule). `aborts_seen`: the abort registry's version when the message was claimed
+        (no need to look its campaign up again while no abort came since)."""
         breaker = self.breakers[req.channel]
         if not breaker.allow():
             due = _WALL() + max(breaker.reopen_at - time.monotonic(), 0.0) + random.random()
             return Retry(req, attempts, first_at, due, "provider paused: circuit open")
         await self._limiter.acquire()
-        if req.campaign_id in self._aborts:  # the last moment to honour an abort
+        # The last moment to honour an abort.
+        if self._aborts.version != aborts_seen and req.campaign_id in self._aborts:
             breaker.cancel_probe()
             return domain.skipped(req, "aborted")
         started = time.monotonic()

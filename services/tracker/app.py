@@ -35,7 +35,8 @@ def create_app(settings: TrackerSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = await db.create_pool(
-            settings.database_url, "tracker", max_size=settings.db_pool_max
+            settings.database_url, "tracker", max_size=settings.db_pool_max,
+            session_state=False,
         )
         await db.migrate(pool, "tracker", MIGRATIONS)
         await ensure_topics(

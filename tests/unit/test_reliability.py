@@ -125,3 +125,20 @@ async def test_a_line_break_in_a_header_value_fails_that_message_before_any_conn
     smtp = SmtpProvider("127.0.0.1", 9, connections=1, timeout=1)
     with pytest.raises(PermanentProviderError, match=reason):
         await smtp.send(_message(**{field: value}))
+
+
+def test_answers_older_than_the_window_no_longer_count() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(window_seconds=10, min_calls=4, failure_ratio=0.5, clock=clock)
+    for _ in range(3):
+        breaker.record(False)  # three failures, not yet enough calls to judge
+    clock.now = 10.0  # they have left the window
+    breaker.record(False)
+    assert breaker.state == "closed"  # one failure of one call: below min_calls
+    for _ in range(4):
+        breaker.record(True)
+    breaker.record(False)
+    assert breaker.state == "closed"  # 2 failures of 6
+    for _ in range(2):
+        breaker.record(False)
+    assert breaker.state == "open"  # 4 failures of 8: half
