@@ -280,11 +280,12 @@ _STEP = """
         {on_conflict}
     ), groups AS (
         SELECT (g->>0)::uuid AS campaign_id, g->>1 AS channel,
-               ARRAY(SELECT json_array_elements_text(g->2)::bigint) AS ids
+               (SELECT range_agg(int8range((r->>0)::bigint, (r->>1)::bigint, '[]'))
+                FROM json_array_elements(g->2) AS r) AS runs
         FROM json_array_elements($9::json) AS g
     ), claimed AS (
-        INSERT INTO claims (batch_id, campaign_id, channel, recipient_ids, claimed_by)
-        SELECT $6, campaign_id, channel, ids, $7 FROM groups
+        INSERT INTO claims (batch_id, campaign_id, channel, recipient_runs, claimed_by)
+        SELECT $6, campaign_id, channel, runs, $7 FROM groups
         WHERE campaign_id IN (SELECT campaign_id FROM open_gates)
           AND EXISTS (SELECT 1 FROM live)
         RETURNING campaign_id
@@ -338,7 +339,7 @@ async def step(
         [o.channel for _, o, _ in outcomes], [r.event_id for r, _, _ in outcomes],
         [data.decode() for _, _, data in outcomes],
         batch_id, owner, campaign_ids,
-        json.dumps([[str(c), ch, list(ids)] for c, ch, ids in claims]),
+        json.dumps([[str(c), ch, runs_of(ids)] for c, ch, ids in claims]),
     )
     if not retries:
         try:
@@ -353,6 +354,20 @@ async def step(
     superseded = None in taken
     taken.discard(None)
     return Step(taken, superseded)
+
+
+def runs_of(ids: Sequence[int]) -> list[list[int]]:
+    """Ids as runs of consecutive ids, [first, last] each, in the order given: exactly the ids,
+    no more (an id not among them never falls inside a run)."""
+    runs: list[list[int]] = []
+    run: list[int] | None = None
+    for rid in ids:
+        if run is not None and rid == run[1] + 1:
+            run[1] = rid
+        else:
+            run = [rid, rid]
+            runs.append(run)
+    return runs
 
 
 async def claim(
@@ -436,15 +451,20 @@ async def claims_of(
         return {}
     rows = await conn.fetch(
         """
-        SELECT campaign_id, channel, recipient_ids,
+        SELECT campaign_id, channel, lower(r) AS lo, upper(r) AS hi,
                extract(epoch FROM now() - claimed_at)::float8 AS age
-        FROM claims WHERE batch_id = ANY($1::uuid[])
+        FROM claims CROSS JOIN LATERAL (
+            SELECT unnest(recipient_runs)
+            UNION ALL
+            SELECT int8range(id, id, '[]') FROM unnest(recipient_ids) AS id
+        ) AS runs(r)
+        WHERE batch_id = ANY($1::uuid[])
         """,
         list(batch_ids),
     )
     ages: dict[Key, float] = {}
     for r in rows:
-        for rid in r["recipient_ids"]:
+        for rid in range(r["lo"], r["hi"]):
             key = (r["campaign_id"], rid, r["channel"])
             ages[key] = min(ages.get(key, r["age"]), r["age"])
     return ages
@@ -492,7 +512,11 @@ async def sent_or_in_flight(conn: asyncpg.Connection, campaign_id: uuid.UUID) ->
           (SELECT count(*) FROM deliveries
            WHERE campaign_id = $1 AND outcome IS NOT NULL
              AND coalesce(outcome->>'reason', '') <> 'aborted')
-        + (SELECT count(*) FROM claims c CROSS JOIN LATERAL unnest(c.recipient_ids) AS r(id)
+        + (SELECT count(*) FROM claims c CROSS JOIN LATERAL (
+               SELECT generate_series(lower(run), upper(run) - 1)
+               FROM unnest(c.recipient_runs) AS run
+               UNION ALL
+               SELECT unnest(c.recipient_ids)) AS r(id)
            WHERE c.campaign_id = $1 AND NOT EXISTS (
                SELECT 1 FROM deliveries d
                WHERE d.campaign_id = c.campaign_id AND d.recipient_id = r.id

@@ -320,3 +320,29 @@ async def test_a_batch_with_a_key_recorded_meanwhile_records_the_others_and_keep
             "SELECT recipient_id, outcome->>'provider_message_id' AS outcome FROM deliveries "
             "WHERE campaign_id = $1", cid)}
     assert stored == {1: "mine-1", 2: "recorded-meanwhile", 3: "mine-3"}
+
+
+def test_claimed_ids_are_stored_as_runs_of_exactly_those_ids() -> None:
+    assert repo.runs_of([5, 6, 7, 9, 10, 3, 4, 12]) == [[5, 7], [9, 10], [3, 4], [12, 12]]
+    assert repo.runs_of([]) == []
+
+
+async def test_claims_are_read_back_exactly_from_runs_and_from_rows_of_the_older_form(
+    dispatcher_pool: asyncpg.Pool,
+) -> None:
+    campaign_id = uuid.uuid4()
+    batch_id = uuid.uuid4()
+    async with dispatcher_pool.acquire() as conn:
+        taken = await repo.claim(conn, batch_id, [(campaign_id, "email", [1, 2, 3, 7, 8])],
+                                 owner="test", spans=[(9_900, 1, 1)])
+        assert taken == {campaign_id}
+        # A row written by the version that kept every id in an array.
+        await conn.execute(
+            "INSERT INTO claims (batch_id, campaign_id, channel, recipient_ids, claimed_by) "
+            "VALUES ($1, $2, 'sms', $3, 'old')", batch_id, campaign_id, [4, 11])
+        claimed = await repo.claims_of(conn, [batch_id])
+        in_flight = await repo.sent_or_in_flight(conn, campaign_id)
+    assert sorted((rid, ch) for _, rid, ch in claimed) == [
+        (1, "email"), (2, "email"), (3, "email"), (4, "sms"), (7, "email"), (8, "email"),
+        (11, "sms")]
+    assert in_flight == 7  # claimed, none settled yet
