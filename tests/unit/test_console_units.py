@@ -154,7 +154,7 @@ class _FakeApis:
             "state": "aborting", "abort_pending": 1472, "processed": 0,
             "template": {"version": 1, "email_subject": "Hi", "email_body": "Hello",
                          "sms_body": None}}
-        self.progress: dict[str, Any] = _progress("aborted", 0)
+        self.progress: dict[str, Any] | None = _progress("aborted", 0)
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
@@ -162,7 +162,7 @@ class _FakeApis:
             return httpx.Response(200, json=self.campaign)
         if path == f"/campaigns/{self.cid}/lists":
             return httpx.Response(200, json={"lists": []})
-        if path == f"/campaigns/{self.cid}/progress":
+        if path == f"/campaigns/{self.cid}/progress" and self.progress is not None:
             return httpx.Response(200, json=self.progress)
         return httpx.Response(404, json={"detail": "not found"})
 
@@ -240,3 +240,15 @@ def test_the_live_progress_carries_the_reconciled_state(
                   if line.startswith("data: {")]
     assert [(e["state"], e["pending"], e["processed"]) for e in events] == \
         [("completed", 40, 12)]
+
+
+@pytest.mark.parametrize("kind", ["mass", "p2p"])
+def test_a_draft_offers_a_schedule_and_send_out_now_unless_peer_to_peer(
+        console: tuple[TestClient, _FakeApis], kind: str) -> None:
+    client, apis = console
+    apis.campaign.update(kind=kind, state="draft", abort_pending=None)
+    apis.progress = None  # the tracker learns a campaign when it starts
+    page = client.get(f"/campaigns/{apis.cid}").text
+    assert page.count(f'action="/campaigns/{apis.cid}/schedule"') == 1
+    assert (f'action="/campaigns/{apis.cid}/send-now"' in page) == (kind == "mass")
+    assert ("texters send it from" in page) == (kind == "p2p")
