@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import unquote, urlencode
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import httpx
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -37,6 +38,9 @@ SIGN_IN_COOKIE = "sendout_signin"
 STATES = ("draft", "scheduled", "sending", "aborting", "completed", "aborted")
 OPEN_STATES = ("draft", "scheduled", "sending")
 DONE_STATES = ("completed", "aborted")
+IN_FLIGHT = ("sending", "aborting")
+# A list page asks the tracker about this many campaigns in flight at most (one call each).
+IN_FLIGHT_RECONCILED = 20
 CHANNELS = ("email", "sms")
 ALL_VIEW_PER_STATE = 25
 SAMPLE_RECIPIENT = {"first_name": "Ada", "last_name": "Lovelace", "email": "ada@example.org",
@@ -316,7 +320,8 @@ def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
         session = current(request)
         if state is not None and state not in STATES:
             state = None
-        rows = (await call(session, "GET", "/campaigns"))["campaigns"]
+        rows = await with_shown_states(session, (await call(session, "GET", "/campaigns"))
+                                       ["campaigns"])
         counts = {s: sum(1 for c in rows if c["state"] == s) for s in STATES}
         shown = [c for c in rows if state is None or c["state"] == state]
         # All states on one page: the most recent of each; a state's tab lists all of them.
@@ -400,6 +405,23 @@ def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
         else:
             await upload_csv(session, str(cid), data)
         return back(f"/campaigns/{cid}")
+
+    async def with_shown_states(session: Session, rows: list[dict[str, Any]]) \
+            -> list[dict[str, Any]]:
+        """The campaigns with `shown_state`s: the tracker's progress is asked for the most
+        recent IN_FLIGHT_RECONCILED campaigns in flight (the others, and any the tracker does
+        not answer for, keep the scheduler's state)."""
+        flying = [c for c in rows if c["state"] in IN_FLIGHT][:IN_FLIGHT_RECONCILED]
+        answers = await asyncio.gather(*(progress_of(session, str(c["id"])) for c in flying),
+                                       return_exceptions=True)
+        states: dict[Any, str] = {}
+        for c, answer in zip(flying, answers, strict=True):
+            if isinstance(answer, (ApiError, httpx.HTTPError)):
+                continue  # the tracker restarting: the list still shows
+            if isinstance(answer, BaseException):
+                raise answer
+            states[c["id"]] = shown_state(c["state"], answer)
+        return [{**c, "state": states.get(c["id"], c["state"])} for c in rows]
 
     async def progress_of(session: Session, cid: str) -> dict[str, Any] | None:
         try:
@@ -604,7 +626,8 @@ def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
 
     async def p2p_campaigns(session: Session, states: tuple[str, ...]) -> list[dict[str, Any]]:
         rows = (await call(session, "GET", "/campaigns"))["campaigns"]
-        return [c for c in rows if c["kind"] == "p2p" and c["state"] in states]
+        rows = await with_shown_states(session, [c for c in rows if c["kind"] == "p2p"])
+        return [c for c in rows if c["state"] in states]
 
     @app.get("/p2p", response_class=HTMLResponse)
     async def p2p_current(request: Request) -> Response:

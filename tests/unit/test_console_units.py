@@ -155,13 +155,18 @@ class _FakeApis:
             "template": {"version": 1, "email_subject": "Hi", "email_body": "Hello",
                          "sms_body": None}}
         self.progress: dict[str, Any] | None = _progress("aborted", 0)
+        self.tracker_down = False
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
+        if path == "/campaigns":
+            return httpx.Response(200, json={"campaigns": [self.campaign]})
         if path == f"/campaigns/{self.cid}":
             return httpx.Response(200, json=self.campaign)
         if path == f"/campaigns/{self.cid}/lists":
             return httpx.Response(200, json={"lists": []})
+        if path == f"/campaigns/{self.cid}/progress" and self.tracker_down:
+            return httpx.Response(503, json={"detail": "starting"})
         if path == f"/campaigns/{self.cid}/progress" and self.progress is not None:
             return httpx.Response(200, json=self.progress)
         return httpx.Response(404, json={"detail": "not found"})
@@ -252,3 +257,24 @@ def test_a_draft_offers_a_schedule_and_send_out_now_unless_peer_to_peer(
     assert page.count(f'action="/campaigns/{apis.cid}/schedule"') == 1
     assert (f'action="/campaigns/{apis.cid}/send-now"' in page) == (kind == "mass")
     assert ("texters send it from" in page) == (kind == "p2p")
+
+
+def test_the_campaign_list_files_a_campaign_under_the_state_its_progress_shows(
+        console: tuple[TestClient, _FakeApis]) -> None:
+    client, apis = console
+    page = client.get("/campaigns").text
+    assert "Aborted (1)" in page and "Aborting (0)" in page
+    assert "Polls open" in client.get("/campaigns?state=aborted").text
+    assert "Polls open" not in client.get("/campaigns?state=aborting").text
+
+    apis.tracker_down = True  # the list still shows, with the scheduler's state
+    assert "Aborting (1)" in client.get("/campaigns").text
+
+
+def test_peer_to_peer_lists_follow_the_shown_state(
+        console: tuple[TestClient, _FakeApis]) -> None:
+    client, apis = console
+    apis.campaign.update(kind="p2p", state="sending", abort_pending=None)
+    apis.progress = _progress("completed", 0)
+    assert "Polls open" not in client.get("/p2p").text
+    assert "Polls open" in client.get("/p2p/completed").text
