@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import unquote, urlencode
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import httpx
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -37,6 +38,9 @@ SIGN_IN_COOKIE = "sendout_signin"
 STATES = ("draft", "scheduled", "sending", "aborting", "completed", "aborted")
 OPEN_STATES = ("draft", "scheduled", "sending")
 DONE_STATES = ("completed", "aborted")
+IN_FLIGHT = ("sending", "aborting")
+# A list page asks the tracker about this many campaigns in flight at most (one call each).
+IN_FLIGHT_RECONCILED = 20
 CHANNELS = ("email", "sms")
 ALL_VIEW_PER_STATE = 25
 SAMPLE_RECIPIENT = {"first_name": "Ada", "last_name": "Lovelace", "email": "ada@example.org",
@@ -85,6 +89,39 @@ def local_iso(value: str | None, tz: str) -> str:
     return datetime.fromisoformat(value).astimezone(zone).strftime("%Y-%m-%d %H:%M")
 
 
+def shown_state(campaign_state: str, progress: dict[str, Any] | None) -> str:
+    """The campaign's state in words that agree with its progress.
+
+    The scheduler's state lags the tracker's: a campaign stays `aborting` (or `sending`) there
+    until the tracker's "nothing pending" reaches it, while the tracker knows at once, and
+    learns an abort a moment after the scheduler. An ended peer-to-peer campaign is the other
+    way round: the scheduler says `completed` at once, while the tracker still counts the
+    recipients nobody pressed SEND for. So: a finished state of the scheduler's stands; a
+    campaign the tracker has settled is finished (aborted if either side saw the abort); else
+    an abort either side saw shows as `aborting`, and a campaign the tracker saw start as
+    `sending` (a page opened before its schedule came)."""
+    if campaign_state in DONE_STATES or not progress:
+        return campaign_state
+    tracker_state, pending = progress.get("state"), progress.get("pending")
+    if tracker_state in DONE_STATES or (pending is not None and pending <= 0):
+        aborted = "aborting" in (campaign_state, tracker_state) or tracker_state == "aborted"
+        return "aborted" if aborted else "completed"
+    if "aborting" in (campaign_state, tracker_state):
+        return "aborting"
+    if tracker_state == "sending":
+        return "sending"
+    return campaign_state
+
+
+def progress_state(campaign_state: str, progress: dict[str, Any] | None) -> str:
+    """The state the progress block shows: `shown_state`, or the tracker's `starting` while it
+    waits for a sending campaign's totals."""
+    shown = shown_state(campaign_state, progress)
+    if shown == "sending" and progress and progress.get("state") == "starting":
+        return "starting"
+    return shown
+
+
 def user_tz(request: Request) -> str:
     """The browser's time zone (its script sets the cookie), else UTC."""
     name = unquote(request.cookies.get("sendout_tz", "UTC"))
@@ -103,6 +140,7 @@ def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.autoescape = True  # every value escaped, template text and recipients too
     templates.env.filters["local"] = local_iso
+    templates.env.globals["progress_state"] = progress_state
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -282,7 +320,8 @@ def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
         session = current(request)
         if state is not None and state not in STATES:
             state = None
-        rows = (await call(session, "GET", "/campaigns"))["campaigns"]
+        rows = await with_shown_states(session, (await call(session, "GET", "/campaigns"))
+                                       ["campaigns"])
         counts = {s: sum(1 for c in rows if c["state"] == s) for s in STATES}
         shown = [c for c in rows if state is None or c["state"] == state]
         # All states on one page: the most recent of each; a state's tab lists all of them.
@@ -367,6 +406,23 @@ def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
             await upload_csv(session, str(cid), data)
         return back(f"/campaigns/{cid}")
 
+    async def with_shown_states(session: Session, rows: list[dict[str, Any]]) \
+            -> list[dict[str, Any]]:
+        """The campaigns with `shown_state`s: the tracker's progress is asked for the most
+        recent IN_FLIGHT_RECONCILED campaigns in flight (the others, and any the tracker does
+        not answer for, keep the scheduler's state)."""
+        flying = [c for c in rows if c["state"] in IN_FLIGHT][:IN_FLIGHT_RECONCILED]
+        answers = await asyncio.gather(*(progress_of(session, str(c["id"])) for c in flying),
+                                       return_exceptions=True)
+        states: dict[Any, str] = {}
+        for c, answer in zip(flying, answers, strict=True):
+            if isinstance(answer, (ApiError, httpx.HTTPError)):
+                continue  # the tracker restarting: the list still shows
+            if isinstance(answer, BaseException):
+                raise answer
+            states[c["id"]] = shown_state(c["state"], answer)
+        return [{**c, "state": states.get(c["id"], c["state"])} for c in rows]
+
     async def progress_of(session: Session, cid: str) -> dict[str, Any] | None:
         try:
             return dict(await api.call(session.token, "tracker", "GET",
@@ -383,6 +439,7 @@ def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
         progress, lists = await asyncio.gather(
             progress_of(session, str(cid)), call(session, "GET", f"/campaigns/{cid}/lists"))
         csv_errors, session.csv_errors = session.csv_errors, []
+        campaign = {**campaign, "state": shown_state(campaign["state"], progress)}
         return page(request, "campaign.html", session, c=campaign, p=progress,
                     lists=lists.get("lists", []) if isinstance(lists, dict) else lists,
                     csv_errors=csv_errors)
@@ -459,9 +516,12 @@ def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
     async def events(request: Request, cid: uuid.UUID, p2p: int = 0) -> Response:
         """Server-Sent Events: the tracker's progress, pushed when it changes."""
         session = current(request)
-        await call(session, "GET", f"/campaigns/{cid}")  # 404 for another organisation's
+        # 404 for another organisation's; the state shown with the progress (a peer-to-peer
+        # campaign's is read again on each poll, with its processed count).
+        campaign_state = (await call(session, "GET", f"/campaigns/{cid}"))["state"]
 
         async def stream() -> AsyncIterator[bytes]:
+            state = campaign_state
             last: Any = None
             quiet = 0.0
             # A stream ends after a while and the browser reconnects (EventSource does, and
@@ -475,6 +535,7 @@ def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
                     if p2p and progress is not None:
                         c = await api.call(session.token, "scheduler", "GET", f"/campaigns/{cid}")
                         progress["processed"] = c["processed"]
+                        state = c["state"]
                 except (ApiError, SignedOut):
                     break
                 except Exception:  # the tracker restarting: keep the page, try again
@@ -482,7 +543,10 @@ def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
                 if progress is not None and progress != last:
                     last = progress
                     quiet = 0.0
-                    yield f"data: {json.dumps(progress)}\n\n".encode()
+                    shown = {**progress, "state": progress_state(state, progress)}
+                    yield f"data: {json.dumps(shown)}\n\n".encode()
+                    # Until the tracker is done: its counters may still move after the
+                    # scheduler's state is final (an ended peer-to-peer campaign).
                     if progress.get("state") in DONE_STATES:
                         yield b"event: done\ndata: {}\n\n"
                         return
@@ -562,7 +626,8 @@ def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
 
     async def p2p_campaigns(session: Session, states: tuple[str, ...]) -> list[dict[str, Any]]:
         rows = (await call(session, "GET", "/campaigns"))["campaigns"]
-        return [c for c in rows if c["kind"] == "p2p" and c["state"] in states]
+        rows = await with_shown_states(session, [c for c in rows if c["kind"] == "p2p"])
+        return [c for c in rows if c["state"] in states]
 
     @app.get("/p2p", response_class=HTMLResponse)
     async def p2p_current(request: Request) -> Response:
@@ -646,6 +711,7 @@ def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
         session = current(request)
         campaign = await p2p_campaign(session, cid)
         progress = await progress_of(session, str(cid))
+        campaign = {**campaign, "state": shown_state(campaign["state"], progress)}
         return page(request, "p2p_details.html", session, c=campaign, p=progress,
                     end_error=None)
 
@@ -657,6 +723,7 @@ def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
         typed = str(form.get("confirmation") or "")
         if typed != "END":
             progress = await progress_of(session, str(cid))
+            campaign = {**campaign, "state": shown_state(campaign["state"], progress)}
             return page(request, "p2p_details.html", session, c=campaign, p=progress,
                         status=422, end_error="Type END, in capital letters, to end the "
                                               "campaign.", end_open=True)

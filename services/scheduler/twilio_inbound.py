@@ -11,7 +11,6 @@ is Twilio's).
 from __future__ import annotations
 
 import uuid
-from urllib.parse import parse_qsl
 
 import asyncpg
 from fastapi import APIRouter, HTTPException, Request, Response
@@ -21,7 +20,6 @@ from services.scheduler import domain, p2p
 from shared import twilio
 
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
-MAX_BODY = 64 * 1024
 
 
 def http_router(
@@ -33,22 +31,7 @@ def http_router(
     async def twilio_inbound(organisation_id: uuid.UUID, request: Request) -> Response:
         """A reply to one of the organisation's texts, as Twilio posts it. 401 without a valid
         `X-Twilio-Signature`."""
-        if auth_token is None:
-            raise HTTPException(503, "Twilio inbound not configured (SENDOUT_TWILIO_AUTH_TOKEN)")
-        body = await request.body()
-        if len(body) > MAX_BODY:
-            raise HTTPException(413, "message too large")
-        try:
-            pairs = parse_qsl(body.decode(), keep_blank_values=True)
-        except UnicodeDecodeError as exc:
-            raise HTTPException(400, "body is not UTF-8") from exc
-        url = str(request.url)
-        if public_base_url:
-            query = f"?{request.url.query}" if request.url.query else ""
-            url = public_base_url.rstrip("/") + request.url.path + query
-        given = request.headers.get(twilio.SIGNATURE_HEADER, "")
-        if not given or not twilio.valid(auth_token.get_secret_value(), url, pairs, given):
-            raise HTTPException(401, "X-Twilio-Signature missing or not valid for this URL")
+        pairs = await twilio.signed_form(request, auth_token, public_base_url, "inbound")
         params = dict(pairs)
         sender, text = params.get("From", ""), params.get("Body", "")
         if not sender:

@@ -5,16 +5,12 @@ scheduler) keep their report rows and statuses, without the address and the link
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import asyncpg
-from aiokafka import ConsumerRecord
 from faststream.kafka import KafkaRouter
-from faststream.kafka.annotations import KafkaBroker, KafkaMessage
 
-from shared import topics
-from shared.events import ERASURE, RecipientsErased
-from shared.kafka import BATCH_CONSUMER, process_bounded
+from shared import erasure
+from shared.events import RecipientsErased
 
 SERVICE = "tracker"
 
@@ -36,20 +32,6 @@ async def erase(conn: asyncpg.Connection, events: Sequence[RecipientsErased]) ->
 
 
 def kafka_router(pool: asyncpg.Pool) -> KafkaRouter:
-    router = KafkaRouter()
-
-    @router.subscriber(
-        topics.ERASURES,
-        group_id="sendout-tracker-erasures",
-        max_records=500,
-        description="Blanks erased voters' addresses in the report rows and voter history.",
-        **BATCH_CONSUMER,
-    )
-    async def on_erasures(body: list[bytes], msg: KafkaMessage, broker: KafkaBroker) -> None:
-        async def apply(good: Sequence[tuple[ConsumerRecord[Any, Any], RecipientsErased]]) -> None:
-            async with pool.acquire() as conn:
-                await erase(conn, [e for _, e in good])
-
-        await process_bounded(msg, broker, ERASURE, apply, service=SERVICE)
-
-    return router
+    return erasure.kafka_router(
+        pool, erase, service=SERVICE,
+        description="Blanks erased voters' addresses in the report rows and voter history.")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qsl
 
 import asyncpg
 from fastapi import APIRouter, HTTPException, Request
@@ -27,7 +26,6 @@ from services.tracker.receipts_service import PublishReceipts
 from shared import twilio
 
 PATH = "/providers/twilio/status"
-MAX_BODY = 64 * 1024
 
 # What Twilio's delivery error codes mean for the report (its public error reference).
 ERROR_REASONS = {
@@ -75,23 +73,7 @@ def http_router(
     async def twilio_status(request: Request) -> dict[str, Any]:
         """Twilio's StatusCallback (`SENDOUT_TWILIO_STATUS_CALLBACK` on the dispatcher points
         here). 401 without a valid `X-Twilio-Signature`."""
-        if auth_token is None:
-            raise HTTPException(503, "Twilio callbacks not configured (SENDOUT_TWILIO_AUTH_TOKEN)")
-        body = await request.body()
-        if len(body) > MAX_BODY:
-            raise HTTPException(413, "callback too large")
-        try:
-            pairs = parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=False)
-        except UnicodeDecodeError as exc:
-            raise HTTPException(400, "callback body is not UTF-8") from exc
-        # The URL Twilio called: behind a proxy, the public base URL from the settings.
-        url = str(request.url)
-        if public_base_url:
-            query = f"?{request.url.query}" if request.url.query else ""
-            url = public_base_url.rstrip("/") + request.url.path + query
-        given = request.headers.get(twilio.SIGNATURE_HEADER, "")
-        if not given or not twilio.valid(auth_token.get_secret_value(), url, pairs, given):
-            raise HTTPException(401, "X-Twilio-Signature missing or not valid for this URL")
+        pairs = await twilio.signed_form(request, auth_token, public_base_url, "callbacks")
         try:
             receipt = receipt_of(dict(pairs), datetime.now(UTC))
         except (ValueError, ValidationError) as exc:

@@ -178,6 +178,10 @@ def test_abort_mid_send_answers_how_many_were_not_sent(ui: Ui, env: Env) -> None
         pending = int(re.search(r"(\d+) messages were still pending", note.inner_text())[1])
         assert 0 < pending < 1500
         expect(ui.page.locator('[data-field="state"]')).to_have_text("aborted", timeout=TIMEOUT)
+        # The sentence above the progress says the same, though the scheduler's own state
+        # may still be aborting.
+        expect(ui.page.locator("[data-campaign-state]")).to_have_text("aborted")
+        expect(ui.page.get_by_text("This campaign is aborting")).to_have_count(0)
         ui.shot("campaign-aborted")
     finally:
         env.provider_config(latency_ms=5)

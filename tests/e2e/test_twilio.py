@@ -91,8 +91,9 @@ def _send(http: httpx.Client, sendout: Sendout, phones: list[str]) -> tuple[str,
 
 
 # Danish numbers (+45 and eight digits) no other test of this run uses: the fakes keep every
-# request.
-_numbers = itertools.count(random.randrange(800) * 1000)
+# request. Not +45 310…: that block is not allocated, so the scheduler files its numbers as
+# invalid addresses and skips them (one run in eight started there and failed).
+_numbers = itertools.count(random.randrange(100, 800) * 1000)
 
 
 def _phones(n: int) -> list[str]:

@@ -15,8 +15,13 @@ from services.scheduler.service import AbortAcks
 from services.tracker import erasure as tracker_erasure
 from services.tracker import handlers as tracker_handlers
 from services.tracker import identity, receipts
-from shared import topics
-from shared.events import SEND_REQUESTED, AbortAcknowledged
+from shared import erasure, topics
+from shared.events import (
+    SEND_REQUESTED,
+    AbortAcknowledged,
+    ErasedRecipient,
+    RecipientsErased,
+)
 from shared.kafka import decode_records
 from tests.factories import send_requested
 
@@ -121,3 +126,60 @@ async def test_a_dispatcher_consumer_knows_which_partitions_are_still_its_own() 
     async with in_flight.busy():  # a batch in flight: the revocation waits (bounded) for it
         await in_flight.on_partitions_revoked([TopicPartition(topics.SEND_REQUESTED, 2)])
         assert in_flight.owns([0, 1]) and not in_flight.owns([2])
+
+
+class _Conn:
+    """Stands for a pooled connection: the erasure consumer only passes it on."""
+
+
+class _Pool:
+    def __init__(self) -> None:
+        self.conn = _Conn()
+
+    def acquire(self) -> Any:
+        pool = self
+
+        class _Acquired:
+            async def __aenter__(self) -> _Conn:
+                return pool.conn
+
+            async def __aexit__(self, *exc: object) -> None:
+                return None
+
+        return _Acquired()
+
+
+async def test_the_shared_erasure_consumer_hands_decoded_events_to_the_services_sql() -> None:
+    pool = _Pool()
+    calls: list[tuple[Any, list[RecipientsErased]]] = []
+
+    async def erase(conn: Any, events: Any) -> int:
+        calls.append((conn, list(events)))
+        return len(events)
+
+    broker = KafkaBroker()
+    broker.include_router(erasure.kafka_router(pool, erase, service="svc",  # type: ignore[arg-type]
+                                               description="test"))
+    parked: list[bytes] = []
+
+    @broker.subscriber(topics.dlq(topics.ERASURES))
+    async def dlq(msg: KafkaMessage) -> None:
+        parked.append(msg.body)
+
+    event = RecipientsErased(organisation_id=uuid.uuid4(), recipients=[
+        ErasedRecipient(campaign_id=uuid.uuid4(), recipient_id=7)])
+    async with TestKafkaBroker(broker) as br:
+        await br.publish(event.to_bytes(), topics.ERASURES, key=b"k")
+        await br.publish(b"not an erasure", topics.ERASURES, key=b"k")
+
+    assert calls == [(pool.conn, [event])]
+    assert parked == [b"not an erasure"]
+    (sub,) = [s for s in broker.subscribers if topics.ERASURES in s.topic_names]
+    assert sub.group_id == "sendout-svc-erasures"
+
+
+def test_each_services_erasure_consumer_has_its_own_group_and_sql() -> None:
+    pool: Any = None
+    groups = {sub.group_id for module in (tracker_erasure, dispatcher_erasure)
+              for sub in module.kafka_router(pool).subscribers}
+    assert groups == {"sendout-tracker-erasures", "sendout-dispatcher-erasures"}

@@ -59,6 +59,13 @@
           list.appendChild(none);
         }
       }
+      // The state in the page's sentences too ("This campaign is aborting" must not stay
+      // once the progress says aborted); "starting" is the progress block's alone.
+      if (p.state && p.state !== "starting") {
+        document.querySelectorAll("[data-campaign-state]").forEach(function (el) {
+          el.textContent = p.state;
+        });
+      }
       if (p.state === "completed" || p.state === "aborted") {
         document.querySelectorAll("[data-hide-when-done]").forEach(function (el) { el.hidden = true; });
       }
