@@ -89,7 +89,8 @@ def test_a_large_recipients_csv_streams_with_flat_memory_and_a_free_event_loop(
         watcher.join()
     try:
         assert r.status_code == 201, r.text[:500]
-        assert r.json() == {"added": ROWS, "detected": {"encoding": "UTF-8", "delimiter": "comma"}}
+        assert r.json() == {"added": ROWS, "rejected": 0, "errors": [],
+                            "detected": {"encoding": "UTF-8", "delimiter": "comma"}}
         assert http.get(f"{sendout.scheduler}/campaigns/{cid}").json()["recipients"] == ROWS
     finally:
         _drop(stack.database_url, cid)
