@@ -374,6 +374,28 @@ class SendIndividually(BaseModel):
     _distinct = field_validator("channels")(_distinct_channels)
 
 
+class RowError(BaseModel):
+    line: int
+    error: str
+
+
+class Detected(BaseModel):
+    """How a CSV file was read: its encoding and separator, as detected."""
+
+    encoding: str
+    delimiter: str
+
+
+class CsvAdded(BaseModel):
+    """What a recipients CSV added: the rows kept, the rows refused (listed by line, the first
+    100) and how the file was read."""
+
+    added: int
+    rejected: int
+    errors: list[RowError]
+    detected: Detected
+
+
 @dataclass(frozen=True)
 class RecipientRow:
     """A recipient as stored: addresses normalised, invalid ones kept as given and flagged."""

@@ -183,7 +183,7 @@ def http_router(deps: Deps, user: Any) -> APIRouter:
     )
     async def upload_recipients_csv(
         campaign_id: uuid.UUID, request: Request, principal: Principal = user
-    ) -> dict[str, Any]:
+    ) -> domain.CsvAdded:
         """Body: CSV with a header (email, phone, first_name, last_name, any attribute...).
         Streamed (at most 200 MiB), parsed as it arrives. Good rows are added; a row with an
         invalid email or phone, an unstorable field or more fields than the header is refused:
@@ -191,9 +191,8 @@ def http_router(deps: Deps, user: Any) -> APIRouter:
         good. Encoding (UTF-8 with or without BOM, UTF-16, Windows-1252) and separator (comma,
         semicolon, tab) are detected and said in `detected`."""
         await view(campaign_id, principal)  # 404 before reading a body meant for nobody
-        result = await service.add_recipients_csv(
+        return await service.add_recipients_csv(
             pool, campaign_id, request.stream(), region, principal)
-        return result.view()
 
     @router.post("/campaigns/{campaign_id}/send-now", status_code=202, tags=["campaigns"])
     async def send_now(campaign_id: uuid.UUID, principal: Principal = user) -> dict[str, Any]:

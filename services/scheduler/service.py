@@ -124,21 +124,6 @@ async def add_recipients(
         return await repo.copy_recipients(conn, campaign_id, rows)
 
 
-@dataclass
-class CsvAdded:
-    """What a recipients CSV added: the rows kept, the rows refused (listed by line, the
-    first 100) and the file's encoding and separator, as detected."""
-
-    added: int
-    rejected: int
-    errors: list[dict[str, Any]]
-    detected: dict[str, str]
-
-    def view(self) -> dict[str, Any]:
-        return {"added": self.added, "rejected": self.rejected, "errors": self.errors,
-                "detected": self.detected}
-
-
 async def add_recipients_csv(
     pool: asyncpg.Pool,
     campaign_id: uuid.UUID,
@@ -146,7 +131,7 @@ async def add_recipients_csv(
     region: str,
     actor: Principal,
     batch_rows: int = CSV_BATCH_ROWS,
-) -> CsvAdded:
+) -> domain.CsvAdded:
     """Stream a recipients CSV into a draft campaign: parsed as it arrives (off the event
     loop) and copied in batches, so memory stays flat whatever the file's size. Good rows are
     kept, bad rows refused and listed by line, as voters.csv does. One transaction (the
@@ -172,7 +157,8 @@ async def add_recipients_csv(
                 f"{parser.detected['encoding']}, {parser.detected['delimiter']}-separated)"
                 if parser.rejected else "CSV has a header but no recipients",
                 parser.errors)
-    return CsvAdded(added, parser.rejected, parser.errors, parser.detected)
+    return domain.CsvAdded(added=added, rejected=parser.rejected, errors=parser.errors,
+                           detected=parser.detected)
 
 
 async def send_now(
