@@ -392,6 +392,12 @@ def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
                 if rows else exc.message))
             session.csv_errors = rows
             return
+        if added.get("rejected"):
+            # The good rows were added; the refused ones are listed by line.
+            session.flash("error", f"{added['rejected']} row(s) of the CSV refused, listed "
+                          f"below; its other {added['added']} recipients were added.")
+            session.csv_errors = added.get("errors", [])
+            return
         session.flash("ok", f"{added['added']} recipients added from the CSV.")
 
     @app.post("/campaigns/{cid}/recipients")

@@ -26,7 +26,7 @@ from services.scheduler.schedules import ScheduleLoop
 from services.scheduler.service import AbortAcks
 from services.scheduler.settings import SchedulerSettings
 from services.scheduler.voters import handlers as voters
-from shared import db, http_errors, http_input, topics, tracing, wire
+from shared import db, http_errors, http_input, openapi, topics, tracing, wire
 from shared.auth import scope_bearer
 from shared.events import ApiTokenIssued, ApiTokenRevoked, CampaignStarted
 from shared.kafka import (
@@ -167,6 +167,8 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
     )
     http_input.install(app, handlers.BODY_LIMITS,
                        authenticate=scope_bearer(lambda: started.get("look_up")))
+    openapi.install(app, conflicts=handlers.may_conflict, signed=handlers.SIGNED_PATHS,
+                    extra=handlers.OTHER_ERRORS)
     # Outermost (added last): requests the input guard refuses are measured too.
     app.add_middleware(HttpMetrics, service="scheduler",
                        webhooks={"/organisations/{organisation_id}/inbound-sms": "inbound_sms"})

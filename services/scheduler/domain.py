@@ -10,8 +10,6 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any, Literal
 
-import phonenumbers
-from email_validator import EmailNotValidError, validate_email
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -21,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from services.scheduler.addresses import email_or_invalid, normalise_email, phone_or_invalid
 from shared import templating, wire
 from shared.events import Channel
 from shared.templating import TemplateProblem
@@ -174,9 +173,9 @@ class SenderIn(BaseModel):
         if value is None:
             return None
         try:
-            return validate_email(value, check_deliverability=False).normalized
-        except EmailNotValidError as exc:
-            raise ValueError(f"sender email is invalid: {exc}") from exc
+            return normalise_email(value)
+        except ValueError as exc:
+            raise ValueError(f"sender {exc}") from exc
 
     @field_validator("sms_sender_id")
     @classmethod
@@ -375,6 +374,28 @@ class SendIndividually(BaseModel):
     _distinct = field_validator("channels")(_distinct_channels)
 
 
+class RowError(BaseModel):
+    line: int
+    error: str
+
+
+class Detected(BaseModel):
+    """How a CSV file was read: its encoding and separator, as detected."""
+
+    encoding: str
+    delimiter: str
+
+
+class CsvAdded(BaseModel):
+    """What a recipients CSV added: the rows kept, the rows refused (listed by line, the first
+    100) and how the file was read."""
+
+    added: int
+    rejected: int
+    errors: list[RowError]
+    detected: Detected
+
+
 @dataclass(frozen=True)
 class RecipientRow:
     """A recipient as stored: addresses normalised, invalid ones kept as given and flagged."""
@@ -389,30 +410,9 @@ class RecipientRow:
     voter_id: int | None = None
 
 
-def normalise_email(value: str | None) -> tuple[str | None, bool]:
-    if value is None:
-        return None, False
-    try:
-        return validate_email(value, check_deliverability=False).normalized, False
-    except EmailNotValidError:
-        return value, True
-
-
-def normalise_phone(value: str | None, region: str) -> tuple[str | None, bool]:
-    if value is None:
-        return None, False
-    try:
-        number = phonenumbers.parse(value, region)
-    except phonenumbers.NumberParseException:
-        return value, True
-    if not phonenumbers.is_valid_number(number):
-        return value, True
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164), False
-
-
 def to_row(recipient: Recipient, region: str, voter_id: int | None = None) -> RecipientRow:
-    email, email_invalid = normalise_email(recipient.email)
-    phone, phone_invalid = normalise_phone(recipient.phone, region)
+    email, email_invalid = email_or_invalid(recipient.email)
+    phone, phone_invalid = phone_or_invalid(recipient.phone, region)
     return RecipientRow(email, email_invalid, phone, phone_invalid, recipient.first_name,
                         recipient.last_name, recipient.attributes, voter_id)
 
@@ -540,5 +540,5 @@ def ensure_p2p(campaign_id: uuid.UUID, kind: str) -> None:
 def normalise_address(address: str, region: str) -> str:
     """An opt-out's address in the form recipients are stored in (E.164 or normalised email)."""
     if "@" in address:
-        return normalise_email(address)[0] or address
-    return normalise_phone(address, region)[0] or address
+        return email_or_invalid(address)[0] or address
+    return phone_or_invalid(address, region)[0] or address

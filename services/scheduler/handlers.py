@@ -45,6 +45,26 @@ BODY_LIMITS = (
     BodyLimit("POST", f"/organisations/{_UUID}/inbound-sms", 16 * 1024),
 )
 
+# What the OpenAPI document says besides each route's own answer (shared/openapi.py).
+SIGNED_PATHS = frozenset({"/organisations/{organisation_id}/inbound-sms",
+                          "/organisations/{organisation_id}/inbound-sms/twilio"})
+OTHER_ERRORS: dict[tuple[str, str], dict[int, str]] = {
+    ("POST", "/auth/sign-in"): {401: "Wrong user name, e-mail or password",
+                                429: "Too many failed sign-ins; try again later"},
+    ("PUT", "/auth/password"): {403: "The current password is wrong"},
+    ("POST", "/organisations/{organisation_id}/inbound-sms"): {
+        503: "Inbound SMS not configured (SENDOUT_INBOUND_SMS_SECRET)"},
+    ("POST", "/organisations/{organisation_id}/inbound-sms/twilio"): {
+        400: "Body is not UTF-8", 503: "Twilio not configured (SENDOUT_TWILIO_AUTH_TOKEN)"},
+}
+
+
+def may_conflict(method: str, path: str) -> bool:
+    """Whether an operation answers 409: it changes a campaign, which may be in the wrong
+    state for it, or deletes a list that a campaign yet to start targets."""
+    return (method != "GET" and path.startswith("/campaigns/{campaign_id}")) or (
+        method, path) == ("DELETE", "/lists/{list_id}")
+
 
 @dataclass
 class Deps:
@@ -163,15 +183,16 @@ def http_router(deps: Deps, user: Any) -> APIRouter:
     )
     async def upload_recipients_csv(
         campaign_id: uuid.UUID, request: Request, principal: Principal = user
-    ) -> dict[str, Any]:
+    ) -> domain.CsvAdded:
         """Body: CSV with a header (email, phone, first_name, last_name, any attribute...).
-        Streamed (at most 200 MiB): parsed as it arrives, all or nothing — 422 lists the
-        refused rows by line. Encoding (UTF-8 with or without BOM, UTF-16, Windows-1252) and
-        separator (comma, semicolon, tab) are detected and said in `detected`."""
+        Streamed (at most 200 MiB), parsed as it arrives. Good rows are added; a row with an
+        invalid email or phone, an unstorable field or more fields than the header is refused:
+        `rejected` counts them, `errors` lists them by line (the first 100). 422 if no row is
+        good. Encoding (UTF-8 with or without BOM, UTF-16, Windows-1252) and separator (comma,
+        semicolon, tab) are detected and said in `detected`."""
         await view(campaign_id, principal)  # 404 before reading a body meant for nobody
-        added, detected = await service.add_recipients_csv(
+        return await service.add_recipients_csv(
             pool, campaign_id, request.stream(), region, principal)
-        return {"added": added, "detected": detected}
 
     @router.post("/campaigns/{campaign_id}/send-now", status_code=202, tags=["campaigns"])
     async def send_now(campaign_id: uuid.UUID, principal: Principal = user) -> dict[str, Any]:

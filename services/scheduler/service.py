@@ -131,12 +131,13 @@ async def add_recipients_csv(
     region: str,
     actor: Principal,
     batch_rows: int = CSV_BATCH_ROWS,
-) -> tuple[int, dict[str, str]]:
+) -> domain.CsvAdded:
     """Stream a recipients CSV into a draft campaign: parsed as it arrives (off the event
-    loop) and copied in batches, so memory stays flat whatever the file's size. All or
-    nothing: one transaction (the campaign stays locked while the file arrives); if any row is
-    refused, nothing is added and `Invalid` lists the rows by line (the first 100). Returns
-    the rows added and the file's encoding and separator, as detected."""
+    loop) and copied in batches, so memory stays flat whatever the file's size. Good rows are
+    kept, bad rows refused and listed by line, as voters.csv does. One transaction (the
+    campaign stays locked while the file arrives, so it cannot start with half a file): the
+    rows are added once the whole file was read, or none if the upload breaks off. A header
+    that cannot be read, or a file without one good row, raises `Invalid` (nothing added)."""
     parser = RecipientsCsv(region)
     added = 0
     async with pool.acquire() as conn, conn.transaction():
@@ -145,21 +146,19 @@ async def add_recipients_csv(
         pending: list[domain.RecipientRow] = []
         async for chunk in body:
             pending += await asyncio.to_thread(parser.feed, chunk)
-            if parser.rejected:
-                pending.clear()  # nothing will be added: parse on only to list the errors
-            elif len(pending) >= batch_rows:
+            if len(pending) >= batch_rows:
                 added += await repo.copy_recipients(conn, campaign_id, pending)
                 pending = []
         pending += await asyncio.to_thread(parser.close)
-        if parser.rejected:
-            raise domain.Invalid(
-                f"{parser.rejected} invalid CSV rows; nothing was added (read as "
-                f"{parser.detected['encoding']}, {parser.detected['delimiter']}-separated)",
-                parser.errors)
         added += await repo.copy_recipients(conn, campaign_id, pending) if pending else 0
         if not added:
-            raise domain.Invalid("CSV has a header but no recipients")
-    return added, parser.detected
+            raise domain.Invalid(
+                f"no recipients added: {parser.rejected} rows refused (read as "
+                f"{parser.detected['encoding']}, {parser.detected['delimiter']}-separated)"
+                if parser.rejected else "CSV has a header but no recipients",
+                parser.errors)
+    return domain.CsvAdded(added=added, rejected=parser.rejected, errors=parser.errors,
+                           detected=parser.detected)
 
 
 async def send_now(

@@ -19,7 +19,7 @@ from services.tracker import (
     voters,
 )
 from services.tracker.settings import TrackerSettings
-from shared import db, http_input, topics
+from shared import db, http_input, openapi, topics
 from shared.events import CampaignCompleted, DeliveryReported
 from shared.kafka import ensure_topics, make_broker, publish_all
 from shared.observability import HttpMetrics, LagMonitor
@@ -93,6 +93,11 @@ def create_app(settings: TrackerSettings | None = None) -> FastAPI:
     app = FastAPI(title="Sendout tracker", lifespan=lifespan)
     # Receipts are the only body the tracker takes: at most 1000 of them, well under 1 MiB.
     http_input.install(app, default_limit=http_input.DEFAULT_BODY_LIMIT)
+    openapi.install(app, signed=frozenset({"/receipts", "/providers/twilio/status"}), extra={
+        ("POST", "/receipts"): {503: "Receipts not configured (SENDOUT_RECEIPTS_SECRET)"},
+        ("POST", "/providers/twilio/status"): {
+            400: "Body is not UTF-8", 503: "Twilio not configured (SENDOUT_TWILIO_AUTH_TOKEN)"},
+    })
     # Outermost (added last): requests the input guard refuses are measured too.
     app.add_middleware(HttpMetrics, service="tracker", webhooks={"/receipts": "receipts"})
     return app

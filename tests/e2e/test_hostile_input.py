@@ -286,8 +286,8 @@ def test_semicolon_separated_windows_1252_files_import_with_every_letter(
     r = http.post(f"{s}/campaigns/{cid}/recipients.csv", content=body,
                   headers={"content-type": "text/csv"})
     assert r.status_code == 201, r.text
-    assert r.json() == {"added": 2, "detected": {"encoding": "Windows-1252",
-                                                 "delimiter": "semicolon"}}
+    assert r.json() == {"added": 2, "rejected": 0, "errors": [],
+                        "detected": {"encoding": "Windows-1252", "delimiter": "semicolon"}}
     rows = http.get(f"{s}/campaigns/{cid}/p2p/recipients").raise_for_status().json()
     assert [(x["first_name"], x["last_name"]) for x in rows["recipients"]] == [
         ("Søren", "Ærø"), ("Åse", "Müller")]

@@ -171,15 +171,34 @@ def test_send_now_without_recipients_is_422_and_stays_draft(
     assert http.get(f"{sendout.scheduler}/campaigns/{cid}").json()["state"] == "draft"
 
 
-def test_csv_with_a_bad_row_adds_nothing_and_lists_the_row(
+def test_csv_bad_rows_are_listed_by_line_and_good_rows_added(
+    sendout: Sendout, http: httpx.Client
+) -> None:
+    """As voters.csv: an invalid phone or email, or a malformed row, is refused with its line
+    and reason; every good row is added."""
+    cid = _create(http, sendout)
+    r = http.post(f"{sendout.scheduler}/campaigns/{cid}/recipients.csv",
+                  content=b"email,phone,first_name\na@example.org,,A\nb@example.org,,B,oops\n"
+                          b"c@example.org,12,C\nnot-an-email,,D\n,+4540100001,E\n",
+                  headers={"content-type": "text/csv"})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert (body["added"], body["rejected"]) == (2, 3), body
+    assert [(e["line"], e["error"].split(":")[0]) for e in body["errors"]] == [
+        (3, "more fields than the header has"), (4, "invalid phone"), (5, "invalid email")]
+    assert http.get(f"{sendout.scheduler}/campaigns/{cid}").json()["recipients"] == 2
+
+
+def test_csv_without_a_good_row_is_422_and_adds_nothing(
     sendout: Sendout, http: httpx.Client
 ) -> None:
     cid = _create(http, sendout)
     r = http.post(f"{sendout.scheduler}/campaigns/{cid}/recipients.csv",
-                  content=b"email,first_name\na@example.org,A\nb@example.org,B,oops\n",
+                  content=b"email,first_name\nnot-an-email,A\n",
                   headers={"content-type": "text/csv"})
-    assert r.status_code == 422 and r.json()["errors"] == [
-        {"line": 3, "error": "more fields than the header has"}]
+    assert r.status_code == 422, r.text
+    assert "no recipients added: 1 rows refused" in r.json()["detail"]
+    assert [e["line"] for e in r.json()["errors"]] == [2]
     assert http.get(f"{sendout.scheduler}/campaigns/{cid}").json()["recipients"] == 0
 
 

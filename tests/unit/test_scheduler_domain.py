@@ -5,8 +5,10 @@ import pytest
 from pydantic import ValidationError
 
 from services.scheduler import domain
+from services.scheduler.addresses import email_or_invalid, phone_or_invalid
 from services.scheduler.domain import RecipientRow
 from services.scheduler.recipients_csv import RecipientsCsv
+from services.scheduler.voters.domain import CsvImport
 from shared.wire import TemplateRef
 from tests.factories import campaign_payload
 from tests.hostile_templates import NORMAL, REPORTED
@@ -62,12 +64,12 @@ def test_schedule_needs_a_time_zone_and_a_future_time() -> None:
 
 
 def test_addresses_are_normalised_and_invalid_ones_flagged() -> None:
-    assert domain.normalise_email("Ada@Example.ORG") == ("Ada@example.org", False)
-    assert domain.normalise_email("not an email") == ("not an email", True)
-    assert domain.normalise_phone("20 12 34 56", "DK") == ("+4520123456", False)
-    assert domain.normalise_phone("+44 20 7946 0958", "DK") == ("+442079460958", False)
-    assert domain.normalise_phone("12", "DK") == ("12", True)
-    assert domain.normalise_phone(None, "DK") == (None, False)
+    assert email_or_invalid("Ada@Example.ORG") == ("Ada@example.org", False)
+    assert email_or_invalid("not an email") == ("not an email", True)
+    assert phone_or_invalid("20 12 34 56", "DK") == ("+4520123456", False)
+    assert phone_or_invalid("+44 20 7946 0958", "DK") == ("+442079460958", False)
+    assert phone_or_invalid("12", "DK") == ("12", True)
+    assert phone_or_invalid(None, "DK") == (None, False)
 
 
 @pytest.mark.parametrize(
@@ -144,9 +146,28 @@ def test_csv_a_row_not_in_the_detected_encoding_is_listed() -> None:
     assert parser.errors == [{"line": 4002, "error": "not valid UTF-8"}]
 
 
-def test_csv_invalid_addresses_are_kept_flagged() -> None:
-    rows, _ = _recipients_csv(b"email,phone\nnot-an-email,123\n")
-    assert [(r.email_invalid, r.phone_invalid) for r in rows] == [(True, True)]
+def test_csv_rows_with_invalid_addresses_are_refused_by_line_and_good_rows_kept() -> None:
+    """As voters.csv: an invalid email or phone refuses its row, with the reason."""
+    rows, parser = _recipients_csv(
+        b"email,phone,first_name\nnot-an-email,,A\nb@example.org,123,B\n"
+        b"c@Example.ORG,20 12 34 56,C\n,,D\n")
+    assert [(r.email, r.phone, r.first_name) for r in rows] == [
+        ("c@example.org", "+4520123456", "C"), (None, None, "D")]
+    assert not any(r.email_invalid or r.phone_invalid for r in rows)
+    assert parser.rejected == 2
+    assert [(e["line"], e["error"].split(":")[0]) for e in parser.errors] == [
+        (2, "invalid email"), (3, "invalid phone")]
+
+
+def test_both_imports_read_one_row_the_same_way() -> None:
+    """One reader, one normaliser: the same row gives the same address in both imports."""
+    data = b"email;phone;first_name\nAda@Example.ORG;20 12 34 56;Ada\n"
+    rows, recipients = _recipients_csv(data)
+    voters = CsvImport("DK")
+    imported = voters.feed(data) + voters.close()
+    assert [(r.email, r.phone) for r in rows] == [(v.email, v.phone) for v in imported] == [
+        ("Ada@example.org", "+4520123456")]
+    assert recipients.detected == voters.detected
 
 
 def test_csv_without_known_columns_is_rejected() -> None:

@@ -15,6 +15,7 @@ import asyncpg
 
 from services.scheduler import outbox
 from services.scheduler import repo as campaigns_repo
+from services.scheduler.csv_reader import MAX_LISTED_ERRORS
 from services.scheduler.domain import Invalid, NotFound
 from services.scheduler.voters import domain, repo
 from services.scheduler.voters.domain import ImportRow
@@ -40,7 +41,7 @@ class ImportResult:
         return {
             "inserted": self.inserted, "updated": self.updated, "unchanged": self.unchanged,
             "rejected": self.rejected, "detected": self.detected,
-            "errors": sorted(self.errors, key=lambda e: e["line"])[: domain.MAX_LISTED_ERRORS],
+            "errors": sorted(self.errors, key=lambda e: e["line"])[:MAX_LISTED_ERRORS],
         }
 
 
