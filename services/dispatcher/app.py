@@ -223,6 +223,8 @@ def create_app(settings: DispatcherSettings | None = None) -> FastAPI:
             breakers=build_breakers(settings, providers),
             claim_lease_seconds=settings.claim_lease_seconds,
             resend_in_doubt=settings.resend_in_doubt,
+            publish_at=settings.outcome_publish_at,
+            publish_after=settings.outcome_publish_after_seconds,
             renderer=renderer,
         )
         await ensure_topics(

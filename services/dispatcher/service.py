@@ -322,8 +322,12 @@ class Dispatcher:
         renderer: Renderer | None = None,
         claim_lease_seconds: float = 15.0,
         resend_in_doubt: bool = False,
+        publish_at: int = 500,
+        publish_after: float = 0.05,
     ) -> None:
         self._pool = pool
+        self._publish_at = publish_at
+        self._publish_after = publish_after
         self._providers = providers
         self._aborts = aborts
         self._opt_outs = opt_outs if opt_outs is not None else OptOutRegistry()
@@ -390,7 +394,8 @@ class Dispatcher:
             await self._learn(contexts)
         batch_id = uuid.uuid4()
         reports, fresh, in_doubt = await self._sort_out(unique, spans, batch_id)
-        recorder = Recorder(self._write, publish)
+        recorder = Recorder(self._write, publish, publish_at=self._publish_at,
+                            publish_after=self._publish_after)
         recorder.written([(o, o.to_bytes()) for o in reports])  # reported again, as recorded
         for req in in_doubt:
             recorder.add(req, domain.failed(req, FailReason.IN_DOUBT.value))

@@ -112,6 +112,11 @@ class DispatcherSettings(CommonSettings):
     consumers: int = 2
     # Outcomes per Kafka record (`OutcomeBatch`, one campaign's) published to the tracker.
     outcome_batch_size: int = 500
+    # Outcomes recorded are published once this many are waiting, or once the oldest has
+    # waited this long: the tracker pays per poll (one transaction each), so fewer, fuller
+    # polls cost it less per outcome; the wait is part of the progress lag.
+    outcome_publish_at: int = 500
+    outcome_publish_after_seconds: float = 0.05
     # Templates that do more than output variables are rendered in worker processes
     # (services/dispatcher/rendering.py): each message within this much CPU time, at most this
     # long, by this many workers, each limited to this much address space.
