@@ -195,6 +195,7 @@ class GroupCommit(Generic[T]):
         self._pending: list[tuple[T, asyncio.Future[Any] | None]] = []
         self._runner: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def add(self, item: T) -> None:
         """Queue an item, not waiting for its write."""
@@ -203,7 +204,10 @@ class GroupCommit(Generic[T]):
 
     async def submit(self, item: T) -> Any:
         """Queue an item and wait for its write's answer for it."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        if loop is None:  # asking for the running loop costs a system call (getpid) each time
+            loop = self._loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
         self._pending.append((item, future))
         self._kick()
         return await future
