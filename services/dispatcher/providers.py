@@ -153,25 +153,25 @@ async def limited_request(
     pool: Http11Pool, request: bytes, seconds: float, limiter: AdaptiveLimiter | None
 ) -> Response:
     """One call, within `seconds`, in a slot of `limiter` when there is one (its limit learns
-    from the call's latency and whether the provider was overloaded: 429, 503, a timeout)."""
+    from the call's latency and whether the provider was overloaded: 429, 503, timeouts)."""
     if limiter is None:
         async with asyncio.timeout(seconds):
             return await pool.request(request)
     started = await limiter.acquire()
-    overloaded, measured = False, True
+    overloaded, measured, timed_out = False, True, False
     try:
         async with asyncio.timeout(seconds):
             response = await pool.request(request)
         overloaded = response.status in (429, 503)
         return response
     except TimeoutError:
-        overloaded = True
+        timed_out = True
         raise
     except BaseException:
         measured = False  # a connection refused or dropped says nothing about load
         raise
     finally:
-        limiter.release(started, overloaded=overloaded, measured=measured)
+        limiter.release(started, overloaded=overloaded, measured=measured, timed_out=timed_out)
 
 
 def in_doubt(exc: BaseException) -> bool:
