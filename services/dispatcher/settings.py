@@ -31,6 +31,9 @@ class DispatcherSettings(CommonSettings):
     failover_errors: int = 50
     failover_window_seconds: float = 60.0
     failover_pause_seconds: float = 30.0
+    # Passed over at once after this many calls in a row ended in doubt (timed out) with no
+    # answer in between: each leaves its message with that provider.
+    failover_doubt_errors: int = 5
     # Kept for one-setting set-ups: SENDOUT_PROVIDER=http sends both channels over HTTP.
     provider: Literal["noop", "http"] | None = None
     provider_url: str = "http://127.0.0.1:8025"
