@@ -26,10 +26,21 @@ No message is accepted by two providers:
   message to another provider: it is pinned to that provider and its retries (on the
   dispatcher's retry schedule) go there again, with the same idempotency key, which a provider
   that honours it answers with the message it already has instead of sending a second one.
-  Pins live in this process's memory (the most recent `max_pins`); a retry that another
-  dispatcher process picks up, or one after a restart, starts at the head of the chain again,
-  so for those the guarantee rests on the providers honouring the idempotency key (the fake
-  HTTP provider does; Twilio documents none — keep `SENDOUT_RESEND_IN_DOUBT` off there).
+  Pins live in this process's memory (the most recent `max_pins`), and travel with the
+  message: the error of a pinned message begins with `in doubt at <provider>: ` (`mark`), the
+  reason the dispatcher stores with the message on its retry schedule (`retries.last_reason`).
+  A retry whose `OutgoingMessage.pinned_to` names a provider of the chain goes to that
+  provider alone, whichever process sends it (`pinned_to(reason)` reads the name back). The
+  dispatcher's retry round does not pass it on yet (services/dispatcher/service.py,
+  `_settle_due`, is to set `pinned_to=pinned_to(row["last_reason"])` on the message it
+  builds; the breaker's "circuit open" reason in `_call` and the "template not known yet"
+  reschedule in `_settle_due` are to keep the mark of the reason they replace): until then a
+  retry that another dispatcher process picks up, or one after a restart, starts at the head
+  of the chain again, and for those the guarantee rests on the providers honouring the
+  idempotency key (the fake HTTP provider does; Twilio documents none). A call in flight when
+  its process died is another matter: which provider it went to is not recorded anywhere
+  (the claim is taken before the chain chooses), so keep `SENDOUT_RESEND_IN_DOUBT` off with a
+  chain.
 
 The dispatcher's circuit breaker for the channel sees the chain as one provider: it opens only
 when the whole chain fails.
@@ -37,6 +48,7 @@ when the whole chain fails.
 
 from __future__ import annotations
 
+import re
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
@@ -47,6 +59,19 @@ from services.dispatcher.providers import (
     Provider,
     RetryableProviderError,
 )
+
+_MARK = re.compile(r"in doubt at ([A-Za-z0-9_.-]+): ")
+
+
+def mark(provider: str, error: BaseException | str) -> str:
+    """The reason of a message left in doubt with `provider` (at most 500 characters)."""
+    return f"in doubt at {provider}: {error}"[:500]
+
+
+def pinned_to(reason: str | None) -> str | None:
+    """The provider a message was left in doubt with, from its last reason (`mark`)."""
+    found = _MARK.match(reason or "")
+    return found.group(1) if found else None
 
 
 class _Health:
@@ -107,6 +132,7 @@ class FailoverProvider:
         if len(members) < 2:
             raise ValueError("a failover chain needs at least two providers")
         self.names = [name for name, _ in members]
+        self._by_name = {name: i for i, name in enumerate(self.names)}
         self.members = [provider for _, provider in members]
         self._health = [_Health(errors, window_seconds, pause_seconds, doubt_errors)
                         for _ in members]
@@ -119,10 +145,15 @@ class FailoverProvider:
     def passed_over(self, index: int) -> bool:
         return self._clock() < self._health[index].paused_until
 
-    def _order(self, key: str) -> tuple[list[int], int | None]:
+    def _order(self, key: str, hint: str | None) -> tuple[list[int], int | None]:
         """The providers to try for this message, in order, and which of them (if any) it
-        is the trial message of."""
+        is the trial message of. `hint`: the provider it was left in doubt with, if known
+        (a provider no longer in the chain cannot be asked: the chain's order then)."""
         pinned = self._pins.get(key)
+        if pinned is None and hint is not None:
+            pinned = self._by_name.get(hint)
+            if pinned is not None:
+                self._pin(key, pinned)
         if pinned is not None:
             return [pinned], None
         now = self._clock()
@@ -146,7 +177,8 @@ class FailoverProvider:
         key = message.idempotency_key
         last: RetryableProviderError | None = None
         last_name = ""
-        order, probe = self._order(key)
+        order, probe = self._order(key, message.pinned_to)
+        pinned = key in self._pins
         try:
             for index in order:
                 on_probe = index == probe
@@ -157,9 +189,11 @@ class FailoverProvider:
                                                in_doubt=exc.in_doubt)
                     if on_probe:
                         probe = None
-                    if exc.in_doubt:
+                    if exc.in_doubt or pinned:  # it may have the message: stays in doubt
                         self._pin(key, index)
-                        raise
+                        raise RetryableProviderError(mark(self.names[index], exc),
+                                                     retry_after=exc.retry_after,
+                                                     in_doubt=True) from exc
                     last, last_name = exc, self.names[index]
                     continue
                 except PermanentProviderError:

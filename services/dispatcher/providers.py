@@ -30,6 +30,9 @@ class OutgoingMessage:
     # Same for every attempt of one (campaign, recipient, channel): lets a provider that honours
     # it drop our retries after a crash.
     idempotency_key: str
+    # A retry of a message left in doubt with one provider of a failover chain: that
+    # provider's name (services/dispatcher/failover.py, `pinned_to`), so that no other is asked.
+    pinned_to: str | None = None
 
 
 class ProviderError(Exception):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -16,7 +17,7 @@ from devtools.fake_provider import Behaviour as HttpBehaviour
 from devtools.fake_provider import ReceiptPoster, create_routes
 from devtools.fake_twilio import Behaviour, create_app
 from services.dispatcher.app import adapters_of, build_providers, provider_chain, provider_names
-from services.dispatcher.failover import FailoverProvider
+from services.dispatcher.failover import FailoverProvider, mark, pinned_to
 from services.dispatcher.metrics import MeteredProvider
 from services.dispatcher.providers import (
     HttpProvider,
@@ -194,6 +195,42 @@ async def test_a_message_in_doubt_stays_with_its_provider_and_never_goes_to_anot
     a.answer = "ok"
     assert await chain.send(_sms("k1")) == "a-k1"
     assert b.calls == ["k2"]
+
+
+async def test_a_pin_travels_in_the_reason_to_another_process_or_a_restart() -> None:
+    a, b = Scripted("a", "doubt"), Scripted("b")
+    first = _chain(a, b, Clock(), errors=100)
+    with pytest.raises(RetryableProviderError) as caught:
+        await first.send(_sms("k1"))
+    reason = str(caught.value)[:500]  # what the dispatcher stores on its retry schedule
+    assert caught.value.in_doubt and pinned_to(reason) == "a"
+    # Another process (or this one restarted): no pin in memory, the hint from the reason.
+    a.answer = "refused"  # a definite refusal now: still in doubt from the first call
+    second = _chain(a, b, Clock(), errors=1)
+    retry = dataclasses.replace(_sms("k1"), pinned_to=pinned_to(reason))
+    with pytest.raises(RetryableProviderError) as again:
+        await second.send(retry)
+    assert again.value.in_doubt and pinned_to(str(again.value)) == "a"
+    a.answer = "ok"
+    third = _chain(a, b, Clock())
+    retry = dataclasses.replace(_sms("k1"), pinned_to=pinned_to(str(again.value)))
+    assert await third.send(retry) == "a-k1"
+    assert b.calls == [] and a.calls == ["k1"] * 3
+    # Without the hint (a retry round that does not pass it on) it would start at the head.
+    assert await _chain(Scripted("a", "refused"), b, Clock()).send(_sms("k1")) == "b-k1"
+
+
+def test_the_mark_is_read_back_from_a_reason_cut_to_500_characters() -> None:
+    reason = mark("twilio", "HTTP 503: " + "x" * 1000)
+    assert len(reason) == 500 and pinned_to(reason) == "twilio"
+    assert pinned_to(None) is None and pinned_to("HTTP 503: in doubt at twilio: x") is None
+    assert pinned_to("provider paused: circuit open") is None
+
+
+async def test_a_hint_naming_a_provider_no_longer_in_the_chain_is_ignored() -> None:
+    a, b = Scripted("a"), Scripted("b")
+    retry = dataclasses.replace(_sms("k1"), pinned_to="smtp")
+    assert await _chain(a, b, Clock()).send(retry) == "a-k1"
 
 
 async def test_when_every_provider_refuses_the_error_is_retryable_with_the_last_reason() -> None:
