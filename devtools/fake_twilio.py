@@ -7,7 +7,9 @@ component). Written from Twilio's public API reference:
   errors as Twilio's `{"code", "message", "more_info", "status"}`: 20003 (401, bad
   credentials), 21602 (no Body), 21603 (no From), 21604 (no To), 21211 (To not a valid phone
   number: not E.164), 21610 (recipient unsubscribed: `--unsubscribed-pattern`), 20429 (429
-  with Retry-After, `error_429` fraction), 500 (`error_500` fraction), 503 (`outage`).
+  with Retry-After, `error_429` fraction), 500 (`error_500` fraction), 503 (`outage` "503");
+  `outage` "hang": no answer for `hang_seconds`, then the connection closed, nothing accepted
+  (a provider down behind a load balancer that holds the connection: the client times out).
 - Status callbacks: for every accepted message with a `StatusCallback`, `sent` then
   `delivered` — or `undelivered` with `ErrorCode` 30003 for numbers matching
   `--undelivered-pattern`, `failed` with 30008 for `--failed-pattern` — posted form-encoded with
@@ -16,7 +18,8 @@ component). Written from Twilio's public API reference:
   Twilio does when a recipient replies, e.g. STOP) to `url`, signed.
 - Like the other fakes: `GET /requests`, `GET /stats`, `GET /tally` (acceptances per
   `Idempotency-Key` header), `POST /reset`, `POST /config` (`latency_ms`, `error_500`,
-  `error_429`, `retry_after_seconds`, `outage`: "503" | null, the patterns, `callbacks`:
+  `error_429`, `retry_after_seconds`, `outage`: "503" | "hang" | null, `hang_seconds`, the
+  patterns, `callbacks`:
   false to stop posting callbacks), `GET /callbacks` (what was posted and the answers),
   `GET /health`.
 """
@@ -60,6 +63,7 @@ class Behaviour:
     error_429: float = 0.0
     retry_after_seconds: int = 1
     outage: str | None = None
+    hang_seconds: float = 30.0
     callbacks: bool = True
     callback_delay_ms: float = 50.0
     rng: random.Random = field(default_factory=random.Random)
@@ -153,6 +157,12 @@ def create_app(behaviour: Behaviour) -> web.Application:
             return refuse(_error(401, 20003, "Authentication Error - invalid username"))
         if b.outage == "503":
             return refuse(_error(503, 20500, "Service Unavailable"))
+        if b.outage == "hang":
+            entry["status"] = "hung"
+            await asyncio.sleep(b.hang_seconds)
+            if request.transport is not None:
+                request.transport.close()
+            raise ConnectionResetError("hung up")
         draw = b.rng.random()
         if draw < b.error_500:
             return refuse(_error(500, 20500, "Internal Server Error"))
@@ -250,9 +260,12 @@ def create_app(behaviour: Behaviour) -> web.Application:
         if "retry_after_seconds" in body:
             b.retry_after_seconds = int(body["retry_after_seconds"])
         if "outage" in body:
-            if body["outage"] not in (None, "503"):
-                return web.json_response({"error": 'outage is "503" or null'}, status=400)
+            if body["outage"] not in (None, "503", "hang"):
+                return web.json_response({"error": 'outage is "503", "hang" or null'},
+                                         status=400)
             b.outage = body["outage"]
+        if "hang_seconds" in body:
+            b.hang_seconds = float(body["hang_seconds"])
         if "callbacks" in body:
             b.callbacks = bool(body["callbacks"])
         for name in ("unsubscribed_pattern", "undelivered_pattern", "failed_pattern"):
@@ -260,7 +273,7 @@ def create_app(behaviour: Behaviour) -> web.Application:
                 setattr(b, name, re.compile(body[name]) if body[name] else None)
         return web.json_response({
             "latency_ms": b.latency_ms, "error_500": b.error_500, "error_429": b.error_429,
-            "outage": b.outage, "callbacks": b.callbacks})
+            "outage": b.outage, "hang_seconds": b.hang_seconds, "callbacks": b.callbacks})
 
     async def health(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

@@ -87,6 +87,7 @@ def build_providers(settings: DispatcherSettings) -> dict[Channel, Provider]:
                 errors=settings.failover_errors,
                 window_seconds=settings.failover_window_seconds,
                 pause_seconds=settings.failover_pause_seconds,
+                doubt_errors=settings.failover_doubt_errors,
             )
     return providers
 

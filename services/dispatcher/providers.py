@@ -24,18 +24,21 @@ class OutgoingMessage:
     one (campaign, recipient, channel): it lets a provider that honours it drop our retries
     after a crash. Given as the request's event id, it is formatted only when a provider
     reads it (most calls of a fast provider never do; formatting a UUID costs more than the
-    rest of building the message)."""
+    rest of building the message). `pinned_to`: for a retry of a message left in doubt with
+    one provider of a failover chain, that provider's name (services/dispatcher/failover.py,
+    `pinned_to`), so that no other is asked."""
 
-    __slots__ = ("_key", "body", "channel", "sender", "subject", "to")
+    __slots__ = ("_key", "body", "channel", "pinned_to", "sender", "subject", "to")
 
     def __init__(self, channel: Channel, to: str, sender: str, subject: str | None, body: str,
-                 idempotency_key: str | uuid.UUID) -> None:
+                 idempotency_key: str | uuid.UUID, pinned_to: str | None = None) -> None:
         self.channel = channel
         self.to = to
         self.sender = sender
         self.subject = subject
         self.body = body
         self._key = idempotency_key
+        self.pinned_to = pinned_to
 
     @property
     def idempotency_key(self) -> str:
@@ -46,7 +49,7 @@ class OutgoingMessage:
 
     def _fields(self) -> tuple[object, ...]:
         return (self.channel, self.to, self.sender, self.subject, self.body,
-                self.idempotency_key)
+                self.idempotency_key, self.pinned_to)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, OutgoingMessage):
@@ -59,7 +62,7 @@ class OutgoingMessage:
     def __repr__(self) -> str:
         return (f"OutgoingMessage(channel={self.channel!r}, to={self.to!r}, "
                 f"sender={self.sender!r}, subject={self.subject!r}, body={self.body!r}, "
-                f"idempotency_key={self.idempotency_key!r})")
+                f"idempotency_key={self.idempotency_key!r}, pinned_to={self.pinned_to!r})")
 
 
 class ProviderError(Exception):
@@ -183,25 +186,25 @@ async def limited_request(
     pool: Http11Pool, request: bytes, seconds: float, limiter: AdaptiveLimiter | None
 ) -> Response:
     """One call, within `seconds`, in a slot of `limiter` when there is one (its limit learns
-    from the call's latency and whether the provider was overloaded: 429, 503, a timeout)."""
+    from the call's latency and whether the provider was overloaded: 429, 503, timeouts)."""
     if limiter is None:
         async with asyncio.timeout(seconds):
             return await pool.request(request)
     started = await limiter.acquire()
-    overloaded, measured = False, True
+    overloaded, measured, timed_out = False, True, False
     try:
         async with asyncio.timeout(seconds):
             response = await pool.request(request)
         overloaded = response.status in (429, 503)
         return response
     except TimeoutError:
-        overloaded = True
+        timed_out = True
         raise
     except BaseException:
         measured = False  # a connection refused or dropped says nothing about load
         raise
     finally:
-        limiter.release(started, overloaded=overloaded, measured=measured)
+        limiter.release(started, overloaded=overloaded, measured=measured, timed_out=timed_out)
 
 
 def in_doubt(exc: BaseException) -> bool:

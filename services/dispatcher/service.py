@@ -23,7 +23,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import asyncpg
 import msgspec
 
-from services.dispatcher import domain, repo
+from services.dispatcher import domain, failover, repo
 from services.dispatcher.domain import CampaignTemplate, Outcome, Request
 from services.dispatcher.providers import (
     OutgoingMessage,
@@ -744,7 +744,10 @@ class Dispatcher:
         breaker = self.breakers[req.channel]
         if not breaker.allow():
             due = _WALL() + max(breaker.reopen_at - time.monotonic(), 0.0) + random.random()
-            return Retry(req, attempts, first_at, due, "provider paused: circuit open")
+            reason = "provider paused: circuit open"
+            if message.pinned_to:  # still in doubt with that provider: it keeps the mark
+                reason = failover.mark(message.pinned_to, reason)
+            return Retry(req, attempts, first_at, due, reason)
         await self._limiter.acquire()
         # The last moment to honour an abort.
         if self._aborts.version != aborts_seen and req.campaign_id in self._aborts:
@@ -866,6 +869,7 @@ class Dispatcher:
         recorder_items: list[tuple[Request, Result]] = []
         fresh: list[Request] = []
         progress: dict[tuple[uuid.UUID, int, str], tuple[int, float]] = {}
+        pins: dict[tuple[uuid.UUID, int, str], str] = {}
         keys = [(r["campaign_id"], r["recipient_id"], r["channel"]) for r in rows]
         async with self._pool.acquire() as conn:
             recorded = await repo.recorded_outcomes(conn, keys)
@@ -881,6 +885,10 @@ class Dispatcher:
                 continue
             fresh.append(req)
             progress[key] = (row["attempts"], row["first_at"])
+            # Left in doubt with one provider of a failover chain: its retries go there only.
+            pin = failover.pinned_to(row["last_reason"])
+            if pin:
+                pins[key] = pin
 
         class _Collect:
             def add(self, req: Request, result: Result) -> None:
@@ -889,15 +897,22 @@ class Dispatcher:
         calls = await self._prepare_all(fresh, _Collect())  # type: ignore[arg-type]
         for req, result in recorder_items:
             if isinstance(result, Retry):  # still not known: keep its first attempt time
-                attempts, first_at = progress[domain.dedupe_key(req)]
-                result = self._reschedule(req, attempts, first_at, result.reason)
+                key = domain.dedupe_key(req)
+                attempts, first_at = progress[key]
+                reason = result.reason
+                if key in pins:
+                    reason = failover.mark(pins[key], reason)
+                result = self._reschedule(req, attempts, first_at, reason)
             results.append((req, result))
         queue = iter(calls)
 
         async def worker() -> None:
             async with self._slots:
                 for req, message in queue:
-                    attempts, first_at = progress[domain.dedupe_key(req)]
+                    key = domain.dedupe_key(req)
+                    attempts, first_at = progress[key]
+                    if key in pins:
+                        message.pinned_to = pins[key]
                     early = self._precheck(req)
                     results.append((req, early if early is not None else await self._call(
                         req, message, attempts=attempts, first_at=first_at)))

@@ -191,8 +191,11 @@ def test_a_primary_in_outage_fails_over_to_the_secondary_and_traffic_returns_aft
     at_twilio = _accepted(http, twilio_setup.twilio, phones)
     at_http = _accepted(http, sendout.provider, phones)
     assert at_twilio == {} and len(at_http) == 200 and set(at_http.values()) == {1}
-    time.sleep(3.5)  # the primary's pause ends
-    later = _phones(20)
+    time.sleep(3.5)  # the primary's pause ends: one message at a time tries it (on trial)
+    trial = _phones(1)
+    _send(http, sendout, trial)
+    assert len(_accepted(http, twilio_setup.twilio, trial)) == 1
+    later = _phones(20)  # accepted: the traffic is back
     _, final = _send(http, sendout, later)
     assert final["completed"] == 20
     assert len(_accepted(http, twilio_setup.twilio, later)) == 20

@@ -4,6 +4,8 @@ in an outage and a secondary (the fake HTTP provider) on the loopback, and the s
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -15,7 +17,7 @@ from devtools.fake_provider import Behaviour as HttpBehaviour
 from devtools.fake_provider import ReceiptPoster, create_routes
 from devtools.fake_twilio import Behaviour, create_app
 from services.dispatcher.app import adapters_of, build_providers, provider_chain, provider_names
-from services.dispatcher.failover import FailoverProvider
+from services.dispatcher.failover import FailoverProvider, mark, pinned_to
 from services.dispatcher.metrics import MeteredProvider
 from services.dispatcher.providers import (
     HttpProvider,
@@ -32,13 +34,16 @@ class Scripted:
     """A provider whose answers the test sets: "ok", "permanent", "refused" (retryable, not
     in doubt) or "doubt" (retryable, in doubt)."""
 
-    def __init__(self, name: str, answer: str = "ok") -> None:
+    def __init__(self, name: str, answer: str = "ok", delay: float = 0.0) -> None:
         self.name = name
         self.answer = answer
+        self.delay = delay  # how long each call takes
         self.calls: list[str] = []
 
     async def send(self, message: OutgoingMessage) -> str:
         self.calls.append(message.idempotency_key)
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if self.answer == "permanent":
             raise PermanentProviderError("invalid number")
         if self.answer in ("refused", "doubt"):
@@ -88,6 +93,79 @@ async def test_sustained_errors_pass_the_primary_over_until_its_pause_ends() -> 
     assert chain.accepted == [1, 11]
 
 
+async def _send_all(chain: FailoverProvider, keys: list[str]) -> list[str | BaseException]:
+    return await asyncio.gather(*(chain.send(_sms(k)) for k in keys), return_exceptions=True)
+
+
+async def test_after_its_pause_a_primary_still_down_gets_one_message_not_a_crowd() -> None:
+    a, b, clock = Scripted("a", "refused", delay=0.01), Scripted("b"), Clock()
+    chain = _chain(a, b, clock, errors=3)
+    await _send_all(chain, [f"k{n}" for n in range(10)])
+    tried = len(a.calls)
+    assert tried >= 3 and chain.accepted == [0, 10]
+    clock.now += 31  # the pause is over: on trial, one message at a time
+    await _send_all(chain, [f"t{n}" for n in range(20)])
+    assert len(a.calls) == tried + 1  # the trial failed: passed over again at once
+    await _send_all(chain, [f"u{n}" for n in range(20)])
+    assert len(a.calls) == tried + 1 and chain.accepted == [0, 50]
+    clock.now += 31
+    a.answer = "ok"
+    await _send_all(chain, [f"v{n}" for n in range(20)])
+    assert chain.accepted[0] == 1  # the trial was accepted; the others had gone on to b
+    await _send_all(chain, [f"w{n}" for n in range(20)])
+    assert chain.accepted == [21, 69]  # traffic is back at the primary
+
+
+async def test_a_primary_that_hangs_after_its_pause_keeps_one_message_in_doubt_not_a_crowd(
+) -> None:
+    a, b, clock = Scripted("a", "doubt", delay=0.01), Scripted("b"), Clock()
+    chain = _chain(a, b, clock, errors=5)
+    first = await _send_all(chain, [f"k{n}" for n in range(20)])
+    in_doubt = [r for r in first if isinstance(r, RetryableProviderError) and r.in_doubt]
+    assert len(in_doubt) == 20  # all were in flight before the fifth timeout came back
+    assert await chain.send(_sms("later")) == "b-later"
+    clock.now += 31
+    second = await _send_all(chain, [f"t{n}" for n in range(20)])
+    assert sum(isinstance(r, RetryableProviderError) for r in second) == 1
+    assert b.calls[-19:] == [f"t{n}" for n in range(20) if f"t{n}" not in a.calls]
+
+
+async def test_calls_in_doubt_in_a_row_pass_a_provider_over_without_waiting_for_the_rule(
+) -> None:
+    a, b, clock = Scripted("a", "doubt"), Scripted("b"), Clock()
+    chain = FailoverProvider([("a", a), ("b", b)], errors=50, window_seconds=60,
+                             pause_seconds=30, doubt_errors=5, clock=clock)
+    for n in range(5):
+        with pytest.raises(RetryableProviderError):
+            await chain.send(_sms(f"k{n}"))
+    assert await chain.send(_sms("next")) == "b-next"  # five in doubt, nothing in between
+    assert len(a.calls) == 5
+
+
+async def test_a_few_calls_in_doubt_among_answers_pass_nothing_over() -> None:
+    a, b, clock = Scripted("a"), Scripted("b"), Clock()
+    chain = FailoverProvider([("a", a), ("b", b)], errors=50, window_seconds=60,
+                             pause_seconds=30, doubt_errors=5, clock=clock)
+    for n in range(40):
+        a.answer = "doubt" if n % 5 else "ok"  # four in doubt, then an answer, again and again
+        with contextlib.suppress(RetryableProviderError):
+            await chain.send(_sms(f"k{n}"))
+    assert len(a.calls) == 40 and b.calls == []
+
+
+async def test_a_permanent_refusal_ends_a_trial_the_provider_is_up() -> None:
+    a, b, clock = Scripted("a", "refused"), Scripted("b"), Clock()
+    chain = _chain(a, b, clock, errors=1)
+    await chain.send(_sms("k1"))
+    clock.now += 31
+    a.answer = "permanent"
+    with pytest.raises(PermanentProviderError):
+        await chain.send(_sms("k2"))
+    a.answer = "ok"
+    await _send_all(chain, ["k3", "k4"])
+    assert chain.accepted == [2, 1] and b.calls == ["k1"]
+
+
 async def test_a_passed_over_primary_is_still_tried_when_the_secondary_fails() -> None:
     a, b, clock = Scripted("a", "refused"), Scripted("b"), Clock()
     chain = _chain(a, b, clock, errors=1)
@@ -117,6 +195,42 @@ async def test_a_message_in_doubt_stays_with_its_provider_and_never_goes_to_anot
     a.answer = "ok"
     assert await chain.send(_sms("k1")) == "a-k1"
     assert b.calls == ["k2"]
+
+
+async def test_a_pin_travels_in_the_reason_to_another_process_or_a_restart() -> None:
+    a, b = Scripted("a", "doubt"), Scripted("b")
+    first = _chain(a, b, Clock(), errors=100)
+    with pytest.raises(RetryableProviderError) as caught:
+        await first.send(_sms("k1"))
+    reason = str(caught.value)[:500]  # what the dispatcher stores on its retry schedule
+    assert caught.value.in_doubt and pinned_to(reason) == "a"
+    # Another process (or this one restarted): no pin in memory, the hint from the reason.
+    a.answer = "refused"  # a definite refusal now: still in doubt from the first call
+    second = _chain(a, b, Clock(), errors=1)
+    retry = dataclasses.replace(_sms("k1"), pinned_to=pinned_to(reason))
+    with pytest.raises(RetryableProviderError) as again:
+        await second.send(retry)
+    assert again.value.in_doubt and pinned_to(str(again.value)) == "a"
+    a.answer = "ok"
+    third = _chain(a, b, Clock())
+    retry = dataclasses.replace(_sms("k1"), pinned_to=pinned_to(str(again.value)))
+    assert await third.send(retry) == "a-k1"
+    assert b.calls == [] and a.calls == ["k1"] * 3
+    # Without the hint (a retry round that does not pass it on) it would start at the head.
+    assert await _chain(Scripted("a", "refused"), b, Clock()).send(_sms("k1")) == "b-k1"
+
+
+def test_the_mark_is_read_back_from_a_reason_cut_to_500_characters() -> None:
+    reason = mark("twilio", "HTTP 503: " + "x" * 1000)
+    assert len(reason) == 500 and pinned_to(reason) == "twilio"
+    assert pinned_to(None) is None and pinned_to("HTTP 503: in doubt at twilio: x") is None
+    assert pinned_to("provider paused: circuit open") is None
+
+
+async def test_a_hint_naming_a_provider_no_longer_in_the_chain_is_ignored() -> None:
+    a, b = Scripted("a"), Scripted("b")
+    retry = dataclasses.replace(_sms("k1"), pinned_to="smtp")
+    assert await _chain(a, b, Clock()).send(retry) == "a-k1"
 
 
 async def test_when_every_provider_refuses_the_error_is_retryable_with_the_last_reason() -> None:
@@ -196,3 +310,24 @@ def test_chains_are_read_from_the_settings_and_bad_names_refused() -> None:
         provider_chain(DispatcherSettings(sms_providers="http,http"), "sms")
     shared = build_providers(DispatcherSettings(provider="http"))
     assert shared["email"] is shared["sms"]
+
+
+async def test_the_fake_twilio_hanging_leaves_the_call_in_doubt_and_accepts_nothing(
+    twilio_and_http: tuple[TestServer, Behaviour, str]
+) -> None:
+    twilio_server, behaviour, _ = twilio_and_http
+    primary = TwilioProvider(str(twilio_server.make_url("")), behaviour.account_sid, "t",
+                             from_number="+15005550001", timeout=0.3, max_connections=4)
+    behaviour.outage, behaviour.hang_seconds = "hang", 2.0
+    with pytest.raises(RetryableProviderError) as timed_out:
+        await primary.send(_sms("hung-1"))
+    behaviour.hang_seconds = 0.05  # hangs up before the client gives up
+    with pytest.raises(RetryableProviderError) as dropped:
+        await primary.send(_sms("hung-2"))
+    assert timed_out.value.in_doubt and dropped.value.in_doubt
+    behaviour.outage = None
+    assert (await primary.send(_sms("hung-2"))).startswith("SM")
+    await primary.close()
+    async with aiohttp.ClientSession() as session:
+        async with session.get(twilio_server.make_url("/tally")) as r:
+            assert (await r.json())["accepted"] == 1
