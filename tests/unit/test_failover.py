@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -54,8 +53,9 @@ class Scripted:
         return None
 
 
-def _sms(key: str) -> OutgoingMessage:
-    return OutgoingMessage("sms", "+15005550006", "+15005550001", None, "hello", key)
+def _sms(key: str, pinned_to: str | None = None) -> OutgoingMessage:
+    return OutgoingMessage("sms", "+15005550006", "+15005550001", None, "hello", key,
+                           pinned_to=pinned_to)
 
 
 class Clock:
@@ -207,13 +207,13 @@ async def test_a_pin_travels_in_the_reason_to_another_process_or_a_restart() -> 
     # Another process (or this one restarted): no pin in memory, the hint from the reason.
     a.answer = "refused"  # a definite refusal now: still in doubt from the first call
     second = _chain(a, b, Clock(), errors=1)
-    retry = dataclasses.replace(_sms("k1"), pinned_to=pinned_to(reason))
+    retry = _sms("k1", pinned_to=pinned_to(reason))
     with pytest.raises(RetryableProviderError) as again:
         await second.send(retry)
     assert again.value.in_doubt and pinned_to(str(again.value)) == "a"
     a.answer = "ok"
     third = _chain(a, b, Clock())
-    retry = dataclasses.replace(_sms("k1"), pinned_to=pinned_to(str(again.value)))
+    retry = _sms("k1", pinned_to=pinned_to(str(again.value)))
     assert await third.send(retry) == "a-k1"
     assert b.calls == [] and a.calls == ["k1"] * 3
     # Without the hint (a retry round that does not pass it on) it would start at the head.
@@ -229,7 +229,7 @@ def test_the_mark_is_read_back_from_a_reason_cut_to_500_characters() -> None:
 
 async def test_a_hint_naming_a_provider_no_longer_in_the_chain_is_ignored() -> None:
     a, b = Scripted("a"), Scripted("b")
-    retry = dataclasses.replace(_sms("k1"), pinned_to="smtp")
+    retry = _sms("k1", pinned_to="smtp")
     assert await _chain(a, b, Clock()).send(retry) == "a-k1"
 
 
