@@ -188,13 +188,11 @@ async def limited_request(
     """One call, within `seconds`, in a slot of `limiter` when there is one (its limit learns
     from the call's latency and whether the provider was overloaded: 429, 503, timeouts)."""
     if limiter is None:
-        async with asyncio.timeout(seconds):
-            return await pool.request(request)
+        return await pool.request(request, seconds)
     started = await limiter.acquire()
     overloaded, measured, timed_out = False, True, False
     try:
-        async with asyncio.timeout(seconds):
-            response = await pool.request(request)
+        response = await pool.request(request, seconds)
         overloaded = response.status in (429, 503)
         return response
     except TimeoutError:

@@ -65,7 +65,12 @@ class Provider:
         self._random = random.Random(self.seed)
         self._cpu = asyncio.Lock() if self.cpu_per_call else None
 
-    async def request(self, data: bytes) -> Response:
+    async def request(self, data: bytes, within: float | None = None) -> Response:
+        """`Http11Pool.request`: the answer within `within` seconds, else `TimeoutError`."""
+        async with asyncio.timeout(within):
+            return await self._answer()
+
+    async def _answer(self) -> Response:
         self.in_flight += 1
         try:
             if self.capacity and self.in_flight > self.capacity:

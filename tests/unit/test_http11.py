@@ -219,3 +219,41 @@ async def test_the_bound_holds_when_the_server_closes_every_connection_and_cance
     finally:
         await pool.close()
         server.close()
+
+
+async def test_an_answer_that_does_not_come_times_out_and_its_connection_is_not_reused() -> None:
+    """The deadline covers the answer (a timer on its future): the request fails with
+    `TimeoutError` at the deadline, the silent connection is closed, and the slot serves the
+    next request over a new connection."""
+    silent_then_fast: list[int] = []
+
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        silent_then_fast.append(1)
+        try:
+            await reader.readuntil(b"{}")
+            if len(silent_then_fast) == 1:
+                await reader.read()  # never answers; returns when the client closes
+                writer.close()
+                return
+            writer.write(b"HTTP/1.1 202 OK\r\nContent-Length: 8\r\n\r\n{\"id\":7}")
+            await writer.drain()
+            await reader.read()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(client, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = Http11Pool(f"http://127.0.0.1:{port}", max_connections=1)
+    loop = asyncio.get_running_loop()
+    try:
+        started = loop.time()
+        with pytest.raises(TimeoutError):
+            await pool.request(_request(), 0.2)
+        assert 0.15 <= loop.time() - started < 2
+        answer = await pool.request(_request(), 2)
+    finally:
+        await pool.close()
+        server.close()
+    assert answer.body == b'{"id":7}'
+    assert len(silent_then_fast) == 2  # a new connection for the second request
