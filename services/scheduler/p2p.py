@@ -22,6 +22,7 @@ from services.scheduler.auth import Principal
 from services.scheduler.fanout import FanoutRunner, campaign_context, lock_key
 from services.scheduler.service import _ensure_recipients_fit
 from shared import wire
+from shared.db import Conn
 from shared.events import AddressOptedOut
 
 
@@ -32,7 +33,7 @@ class Busy(domain.Conflict):
 
 
 async def _campaign(
-    conn: asyncpg.Connection, campaign_id: uuid.UUID, principal: Principal, *, share: bool
+    conn: Conn, campaign_id: uuid.UUID, principal: Principal, *, share: bool
 ) -> asyncpg.Record:
     row = await repo.lock_campaign(conn, campaign_id, share=share)
     # Another organisation's campaign does not exist, as far as this user can tell.

@@ -16,6 +16,7 @@ from services.tracker import repo, service
 from services.tracker.service import PublishCompleted
 from shared import topics
 from shared.auth import Principal
+from shared.db import Conn
 from shared.events import LIFECYCLE, LifecycleEvent
 from shared.http_input import After
 from shared.kafka import BATCH_CONSUMER, process_bounded
@@ -76,7 +77,7 @@ def http_router(pool: asyncpg.Pool, user: Any) -> APIRouter:
     router = APIRouter(prefix="/campaigns", tags=["progress"])
 
     async def progress_for(
-        conn: asyncpg.Connection, campaign_id: uuid.UUID, principal: Principal
+        conn: Conn, campaign_id: uuid.UUID, principal: Principal
     ) -> Any:
         p = await repo.get_progress(conn, campaign_id)
         if p is None or p.organisation_id != principal.organisation_id:
