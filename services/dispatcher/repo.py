@@ -153,9 +153,9 @@ async def seen_before(
         return {}, set()
     wanted = {domain.dedupe_key(r) for r in requests}
     scheduled = {k for k in (tuple(row[:3]) for row in found if row[3]) if k in wanted}
-    keys: list[Key] = [k for k in (tuple(row[:3]) for row in found if not row[3])  # type: ignore[misc]
+    keys: list[Key] = [k for k in (tuple(row[:3]) for row in found if not row[3])
                        if k in wanted]
-    return (await recorded_outcomes(conn, keys) if keys else {}), scheduled  # type: ignore[return-value]
+    return (await recorded_outcomes(conn, keys) if keys else {}), scheduled
 
 
 # Recipient ids this close together share a range: the ids between them that are not asked

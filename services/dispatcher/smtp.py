@@ -207,7 +207,7 @@ class Session:
                                        server_hostname=o.host)
             if tls is None:
                 raise SmtpConnectionError("STARTTLS: no TLS transport")
-            self._wire.transport = tls  # type: ignore[assignment]
+            self._wire.transport = tls
             await self._ehlo()  # RFC 3207: what the server offers may differ under TLS
         if o.username is not None:
             await self._auth(o.username, o.password or "")

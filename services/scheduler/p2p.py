@@ -27,7 +27,8 @@ from shared.events import AddressOptedOut
 
 
 class Busy(domain.Conflict):
-    def __init__(self, user: str, campaign_id: uuid.UUID) -> None:
+    # None: the user's other campaign ended between the claim and the look-up of it.
+    def __init__(self, user: str, campaign_id: uuid.UUID | None) -> None:
         super().__init__(f"user {user} is already sending campaign {campaign_id}; end it first")
         self.active_campaign = campaign_id
 
@@ -55,7 +56,7 @@ async def start_sending(
         claimed, active = await repo.claim_sender(conn, principal.user_id, campaign_id)
         if not claimed:
             raise Busy(principal.name, active)
-        state = row["state"]
+        state: str = row["state"]
         if state == "draft":
             await _ensure_recipients_fit(conn, campaign_id)
             await repo.start_sending(conn, campaign_id)

@@ -93,6 +93,7 @@ async def add_template_version(
         """,
         template_id, template.email_subject, template.email_body, template.sms_body,
     )
+    assert row is not None  # INSERT ... SELECT of an aggregate: always one row
     await conn.execute("UPDATE templates SET name = $2 WHERE id = $1", template_id, template.name)
     return TemplateVersion(template_id, row["version"], template.email_subject,
                            template.email_body, template.sms_body)
@@ -116,10 +117,11 @@ async def latest_template(
 async def template_name(
     conn: Conn, template_id: uuid.UUID, organisation_id: uuid.UUID
 ) -> str | None:
-    return await conn.fetchval(
+    found: str | None = await conn.fetchval(
         "SELECT name FROM templates WHERE id = $1 AND organisation_id = $2 FOR UPDATE",
         template_id, organisation_id,
     )
+    return found
 
 
 async def senders_of(conn: Conn, organisation_id: uuid.UUID) -> list[asyncpg.Record]:
@@ -200,11 +202,12 @@ async def lock_campaign_state(
 ) -> str | None:
     """The campaign's state, row-locked until the transaction ends (serialises transitions);
     with `organisation_id`, None unless the campaign is that organisation's."""
-    return await conn.fetchval(
+    found: str | None = await conn.fetchval(
         "SELECT state FROM campaigns "
         "WHERE id = $1 AND ($2::uuid IS NULL OR organisation_id = $2) FOR UPDATE",
         campaign_id, organisation_id,
     )
+    return found
 
 
 async def copy_recipients(
@@ -242,6 +245,7 @@ async def recipients_missing_variables(
         """,
         campaign_id, *([attributes] if attributes else []),
     )
+    assert row is not None  # an aggregate without GROUP BY: always one row
     return row["n"], list(row["ids"] or [])
 
 
@@ -259,7 +263,7 @@ async def list_voter_count(conn: Conn, campaign_id: uuid.UUID) -> int:
 
 async def start_sending(conn: Conn, campaign_id: uuid.UUID) -> int:
     """Move a locked campaign to `sending`, fixing its total and its started event's id."""
-    return await conn.fetchval(
+    found: int = await conn.fetchval(
         """
         UPDATE campaigns c
         SET state = 'sending', started_at = now(), started_event_id = gen_random_uuid(),
@@ -270,6 +274,7 @@ async def start_sending(conn: Conn, campaign_id: uuid.UUID) -> int:
         """,
         campaign_id,
     )
+    return found
 
 
 async def claim_due(conn: Conn, limit: int) -> list[asyncpg.Record]:
@@ -287,12 +292,13 @@ async def claim_due(conn: Conn, limit: int) -> list[asyncpg.Record]:
 
 
 async def next_due_in(conn: Conn) -> float | None:
-    return await conn.fetchval(
+    found: float | None = await conn.fetchval(
         """
         SELECT extract(epoch FROM min(scheduled_for) - now())::float8
         FROM campaigns WHERE state = 'scheduled'
         """
     )
+    return found
 
 
 async def set_scheduled(conn: Conn, campaign_id: uuid.UUID, at: Any) -> None:
@@ -411,7 +417,7 @@ async def organisation_exists(conn: Conn, organisation_id: uuid.UUID) -> bool:
 
 
 async def ensure_organisation(conn: Conn, name: str) -> uuid.UUID:
-    return await conn.fetchval(
+    found: uuid.UUID = await conn.fetchval(
         """
         WITH ins AS (
             INSERT INTO organisations (id, name) VALUES (gen_random_uuid(), $1)
@@ -421,10 +427,11 @@ async def ensure_organisation(conn: Conn, name: str) -> uuid.UUID:
         """,
         name,
     )
+    return found
 
 
 async def upsert_user(conn: Conn, organisation_id: uuid.UUID, name: str) -> uuid.UUID:
-    return await conn.fetchval(
+    found: uuid.UUID = await conn.fetchval(
         """
         INSERT INTO users (id, organisation_id, name) VALUES (gen_random_uuid(), $1, $2)
         ON CONFLICT (organisation_id, name) DO UPDATE SET name = excluded.name
@@ -432,6 +439,7 @@ async def upsert_user(conn: Conn, organisation_id: uuid.UUID, name: str) -> uuid
         """,
         organisation_id, name,
     )
+    return found
 
 
 async def get_user(conn: Conn, user_id: uuid.UUID) -> Principal | None:

@@ -158,8 +158,9 @@ async def add_recipients_csv(
                 f"{parser.detected['encoding']}, {parser.detected['delimiter']}-separated)"
                 if parser.rejected else "CSV has a header but no recipients",
                 parser.errors)
-    return domain.CsvAdded(added=added, rejected=parser.rejected, errors=parser.errors,
-                           detected=parser.detected)
+    return domain.CsvAdded(added=added, rejected=parser.rejected,
+                           errors=[domain.RowError.model_validate(e) for e in parser.errors],
+                           detected=domain.Detected.model_validate(parser.detected))
 
 
 async def send_now(

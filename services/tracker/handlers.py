@@ -13,6 +13,7 @@ from faststream.kafka import KafkaRouter
 from faststream.kafka.annotations import KafkaBroker, KafkaMessage
 
 from services.tracker import repo, service
+from services.tracker.domain import Progress
 from services.tracker.service import PublishCompleted
 from shared import topics
 from shared.auth import Principal
@@ -78,7 +79,7 @@ def http_router(pool: asyncpg.Pool, user: Any) -> APIRouter:
 
     async def progress_for(
         conn: Conn, campaign_id: uuid.UUID, principal: Principal
-    ) -> Any:
+    ) -> Progress:
         p = await repo.get_progress(conn, campaign_id)
         if p is None or p.organisation_id != principal.organisation_id:
             raise not_found(campaign_id)

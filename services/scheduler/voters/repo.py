@@ -42,13 +42,14 @@ async def insert_voter(
 async def voter_with_identity(
     conn: Conn, org: uuid.UUID, f: VoterFields
 ) -> int | None:
-    return await conn.fetchval(
+    found: int | None = await conn.fetchval(
         """
         SELECT id FROM voters
         WHERE organisation_id = $1 AND match_key = voter_match_key($2, $3, $4)
         """,
         org, f.external_id, f.email, f.phone,
     )
+    return found
 
 
 async def get_voter(
@@ -66,8 +67,9 @@ async def get_voter(
 async def update_voter(
     conn: Conn, org: uuid.UUID, voter_id: int, f: VoterFields
 ) -> asyncpg.Record:
-    """Raises asyncpg.UniqueViolationError if the new identity is another voter's."""
-    return await conn.fetchrow(
+    """The voter must exist (the caller holds its row lock). Raises
+    asyncpg.UniqueViolationError if the new identity is another voter's."""
+    row = await conn.fetchrow(
         f"""
         UPDATE voters v
         SET external_id = $3, first_name = $4, last_name = $5, email = $6, phone = $7,
@@ -77,6 +79,8 @@ async def update_voter(
         """,
         voter_id, org, *f,
     )
+    assert row is not None, f"voter {voter_id} vanished under its row lock"
+    return row
 
 
 async def search_voters(
