@@ -252,6 +252,7 @@ class DeliveryReported(Event):
     outcome has no campaign yet (and is keyed by the provider message id instead).
     """
 
+    # Optional here alone (see above): a narrower field than Event's, on purpose.
     campaign_id: uuid.UUID | None = None  # type: ignore[assignment]
     type: Literal["delivery_reported"] = "delivery_reported"
     provider_message_id: str

@@ -91,6 +91,7 @@ def install(
             done.append(True)
         return schema
 
+    # FastAPI's documented way to extend the schema, which mypy sees as replacing a method.
     app.openapi = openapi  # type: ignore[method-assign]
 
 

@@ -49,6 +49,8 @@ class Request(Protocol):
     @property
     def variables(self) -> dict[str, Any]: ...
 
+    def to_bytes(self) -> bytes: ...
+
 
 @dataclass(frozen=True)
 class CampaignTemplate:

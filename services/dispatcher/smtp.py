@@ -73,6 +73,7 @@ class _Wire(asyncio.Protocol):
         self._lost: BaseException | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # asyncio types the argument as a BaseTransport; a stream connection's can write.
         self.transport = transport  # type: ignore[assignment]
         sock = transport.get_extra_info("socket")
         if sock is not None:
