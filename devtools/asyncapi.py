@@ -24,6 +24,7 @@ from typing import Any
 from unittest.mock import MagicMock
 
 import yaml
+from faststream.kafka.subscriber.usecase import LogicSubscriber
 from pydantic import TypeAdapter
 
 from shared import events, topics
@@ -97,6 +98,7 @@ def consumers() -> dict[str, list[tuple[str, str | None, str]]]:
     for service, rs in routers.items():
         for router in rs:
             for sub in router.subscribers:
+                assert isinstance(sub, LogicSubscriber)  # a KafkaRouter's: topics, group_id
                 if not sub.specification.include_in_schema:
                     continue
                 for topic in sub.topics:

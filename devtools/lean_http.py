@@ -139,7 +139,7 @@ class _Connection(asyncio.Protocol):
             answer = await handler(request)
             status, body = answer[0], answer[1]
             if len(answer) == 3:
-                headers = answer[2]  # type: ignore[misc]
+                headers = answer[2]
         except Exception as exc:  # a fake: report it to the client rather than hang it
             status, body = 500, {"error": f"{type(exc).__name__}: {exc}"}
         self._busy = False

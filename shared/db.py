@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 log = logging.getLogger(__name__)
+
+# What a repository function takes: a connection from `pool.acquire()` (a proxy, as asyncpg's
+# types say) or one opened on its own.
+Conn: TypeAlias = asyncpg.Connection | PoolConnectionProxy
 
 
 async def create_pool(
@@ -22,7 +27,7 @@ async def create_pool(
     schema: str,
     *,
     max_size: int = 10,
-    init: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
+    init: Callable[[asyncpg.Connection], Coroutine[Any, Any, None]] | None = None,
     generic_plans: bool = False,
     session_state: bool = True,
 ) -> asyncpg.Pool:
@@ -102,7 +107,7 @@ async def migrate(pool: asyncpg.Pool, schema: str, folder: Path) -> list[str]:
 
 
 async def copy_if_all_new(
-    conn: asyncpg.Connection, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+    conn: Conn, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
 ) -> bool:
     """COPY `rows` straight into `table`, in a savepoint; False, and nothing written, if one of
     them is there already (a unique violation).
@@ -136,7 +141,7 @@ class Staging:
             f"CREATE TEMPORARY TABLE IF NOT EXISTS {name} ({definition}) ON COMMIT DELETE ROWS"
         )
 
-    async def load(self, conn: asyncpg.Connection, records: Iterable[tuple[Any, ...]]) -> None:
+    async def load(self, conn: Conn, records: Iterable[tuple[Any, ...]]) -> None:
         # Created on a connection's first use, and again if the transaction that created it
         # was rolled back (`IF NOT EXISTS`: one catalog lookup per batch); emptied, in case this
         # transaction loaded it before.

@@ -14,12 +14,13 @@ from faststream.kafka import KafkaRouter
 from faststream.kafka.annotations import KafkaBroker, KafkaMessage
 
 from shared import topics
+from shared.db import Conn
 from shared.events import ERASURE, RecipientsErased
 from shared.kafka import BATCH_CONSUMER, process_bounded
 
 # The service's erasure: blank the events' recipients in its tables; idempotent (an event may
 # come again, alone or with others).
-Erase = Callable[[asyncpg.Connection, Sequence[RecipientsErased]], Awaitable[object]]
+Erase = Callable[[Conn, Sequence[RecipientsErased]], Awaitable[object]]
 
 
 def kafka_router(pool: asyncpg.Pool, erase: Erase, *, service: str, description: str,

@@ -159,7 +159,7 @@ class MessageSkipped(_Outcome):
 
 
 Outcome = Annotated[MessageSent | MessageFailed | MessageSkipped, Field(discriminator="type")]
-OUTCOME = TypeAdapter(Outcome)
+OUTCOME: TypeAdapter[Outcome] = TypeAdapter(Outcome)
 
 
 class OutcomeBatch(Event):
@@ -176,10 +176,9 @@ class OutcomeBatch(Event):
 
 
 # What a record of `sendout.outcomes.v1` holds: one outcome, or a batch of them.
-OUTCOME_RECORD = TypeAdapter(
-    Annotated[MessageSent | MessageFailed | MessageSkipped | OutcomeBatch,
-              Field(discriminator="type")]
-)
+OutcomeRecord = Annotated[MessageSent | MessageFailed | MessageSkipped | OutcomeBatch,
+                          Field(discriminator="type")]
+OUTCOME_RECORD: TypeAdapter[OutcomeRecord] = TypeAdapter(OutcomeRecord)
 
 
 class CampaignStarted(Event):
@@ -253,6 +252,7 @@ class DeliveryReported(Event):
     outcome has no campaign yet (and is keyed by the provider message id instead).
     """
 
+    # Optional here alone (see above): a narrower field than Event's, on purpose.
     campaign_id: uuid.UUID | None = None  # type: ignore[assignment]
     type: Literal["delivery_reported"] = "delivery_reported"
     provider_message_id: str
@@ -347,7 +347,7 @@ class ApiTokenRevoked(_IdentityEvent):
 
 
 IdentityEvent = Annotated[ApiTokenIssued | ApiTokenRevoked, Field(discriminator="type")]
-IDENTITY = TypeAdapter(IdentityEvent)
+IDENTITY: TypeAdapter[IdentityEvent] = TypeAdapter(IdentityEvent)
 
 
 LifecycleEvent = Annotated[
@@ -359,8 +359,9 @@ LifecycleEvent = Annotated[
     | CampaignCompleted,
     Field(discriminator="type"),
 ]
-LIFECYCLE = TypeAdapter(LifecycleEvent)
+LIFECYCLE: TypeAdapter[LifecycleEvent] = TypeAdapter(LifecycleEvent)
 SEND_REQUESTED = TypeAdapter(SendRequested)
 # What a record of `sendout.send-requested.v1` holds: one request, or a batch of them. (Not a
 # discriminated union: a single request may omit `type`, which defaults.)
-SEND_REQUESTED_RECORD = TypeAdapter(SendRequested | SendRequestedBatch)
+SEND_REQUESTED_RECORD: TypeAdapter[SendRequested | SendRequestedBatch] = TypeAdapter(
+    SendRequested | SendRequestedBatch)

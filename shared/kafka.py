@@ -11,7 +11,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypedDict, TypeVar
 
 import asyncpg
 from aiokafka import AIOKafkaProducer, ConsumerRecord
@@ -78,7 +78,17 @@ async def raw_body(message: StreamMessage[Any]) -> Any:
     return message.body
 
 
-BATCH_CONSUMER: dict[str, Any] = {
+class ConsumerOptions(TypedDict):
+    """Subscriber options shared by several subscribers; typed, so that `subscriber(**options)`
+    matches FastStream's batch overload (a `dict[str, Any]` leaves the subscriber untyped)."""
+
+    ack_policy: AckPolicy
+    auto_offset_reset: Literal["latest", "earliest"]
+    batch: Literal[True]
+    decoder: Callable[[StreamMessage[object]], Awaitable[object]]
+
+
+BATCH_CONSUMER: ConsumerOptions = {
     # Offsets are committed only after the handler returned (its effects are durable); on an
     # exception the batch is rewound and redelivered.
     "ack_policy": AckPolicy.NACK_ON_ERROR,
@@ -91,7 +101,7 @@ BATCH_CONSUMER: dict[str, Any] = {
 # No group: every process gets every record, from the moment it starts (signals every
 # instance must act on itself: aborts, opt-outs, acknowledgements). Nothing to commit: a
 # restarted process reloads what it must know from its own tables.
-BROADCAST_CONSUMER: dict[str, Any] = {
+BROADCAST_CONSUMER: ConsumerOptions = {
     "ack_policy": AckPolicy.ACK_FIRST,
     "auto_offset_reset": "latest",
     "batch": True,
@@ -206,7 +216,8 @@ def _partitioner(
 
     def partition_of(key: bytes | None, value: bytes) -> int:
         if key is None:
-            return producer._partition(topic, None, key, value, key, value)
+            chosen: int = producer._partition(topic, None, key, value, key, value)
+            return chosen
         partition = seen.get(key)
         if partition is None:
             partition = seen[key] = partitions[(murmur2(key) & 0x7FFFFFFF) % count]

@@ -85,7 +85,7 @@ class ProviderCalls(Collector):
         return self._stats.setdefault(provider, ProviderStats(len(self.BUCKETS)))
 
     def describe(self) -> list[Metric]:
-        return self._families()
+        return list(self._families())
 
     def collect(self) -> list[Metric]:
         calls, seconds, in_flight = self._families()
@@ -101,8 +101,8 @@ class ProviderCalls(Collector):
         return [calls, seconds, in_flight]
 
     @staticmethod
-    def _families() -> list[Metric]:
-        return [
+    def _families() -> tuple[CounterMetricFamily, HistogramMetricFamily, GaugeMetricFamily]:
+        return (
             CounterMetricFamily(
                 "sendout_provider_calls",
                 "Provider calls, by provider and result (accepted, retryable, permanent, error)",
@@ -113,7 +113,7 @@ class ProviderCalls(Collector):
             GaugeMetricFamily(
                 "sendout_provider_calls_in_flight", "Provider calls started and not yet ended",
                 labels=["provider"]),
-        ]
+        )
 
 
 class ProviderStats:

@@ -39,7 +39,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from decimal import Decimal
 from types import ModuleType
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from jinja2 import StrictUndefined, Template, TemplateSyntaxError, Undefined, meta, nodes
 from jinja2.compiler import CodeGenerator, Frame
@@ -463,7 +463,7 @@ class _GuardedCodeGenerator(CodeGenerator):
         self.write("))")
 
 
-def _is_guarded(node: nodes.Expr) -> bool:
+def _is_guarded(node: nodes.Node) -> bool:
     return (isinstance(node, nodes.Call) and isinstance(node.node, nodes.EnvironmentAttribute)
             and node.node.name == "guarded_iterate")
 
@@ -518,7 +518,10 @@ ENV = SafeEnvironment()
 
 # --- compiling, with a bounded cache -----------------------------------------------------------
 
-class BoundedCache:
+_V = TypeVar("_V")
+
+
+class BoundedCache(Generic[_V]):
     """Least recently used entries keyed by template text, bounded in count and in total text.
 
     What it holds is at most proportional to the text of its templates: the guarded operators
@@ -528,11 +531,11 @@ class BoundedCache:
     def __init__(self, max_entries: int = 512, max_text_chars: int = 5_000_000) -> None:
         self.max_entries = max_entries
         self.max_text_chars = max_text_chars
-        self._entries: OrderedDict[str, Any] = OrderedDict()
+        self._entries: OrderedDict[str, _V] = OrderedDict()
         self._chars = 0
         self._lock = threading.Lock()
 
-    def get(self, text: str, make: Callable[[str], Any]) -> Any:
+    def get(self, text: str, make: Callable[[str], _V]) -> _V:
         # A hit takes no lock (this runs twice per message on the dispatcher's hot path): each
         # OrderedDict operation is atomic under the GIL, and an entry evicted in between is a
         # miss.
@@ -563,7 +566,7 @@ class BoundedCache:
         return self._chars
 
 
-_COMPILED = BoundedCache()
+_COMPILED: BoundedCache[Template] = BoundedCache()
 
 
 def compile_template(text: str) -> Template:
@@ -708,15 +711,15 @@ class _Sample(str):
             return True
         return NotImplemented
 
-    __lt__ = __le__ = __gt__ = __ge__ = _compare  # type: ignore[assignment]
+    __lt__ = __le__ = __gt__ = __ge__ = _compare
     __hash__ = str.__hash__
 
-    def __add__(self, other: Any) -> Any:  # type: ignore[override]
+    def __add__(self, other: Any) -> Any:
         if isinstance(other, _NUMBERS) and not isinstance(other, bool):
             return 1
         return str.__add__(self, other)
 
-    def __mul__(self, other: Any) -> Any:  # type: ignore[override]
+    def __mul__(self, other: Any) -> Any:
         if isinstance(other, float | Decimal):
             return 1
         return str.__mul__(self, other)
@@ -724,12 +727,12 @@ class _Sample(str):
     def __pow__(self, other: Any) -> Any:
         return self._number(other)
 
-    def __mod__(self, other: Any) -> Any:  # type: ignore[override]
+    def __mod__(self, other: Any) -> Any:
         if isinstance(other, _NUMBERS):
             return 1
         return str.__mod__(self, other)
 
-    def __getitem__(self, key: Any) -> Any:  # type: ignore[override]
+    def __getitem__(self, key: Any) -> Any:
         if isinstance(key, str):
             return _Sample("sample")
         return str.__getitem__(self, key)

@@ -165,8 +165,10 @@ class _OutcomeBatchOfEncoded(_Event, frozen=True, kw_only=True, tag_field="type"
 _ENCODER = msgspec.json.Encoder()
 _SEND_REQUESTED = msgspec.json.Decoder(SendRequested)
 _SEND_REQUESTED_BATCH = msgspec.json.Decoder(SendRequestedBatch)
-_OUTCOME = msgspec.json.Decoder(Outcome)
-_OUTCOME_RECORD = msgspec.json.Decoder(Outcome | OutcomeBatch)
+# Typed by hand: msgspec infers a decoder's type from a class, not from a union.
+_OUTCOME: msgspec.json.Decoder[Outcome] = msgspec.json.Decoder(Outcome)
+_OUTCOME_RECORD: msgspec.json.Decoder[Outcome | OutcomeBatch] = msgspec.json.Decoder(
+    Outcome | OutcomeBatch)
 
 
 def decode_send_requests(data: bytes) -> tuple[CampaignContext | None, list[SendRequested]]:
@@ -277,7 +279,8 @@ def decode_outcome(data: bytes | str) -> Outcome:
         return _OUTCOME.decode(data)
     except msgspec.DecodeError:
         model = OUTCOME.validate_json(data)
-        return msgspec.convert(model.model_dump(), Outcome, from_attributes=True)
+        outcome: Outcome = msgspec.convert(model.model_dump(), Outcome, from_attributes=True)
+        return outcome
 
 
 _new_object = object.__new__

@@ -23,16 +23,33 @@ __all__ = ["Outcome", "RenderError", "TemplateProblem"]
 
 class Request(Protocol):
     """What a send request carries to the dispatcher (shared.wire.SendRequested, or the
-    pydantic shared.events.SendRequested)."""
+    pydantic shared.events.SendRequested). Read-only: the wire's structs are frozen."""
 
-    event_id: uuid.UUID
-    campaign_id: uuid.UUID
-    recipient_id: int
-    voter_id: int | None
-    channel: Channel
-    address: str | None
-    skip_reason: str | None
-    variables: dict[str, Any]
+    @property
+    def event_id(self) -> uuid.UUID: ...
+
+    @property
+    def campaign_id(self) -> uuid.UUID: ...
+
+    @property
+    def recipient_id(self) -> int: ...
+
+    @property
+    def voter_id(self) -> int | None: ...
+
+    @property
+    def channel(self) -> Channel: ...
+
+    @property
+    def address(self) -> str | None: ...
+
+    @property
+    def skip_reason(self) -> str | None: ...
+
+    @property
+    def variables(self) -> dict[str, Any]: ...
+
+    def to_bytes(self) -> bytes: ...
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from faststream.kafka import KafkaRouter
 from services.dispatcher import domain
 from shared import erasure as shared_erasure
 from shared import wire
+from shared.db import Conn
 from shared.events import RecipientsErased
 
 SERVICE = "dispatcher"
@@ -30,7 +31,7 @@ ERASED = "erased"  # the skip reason of a retry whose voter was erased
 _REQUEST = msgspec.json.Decoder(wire.SendRequested)
 
 
-async def erase(conn: asyncpg.Connection, events: Sequence[RecipientsErased]) -> int:
+async def erase(conn: Conn, events: Sequence[RecipientsErased]) -> int:
     """Blank the address in the recipients' recorded outcomes (every channel) and in their
     retries, settling waiting retries as skipped `erased`; idempotent. Each applied event is
     noted in `erasures_applied` (ids and counts only). Returns the outcomes blanked."""
@@ -57,7 +58,7 @@ async def erase(conn: asyncpg.Connection, events: Sequence[RecipientsErased]) ->
 
 
 async def _settle_waiting_retries(
-    conn: asyncpg.Connection, campaigns: list[Any], recipients: list[int]
+    conn: Conn, campaigns: list[Any], recipients: list[int]
 ) -> None:
     """The recipients' retries lose their address and template variables; those waiting for
     their next attempt get their outcome (skipped `erased`) recorded and are made due, to be

@@ -47,6 +47,7 @@ SERVICE = "dispatcher"
 log = logging.getLogger(__name__)
 
 
+# aiokafka has no type hints: its listener base class is Any to mypy.
 class InFlight(ConsumerRebalanceListener):  # type: ignore[misc]
     """One consumer's batch in progress, and the partitions assigned to it. A partition is
     handed back only once the batch in progress is settled (recorded, published), so its next

@@ -15,6 +15,7 @@ from services.dispatcher.providers import (
     Provider,
     RetryableProviderError,
 )
+from shared.events import Channel
 from shared.metrics import MESSAGES, PROVIDER_CALLS, reason_class
 
 
@@ -67,8 +68,8 @@ class OutcomeCounter:
     """`sendout_messages_total`, by channel, the channel's provider, outcome and reason
     class, counted where the dispatcher publishes outcomes."""
 
-    def __init__(self, provider_names: Mapping[str, str]) -> None:
-        self._providers = dict(provider_names)
+    def __init__(self, provider_names: Mapping[Channel, str]) -> None:
+        self._providers: dict[str, str] = {c: name for c, name in provider_names.items()}
 
     def count(self, outcomes: Iterable[tuple[Any, bytes]]) -> None:
         tally: collections.Counter[tuple[str, str, str]] = collections.Counter(

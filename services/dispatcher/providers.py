@@ -9,7 +9,7 @@ import json
 import socket
 import uuid
 from email.message import EmailMessage
-from typing import Protocol
+from typing import Protocol, TypedDict
 
 import aiosmtplib
 import msgspec
@@ -221,6 +221,17 @@ def _error_text(body: bytes) -> str:
         return body.decode(errors="replace")[:500]
 
 
+class _SmtpOptions(TypedDict):
+    """aiosmtplib.SMTP's arguments, as SmtpProvider gives them."""
+
+    hostname: str
+    port: int
+    timeout: float
+    username: str | None
+    password: str | None
+    start_tls: bool
+
+
 class SmtpProvider:
     """Email over SMTP (aiosmtplib), through a small pool of kept-open connections.
 
@@ -239,7 +250,7 @@ class SmtpProvider:
         password: str | None = None,
         starttls: bool = False,
     ) -> None:
-        self._options = {"hostname": host, "port": port, "timeout": timeout,
+        self._options: _SmtpOptions = {"hostname": host, "port": port, "timeout": timeout,
                          "username": username, "password": password, "start_tls": starttls}
         self._idle: asyncio.LifoQueue[aiosmtplib.SMTP | None] = asyncio.LifoQueue()
         for _ in range(connections):
@@ -256,7 +267,7 @@ class SmtpProvider:
         client = await self._idle.get()
         try:
             if client is None or not client.is_connected:
-                client = aiosmtplib.SMTP(**self._options)  # type: ignore[arg-type]
+                client = aiosmtplib.SMTP(**self._options)
                 await client.connect()
                 _no_delay(client)
             errors, _ = await client.send_message(email)

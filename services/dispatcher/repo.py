@@ -18,7 +18,7 @@ from shared.events import AddressOptedOut, CampaignStarted, ChannelTemplate, Sen
 from shared.wire import decode_outcome
 
 
-async def save_template(conn: asyncpg.Connection, event: CampaignStarted) -> None:
+async def save_template(conn: db.Conn, event: CampaignStarted) -> None:
     """A campaign's templates and sender as its `started` event told them."""
     await save_campaign_template(conn, CampaignTemplate(
         campaign_id=event.campaign_id, organisation_id=event.organisation_id,
@@ -27,7 +27,7 @@ async def save_template(conn: asyncpg.Connection, event: CampaignStarted) -> Non
     ))
 
 
-async def save_campaign_template(conn: asyncpg.Connection, template: CampaignTemplate) -> None:
+async def save_campaign_template(conn: db.Conn, template: CampaignTemplate) -> None:
     """A campaign's templates and sender, as a send request or its `started` event carried
     them (the first one stays)."""
     templates = {channel: t.model_dump() for channel, t in template.templates.items()}
@@ -44,7 +44,7 @@ async def save_campaign_template(conn: asyncpg.Connection, template: CampaignTem
 
 
 async def load_templates(
-    conn: asyncpg.Connection, campaign_ids: Sequence[uuid.UUID]
+    conn: db.Conn, campaign_ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, CampaignTemplate]:
     rows = await conn.fetch(
         """
@@ -70,7 +70,7 @@ async def load_templates(
     }
 
 
-async def save_aborts(conn: asyncpg.Connection, campaign_ids: Sequence[uuid.UUID]) -> None:
+async def save_aborts(conn: db.Conn, campaign_ids: Sequence[uuid.UUID]) -> None:
     await conn.execute(
         """
         INSERT INTO aborted_campaigns (campaign_id) SELECT unnest($1::uuid[])
@@ -80,11 +80,11 @@ async def save_aborts(conn: asyncpg.Connection, campaign_ids: Sequence[uuid.UUID
     )
 
 
-async def aborted_campaigns(conn: asyncpg.Connection) -> set[uuid.UUID]:
+async def aborted_campaigns(conn: db.Conn) -> set[uuid.UUID]:
     return {r["campaign_id"] for r in await conn.fetch("SELECT campaign_id FROM aborted_campaigns")}
 
 
-async def settled_count(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> int:
+async def settled_count(conn: db.Conn, campaign_id: uuid.UUID) -> int:
     """How many of the campaign's messages have an outcome (sent, failed or skipped)."""
     return int(await conn.fetchval(
         "SELECT count(*) FROM deliveries WHERE campaign_id = $1 AND outcome IS NOT NULL",
@@ -100,7 +100,7 @@ _DELIVERY_COLUMNS = _DELIVERIES_IN.columns
 
 
 async def settled(
-    conn: asyncpg.Connection, requests: Sequence[Request]
+    conn: db.Conn, requests: Sequence[Request]
 ) -> dict[tuple[uuid.UUID, int, str], Outcome]:
     """The outcomes already recorded for some of the requests' dedupe keys.
 
@@ -121,7 +121,7 @@ async def settled(
 
 
 async def seen_before(
-    conn: asyncpg.Connection, requests: Sequence[Request]
+    conn: db.Conn, requests: Sequence[Request]
 ) -> tuple[dict[tuple[uuid.UUID, int, str], Outcome], set[Key]]:
     """The outcomes recorded for some of the requests' keys, and those of their keys that are
     on the retry schedule: both found in one statement."""
@@ -153,9 +153,9 @@ async def seen_before(
         return {}, set()
     wanted = {domain.dedupe_key(r) for r in requests}
     scheduled = {k for k in (tuple(row[:3]) for row in found if row[3]) if k in wanted}
-    keys: list[Key] = [k for k in (tuple(row[:3]) for row in found if not row[3])  # type: ignore[misc]
+    keys: list[Key] = [k for k in (tuple(row[:3]) for row in found if not row[3])
                        if k in wanted]
-    return (await recorded_outcomes(conn, keys) if keys else {}), scheduled  # type: ignore[return-value]
+    return (await recorded_outcomes(conn, keys) if keys else {}), scheduled
 
 
 # Recipient ids this close together share a range: the ids between them that are not asked
@@ -195,7 +195,7 @@ def _id_ranges(
 
 
 async def record_outcomes(
-    conn: asyncpg.Connection, outcomes: Sequence[tuple[Request, Outcome, bytes]]
+    conn: db.Conn, outcomes: Sequence[tuple[Request, Outcome, bytes]]
 ) -> None:
     """Store each request's outcome, as the JSON that is published; the first one recorded for
     a dedupe key stays (a row claimed without an outcome by an older version gets it).
@@ -216,7 +216,7 @@ async def record_outcomes(
         await _insert_new_outcomes(conn, rows)
 
 
-async def _insert_new_outcomes(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+async def _insert_new_outcomes(conn: db.Conn, rows: Sequence[tuple[Any, ...]]) -> None:
     """Outcome rows staged and inserted with `ON CONFLICT`: the first outcome recorded for a
     key stays (a row claimed without an outcome by an older version gets it). In a
     transaction."""
@@ -234,7 +234,7 @@ async def _insert_new_outcomes(conn: asyncpg.Connection, rows: Sequence[tuple[An
     )
 
 
-async def save_opt_outs(conn: asyncpg.Connection, events: Sequence[AddressOptedOut]) -> None:
+async def save_opt_outs(conn: db.Conn, events: Sequence[AddressOptedOut]) -> None:
     await conn.execute(
         """
         INSERT INTO opt_outs (organisation_id, address)
@@ -245,7 +245,7 @@ async def save_opt_outs(conn: asyncpg.Connection, events: Sequence[AddressOptedO
     )
 
 
-async def all_opt_outs(conn: asyncpg.Connection) -> set[tuple[uuid.UUID, str]]:
+async def all_opt_outs(conn: db.Conn) -> set[tuple[uuid.UUID, str]]:
     rows = await conn.fetch("SELECT organisation_id, address FROM opt_outs")
     return {(r["organisation_id"], r["address"]) for r in rows}
 
@@ -255,7 +255,7 @@ async def all_opt_outs(conn: asyncpg.Connection) -> set[tuple[uuid.UUID, str]]:
 Key = tuple[uuid.UUID, int, str]
 
 
-async def ensure_gates(conn: asyncpg.Connection, campaign_ids: Sequence[uuid.UUID]) -> None:
+async def ensure_gates(conn: db.Conn, campaign_ids: Sequence[uuid.UUID]) -> None:
     """Each campaign that claims go through has a gate row (created open)."""
     await conn.execute(
         "INSERT INTO gates (campaign_id) SELECT unnest($1::uuid[]) ON CONFLICT DO NOTHING",
@@ -314,7 +314,7 @@ class Step(NamedTuple):
 
 
 async def step(
-    conn: asyncpg.Connection,
+    conn: db.Conn,
     *,
     outcomes: Sequence[tuple[Request, Outcome, bytes]] = (),
     retries: Sequence[tuple[uuid.UUID, int, str, str, int, datetime, datetime, str | None]] = (),
@@ -371,7 +371,7 @@ def runs_of(ids: Sequence[int]) -> list[list[int]]:
 
 
 async def claim(
-    conn: asyncpg.Connection,
+    conn: db.Conn,
     batch_id: uuid.UUID,
     groups: Sequence[tuple[uuid.UUID, str, Sequence[int]]],
     *,
@@ -385,7 +385,7 @@ async def claim(
     return (await step(conn, claims=groups, batch_id=batch_id, owner=owner)).taken
 
 
-async def refresh_claims(conn: asyncpg.Connection, batch_id: uuid.UUID) -> None:
+async def refresh_claims(conn: db.Conn, batch_id: uuid.UUID) -> None:
     """The owner is still at work: its claims stay fresh."""
     await conn.execute("UPDATE claims SET claimed_at = now() WHERE batch_id = $1", batch_id)
 
@@ -418,7 +418,7 @@ _REGISTER = """
 
 
 async def register_batch(
-    conn: asyncpg.Connection,
+    conn: db.Conn,
     batch_id: uuid.UUID,
     *,
     owner: str,
@@ -444,7 +444,7 @@ async def register_batch(
 
 
 async def claims_of(
-    conn: asyncpg.Connection, batch_ids: Sequence[uuid.UUID]
+    conn: db.Conn, batch_ids: Sequence[uuid.UUID]
 ) -> dict[Key, float]:
     """The keys these attempts claimed, with the age in seconds of their freshest claim."""
     if not batch_ids:
@@ -470,7 +470,7 @@ async def claims_of(
     return ages
 
 
-async def prune_batches(conn: asyncpg.Connection, older_than_seconds: float) -> int:
+async def prune_batches(conn: db.Conn, older_than_seconds: float) -> int:
     """Forget batches registered longer ago than this, with their spans and claims (their
     records were committed or dropped by Kafka's retention long since: nothing can ask for
     them again). How many batches."""
@@ -490,7 +490,7 @@ async def prune_batches(conn: asyncpg.Connection, older_than_seconds: float) -> 
     ))
 
 
-async def close_gate(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> None:
+async def close_gate(conn: db.Conn, campaign_id: uuid.UUID) -> None:
     """Refuse every claim for the campaign from now on; waits for the claims in progress
     (which then count as going out)."""
     await conn.execute(
@@ -502,7 +502,7 @@ async def close_gate(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> None:
     )
 
 
-async def sent_or_in_flight(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> int:
+async def sent_or_in_flight(conn: db.Conn, campaign_id: uuid.UUID) -> int:
     """How many of the campaign's messages were settled other than by its abort, or claimed
     (their calls may still complete), or are on the retry schedule mid-call: everything else
     still pending will be skipped `aborted`."""
@@ -526,7 +526,7 @@ async def sent_or_in_flight(conn: asyncpg.Connection, campaign_id: uuid.UUID) ->
     ))
 
 
-async def scheduled_keys(conn: asyncpg.Connection, requests: Sequence[Request]) -> set[Key]:
+async def scheduled_keys(conn: db.Conn, requests: Sequence[Request]) -> set[Key]:
     """Those of the requests' keys that are on the retry schedule (the schedule owns them)."""
     campaigns, lows, highs = _id_ranges(requests)
     rows = await conn.fetch(
@@ -544,7 +544,7 @@ async def scheduled_keys(conn: asyncpg.Connection, requests: Sequence[Request]) 
     return {(r["campaign_id"], r["recipient_id"], r["channel"]) for r in rows}
 
 
-async def any_scheduled(conn: asyncpg.Connection) -> bool:
+async def any_scheduled(conn: db.Conn) -> bool:
     return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM retries)"))
 
 
@@ -553,7 +553,7 @@ _RETRY_COLUMNS = ("campaign_id", "recipient_id", "channel", "request", "attempts
 
 
 async def schedule_retries(
-    conn: asyncpg.Connection,
+    conn: db.Conn,
     rows: Sequence[tuple[uuid.UUID, int, str, str, int, datetime, datetime, str | None]],
 ) -> None:
     """Put messages on (or back on) the retry schedule, waiting until their due time."""
@@ -574,7 +574,7 @@ async def schedule_retries(
 
 
 async def take_due(
-    conn: asyncpg.Connection, *, owner: str, limit: int, lease_seconds: float,
+    conn: db.Conn, *, owner: str, limit: int, lease_seconds: float,
     channels: Sequence[str],
 ) -> list[asyncpg.Record]:
     """Claim up to `limit` scheduled messages that are due (for the given channels), and the
@@ -606,7 +606,7 @@ async def take_due(
     )
 
 
-async def refresh_retries(conn: asyncpg.Connection, keys: Sequence[Key], owner: str) -> None:
+async def refresh_retries(conn: db.Conn, keys: Sequence[Key], owner: str) -> None:
     await conn.execute(
         """
         UPDATE retries SET claimed_at = now()
@@ -618,7 +618,7 @@ async def refresh_retries(conn: asyncpg.Connection, keys: Sequence[Key], owner: 
 
 
 async def settle_retries(
-    conn: asyncpg.Connection, outcomes: Sequence[tuple[Request, Outcome, bytes]]
+    conn: db.Conn, outcomes: Sequence[tuple[Request, Outcome, bytes]]
 ) -> None:
     """Record scheduled messages' final outcomes (the first one of a key stays) and mark them
     `settled` until published."""
@@ -640,7 +640,7 @@ async def settle_retries(
         )
 
 
-async def recorded_outcomes(conn: asyncpg.Connection, keys: Sequence[Key]) -> dict[Key, Outcome]:
+async def recorded_outcomes(conn: db.Conn, keys: Sequence[Key]) -> dict[Key, Outcome]:
     rows = await conn.fetch(
         """
         SELECT d.campaign_id, d.recipient_id, d.channel, d.outcome::text AS outcome
@@ -656,7 +656,7 @@ async def recorded_outcomes(conn: asyncpg.Connection, keys: Sequence[Key]) -> di
     }
 
 
-async def forget_retries(conn: asyncpg.Connection, keys: Sequence[Key]) -> None:
+async def forget_retries(conn: db.Conn, keys: Sequence[Key]) -> None:
     """Settled and published: off the schedule."""
     await conn.execute(
         """
@@ -667,13 +667,13 @@ async def forget_retries(conn: asyncpg.Connection, keys: Sequence[Key]) -> None:
     )
 
 
-async def aborted_gates(conn: asyncpg.Connection) -> set[uuid.UUID]:
+async def aborted_gates(conn: db.Conn) -> set[uuid.UUID]:
     rows = await conn.fetch("SELECT campaign_id FROM gates WHERE aborted_at IS NOT NULL")
     return {r["campaign_id"] for r in rows}
 
 
 async def aborted_gates_of(
-    conn: asyncpg.Connection, campaign_ids: Sequence[uuid.UUID]
+    conn: db.Conn, campaign_ids: Sequence[uuid.UUID]
 ) -> set[uuid.UUID]:
     rows = await conn.fetch(
         "SELECT campaign_id FROM gates WHERE campaign_id = ANY($1::uuid[]) "

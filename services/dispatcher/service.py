@@ -15,7 +15,8 @@ import operator
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, Protocol, TypeVar
@@ -45,7 +46,7 @@ from shared.kafka import is_transient
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-Publish = Callable[[list[tuple[Outcome, bytes]]], Awaitable[None]]
+Publish = Callable[[list[tuple[Outcome, bytes]]], Coroutine[Any, Any, None]]
 
 
 class RateLimiter:
@@ -81,7 +82,7 @@ class Registry(Generic[T]):
         # again before each call while it is unchanged.
         self.version = 0
 
-    def add(self, items: set[T]) -> None:
+    def add(self, items: AbstractSet[T]) -> None:
         if not items <= self._items:
             self._items |= items
             self.version += 1
@@ -101,7 +102,7 @@ class OptOutRegistry(Registry[tuple[uuid.UUID | None, str]]):
         super().__init__()
         self._by_organisation: dict[uuid.UUID | None, set[str]] = {}
 
-    def add(self, items: set[tuple[uuid.UUID | None, str]]) -> None:
+    def add(self, items: AbstractSet[tuple[uuid.UUID | None, str]]) -> None:
         super().add(items)
         for organisation_id, address in items:
             self._by_organisation.setdefault(organisation_id, set()).add(address)
@@ -118,7 +119,7 @@ _CAMPAIGN_OF = operator.attrgetter("campaign_id.int")
 
 
 def _call_campaign(call: tuple[Request, OutgoingMessage]) -> int:
-    return call[0].campaign_id.int  # type: ignore[no-any-return]
+    return call[0].campaign_id.int
 
 
 def by_campaign(requests: Sequence[Request]) -> list[tuple[uuid.UUID, list[Request]]]:
@@ -142,7 +143,7 @@ class Renderer(Protocol):
 
     async def render_many(
         self, template: str, variables: Sequence[Mapping[str, Any]]
-    ) -> list[str | Exception]: ...
+    ) -> Sequence[str | Exception]: ...
 
 
 class InlineRenderer:
@@ -239,6 +240,12 @@ class GroupCommit(Generic[T]):
                         future.set_result(answer(item) if callable(answer) else answer)
         finally:
             self._runner = None
+
+
+class Records(Protocol):
+    """Where a batch's decisions are recorded: a Recorder, or a plain collection of them."""
+
+    def add(self, req: Request, result: Result) -> None: ...
 
 
 class Recorder:
@@ -463,20 +470,20 @@ class Dispatcher:
     # --- preparing: everything that can be decided without the provider ------------------
 
     async def _prepare_all(
-        self, requests: list[Request], recorder: Recorder
+        self, requests: list[Request], recorder: Records
     ) -> list[tuple[Request, OutgoingMessage]]:
         """The messages to send; what is decided without the provider goes to the recorder.
         Templates are rendered per (campaign, channel) in one call of the renderer; a template
         that fails fails its own messages only."""
         groups = by_campaign(requests)
         unknown = await self._ensure_templates({c for c, _ in groups})
-        to_render: dict[tuple[uuid.UUID, str], list[Request]] = {}
+        to_render: dict[tuple[uuid.UUID, Channel], list[Request]] = {}
         for campaign_id, reqs in groups:
             self._settle_early(campaign_id, reqs, unknown, recorder, to_render)
         calls: list[tuple[Request, OutgoingMessage]] = []
         for (campaign_id, channel), reqs in to_render.items():
             campaign = self._templates[campaign_id]
-            template = campaign.templates.get(channel)  # type: ignore[call-overload]
+            template = campaign.templates.get(channel)
             if template is None:
                 for req in reqs:
                     recorder.add(req, domain.failed(
@@ -503,8 +510,8 @@ class Dispatcher:
         campaign_id: uuid.UUID,
         reqs: list[Request],
         unknown: set[uuid.UUID],
-        recorder: Recorder,
-        to_render: dict[tuple[uuid.UUID, str], list[Request]],
+        recorder: Records,
+        to_render: dict[tuple[uuid.UUID, Channel], list[Request]],
     ) -> None:
         """One campaign's requests: what is decided without the provider goes to the recorder
         (aborted, no address, opted out, campaign not known yet), the rest to `to_render`."""
@@ -516,7 +523,7 @@ class Dispatcher:
             opted_out: set[str] | frozenset[str] = _NOTHING
         else:
             opted_out = self._opt_outs.addresses(self._templates[campaign_id].organisation_id)
-        by_channel: dict[str, list[Request]] = {}
+        by_channel: dict[Channel, list[Request]] = {}
         for req in reqs:
             address = req.address
             if not address:
@@ -742,6 +749,7 @@ class Dispatcher:
         schedule). `aborts_seen`: the abort registry's version when the message was claimed
         (no need to look its campaign up again while no abort came since)."""
         breaker = self.breakers[req.channel]
+        due: float | None
         if not breaker.allow():
             due = _WALL() + max(breaker.reopen_at - time.monotonic(), 0.0) + random.random()
             reason = "provider paused: circuit open"
@@ -878,7 +886,7 @@ class Dispatcher:
         for row, key in zip(rows, keys, strict=True):
             if row["was"] == "settled" or key in recorded:
                 continue  # recorded already: reported from the record
-            req = _REQUEST.decode(row["request"])
+            req: Request = _REQUEST.decode(row["request"])
             if row["was"] == "sending" and not self._resend_in_doubt:
                 # Its owner stopped mid-call: the call may have reached the provider.
                 results.append((req, domain.failed(req, FailReason.IN_DOUBT.value)))
@@ -894,7 +902,7 @@ class Dispatcher:
             def add(self, req: Request, result: Result) -> None:
                 recorder_items.append((req, result))
 
-        calls = await self._prepare_all(fresh, _Collect())  # type: ignore[arg-type]
+        calls = await self._prepare_all(fresh, _Collect())
         for req, result in recorder_items:
             if isinstance(result, Retry):  # still not known: keep its first attempt time
                 key = domain.dedupe_key(req)

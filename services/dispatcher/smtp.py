@@ -73,6 +73,7 @@ class _Wire(asyncio.Protocol):
         self._lost: BaseException | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # asyncio types the argument as a BaseTransport; a stream connection's can write.
         self.transport = transport  # type: ignore[assignment]
         sock = transport.get_extra_info("socket")
         if sock is not None:
@@ -207,7 +208,7 @@ class Session:
                                        server_hostname=o.host)
             if tls is None:
                 raise SmtpConnectionError("STARTTLS: no TLS transport")
-            self._wire.transport = tls  # type: ignore[assignment]
+            self._wire.transport = tls
             await self._ehlo()  # RFC 3207: what the server offers may differ under TLS
         if o.username is not None:
             await self._auth(o.username, o.password or "")

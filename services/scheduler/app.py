@@ -27,7 +27,7 @@ from services.scheduler.service import AbortAcks
 from services.scheduler.settings import SchedulerSettings
 from services.scheduler.voters import handlers as voters
 from shared import db, http_errors, http_input, openapi, topics, tracing, wire
-from shared.auth import scope_bearer
+from shared.auth import LookUp, scope_bearer
 from shared.events import ApiTokenIssued, ApiTokenRevoked, CampaignStarted
 from shared.kafka import (
     ensure_topics,
@@ -47,7 +47,7 @@ DISPATCHER_GROUP = "sendout-dispatcher"
 
 def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
     settings = settings or SchedulerSettings()
-    started: dict[str, auth.LookUp] = {}
+    started: dict[str, LookUp] = {}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

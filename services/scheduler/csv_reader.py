@@ -165,19 +165,22 @@ class IncrementalCsv(Generic[RowT]):
             if self._sniffed_size < SNIFF_BYTES:
                 return []
             data = self._start_decoding()
-        return self._parse(self._decoder.decode(data), final=False)  # type: ignore[union-attr]
+        return self._parse(self._started_decoder.decode(data), final=False)
 
     def close(self) -> list[RowT]:
         rows: list[RowT] = []
         if self._decoder is None:
             sample = self._start_decoding()
-            assert self._decoder is not None
-            rows = self._parse(self._decoder.decode(sample), final=False)
-        assert self._decoder is not None
-        rows += self._parse(self._decoder.decode(b"", final=True), final=True)
+            rows = self._parse(self._started_decoder.decode(sample), final=False)
+        rows += self._parse(self._started_decoder.decode(b"", final=True), final=True)
         if self._header is None:
             raise Invalid("CSV is empty: a header row is required")
         return rows
+
+    @property
+    def _started_decoder(self) -> codecs.IncrementalDecoder:
+        assert self._decoder is not None, "_start_decoding chose the decoder"
+        return self._decoder
 
     def _start_decoding(self) -> bytes:
         sample = b"".join(self._sniffed)

@@ -20,7 +20,7 @@ import asyncpg
 
 from services.scheduler import domain, repo
 from shared import wire
-from shared.events import CampaignStarted, ChannelTemplate, SenderInfo, TemplateRef
+from shared.events import CampaignStarted, Channel, ChannelTemplate, SenderInfo, TemplateRef
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def lock_key(campaign_id: uuid.UUID) -> int:
 
 def started_event(row: asyncpg.Record) -> CampaignStarted:
     channels = row["channels"]
-    templates = {}
+    templates: dict[Channel, ChannelTemplate] = {}
     if "email" in channels:
         templates["email"] = ChannelTemplate(body=row["email_body"], subject=row["email_subject"])
     if "sms" in channels:
@@ -60,7 +60,7 @@ def campaign_context(row: asyncpg.Record) -> wire.CampaignContext:
     """The templates and sender every send request of the campaign carries: what its
     `started` event says (`started_event(row).context()`), as the hot path encodes it."""
     channels = row["channels"]
-    templates = {}
+    templates: dict[Channel, wire.ChannelTemplate] = {}
     if "email" in channels:
         templates["email"] = wire.ChannelTemplate(body=row["email_body"],
                                                   subject=row["email_subject"])

@@ -20,6 +20,7 @@ from services.scheduler.fanout import FanoutRunner
 from services.scheduler.settings import SchedulerSettings
 from shared import topics, webhooks
 from shared.auth import Principal
+from shared.db import Conn
 from shared.events import LIFECYCLE, AbortAcknowledged, CampaignCompleted, LifecycleEvent
 from shared.http_input import After, BigId, BodyLimit, validation_detail
 from shared.kafka import (
@@ -255,7 +256,7 @@ def http_router(deps: Deps, user: Any) -> APIRouter:
         return {"user_id": str(user.user_id), "organisation_id": str(user.organisation_id),
                 "name": user.name, **extra}
 
-    async def user_or_404(conn: asyncpg.Connection, user_id: uuid.UUID) -> Principal:
+    async def user_or_404(conn: Conn, user_id: uuid.UUID) -> Principal:
         user = await repo.get_user(conn, user_id)
         if user is None:
             raise domain.NotFound(f"user {user_id} not found")

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-import asyncpg
-
 from services.scheduler.domain import Invalid
 from shared import topics
+from shared.db import Conn
 from shared.events import (
     AddressOptedOut,
     ApiTokenIssued,
@@ -39,7 +38,7 @@ def record_size_error(key: bytes | None, value: bytes) -> str | None:
     return None
 
 
-async def add(conn: asyncpg.Connection, records: Sequence[Record]) -> int | None:
+async def add(conn: Conn, records: Sequence[Record]) -> int | None:
     """Write `records` to be published once the caller's transaction commits, in this order;
     the id of the last one (None if none)."""
     if not records:

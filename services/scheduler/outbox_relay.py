@@ -35,6 +35,7 @@ from faststream.kafka.publisher.usecase import DefaultPublisher
 from prometheus_client import Histogram
 
 from services.scheduler.outbox import CHANNEL, record_size_error
+from shared.db import Conn
 from shared.kafka import publish_encoded
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,7 @@ class OutboxRelay:
             await asyncio.wait_for(self._wake.wait(), self._poll_seconds)
         return self._stopping.is_set()
 
-    async def _relay_once(self, conn: asyncpg.Connection) -> int:
+    async def _relay_once(self, conn: Conn) -> int:
         """Publish and delete the oldest rows; how many there were."""
         rows = await conn.fetch(
             "SELECT id, topic, key, value, created_at FROM outbox ORDER BY id LIMIT $1",
@@ -183,7 +184,7 @@ class OutboxRelay:
                          "publish_ms": round(1000 * (time.perf_counter() - started), 1)})
         return len(rows)
 
-    async def _park(self, conn: asyncpg.Connection,
+    async def _park(self, conn: Conn,
                     parked: list[tuple[asyncpg.Record, str]]) -> None:
         for r, error in parked:
             log.error("outbox row parked: Kafka cannot take it",

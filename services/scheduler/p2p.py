@@ -22,17 +22,19 @@ from services.scheduler.auth import Principal
 from services.scheduler.fanout import FanoutRunner, campaign_context, lock_key
 from services.scheduler.service import _ensure_recipients_fit
 from shared import wire
+from shared.db import Conn
 from shared.events import AddressOptedOut
 
 
 class Busy(domain.Conflict):
-    def __init__(self, user: str, campaign_id: uuid.UUID) -> None:
+    # None: the user's other campaign ended between the claim and the look-up of it.
+    def __init__(self, user: str, campaign_id: uuid.UUID | None) -> None:
         super().__init__(f"user {user} is already sending campaign {campaign_id}; end it first")
         self.active_campaign = campaign_id
 
 
 async def _campaign(
-    conn: asyncpg.Connection, campaign_id: uuid.UUID, principal: Principal, *, share: bool
+    conn: Conn, campaign_id: uuid.UUID, principal: Principal, *, share: bool
 ) -> asyncpg.Record:
     row = await repo.lock_campaign(conn, campaign_id, share=share)
     # Another organisation's campaign does not exist, as far as this user can tell.
@@ -54,7 +56,7 @@ async def start_sending(
         claimed, active = await repo.claim_sender(conn, principal.user_id, campaign_id)
         if not claimed:
             raise Busy(principal.name, active)
-        state = row["state"]
+        state: str = row["state"]
         if state == "draft":
             await _ensure_recipients_fit(conn, campaign_id)
             await repo.start_sending(conn, campaign_id)

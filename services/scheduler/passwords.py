@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.scheduler import service
 from shared.auth import Principal
+from shared.db import Conn
 
 MIN_LENGTH = 8
 # argon2-cffi's defaults are argon2id (RFC 9106's low-memory profile).
@@ -58,7 +59,7 @@ async def verify(password_hash: str, password: str) -> bool:
     return await asyncio.to_thread(check)
 
 
-async def set_password(conn: asyncpg.Connection, user_id: uuid.UUID, password_hash: str,
+async def set_password(conn: Conn, user_id: uuid.UUID, password_hash: str,
                        email: str | None = None) -> None:
     await conn.execute(
         "UPDATE users SET password_hash = $2, password_set_at = now(), "

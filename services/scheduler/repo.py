@@ -12,6 +12,7 @@ import msgspec
 
 from services.scheduler.domain import RecipientRow, Sender, SenderIn, TemplateIn, TemplateVersion
 from shared.auth import Principal
+from shared.db import Conn
 
 _JSON = msgspec.json.Decoder()
 
@@ -34,7 +35,7 @@ _CAMPAIGN_FROM = """
 """
 
 
-async def init_connection(conn: asyncpg.Connection) -> None:
+async def init_connection(conn: Conn) -> None:
     # Binary, so that COPY (binary only) can carry recipient attributes too. jsonb's binary form
     # is a version byte (1) followed by the JSON text.
     await conn.set_type_codec(
@@ -50,7 +51,7 @@ async def init_connection(conn: asyncpg.Connection) -> None:
 # --- senders and templates ---------------------------------------------------------------------
 
 async def insert_sender(
-    conn: asyncpg.Connection, sender: SenderIn, organisation_id: uuid.UUID
+    conn: Conn, sender: SenderIn, organisation_id: uuid.UUID
 ) -> Sender:
     sender_id = uuid.uuid4()
     await conn.execute(
@@ -62,7 +63,7 @@ async def insert_sender(
 
 
 async def get_sender(
-    conn: asyncpg.Connection, sender_id: uuid.UUID, organisation_id: uuid.UUID
+    conn: Conn, sender_id: uuid.UUID, organisation_id: uuid.UUID
 ) -> Sender | None:
     row = await conn.fetchrow(
         "SELECT id, name, email, sms_sender_id FROM senders "
@@ -72,7 +73,7 @@ async def get_sender(
 
 
 async def insert_template(
-    conn: asyncpg.Connection, template: TemplateIn, organisation_id: uuid.UUID
+    conn: Conn, template: TemplateIn, organisation_id: uuid.UUID
 ) -> TemplateVersion:
     template_id = uuid.uuid4()
     await conn.execute("INSERT INTO templates (id, name, organisation_id) VALUES ($1, $2, $3)",
@@ -81,7 +82,7 @@ async def insert_template(
 
 
 async def add_template_version(
-    conn: asyncpg.Connection, template_id: uuid.UUID, template: TemplateIn
+    conn: Conn, template_id: uuid.UUID, template: TemplateIn
 ) -> TemplateVersion:
     row = await conn.fetchrow(
         """
@@ -92,13 +93,14 @@ async def add_template_version(
         """,
         template_id, template.email_subject, template.email_body, template.sms_body,
     )
+    assert row is not None  # INSERT ... SELECT of an aggregate: always one row
     await conn.execute("UPDATE templates SET name = $2 WHERE id = $1", template_id, template.name)
     return TemplateVersion(template_id, row["version"], template.email_subject,
                            template.email_body, template.sms_body)
 
 
 async def latest_template(
-    conn: asyncpg.Connection, template_id: uuid.UUID, organisation_id: uuid.UUID
+    conn: Conn, template_id: uuid.UUID, organisation_id: uuid.UUID
 ) -> TemplateVersion | None:
     row = await conn.fetchrow(
         """
@@ -113,15 +115,16 @@ async def latest_template(
 
 
 async def template_name(
-    conn: asyncpg.Connection, template_id: uuid.UUID, organisation_id: uuid.UUID
+    conn: Conn, template_id: uuid.UUID, organisation_id: uuid.UUID
 ) -> str | None:
-    return await conn.fetchval(
+    found: str | None = await conn.fetchval(
         "SELECT name FROM templates WHERE id = $1 AND organisation_id = $2 FOR UPDATE",
         template_id, organisation_id,
     )
+    return found
 
 
-async def senders_of(conn: asyncpg.Connection, organisation_id: uuid.UUID) -> list[asyncpg.Record]:
+async def senders_of(conn: Conn, organisation_id: uuid.UUID) -> list[asyncpg.Record]:
     return await conn.fetch(
         "SELECT id, name, email, sms_sender_id FROM senders WHERE organisation_id = $1 "
         "ORDER BY created_at DESC LIMIT 1000",
@@ -130,7 +133,7 @@ async def senders_of(conn: asyncpg.Connection, organisation_id: uuid.UUID) -> li
 
 
 async def templates_of(
-    conn: asyncpg.Connection, organisation_id: uuid.UUID
+    conn: Conn, organisation_id: uuid.UUID
 ) -> list[asyncpg.Record]:
     return await conn.fetch(
         """
@@ -148,7 +151,7 @@ async def templates_of(
 # --- campaigns ---------------------------------------------------------------------------------
 
 async def insert_campaign(
-    conn: asyncpg.Connection,
+    conn: Conn,
     *,
     name: str,
     kind: str,
@@ -171,7 +174,7 @@ async def insert_campaign(
 
 
 async def get_campaign(
-    conn: asyncpg.Connection, campaign_id: uuid.UUID, organisation_id: uuid.UUID | None = None
+    conn: Conn, campaign_id: uuid.UUID, organisation_id: uuid.UUID | None = None
 ) -> asyncpg.Record | None:
     """The campaign; with `organisation_id`, only if it belongs to that organisation (callers
     answer 404 either way, so another organisation's campaign does not show it exists)."""
@@ -183,7 +186,7 @@ async def get_campaign(
 
 
 async def campaigns_of(
-    conn: asyncpg.Connection, organisation_id: uuid.UUID, state: str | None, *, limit: int
+    conn: Conn, organisation_id: uuid.UUID, state: str | None, *, limit: int
 ) -> list[asyncpg.Record]:
     """The organisation's campaigns (in `state` if given), newest first, in one query."""
     return await conn.fetch(
@@ -195,19 +198,20 @@ async def campaigns_of(
 
 
 async def lock_campaign_state(
-    conn: asyncpg.Connection, campaign_id: uuid.UUID, organisation_id: uuid.UUID | None = None
+    conn: Conn, campaign_id: uuid.UUID, organisation_id: uuid.UUID | None = None
 ) -> str | None:
     """The campaign's state, row-locked until the transaction ends (serialises transitions);
     with `organisation_id`, None unless the campaign is that organisation's."""
-    return await conn.fetchval(
+    found: str | None = await conn.fetchval(
         "SELECT state FROM campaigns "
         "WHERE id = $1 AND ($2::uuid IS NULL OR organisation_id = $2) FOR UPDATE",
         campaign_id, organisation_id,
     )
+    return found
 
 
 async def copy_recipients(
-    conn: asyncpg.Connection, campaign_id: uuid.UUID, rows: Sequence[RecipientRow]
+    conn: Conn, campaign_id: uuid.UUID, rows: Sequence[RecipientRow]
 ) -> int:
     # Unqualified, like every other statement here: the connection's search path names the
     # schema.
@@ -225,7 +229,7 @@ async def copy_recipients(
 
 
 async def recipients_missing_variables(
-    conn: asyncpg.Connection, campaign_id: uuid.UUID, variables: set[str], limit: int = 100
+    conn: Conn, campaign_id: uuid.UUID, variables: set[str], limit: int = 100
 ) -> tuple[int, list[int]]:
     """Recipients that cannot fill every template variable (columns or attributes)."""
     columns = {"first_name", "last_name", "email", "phone"} & variables
@@ -241,10 +245,11 @@ async def recipients_missing_variables(
         """,
         campaign_id, *([attributes] if attributes else []),
     )
+    assert row is not None  # an aggregate without GROUP BY: always one row
     return row["n"], list(row["ids"] or [])
 
 
-async def list_voter_count(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> int:
+async def list_voter_count(conn: Conn, campaign_id: uuid.UUID) -> int:
     """Voters the campaign's target lists hold now (copied into recipients when it starts)."""
     return int(await conn.fetchval(
         """
@@ -256,9 +261,9 @@ async def list_voter_count(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> 
     ))
 
 
-async def start_sending(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> int:
+async def start_sending(conn: Conn, campaign_id: uuid.UUID) -> int:
     """Move a locked campaign to `sending`, fixing its total and its started event's id."""
-    return await conn.fetchval(
+    found: int = await conn.fetchval(
         """
         UPDATE campaigns c
         SET state = 'sending', started_at = now(), started_event_id = gen_random_uuid(),
@@ -269,9 +274,10 @@ async def start_sending(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> int
         """,
         campaign_id,
     )
+    return found
 
 
-async def claim_due(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
+async def claim_due(conn: Conn, limit: int) -> list[asyncpg.Record]:
     """Due scheduled campaigns, row-locked; replicas skip each other's (exactly one fires)."""
     return await conn.fetch(
         """
@@ -285,43 +291,44 @@ async def claim_due(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record
     )
 
 
-async def next_due_in(conn: asyncpg.Connection) -> float | None:
-    return await conn.fetchval(
+async def next_due_in(conn: Conn) -> float | None:
+    found: float | None = await conn.fetchval(
         """
         SELECT extract(epoch FROM min(scheduled_for) - now())::float8
         FROM campaigns WHERE state = 'scheduled'
         """
     )
+    return found
 
 
-async def set_scheduled(conn: asyncpg.Connection, campaign_id: uuid.UUID, at: Any) -> None:
+async def set_scheduled(conn: Conn, campaign_id: uuid.UUID, at: Any) -> None:
     await conn.execute(
         "UPDATE campaigns SET state = 'scheduled', scheduled_for = $2 WHERE id = $1",
         campaign_id, at,
     )
 
 
-async def set_draft(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> None:
+async def set_draft(conn: Conn, campaign_id: uuid.UUID) -> None:
     await conn.execute(
         "UPDATE campaigns SET state = 'draft', scheduled_for = NULL WHERE id = $1", campaign_id
     )
 
 
-async def set_aborting(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> None:
+async def set_aborting(conn: Conn, campaign_id: uuid.UUID) -> None:
     await conn.execute(
         "UPDATE campaigns SET state = 'aborting', aborted_at = now() WHERE id = $1", campaign_id
     )
 
 
 async def set_abort_pending(
-    conn: asyncpg.Connection, campaign_id: uuid.UUID, pending: int
+    conn: Conn, campaign_id: uuid.UUID, pending: int
 ) -> None:
     await conn.execute(
         "UPDATE campaigns SET abort_pending = $2 WHERE id = $1", campaign_id, pending
     )
 
 
-async def unfinished_fanouts(conn: asyncpg.Connection) -> list[uuid.UUID]:
+async def unfinished_fanouts(conn: Conn) -> list[uuid.UUID]:
     rows = await conn.fetch(
         """
         SELECT id FROM campaigns
@@ -334,7 +341,7 @@ async def unfinished_fanouts(conn: asyncpg.Connection) -> list[uuid.UUID]:
 
 
 async def recipients_page(
-    conn: asyncpg.Connection, campaign_id: uuid.UUID, after_id: int, limit: int
+    conn: Conn, campaign_id: uuid.UUID, after_id: int, limit: int
 ) -> list[asyncpg.Record]:
     return await conn.fetch(
         """
@@ -347,7 +354,7 @@ async def recipients_page(
 
 
 async def save_fanout_checkpoint(
-    conn: asyncpg.Connection, campaign_id: uuid.UUID, after_id: int, done: bool
+    conn: Conn, campaign_id: uuid.UUID, after_id: int, done: bool
 ) -> None:
     await conn.execute(
         "UPDATE campaigns SET fanout_after_id = $2, fanout_done = $3 WHERE id = $1",
@@ -355,7 +362,7 @@ async def save_fanout_checkpoint(
     )
 
 
-async def first_time(conn: asyncpg.Connection, event_id: uuid.UUID) -> bool:
+async def first_time(conn: Conn, event_id: uuid.UUID) -> bool:
     """Record an event as processed; False if it already was (consumers apply events once)."""
     return bool(await conn.fetchval(
         """
@@ -367,7 +374,7 @@ async def first_time(conn: asyncpg.Connection, event_id: uuid.UUID) -> bool:
 
 
 async def finish(
-    conn: asyncpg.Connection, campaign_id: uuid.UUID, state: str, counts: dict[str, Any]
+    conn: Conn, campaign_id: uuid.UUID, state: str, counts: dict[str, Any]
 ) -> None:
     await conn.execute(
         """
@@ -380,7 +387,7 @@ async def finish(
 
 
 async def audit(
-    conn: asyncpg.Connection, campaign_id: uuid.UUID, action: str, actor: str | Principal,
+    conn: Conn, campaign_id: uuid.UUID, action: str, actor: str | Principal,
     details: dict[str, Any],
 ) -> None:
     """`actor`: the user who acted, or the name of the service that did ("scheduler")."""
@@ -392,7 +399,7 @@ async def audit(
     )
 
 
-async def audit_trail(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> list[dict[str, Any]]:
+async def audit_trail(conn: Conn, campaign_id: uuid.UUID) -> list[dict[str, Any]]:
     rows = await conn.fetch(
         "SELECT action, actor, user_id, at, details FROM audit_log WHERE campaign_id = $1 "
         "ORDER BY id",
@@ -404,13 +411,13 @@ async def audit_trail(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> list[
 
 # --- organisations, users, tokens --------------------------------------------------------------
 
-async def organisation_exists(conn: asyncpg.Connection, organisation_id: uuid.UUID) -> bool:
+async def organisation_exists(conn: Conn, organisation_id: uuid.UUID) -> bool:
     return bool(await conn.fetchval(
         "SELECT EXISTS (SELECT 1 FROM organisations WHERE id = $1)", organisation_id))
 
 
-async def ensure_organisation(conn: asyncpg.Connection, name: str) -> uuid.UUID:
-    return await conn.fetchval(
+async def ensure_organisation(conn: Conn, name: str) -> uuid.UUID:
+    found: uuid.UUID = await conn.fetchval(
         """
         WITH ins AS (
             INSERT INTO organisations (id, name) VALUES (gen_random_uuid(), $1)
@@ -420,10 +427,11 @@ async def ensure_organisation(conn: asyncpg.Connection, name: str) -> uuid.UUID:
         """,
         name,
     )
+    return found
 
 
-async def upsert_user(conn: asyncpg.Connection, organisation_id: uuid.UUID, name: str) -> uuid.UUID:
-    return await conn.fetchval(
+async def upsert_user(conn: Conn, organisation_id: uuid.UUID, name: str) -> uuid.UUID:
+    found: uuid.UUID = await conn.fetchval(
         """
         INSERT INTO users (id, organisation_id, name) VALUES (gen_random_uuid(), $1, $2)
         ON CONFLICT (organisation_id, name) DO UPDATE SET name = excluded.name
@@ -431,21 +439,22 @@ async def upsert_user(conn: asyncpg.Connection, organisation_id: uuid.UUID, name
         """,
         organisation_id, name,
     )
+    return found
 
 
-async def get_user(conn: asyncpg.Connection, user_id: uuid.UUID) -> Principal | None:
+async def get_user(conn: Conn, user_id: uuid.UUID) -> Principal | None:
     row = await conn.fetchrow(
         "SELECT id, organisation_id, name FROM users WHERE id = $1 FOR UPDATE", user_id
     )
     return Principal(row["id"], row["organisation_id"], row["name"]) if row else None
 
 
-async def insert_token(conn: asyncpg.Connection, user_id: uuid.UUID, token_hash: bytes) -> None:
+async def insert_token(conn: Conn, user_id: uuid.UUID, token_hash: bytes) -> None:
     await conn.execute("INSERT INTO api_tokens (token_hash, user_id) VALUES ($1, $2)",
                        token_hash, user_id)
 
 
-async def revoke_tokens(conn: asyncpg.Connection, user_id: uuid.UUID) -> list[bytes]:
+async def revoke_tokens(conn: Conn, user_id: uuid.UUID) -> list[bytes]:
     """Revoke every live token of the user; return their hashes."""
     rows = await conn.fetch(
         "UPDATE api_tokens SET revoked_at = now() "
@@ -455,7 +464,7 @@ async def revoke_tokens(conn: asyncpg.Connection, user_id: uuid.UUID) -> list[by
     return [r["token_hash"] for r in rows]
 
 
-async def all_tokens(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+async def all_tokens(conn: Conn) -> list[asyncpg.Record]:
     """Every token ever issued with its user: what the identity topic must say."""
     return await conn.fetch(
         """
@@ -465,7 +474,7 @@ async def all_tokens(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     )
 
 
-async def principal_by_token(conn: asyncpg.Connection, token_hash: bytes) -> asyncpg.Record | None:
+async def principal_by_token(conn: Conn, token_hash: bytes) -> asyncpg.Record | None:
     return await conn.fetchrow(
         """
         SELECT u.id AS user_id, u.organisation_id, u.name
@@ -478,7 +487,7 @@ async def principal_by_token(conn: asyncpg.Connection, token_hash: bytes) -> asy
 
 # --- peer to peer ------------------------------------------------------------------------------
 
-async def lock_campaign(conn: asyncpg.Connection, campaign_id: uuid.UUID,
+async def lock_campaign(conn: Conn, campaign_id: uuid.UUID,
                         *, share: bool = False) -> asyncpg.Record | None:
     return await conn.fetchrow(
         f"""
@@ -490,7 +499,7 @@ async def lock_campaign(conn: asyncpg.Connection, campaign_id: uuid.UUID,
 
 
 async def claim_sender(
-    conn: asyncpg.Connection, user_id: uuid.UUID, campaign_id: uuid.UUID
+    conn: Conn, user_id: uuid.UUID, campaign_id: uuid.UUID
 ) -> tuple[bool, uuid.UUID | None]:
     """Make the user a sender of the campaign: (True, campaign) if this call did; else
     (False, the campaign the user is already sending from)."""
@@ -509,14 +518,14 @@ async def claim_sender(
     )
 
 
-async def is_sender(conn: asyncpg.Connection, user_id: uuid.UUID, campaign_id: uuid.UUID) -> bool:
+async def is_sender(conn: Conn, user_id: uuid.UUID, campaign_id: uuid.UUID) -> bool:
     return bool(await conn.fetchval(
         "SELECT true FROM p2p_senders WHERE user_id = $1 AND campaign_id = $2",
         user_id, campaign_id,
     ))
 
 
-async def release_senders(conn: asyncpg.Connection, campaign_ids: Sequence[uuid.UUID]) -> None:
+async def release_senders(conn: Conn, campaign_ids: Sequence[uuid.UUID]) -> None:
     await conn.execute("DELETE FROM p2p_senders WHERE campaign_id = ANY($1::uuid[])",
                        list(campaign_ids))
 
@@ -526,7 +535,7 @@ _RECIPIENT = """id, email, email_invalid, phone, phone_invalid, first_name, last
 
 
 async def press(
-    conn: asyncpg.Connection, campaign_id: uuid.UUID, recipient_id: int, user_id: uuid.UUID
+    conn: Conn, campaign_id: uuid.UUID, recipient_id: int, user_id: uuid.UUID
 ) -> tuple[asyncpg.Record | None, bool]:
     """Mark SEND pressed for a recipient; (row, True) the first time, (row, False) after."""
     row = await conn.fetchrow(
@@ -546,7 +555,7 @@ async def press(
     return row, False
 
 
-async def clear_presses(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> None:
+async def clear_presses(conn: Conn, campaign_id: uuid.UUID) -> None:
     await conn.execute(
         "UPDATE recipients SET pressed_at = NULL, pressed_by = NULL "
         "WHERE campaign_id = $1 AND pressed_at IS NOT NULL",
@@ -554,7 +563,7 @@ async def clear_presses(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> Non
     )
 
 
-async def pressed_count(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> int:
+async def pressed_count(conn: Conn, campaign_id: uuid.UUID) -> int:
     return int(await conn.fetchval(
         "SELECT count(*) FROM recipients WHERE campaign_id = $1 AND pressed_at IS NOT NULL",
         campaign_id,
@@ -562,7 +571,7 @@ async def pressed_count(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> int
 
 
 async def recipients_page_where(
-    conn: asyncpg.Connection, campaign_id: uuid.UUID, after_id: int, limit: int,
+    conn: Conn, campaign_id: uuid.UUID, after_id: int, limit: int,
     *, pressed: bool | None,
 ) -> list[asyncpg.Record]:
     """A keyset page of recipients: all (None), only pressed (True) or only unpressed (False)."""
@@ -577,7 +586,7 @@ async def recipients_page_where(
 
 
 async def p2p_recipients(
-    conn: asyncpg.Connection, campaign_id: uuid.UUID, after_id: int, limit: int
+    conn: Conn, campaign_id: uuid.UUID, after_id: int, limit: int
 ) -> list[asyncpg.Record]:
     return await conn.fetch(
         """
@@ -589,7 +598,7 @@ async def p2p_recipients(
 
 
 async def opted_out(
-    conn: asyncpg.Connection, organisation_id: uuid.UUID, addresses: Sequence[str]
+    conn: Conn, organisation_id: uuid.UUID, addresses: Sequence[str]
 ) -> set[str]:
     rows = await conn.fetch(
         "SELECT address FROM opt_outs WHERE organisation_id = $1 AND address = ANY($2::text[])",
@@ -599,7 +608,7 @@ async def opted_out(
 
 
 async def insert_opt_out(
-    conn: asyncpg.Connection, organisation_id: uuid.UUID, address: str, source: str,
+    conn: Conn, organisation_id: uuid.UUID, address: str, source: str,
     keyword: str | None,
 ) -> bool:
     return bool(await conn.fetchval(
@@ -611,7 +620,7 @@ async def insert_opt_out(
     ))
 
 
-async def end_campaign(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> None:
+async def end_campaign(conn: Conn, campaign_id: uuid.UUID) -> None:
     """Completed; the fan-out runs once more to report everyone nobody pressed SEND for."""
     await conn.execute(
         """

@@ -17,6 +17,7 @@ from services.scheduler.fanout import FanoutRunner
 from services.scheduler.recipients_csv import RecipientsCsv
 from services.scheduler.voters import repo as voters_repo
 from shared.auth import Principal
+from shared.db import Conn
 from shared.events import (
     AbortAcknowledged,
     ApiTokenIssued,
@@ -36,7 +37,7 @@ ListDispatchers = Callable[[], Awaitable[set[str]]]
 
 
 async def _locked_state(
-    conn: asyncpg.Connection, campaign_id: uuid.UUID, actor: Principal | None
+    conn: Conn, campaign_id: uuid.UUID, actor: Principal | None
 ) -> str:
     """The campaign's state, locked; 404 unless it is the acting user's organisation's
     (`actor` None: the scheduler itself acts)."""
@@ -47,7 +48,7 @@ async def _locked_state(
     return state
 
 
-async def _template(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> tuple[Any, Any]:
+async def _template(conn: Conn, campaign_id: uuid.UUID) -> tuple[Any, Any]:
     row = await repo.get_campaign(conn, campaign_id)
     assert row is not None
     template = domain.TemplateVersion(row["template_id"], row["template_version"],
@@ -55,7 +56,7 @@ async def _template(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> tuple[A
     return row, template
 
 
-async def _ensure_recipients_fit(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> int:
+async def _ensure_recipients_fit(conn: Conn, campaign_id: uuid.UUID) -> int:
     """Before anything is sent: recipients exist and each can fill the template.
 
     Voters of target lists count too; they are checked against the template once copied into
@@ -157,8 +158,9 @@ async def add_recipients_csv(
                 f"{parser.detected['encoding']}, {parser.detected['delimiter']}-separated)"
                 if parser.rejected else "CSV has a header but no recipients",
                 parser.errors)
-    return domain.CsvAdded(added=added, rejected=parser.rejected, errors=parser.errors,
-                           detected=parser.detected)
+    return domain.CsvAdded(added=added, rejected=parser.rejected,
+                           errors=[domain.RowError.model_validate(e) for e in parser.errors],
+                           detected=domain.Detected.model_validate(parser.detected))
 
 
 async def send_now(
@@ -368,7 +370,7 @@ async def send_to_voter(
 # Issued and revoked inside the caller's transaction, their events written to the outbox in it:
 # published once committed, never for a token the rollback undid.
 
-async def issue_token(conn: asyncpg.Connection, user: Principal) -> str:
+async def issue_token(conn: Conn, user: Principal) -> str:
     token = auth.new_token()
     token_hash = auth.hash_token(token)
     await repo.insert_token(conn, user.user_id, token_hash)
@@ -378,7 +380,7 @@ async def issue_token(conn: asyncpg.Connection, user: Principal) -> str:
     return token
 
 
-async def revoke_tokens(conn: asyncpg.Connection, user: Principal) -> int:
+async def revoke_tokens(conn: Conn, user: Principal) -> int:
     hashes = await repo.revoke_tokens(conn, user.user_id)
     await outbox.add(conn, outbox.identity([
         ApiTokenRevoked(token_hash=h.hex(), user_id=user.user_id,

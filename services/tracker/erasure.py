@@ -10,12 +10,13 @@ import asyncpg
 from faststream.kafka import KafkaRouter
 
 from shared import erasure
+from shared.db import Conn
 from shared.events import RecipientsErased
 
 SERVICE = "tracker"
 
 
-async def erase(conn: asyncpg.Connection, events: Sequence[RecipientsErased]) -> int:
+async def erase(conn: Conn, events: Sequence[RecipientsErased]) -> int:
     """Blank the recipients' addresses (and voter link) in their report rows; idempotent."""
     campaigns = [r.campaign_id for e in events for r in e.recipients]
     recipients = [r.recipient_id for e in events for r in e.recipients]

@@ -13,9 +13,11 @@ from faststream.kafka import KafkaRouter
 from faststream.kafka.annotations import KafkaBroker, KafkaMessage
 
 from services.tracker import repo, service
+from services.tracker.domain import Progress
 from services.tracker.service import PublishCompleted
 from shared import topics
 from shared.auth import Principal
+from shared.db import Conn
 from shared.events import LIFECYCLE, LifecycleEvent
 from shared.http_input import After
 from shared.kafka import BATCH_CONSUMER, process_bounded
@@ -76,8 +78,8 @@ def http_router(pool: asyncpg.Pool, user: Any) -> APIRouter:
     router = APIRouter(prefix="/campaigns", tags=["progress"])
 
     async def progress_for(
-        conn: asyncpg.Connection, campaign_id: uuid.UUID, principal: Principal
-    ) -> Any:
+        conn: Conn, campaign_id: uuid.UUID, principal: Principal
+    ) -> Progress:
         p = await repo.get_progress(conn, campaign_id)
         if p is None or p.organisation_id != principal.organisation_id:
             raise not_found(campaign_id)

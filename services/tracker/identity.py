@@ -15,6 +15,7 @@ from faststream.kafka.annotations import KafkaBroker, KafkaMessage
 
 from shared import topics
 from shared.auth import Principal, bearer
+from shared.db import Conn
 from shared.events import IDENTITY, ApiTokenIssued, ApiTokenRevoked
 from shared.kafka import BATCH_CONSUMER, process_bounded
 
@@ -22,7 +23,7 @@ SERVICE = "tracker"
 
 
 async def apply(
-    conn: asyncpg.Connection, events: Sequence[ApiTokenIssued | ApiTokenRevoked]
+    conn: Conn, events: Sequence[ApiTokenIssued | ApiTokenRevoked]
 ) -> None:
     """Upsert each token's latest state, the batch in one pipelined `executemany`. A
     revocation wins over any later re-issue of the same hash (the scheduler never re-issues
@@ -83,7 +84,7 @@ def require_user(pool: asyncpg.Pool) -> Callable[..., Awaitable[Principal]]:
 
 
 async def campaign_is_theirs(
-    conn: asyncpg.Connection, campaign_id: uuid.UUID, principal: Principal
+    conn: Conn, campaign_id: uuid.UUID, principal: Principal
 ) -> bool:
     return bool(await conn.fetchval(
         "SELECT EXISTS (SELECT 1 FROM campaigns WHERE campaign_id = $1 AND organisation_id = $2)",

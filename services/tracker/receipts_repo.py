@@ -14,8 +14,6 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import asyncpg
-
 from shared import db
 from shared.events import DeliveryReported
 
@@ -30,12 +28,12 @@ class Applied:
     parked: int  # receipts whose outcome is not known yet
 
 
-async def lock_for_receipts(conn: asyncpg.Connection) -> None:
+async def lock_for_receipts(conn: db.Conn) -> None:
     """Receipt batch: wait for outcome batches in flight, keep new ones out until commit."""
     await conn.execute("SELECT pg_advisory_xact_lock($1)", _RECEIPTS_LOCK)
 
 
-async def lock_for_outcomes(conn: asyncpg.Connection) -> None:
+async def lock_for_outcomes(conn: db.Conn) -> None:
     """Outcome batch: shut out receipt batches (not other outcome batches) until commit."""
     await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", _RECEIPTS_LOCK)
 
@@ -48,7 +46,7 @@ _RECEIPTS_IN = db.Staging("receipts_in", {
 
 
 async def apply_receipts(
-    conn: asyncpg.Connection, receipts: Sequence[DeliveryReported]
+    conn: db.Conn, receipts: Sequence[DeliveryReported]
 ) -> Applied:
     """Refine `completed` outcomes with their receipts and count them, in one statement.
 
@@ -115,7 +113,7 @@ async def apply_receipts(
 _MESSAGES_IN = db.Staging("messages_in", {"provider_message_id": "text"})
 
 
-async def apply_pending(conn: asyncpg.Connection, provider_message_ids: Sequence[str]) -> int:
+async def apply_pending(conn: db.Conn, provider_message_ids: Sequence[str]) -> int:
     """Apply the parked receipts of these messages, whose outcomes this transaction applied;
     return how many. Called under `lock_for_outcomes` (so no receipt is parked meanwhile)."""
     if not provider_message_ids or not await conn.fetchval(
@@ -143,7 +141,7 @@ async def apply_pending(conn: asyncpg.Connection, provider_message_ids: Sequence
 
 
 async def campaigns_of(
-    conn: asyncpg.Connection, provider_message_ids: Sequence[str]
+    conn: db.Conn, provider_message_ids: Sequence[str]
 ) -> dict[str, uuid.UUID]:
     """The campaign of each message id whose outcome the tracker has projected already."""
     rows = await conn.fetch(

@@ -7,8 +7,6 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import asyncpg
-
 from services.tracker.domain import Counts, Progress, Reasons
 from shared import db
 from shared.events import CampaignStarted
@@ -17,14 +15,14 @@ from shared.wire import Outcome  # the msgspec mirror of the outcome events (duc
 __all__ = ["Outcome"]
 
 
-async def applied_offsets(conn: asyncpg.Connection, topic: str) -> dict[int, int]:
+async def applied_offsets(conn: db.Conn, topic: str) -> dict[int, int]:
     rows = await conn.fetch(
         "SELECT partition, next_offset FROM consumer_offsets WHERE topic = $1", topic
     )
     return {r["partition"]: r["next_offset"] for r in rows}
 
 
-async def save_offsets(conn: asyncpg.Connection, topic: str, next_offsets: dict[int, int]) -> None:
+async def save_offsets(conn: db.Conn, topic: str, next_offsets: dict[int, int]) -> None:
     await conn.execute(
         """
         INSERT INTO consumer_offsets (topic, partition, next_offset)
@@ -40,7 +38,7 @@ async def save_offsets(conn: asyncpg.Connection, topic: str, next_offsets: dict[
 _CAMPAIGN_LOCKS = 0x5E0D
 
 
-async def lock_campaigns(conn: asyncpg.Connection, campaign_ids: Iterable[uuid.UUID]) -> None:
+async def lock_campaigns(conn: db.Conn, campaign_ids: Iterable[uuid.UUID]) -> None:
     """Lock the campaigns a transaction will touch, in one order for every transaction.
 
     An outcome batch writes counters, then the campaign's state; a lifecycle batch writes the
@@ -64,7 +62,7 @@ OUTCOMES_IN = db.Staging("outcomes_in", {
 
 
 async def apply_outcomes(
-    conn: asyncpg.Connection, outcomes: Sequence[Outcome]
+    conn: db.Conn, outcomes: Sequence[Outcome]
 ) -> list[uuid.UUID]:
     """Insert the outcomes not seen before and add them to their counters; return the
     campaigns whose counters moved.
@@ -99,7 +97,7 @@ _STATUS_SLOT = {"completed": 0, "failed": 1, "skipped": 2}
 
 
 async def _count(
-    conn: asyncpg.Connection, inserted: Sequence[tuple[uuid.UUID, str, str, str | None]]
+    conn: db.Conn, inserted: Sequence[tuple[uuid.UUID, str, str, str | None]]
 ) -> list[uuid.UUID]:
     """Add newly inserted outcomes — (campaign, channel, status, reason) — to their campaigns'
     counters and reasons, in one statement; return the campaigns."""
@@ -142,7 +140,7 @@ async def _count(
     return campaigns
 
 
-async def apply_started(conn: asyncpg.Connection, event: CampaignStarted) -> None:
+async def apply_started(conn: db.Conn, event: CampaignStarted) -> None:
     await conn.execute(
         """
         INSERT INTO campaigns (campaign_id, started, started_at, organisation_id)
@@ -163,7 +161,7 @@ async def apply_started(conn: asyncpg.Connection, event: CampaignStarted) -> Non
     )
 
 
-async def apply_aborted(conn: asyncpg.Connection, campaign_id: uuid.UUID, at: Any) -> None:
+async def apply_aborted(conn: db.Conn, campaign_id: uuid.UUID, at: Any) -> None:
     await conn.execute(
         """
         INSERT INTO campaigns (campaign_id, state, aborted_at) VALUES ($1, 'aborting', $2)
@@ -175,7 +173,7 @@ async def apply_aborted(conn: asyncpg.Connection, campaign_id: uuid.UUID, at: An
     )
 
 
-async def finish(conn: asyncpg.Connection, finished: Sequence[Progress]) -> None:
+async def finish(conn: db.Conn, finished: Sequence[Progress]) -> None:
     await conn.execute(
         """
         UPDATE campaigns c SET state = f.state, completed_at = now(), updated_at = now()
@@ -187,7 +185,7 @@ async def finish(conn: asyncpg.Connection, finished: Sequence[Progress]) -> None
 
 
 async def progress_of(
-    conn: asyncpg.Connection, campaign_ids: Sequence[uuid.UUID]
+    conn: db.Conn, campaign_ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, Progress]:
     rows = await conn.fetch(
         """
@@ -215,12 +213,12 @@ async def progress_of(
     return progress
 
 
-async def get_progress(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> Progress | None:
+async def get_progress(conn: db.Conn, campaign_id: uuid.UUID) -> Progress | None:
     return (await progress_of(conn, [campaign_id])).get(campaign_id)
 
 
 async def recipient_outcomes(
-    conn: asyncpg.Connection,
+    conn: db.Conn,
     campaign_id: uuid.UUID,
     *,
     after_recipient_id: int,

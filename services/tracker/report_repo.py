@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 
+from shared.db import Conn
+
 COLUMNS = (
     "recipient_id", "channel", "address", "processed_at", "status", "reason",
     "provider_message_id", "delivery", "delivery_reason", "delivered_at",
@@ -14,7 +16,7 @@ COLUMNS = (
 
 
 async def report_rows(
-    conn: asyncpg.Connection, campaign_id: uuid.UUID, *, prefetch: int = 2000
+    conn: Conn, campaign_id: uuid.UUID, *, prefetch: int = 2000
 ) -> AsyncIterator[asyncpg.Record]:
     """Every settled recipient and channel of the campaign, by recipient id then channel.
 

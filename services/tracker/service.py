@@ -12,6 +12,7 @@ from aiokafka import ConsumerRecord
 from services.tracker import domain, receipts_repo, repo
 from services.tracker.repo import Outcome
 from shared import tracing
+from shared.db import Conn
 from shared.events import CampaignAborted, CampaignCompleted, CampaignStarted, Event
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ def _next_offsets(records: Sequence[tuple[ConsumerRecord[Any, Any], Any]]) -> di
 
 
 async def _finish_done(
-    conn: asyncpg.Connection, campaign_ids: Sequence[Any], publish: PublishCompleted
+    conn: Conn, campaign_ids: Sequence[Any], publish: PublishCompleted
 ) -> None:
     if not campaign_ids:
         return

@@ -5,11 +5,11 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import asyncpg
+from shared.db import Conn
 
 
 async def voter_history(
-    conn: asyncpg.Connection, voter_id: int, organisation_id: uuid.UUID, *, limit: int
+    conn: Conn, voter_id: int, organisation_id: uuid.UUID, *, limit: int
 ) -> list[dict[str, Any]]:
     """The voter's outcomes in the organisation's campaigns, newest first: one row per
     campaign and channel."""

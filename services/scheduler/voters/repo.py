@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 
 from services.scheduler.voters.domain import COLUMNS, ImportRow, VoterFields
+from shared.db import Conn
 
 _VOTER_COLUMNS = """
     v.id, v.external_id, v.first_name, v.last_name, v.email, v.phone, v.preferred_language,
@@ -23,7 +24,7 @@ _MAX_SNAPSHOT_ATTEMPTS = 3
 # --- voters ---------------------------------------------------------------------------------
 
 async def insert_voter(
-    conn: asyncpg.Connection, org: uuid.UUID, f: VoterFields
+    conn: Conn, org: uuid.UUID, f: VoterFields
 ) -> asyncpg.Record | None:
     """The new voter, or None if a voter with the same identity (match key) exists."""
     return await conn.fetchrow(
@@ -39,19 +40,20 @@ async def insert_voter(
 
 
 async def voter_with_identity(
-    conn: asyncpg.Connection, org: uuid.UUID, f: VoterFields
+    conn: Conn, org: uuid.UUID, f: VoterFields
 ) -> int | None:
-    return await conn.fetchval(
+    found: int | None = await conn.fetchval(
         """
         SELECT id FROM voters
         WHERE organisation_id = $1 AND match_key = voter_match_key($2, $3, $4)
         """,
         org, f.external_id, f.email, f.phone,
     )
+    return found
 
 
 async def get_voter(
-    conn: asyncpg.Connection, org: uuid.UUID, voter_id: int, *, lock: bool = False
+    conn: Conn, org: uuid.UUID, voter_id: int, *, lock: bool = False
 ) -> asyncpg.Record | None:
     return await conn.fetchrow(
         f"""
@@ -63,10 +65,11 @@ async def get_voter(
 
 
 async def update_voter(
-    conn: asyncpg.Connection, org: uuid.UUID, voter_id: int, f: VoterFields
+    conn: Conn, org: uuid.UUID, voter_id: int, f: VoterFields
 ) -> asyncpg.Record:
-    """Raises asyncpg.UniqueViolationError if the new identity is another voter's."""
-    return await conn.fetchrow(
+    """The voter must exist (the caller holds its row lock). Raises
+    asyncpg.UniqueViolationError if the new identity is another voter's."""
+    row = await conn.fetchrow(
         f"""
         UPDATE voters v
         SET external_id = $3, first_name = $4, last_name = $5, email = $6, phone = $7,
@@ -76,10 +79,12 @@ async def update_voter(
         """,
         voter_id, org, *f,
     )
+    assert row is not None, f"voter {voter_id} vanished under its row lock"
+    return row
 
 
 async def search_voters(
-    conn: asyncpg.Connection, org: uuid.UUID, pattern: str | None, after_id: int, limit: int
+    conn: Conn, org: uuid.UUID, pattern: str | None, after_id: int, limit: int
 ) -> list[asyncpg.Record]:
     """One page of voters by id, optionally those whose name/email/phone contain a pattern."""
     if pattern is None:
@@ -105,7 +110,7 @@ async def search_voters(
         )
 
 
-async def lists_of_voter(conn: asyncpg.Connection, voter_id: int) -> list[dict[str, Any]]:
+async def lists_of_voter(conn: Conn, voter_id: int) -> list[dict[str, Any]]:
     rows = await conn.fetch(
         """
         SELECT l.id, l.name, m.added_at FROM list_members m JOIN lists l ON l.id = m.list_id
@@ -117,7 +122,7 @@ async def lists_of_voter(conn: asyncpg.Connection, voter_id: int) -> list[dict[s
             for r in rows]
 
 
-async def campaigns_of_voter(conn: asyncpg.Connection, voter_id: int) -> list[asyncpg.Record]:
+async def campaigns_of_voter(conn: Conn, voter_id: int) -> list[asyncpg.Record]:
     return await conn.fetch(
         """
         SELECT c.id AS campaign_id, c.name, c.state, c.started_at, c.completed_at,
@@ -130,7 +135,7 @@ async def campaigns_of_voter(conn: asyncpg.Connection, voter_id: int) -> list[as
     )
 
 
-async def snapshots_of_voter(conn: asyncpg.Connection, voter_id: int) -> list[asyncpg.Record]:
+async def snapshots_of_voter(conn: Conn, voter_id: int) -> list[asyncpg.Record]:
     """Every recipient row copied from the voter: what the campaigns hold about them."""
     return await conn.fetch(
         """
@@ -145,7 +150,7 @@ async def snapshots_of_voter(conn: asyncpg.Connection, voter_id: int) -> list[as
 
 
 async def lock_campaigns_of_voter(
-    conn: asyncpg.Connection, voter_id: int
+    conn: Conn, voter_id: int
 ) -> list[tuple[uuid.UUID, str]]:
     """The voter's campaigns and states, share-locked: a campaign cannot end (and so run its
     erase trigger) between reading its state here and marking its snapshot."""
@@ -160,7 +165,7 @@ async def lock_campaigns_of_voter(
 
 
 async def release_snapshots(
-    conn: asyncpg.Connection,
+    conn: Conn,
     voter_id: int,
     *,
     erase_now: Sequence[uuid.UUID],
@@ -190,7 +195,7 @@ async def release_snapshots(
     return [(r["campaign_id"], r["id"]) for r in rows if r["erased"]]
 
 
-async def delete_voter(conn: asyncpg.Connection, org: uuid.UUID, voter_id: int) -> bool:
+async def delete_voter(conn: Conn, org: uuid.UUID, voter_id: int) -> bool:
     status = await conn.execute(
         "DELETE FROM voters WHERE id = $1 AND organisation_id = $2", voter_id, org
     )
@@ -199,7 +204,7 @@ async def delete_voter(conn: asyncpg.Connection, org: uuid.UUID, voter_id: int) 
 
 # --- CSV import -----------------------------------------------------------------------------
 
-async def _ensure_import_table(conn: asyncpg.Connection) -> None:
+async def _ensure_import_table(conn: Conn) -> None:
     # Per session and emptied at each commit: created once per pooled connection, so statements
     # prepared against it stay valid.
     await conn.execute(
@@ -219,7 +224,7 @@ async def _ensure_import_table(conn: asyncpg.Connection) -> None:
 
 
 async def upsert_import_batch(
-    conn: asyncpg.Connection,
+    conn: Conn,
     org: uuid.UUID,
     rows: Sequence[ImportRow],
     *,
@@ -299,7 +304,7 @@ _LIST_COLUMNS = """
 
 
 async def insert_list(
-    conn: asyncpg.Connection, org: uuid.UUID, list_id: uuid.UUID, name: str
+    conn: Conn, org: uuid.UUID, list_id: uuid.UUID, name: str
 ) -> asyncpg.Record | None:
     """The new list, or None if the organisation has a list of that name."""
     return await conn.fetchrow(
@@ -316,7 +321,7 @@ async def insert_list(
 
 
 async def get_list(
-    conn: asyncpg.Connection, org: uuid.UUID, list_id: uuid.UUID, *, lock: bool = False
+    conn: Conn, org: uuid.UUID, list_id: uuid.UUID, *, lock: bool = False
 ) -> asyncpg.Record | None:
     return await conn.fetchrow(
         f"""
@@ -327,14 +332,14 @@ async def get_list(
     )
 
 
-async def all_lists(conn: asyncpg.Connection, org: uuid.UUID) -> list[asyncpg.Record]:
+async def all_lists(conn: Conn, org: uuid.UUID) -> list[asyncpg.Record]:
     return await conn.fetch(
         f"SELECT {_LIST_COLUMNS} FROM lists l WHERE l.organisation_id = $1 ORDER BY l.name", org
     )
 
 
 async def unstarted_campaigns_targeting(
-    conn: asyncpg.Connection, list_id: uuid.UUID
+    conn: Conn, list_id: uuid.UUID
 ) -> list[tuple[uuid.UUID, str]]:
     rows = await conn.fetch(
         """
@@ -346,12 +351,12 @@ async def unstarted_campaigns_targeting(
     return [(r["id"], r["state"]) for r in rows]
 
 
-async def delete_list(conn: asyncpg.Connection, list_id: uuid.UUID) -> None:
+async def delete_list(conn: Conn, list_id: uuid.UUID) -> None:
     await conn.execute("DELETE FROM lists WHERE id = $1", list_id)
 
 
 async def unknown_voters(
-    conn: asyncpg.Connection, org: uuid.UUID, voter_ids: Sequence[int]
+    conn: Conn, org: uuid.UUID, voter_ids: Sequence[int]
 ) -> list[int]:
     rows = await conn.fetch(
         """
@@ -365,7 +370,7 @@ async def unknown_voters(
 
 
 async def add_members(
-    conn: asyncpg.Connection, list_id: uuid.UUID, voter_ids: Sequence[int]
+    conn: Conn, list_id: uuid.UUID, voter_ids: Sequence[int]
 ) -> int:
     status = await conn.execute(
         """
@@ -379,7 +384,7 @@ async def add_members(
 
 
 async def remove_members(
-    conn: asyncpg.Connection, list_id: uuid.UUID, voter_ids: Sequence[int]
+    conn: Conn, list_id: uuid.UUID, voter_ids: Sequence[int]
 ) -> int:
     status = await conn.execute(
         "DELETE FROM list_members WHERE list_id = $1 AND voter_id = ANY($2::bigint[])",
@@ -389,7 +394,7 @@ async def remove_members(
 
 
 async def members_page(
-    conn: asyncpg.Connection, list_id: uuid.UUID, after_id: int, limit: int
+    conn: Conn, list_id: uuid.UUID, after_id: int, limit: int
 ) -> list[asyncpg.Record]:
     return await conn.fetch(
         f"""
@@ -403,7 +408,7 @@ async def members_page(
 # --- campaigns targeting lists --------------------------------------------------------------
 
 async def unknown_lists(
-    conn: asyncpg.Connection, org: uuid.UUID, list_ids: Sequence[uuid.UUID]
+    conn: Conn, org: uuid.UUID, list_ids: Sequence[uuid.UUID]
 ) -> list[uuid.UUID]:
     rows = await conn.fetch(
         """
@@ -416,7 +421,7 @@ async def unknown_lists(
 
 
 async def target_lists(
-    conn: asyncpg.Connection, campaign_id: uuid.UUID, list_ids: Sequence[uuid.UUID]
+    conn: Conn, campaign_id: uuid.UUID, list_ids: Sequence[uuid.UUID]
 ) -> None:
     await conn.execute(
         """
@@ -429,7 +434,7 @@ async def target_lists(
 
 
 async def untarget_list(
-    conn: asyncpg.Connection, campaign_id: uuid.UUID, list_id: uuid.UUID
+    conn: Conn, campaign_id: uuid.UUID, list_id: uuid.UUID
 ) -> bool:
     status = await conn.execute(
         "DELETE FROM campaign_lists WHERE campaign_id = $1 AND list_id = $2", campaign_id, list_id
@@ -438,7 +443,7 @@ async def untarget_list(
 
 
 async def lists_of_campaign(
-    conn: asyncpg.Connection, campaign_id: uuid.UUID
+    conn: Conn, campaign_id: uuid.UUID
 ) -> list[asyncpg.Record]:
     return await conn.fetch(
         f"""
@@ -449,7 +454,7 @@ async def lists_of_campaign(
     )
 
 
-async def snapshot_lists_into_recipients(conn: asyncpg.Connection, campaign_id: uuid.UUID) -> int:
+async def snapshot_lists_into_recipients(conn: Conn, campaign_id: uuid.UUID) -> int:
     """Copy the voters of the campaign's lists into its recipients, once per voter.
 
     Called in the transaction that moves the campaign to `sending`, before its total is
