@@ -14,6 +14,7 @@ from services.scheduler import auth, domain, outbox, repo
 from services.scheduler.adapters.uow import AsyncpgUnitOfWork
 from services.scheduler.campaigns import use_cases
 from services.scheduler.campaigns.aborts import AbortAcks
+from services.scheduler.campaigns.model import Kind
 from services.scheduler.campaigns.unit_of_work import FanOut
 from services.scheduler.campaigns.use_cases import ListDispatchers
 from services.scheduler.fanout import FanoutRunner
@@ -48,33 +49,8 @@ async def create_campaign(
 ) -> uuid.UUID:
     """The campaign belongs to the actor's organisation and may use only its senders and
     templates (another organisation's are "not found")."""
-    org = actor.organisation_id
-    async with pool.acquire() as conn, conn.transaction():
-        if cmd.sender is not None:
-            sender = await repo.insert_sender(conn, cmd.sender, org)
-        else:
-            assert cmd.sender_id is not None
-            found = await repo.get_sender(conn, cmd.sender_id, org)
-            if found is None:
-                raise domain.Invalid(f"sender {cmd.sender_id} does not exist")
-            sender = found
-        inline = cmd.inline_template()
-        if inline is not None:
-            template = await repo.insert_template(conn, inline, org)
-        else:
-            assert cmd.template_id is not None
-            latest = await repo.latest_template(conn, cmd.template_id, org)
-            if latest is None:
-                raise domain.Invalid(f"template {cmd.template_id} does not exist")
-            template = latest
-        domain.ensure_fits_channels(cmd.channels, sender, template)
-        campaign_id = await repo.insert_campaign(
-            conn, name=cmd.name, kind=kind or cmd.kind, channels=cmd.channels,
-            sender_id=sender.id, template=template, organisation_id=org,
-        )
-        await repo.audit(conn, campaign_id, "created", actor,
-                         {"channels": cmd.channels, "template_version": template.version})
-    return campaign_id
+    return await use_cases.create_campaign(
+        AsyncpgUnitOfWork(pool), cmd, actor, Kind(kind) if kind is not None else None)
 
 
 async def add_recipients(
@@ -85,11 +61,8 @@ async def add_recipients(
     actor: Principal,
     voter_id: int | None = None,
 ) -> int:
-    rows = [domain.to_row(r, region, voter_id) for r in recipients]
-    async with pool.acquire() as conn, conn.transaction():
-        state = await _locked_state(conn, campaign_id, actor)
-        domain.ensure_can_add_recipients(campaign_id, state)
-        return await repo.copy_recipients(conn, campaign_id, rows)
+    return await use_cases.add_recipients(AsyncpgUnitOfWork(pool), campaign_id, recipients,
+                                          region, actor, voter_id)
 
 
 async def add_recipients_csv(
@@ -169,18 +142,12 @@ async def apply_completed(pool: asyncpg.Pool, event: CampaignCompleted) -> None:
 
 
 async def send_individually(
-    pool: asyncpg.Pool, fanout: FanoutRunner, cmd: domain.SendIndividually, actor: Principal,
+    pool: asyncpg.Pool, fanout: FanOut, cmd: domain.SendIndividually, actor: Principal,
     region: str, voter_id: int | None = None,
 ) -> uuid.UUID:
     """One recipient, email and/or SMS: a one-recipient campaign, sent out now."""
-    create = domain.CreateCampaign(
-        name=cmd.name or "Individual send", channels=cmd.channels, sender_id=cmd.sender_id,
-        template_id=cmd.template_id,
-    )
-    campaign_id = await create_campaign(pool, create, actor, kind="individual")
-    await add_recipients(pool, campaign_id, [cmd.recipient], region, actor, voter_id)
-    await send_now(pool, fanout, campaign_id, actor)
-    return campaign_id
+    return await use_cases.send_individually(AsyncpgUnitOfWork(pool), fanout, cmd, actor,
+                                             region, voter_id)
 
 
 async def send_to_voter(

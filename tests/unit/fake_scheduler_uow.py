@@ -17,6 +17,7 @@ from typing import Any
 
 from services.scheduler.campaigns.model import Campaign, Kind, State
 from services.scheduler.campaigns.unit_of_work import Actor, OutboxRecord, RecipientsFit
+from services.scheduler.domain import RecipientRow, Sender, SenderIn, TemplateIn, TemplateVersion
 from services.scheduler.outbox import check
 from shared import wire
 from shared.auth import Principal
@@ -60,6 +61,10 @@ class Store:
     outbox: list[tuple[int, OutboxRecord]] = field(default_factory=list)
     next_outbox_id: int = 1
     next_recipient_id: int = 1
+    # Senders and template versions by id, each with its organisation.
+    sender_rows: dict[uuid.UUID, tuple[uuid.UUID, Sender]] = field(default_factory=dict)
+    templates: dict[uuid.UUID, tuple[uuid.UUID, list[TemplateVersion]]] = field(
+        default_factory=dict)
 
 
 def recipient(**fields: Any) -> dict[str, Any]:
@@ -73,6 +78,48 @@ class FakeCampaigns:
     def __init__(self, store: Store, now: datetime) -> None:
         self._s = store
         self._now = now
+
+    async def add_sender(self, sender: SenderIn, organisation_id: uuid.UUID) -> Sender:
+        added = Sender(uuid.uuid4(), sender.name, sender.email, sender.sms_sender_id)
+        self._s.sender_rows[added.id] = (organisation_id, added)
+        return added
+
+    async def sender(self, sender_id: uuid.UUID, organisation_id: uuid.UUID) -> Sender | None:
+        org, found = self._s.sender_rows.get(sender_id, (None, None))
+        return found if org == organisation_id else None
+
+    async def add_template(
+        self, template: TemplateIn, organisation_id: uuid.UUID
+    ) -> TemplateVersion:
+        version = TemplateVersion(uuid.uuid4(), 1, template.email_subject, template.email_body,
+                                  template.sms_body)
+        self._s.templates[version.template_id] = (organisation_id, [version])
+        return version
+
+    async def latest_template(
+        self, template_id: uuid.UUID, organisation_id: uuid.UUID
+    ) -> TemplateVersion | None:
+        org, versions = self._s.templates.get(template_id, (None, []))
+        return versions[-1] if org == organisation_id else None
+
+    async def add(
+        self, *, name: str, kind: Kind, channels: Sequence[str], sender_id: uuid.UUID,
+        template: TemplateVersion, organisation_id: uuid.UUID,
+    ) -> uuid.UUID:
+        campaign_id = uuid.uuid4()
+        self._s.campaigns[campaign_id] = StoredCampaign(
+            id=campaign_id, kind=kind, organisation_id=organisation_id, channels=list(channels),
+            variables=template.variables(channels))  # type: ignore[arg-type]
+        return campaign_id
+
+    async def add_recipients(
+        self, campaign_id: uuid.UUID, rows: Sequence[RecipientRow]
+    ) -> int:
+        c = self._c(campaign_id)
+        for row in rows:
+            c.recipients.append(recipient(id=self._s.next_recipient_id, **vars(row)))
+            self._s.next_recipient_id += 1
+        return len(rows)
 
     def _c(self, campaign_id: uuid.UUID) -> StoredCampaign:
         return self._s.campaigns[campaign_id]

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from services.scheduler import domain
 from services.scheduler.campaigns import use_cases
 from services.scheduler.campaigns.aborts import AbortAcks
 from services.scheduler.campaigns.model import Kind, State
@@ -22,6 +23,7 @@ from shared.events import (
     CampaignScheduled,
 )
 from tests.unit.fake_scheduler_uow import (
+    ORG,
     OTHER_ORG,
     FakeFanOut,
     FakeUnitOfWork,
@@ -380,3 +382,91 @@ async def test_end_of_an_aborted_campaign_is_refused() -> None:
     with pytest.raises(InvalidTransition, match="cannot end the campaign"):
         await use_cases.end(uow, fanout, c.id, ADA)
     assert fanout.kicked == [] and uow.commits == 0
+
+
+# --- create, add recipients, individual send ---------------------------------------------------
+
+def _create(**fields: Any) -> domain.CreateCampaign:
+    return domain.CreateCampaign.model_validate({
+        "name": "Spring", "channels": ["email"], "template": "Hi {{ first_name }}",
+        "subject": "Spring", "sender": {"name": "Ward office", "email": "ward@example.org"},
+        **fields})
+
+
+async def test_create_campaign_makes_a_draft_of_the_actors_organisation() -> None:
+    uow, _ = setup()
+    campaign_id = await use_cases.create_campaign(uow, _create(), ADA)
+    saved = uow.store.campaigns[campaign_id]
+    assert (saved.state, saved.kind, saved.organisation_id) == (State.DRAFT, Kind.MASS,
+                                                                ADA.organisation_id)
+    assert saved.variables == {"first_name"}
+    assert actions(uow) == [("created", "ada", {"channels": ["email"], "template_version": 1})]
+
+
+async def test_create_campaign_with_another_organisations_sender_is_refused() -> None:
+    uow, _ = setup()
+    other = principal("eve", OTHER_ORG)
+    theirs = await use_cases.create_campaign(uow, _create(), other)
+    [sender_id] = [s for s, (org, _) in uow.store.sender_rows.items() if org == OTHER_ORG]
+    with pytest.raises(Invalid, match=f"sender {sender_id} does not exist"):
+        await use_cases.create_campaign(
+            uow, _create(sender=None, sender_id=str(sender_id)), ADA)
+    assert list(uow.store.campaigns) == [theirs]
+
+
+async def test_create_an_sms_campaign_needs_a_sender_with_an_sms_sender_id() -> None:
+    uow, _ = setup()
+    with pytest.raises(Invalid, match="needs a sender with an sms_sender_id"):
+        await use_cases.create_campaign(uow, _create(channels=["sms"]), ADA)
+    assert uow.store.campaigns == {} and uow.store.sender_rows == {}
+
+
+async def test_recipients_are_added_normalised_to_a_draft_only() -> None:
+    draft, sending = stored(n=0), stored(State.SENDING, n=0)
+    uow, _ = setup(draft, sending)
+    people = [domain.Recipient(phone="20 12 34 56", first_name="Ib"),
+              domain.Recipient(email="not an address")]
+    assert await use_cases.add_recipients(uow, draft.id, people, "DK", ADA) == 2
+    first, second = uow.store.campaigns[draft.id].recipients
+    assert (first["phone"], first["phone_invalid"]) == ("+4520123456", False)
+    assert (second["email"], second["email_invalid"]) == ("not an address", True)
+    with pytest.raises(InvalidTransition, match=r"cannot add recipients: .* is sending"):
+        await use_cases.add_recipients(uow, sending.id, people, "DK", ADA)
+    assert uow.store.campaigns[sending.id].recipients == []
+
+
+async def _stored_sender_and_template(uow: FakeUnitOfWork, body: str) -> dict[str, Any]:
+    async with uow:
+        sender = await uow.campaigns.add_sender(
+            domain.SenderIn(name="Ward", email="ward@example.org", sms_sender_id="Ward"), ORG)
+        template = await uow.campaigns.add_template(
+            domain.TemplateIn(name="t", email_subject="Hello", email_body=body, sms_body=body),
+            ORG)
+        await uow.commit()
+    return {"sender_id": sender.id, "template_id": template.template_id}
+
+
+async def test_an_individual_send_is_a_one_recipient_campaign_sent_now() -> None:
+    uow, fanout = setup()
+    stored_ids = await _stored_sender_and_template(uow, "Hi {{ first_name }}")
+    cmd = domain.SendIndividually(
+        recipient=domain.Recipient(email="ib@example.org", phone="+4520123456", first_name="Ib"),
+        channels=["email", "sms"], **stored_ids)
+    campaign_id = await use_cases.send_individually(uow, fanout, cmd, ADA, "DK", voter_id=7)
+    saved = uow.store.campaigns[campaign_id]
+    assert (saved.kind, saved.state, saved.total) == (Kind.INDIVIDUAL, State.SENDING, 2)
+    [sent_to] = saved.recipients
+    assert (sent_to["email"], sent_to["voter_id"]) == ("ib@example.org", 7)
+    assert fanout.kicked == [campaign_id]
+    assert [a for a, _, _ in actions(uow)] == ["created", "sent out now"]
+
+
+async def test_an_individual_send_the_template_cannot_fill_is_not_sent() -> None:
+    uow, fanout = setup()
+    stored_ids = await _stored_sender_and_template(uow, "Hi {{ first_name }} of {{ ward }}")
+    cmd = domain.SendIndividually(recipient=domain.Recipient(email="ib@example.org"),
+                                  channels=["email"], **stored_ids)
+    with pytest.raises(Invalid, match="lack template variables"):
+        await use_cases.send_individually(uow, fanout, cmd, ADA, "DK")
+    [saved] = uow.store.campaigns.values()
+    assert saved.state is State.DRAFT and fanout.kicked == []

@@ -14,8 +14,9 @@ import asyncpg
 from asyncpg.transaction import Transaction
 
 from services.scheduler import domain, outbox, repo
-from services.scheduler.campaigns.model import Campaign, State
+from services.scheduler.campaigns.model import Campaign, Kind, State
 from services.scheduler.campaigns.unit_of_work import Actor, OutboxRecord, RecipientsFit
+from services.scheduler.domain import RecipientRow, Sender, SenderIn, TemplateIn, TemplateVersion
 from services.scheduler.fanout import campaign_context, lock_key
 from services.scheduler.voters import repo as voters_repo
 from shared import wire
@@ -32,6 +33,35 @@ class AsyncpgCampaigns:
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
+
+    async def add_sender(self, sender: SenderIn, organisation_id: uuid.UUID) -> Sender:
+        return await repo.insert_sender(self._conn, sender, organisation_id)
+
+    async def sender(self, sender_id: uuid.UUID, organisation_id: uuid.UUID) -> Sender | None:
+        return await repo.get_sender(self._conn, sender_id, organisation_id)
+
+    async def add_template(
+        self, template: TemplateIn, organisation_id: uuid.UUID
+    ) -> TemplateVersion:
+        return await repo.insert_template(self._conn, template, organisation_id)
+
+    async def latest_template(
+        self, template_id: uuid.UUID, organisation_id: uuid.UUID
+    ) -> TemplateVersion | None:
+        return await repo.latest_template(self._conn, template_id, organisation_id)
+
+    async def add(
+        self, *, name: str, kind: Kind, channels: Sequence[str], sender_id: uuid.UUID,
+        template: TemplateVersion, organisation_id: uuid.UUID,
+    ) -> uuid.UUID:
+        return await repo.insert_campaign(
+            self._conn, name=name, kind=kind, channels=channels, sender_id=sender_id,
+            template=template, organisation_id=organisation_id)
+
+    async def add_recipients(
+        self, campaign_id: uuid.UUID, rows: Sequence[RecipientRow]
+    ) -> int:
+        return await repo.copy_recipients(self._conn, campaign_id, rows)
 
     async def get(
         self, campaign_id: uuid.UUID, organisation_id: uuid.UUID | None = None,

@@ -15,7 +15,8 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Protocol
 
-from services.scheduler.campaigns.model import Campaign, State
+from services.scheduler.campaigns.model import Campaign, Kind, State
+from services.scheduler.domain import RecipientRow, Sender, SenderIn, TemplateIn, TemplateVersion
 from shared import wire
 from shared.auth import Principal
 
@@ -37,6 +38,30 @@ class RecipientsFit:
 
 
 class CampaignRepository(Protocol):
+    async def add_sender(self, sender: SenderIn, organisation_id: uuid.UUID) -> Sender: ...
+
+    async def sender(self, sender_id: uuid.UUID, organisation_id: uuid.UUID) -> Sender | None:
+        """The organisation's sender (None: another's, or none)."""
+
+    async def add_template(
+        self, template: TemplateIn, organisation_id: uuid.UUID
+    ) -> TemplateVersion: ...
+
+    async def latest_template(
+        self, template_id: uuid.UUID, organisation_id: uuid.UUID
+    ) -> TemplateVersion | None:
+        """The organisation's template at its latest version (None: another's, or none)."""
+
+    async def add(
+        self, *, name: str, kind: Kind, channels: Sequence[str], sender_id: uuid.UUID,
+        template: TemplateVersion, organisation_id: uuid.UUID,
+    ) -> uuid.UUID:
+        """A new draft campaign; its id."""
+
+    async def add_recipients(
+        self, campaign_id: uuid.UUID, rows: Sequence[RecipientRow]
+    ) -> int: ...
+
     async def get(
         self, campaign_id: uuid.UUID, organisation_id: uuid.UUID | None = None,
         *, share: bool = False,

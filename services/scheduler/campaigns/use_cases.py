@@ -23,6 +23,7 @@ from services.scheduler.campaigns.model import (
     CampaignEvent,
     Ended,
     Finished,
+    Kind,
     SendingStarted,
     fans_out,
 )
@@ -75,6 +76,73 @@ def _kick(fanout: FanOut, events: Sequence[CampaignEvent]) -> None:
 
 
 # --- before it starts ---------------------------------------------------------------------------
+
+async def create_campaign(
+    uow: UnitOfWork, cmd: domain.CreateCampaign, actor: Principal, kind: Kind | None = None
+) -> uuid.UUID:
+    """A draft campaign of the actor's organisation, with one of its senders and templates
+    (another organisation's are "not found") or inline ones."""
+    org = actor.organisation_id
+    async with uow:
+        if cmd.sender is not None:
+            sender = await uow.campaigns.add_sender(cmd.sender, org)
+        else:
+            assert cmd.sender_id is not None
+            found = await uow.campaigns.sender(cmd.sender_id, org)
+            if found is None:
+                raise Invalid(f"sender {cmd.sender_id} does not exist")
+            sender = found
+        inline = cmd.inline_template()
+        if inline is not None:
+            template = await uow.campaigns.add_template(inline, org)
+        else:
+            assert cmd.template_id is not None
+            latest = await uow.campaigns.latest_template(cmd.template_id, org)
+            if latest is None:
+                raise Invalid(f"template {cmd.template_id} does not exist")
+            template = latest
+        domain.ensure_fits_channels(cmd.channels, sender, template)
+        campaign_id = await uow.campaigns.add(
+            name=cmd.name, kind=Kind(kind or cmd.kind), channels=cmd.channels,
+            sender_id=sender.id, template=template, organisation_id=org,
+        )
+        await uow.campaigns.audit(campaign_id, "created", actor,
+                                  {"channels": cmd.channels, "template_version": template.version})
+        await uow.commit()
+    return campaign_id
+
+
+async def add_recipients(
+    uow: UnitOfWork,
+    campaign_id: uuid.UUID,
+    recipients: Sequence[domain.Recipient],
+    region: str,
+    actor: Principal,
+    voter_id: int | None = None,
+) -> int:
+    rows = [domain.to_row(r, region, voter_id) for r in recipients]
+    async with uow:
+        campaign = await _campaign(uow, campaign_id, actor)
+        campaign.ensure_recipients_can_change()
+        added = await uow.campaigns.add_recipients(campaign_id, rows)
+        await uow.commit()
+    return added
+
+
+async def send_individually(
+    uow: UnitOfWork, fanout: FanOut, cmd: domain.SendIndividually, actor: Principal,
+    region: str, voter_id: int | None = None,
+) -> uuid.UUID:
+    """One recipient, email and/or SMS: a one-recipient campaign, sent out now."""
+    create = domain.CreateCampaign(
+        name=cmd.name or "Individual send", channels=cmd.channels, sender_id=cmd.sender_id,
+        template_id=cmd.template_id,
+    )
+    campaign_id = await create_campaign(uow, create, actor, kind=Kind.INDIVIDUAL)
+    await add_recipients(uow, campaign_id, [cmd.recipient], region, actor, voter_id)
+    await send_now(uow, fanout, campaign_id, actor)
+    return campaign_id
+
 
 async def send_now(
     uow: UnitOfWork, fanout: FanOut, campaign_id: uuid.UUID, actor: Principal
