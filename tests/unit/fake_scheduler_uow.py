@@ -1,4 +1,5 @@
-"""An in-memory unit of work for the scheduler's campaign use cases: no network, no database.
+"""An in-memory unit of work for the scheduler's use cases (campaigns, the voter import): no
+network, no database.
 
 It keeps what the asyncpg one stores (services/scheduler/adapters/uow.py), with the same
 transaction semantics: the use case works on a copy, `commit()` makes the copy the stored
@@ -19,6 +20,8 @@ from services.scheduler.campaigns.model import Campaign, Kind, State
 from services.scheduler.campaigns.unit_of_work import Actor, OutboxRecord, RecipientsFit
 from services.scheduler.domain import RecipientRow, Sender, SenderIn, TemplateIn, TemplateVersion
 from services.scheduler.outbox import check
+from services.scheduler.voters.domain import COLUMNS as VOTER_COLUMNS
+from services.scheduler.voters.domain import ImportRow
 from shared import wire
 from shared.auth import Principal
 
@@ -61,6 +64,10 @@ class Store:
     outbox: list[tuple[int, OutboxRecord]] = field(default_factory=list)
     next_outbox_id: int = 1
     next_recipient_id: int = 1
+    # The voter directory: voters by organisation and identity (match key); lists by id, with
+    # their organisation and their members' identities.
+    voters: dict[uuid.UUID, dict[str | None, dict[str, Any]]] = field(default_factory=dict)
+    lists: dict[uuid.UUID, tuple[uuid.UUID, set[str | None]]] = field(default_factory=dict)
     # Senders and template versions by id, each with its organisation.
     sender_rows: dict[uuid.UUID, tuple[uuid.UUID, Sender]] = field(default_factory=dict)
     templates: dict[uuid.UUID, tuple[uuid.UUID, list[TemplateVersion]]] = field(
@@ -260,8 +267,55 @@ class FakeCampaigns:
         self._s.audit.append((campaign_id, action, name, details))
 
 
+def match_key(row: Mapping[str, Any]) -> str | None:
+    """The voters' identity (voter_match_key in migration 010)."""
+    if row["external_id"] is not None:
+        return "x:" + row["external_id"]
+    if row["email"] is not None:
+        return "e:" + row["email"].lower()
+    return "p:" + row["phone"] if row["phone"] is not None else None
+
+
+class FakeVoters:
+    def __init__(self, store: Store) -> None:
+        self._s = store
+
+    async def list_exists(self, organisation_id: uuid.UUID, list_id: uuid.UUID) -> bool:
+        org, _ = self._s.lists.get(list_id, (None, set()))
+        return org == organisation_id
+
+    async def upsert_import_batch(
+        self, organisation_id: uuid.UUID, rows: Sequence[ImportRow], *,
+        columns: Sequence[str], merge_attributes: bool, list_id: uuid.UUID | None,
+    ) -> tuple[int, int, list[tuple[int, int]]]:
+        latest: dict[str | None, ImportRow] = {}
+        for row in rows:  # the last row of an identity wins
+            latest[match_key(row._asdict())] = row
+        superseded = sorted((r.line, latest[match_key(r._asdict())].line) for r in rows
+                            if latest[match_key(r._asdict())] is not r)
+        inserted = updated = 0
+        for key, row in latest.items():
+            voters = self._s.voters.setdefault(organisation_id, {})
+            new = row._asdict()
+            current = voters.get(key)
+            if current is None:
+                voters[key] = {c: new[c] for c in (*VOTER_COLUMNS, "attributes")}
+                inserted += 1
+            else:
+                changed = {c: new[c] for c in columns} | (
+                    {"attributes": current["attributes"] | new["attributes"]}
+                    if merge_attributes else {})
+                if any(current[c] != v for c, v in changed.items()):
+                    current.update(changed)
+                    updated += 1
+            if list_id is not None:
+                self._s.lists[list_id][1].add(key)
+        return inserted, updated, superseded
+
+
 class FakeUnitOfWork:
     campaigns: FakeCampaigns
+    voters: FakeVoters
 
     def __init__(self, store: Store | None = None, now: datetime | None = None) -> None:
         self.store = store or Store()
@@ -273,6 +327,7 @@ class FakeUnitOfWork:
         assert self._work is None, "units of work do not nest"
         self._work = copy.deepcopy(self.store)
         self.campaigns = FakeCampaigns(self._work, self.now)
+        self.voters = FakeVoters(self._work)
         return self
 
     async def __aexit__(

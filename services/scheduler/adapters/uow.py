@@ -1,6 +1,6 @@
-"""The campaign use cases' unit of work over asyncpg: one pooled connection, one transaction,
-the campaign repository and the outbox on it. The SQL itself stays in services/scheduler/repo.py
-(and voters/repo.py for the list snapshot)."""
+"""The use cases' unit of work over asyncpg: one pooled connection, one transaction, the
+campaign and voter repositories and the outbox on it. The SQL itself stays in
+services/scheduler/repo.py and voters/repo.py."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from services.scheduler.campaigns.unit_of_work import Actor, OutboxRecord, Recip
 from services.scheduler.domain import RecipientRow, Sender, SenderIn, TemplateIn, TemplateVersion
 from services.scheduler.fanout import campaign_context, lock_key
 from services.scheduler.voters import repo as voters_repo
+from services.scheduler.voters.domain import ImportRow
 from shared import wire
 
 
@@ -163,11 +164,30 @@ class AsyncpgCampaigns:
         await repo.audit(self._conn, campaign_id, action, actor, details)
 
 
+class AsyncpgVoters:
+    """The voter repository on the unit of work's connection."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def list_exists(self, organisation_id: uuid.UUID, list_id: uuid.UUID) -> bool:
+        return await voters_repo.get_list(self._conn, organisation_id, list_id) is not None
+
+    async def upsert_import_batch(
+        self, organisation_id: uuid.UUID, rows: Sequence[ImportRow], *,
+        columns: Sequence[str], merge_attributes: bool, list_id: uuid.UUID | None,
+    ) -> tuple[int, int, list[tuple[int, int]]]:
+        return await voters_repo.upsert_import_batch(
+            self._conn, organisation_id, rows, columns=columns,
+            merge_attributes=merge_attributes, list_id=list_id)
+
+
 class AsyncpgUnitOfWork:
     """`async with uow:` takes a pooled connection and begins a transaction; `commit()` commits
     it; leaving without a commit rolls back. Reusable: each `async with` is a new one."""
 
     campaigns: AsyncpgCampaigns
+    voters: AsyncpgVoters
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -185,6 +205,7 @@ class AsyncpgUnitOfWork:
             raise
         self._conn, self._transaction, self._committed = conn, transaction, False
         self.campaigns = AsyncpgCampaigns(conn)
+        self.voters = AsyncpgVoters(conn)
         return self
 
     async def __aexit__(
