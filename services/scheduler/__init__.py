@@ -1,0 +1,8 @@
+"""Rule: a campaign changes state only in a use case, as its model decides, in one unit of work.
+
+The scheduler takes operators' commands (HTTP), keeps campaigns, recipients, voters and users
+(schema `scheduler`), fans campaigns out into send requests and publishes its events through
+the outbox. Rooms: campaigns/ (the campaign model, its use cases and their unit of work),
+adapters/ (the asyncpg unit of work), voters/ (the voter directory); the flat modules are yet
+to move into that shape (../../shared/STYLE.md, "Target shape of a service").
+"""

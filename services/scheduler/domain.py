@@ -20,12 +20,20 @@ from pydantic import (
 )
 
 from services.scheduler.addresses import email_or_invalid, normalise_email, phone_or_invalid
+from services.scheduler.campaigns import model
+
+# Re-exported: the errors' home is errors.py; callers still name them through the domain.
+from services.scheduler.errors import Conflict as Conflict
+from services.scheduler.errors import DomainError as DomainError
+from services.scheduler.errors import Invalid as Invalid
+from services.scheduler.errors import InvalidTransition as InvalidTransition
+from services.scheduler.errors import NotFound as NotFound
 from shared import templating, wire
 from shared.events import Channel
 from shared.templating import TemplateProblem
 from shared.text import check_text
 
-CampaignState = Literal["draft", "scheduled", "sending", "aborting", "aborted", "completed"]
+CampaignState = model.State
 # Namespace for deterministic send-requested event ids: a re-published page reuses its ids, so
 # consumers see a duplicate, not a second request.
 _SEND_NS = uuid.UUID("6f1c7c33-0d1e-4c55-9d8b-5b0e3c1f6a10")
@@ -33,46 +41,13 @@ _SEND_NS = uuid.UUID("6f1c7c33-0d1e-4c55-9d8b-5b0e3c1f6a10")
 RECIPIENT_COLUMNS = ("first_name", "last_name", "email", "phone")
 
 
-class DomainError(Exception):
-    """Base of the errors the HTTP edge maps to a 4xx."""
+# --- the state machine (../shared/DESIGN.md): the campaign model's --------------------------------
 
-
-class NotFound(DomainError):
-    pass
-
-
-class Conflict(DomainError):
-    """The request conflicts with the current state of things (HTTP 409)."""
-
-    state: str | None = None
-
-
-class InvalidTransition(Conflict):
-    def __init__(self, campaign_id: uuid.UUID, state: str, action: str) -> None:
-        super().__init__(f"cannot {action}: campaign {campaign_id} is {state}")
-        self.state = state
-
-
-class Invalid(DomainError):
-    def __init__(self, message: str, errors: list[dict[str, Any]] | None = None) -> None:
-        super().__init__(message)
-        self.errors = errors or []
-
-
-# --- the state machine (../shared/DESIGN.md) ---------------------------------------------------
-
-ALLOWED_FROM: dict[str, frozenset[str]] = {
-    "add recipients": frozenset({"draft"}),
-    "send out now": frozenset({"draft"}),
-    "schedule": frozenset({"draft"}),
-    "cancel the schedule": frozenset({"scheduled"}),
-    "abort": frozenset({"sending"}),
-}
+ALLOWED_FROM = model.ALLOWED_FROM
 
 
 def ensure_allowed(campaign_id: uuid.UUID, state: str, action: str) -> None:
-    if state not in ALLOWED_FROM[action]:
-        raise InvalidTransition(campaign_id, state, action)
+    model.ensure_allowed(campaign_id, state, action)
 
 
 def abort_answer(
@@ -115,16 +90,14 @@ def abort_answer(
 
 
 def ensure_can_send_now(campaign_id: uuid.UUID, state: str) -> None:
-    ensure_allowed(campaign_id, state, "send out now")
+    ensure_allowed(campaign_id, state, model.SEND_NOW)
 
 
 def ensure_can_add_recipients(campaign_id: uuid.UUID, state: str) -> None:
-    ensure_allowed(campaign_id, state, "add recipients")
+    ensure_allowed(campaign_id, state, model.ADD_RECIPIENTS)
 
 
-def state_after_completion(state: str) -> str:
-    """What the tracker's "nothing pending" means for the campaign."""
-    return "aborted" if state == "aborting" else "completed"
+state_after_completion = model.state_after_completion
 
 
 def ensure_schedulable_time(at: datetime, now: datetime | None = None) -> datetime:

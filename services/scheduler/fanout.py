@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 import asyncpg
 
 from services.scheduler import domain, repo
+from services.scheduler.campaigns.model import Campaign
 from shared import wire
 from shared.events import CampaignStarted, Channel, ChannelTemplate, SenderInfo, TemplateRef
 
@@ -91,13 +92,16 @@ async def fan_out(
             return False
         try:
             row = await repo.get_campaign(conn, campaign_id)
-            if row is None or row["fanout_done"] or not _fans_out(row["kind"], row["state"]):
+            if row is None or row["fanout_done"]:
+                return True
+            campaign = Campaign(id=campaign_id, kind=row["kind"], state=row["state"])
+            if not campaign.fans_out():
                 return True
             # Re-published on resume on purpose: same event id, consumers apply it once.
             await publish_started(started_event(row))
             context = campaign_context(row)
             template = context.template
-            pressed, skip_reason = _selection(row["kind"], row["state"])
+            pressed, skip_reason = campaign.fan_out_selection()
             after_id: int = row["fanout_after_id"]
             published = 0
             while True:
@@ -130,23 +134,6 @@ async def fan_out(
             return True
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", lock_key(campaign_id))
-
-
-def _fans_out(kind: str, state: str) -> bool:
-    # An aborting campaign is fanned out to its end as well: dispatchers report every request
-    # of it skipped (`aborted`), so each recipient gets its final state. An ended peer-to-peer
-    # campaign is fanned out once more to report the recipients nobody pressed SEND for.
-    return state in ("sending", "aborting") or (kind == "p2p" and state == "completed")
-
-
-def _selection(kind: str, state: str) -> tuple[bool | None, str | None]:
-    """Which recipients a pass publishes, and the skip reason it forces on them."""
-    if kind != "p2p":
-        return None, None
-    if state == "completed":
-        return False, "not_sent"
-    # Peer to peer: only those a user pressed SEND for (the rest go out when pressed).
-    return True, None
 
 
 class FanoutRunner:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncpg
 
+from services.scheduler.campaigns.model import State
 from shared.metrics import CAMPAIGNS
 
-STATES = ("draft", "scheduled", "sending", "aborting", "aborted", "completed")
+STATES = tuple(State)
 
 
 async def count_campaigns(pool: asyncpg.Pool) -> dict[str, int]:

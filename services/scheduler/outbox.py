@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from services.scheduler.domain import Invalid
+from services.scheduler.errors import Invalid
 from shared import topics
 from shared.db import Conn
 from shared.events import (
@@ -38,6 +38,18 @@ def record_size_error(key: bytes | None, value: bytes) -> str | None:
     return None
 
 
+def check(records: Sequence[Record]) -> None:
+    """Refuse records Kafka could never take (an unknown topic, too large), with the change
+    they report, rather than accept them and never publish them."""
+    unknown = {topic for topic, _, _ in records} - set(topics.ALL)
+    if unknown:
+        raise ValueError(f"no such topic: {sorted(unknown)}")
+    for _, key, value in records:
+        error = record_size_error(key, value)
+        if error is not None:
+            raise Invalid(f"this cannot be sent: {error} (a recipient's data too large?)")
+
+
 async def add(conn: Conn, records: Sequence[Record]) -> int | None:
     """Write `records` to be published once the caller's transaction commits, in this order;
     the id of the last one (None if none)."""
@@ -46,14 +58,7 @@ async def add(conn: Conn, records: Sequence[Record]) -> int | None:
     if not conn.is_in_transaction():
         # Outside a transaction the row would be published with no state change to go with it.
         raise RuntimeError("outbox records are written inside the state change's transaction")
-    unknown = {topic for topic, _, _ in records} - set(topics.ALL)
-    if unknown:
-        raise ValueError(f"no such topic: {sorted(unknown)}")
-    for _, key, value in records:
-        error = record_size_error(key, value)
-        if error is not None:
-            # Refused with the change, rather than accepted and never published.
-            raise Invalid(f"this cannot be sent: {error} (a recipient's data too large?)")
+    check(records)
     last: int = await conn.fetchval(
         """
         WITH written AS (

@@ -281,7 +281,7 @@ async def claim_due(conn: Conn, limit: int) -> list[asyncpg.Record]:
     """Due scheduled campaigns, row-locked; replicas skip each other's (exactly one fires)."""
     return await conn.fetch(
         """
-        SELECT id, kind FROM campaigns
+        SELECT id, state, kind, organisation_id, channels, scheduled_for FROM campaigns
         WHERE state = 'scheduled' AND scheduled_for <= now()
         ORDER BY scheduled_for
         FOR UPDATE SKIP LOCKED
@@ -487,14 +487,19 @@ async def principal_by_token(conn: Conn, token_hash: bytes) -> asyncpg.Record | 
 
 # --- peer to peer ------------------------------------------------------------------------------
 
-async def lock_campaign(conn: Conn, campaign_id: uuid.UUID,
-                        *, share: bool = False) -> asyncpg.Record | None:
+async def lock_campaign(
+    conn: Conn, campaign_id: uuid.UUID, *, share: bool = False,
+    organisation_id: uuid.UUID | None = None,
+) -> asyncpg.Record | None:
+    """The campaign's state and what its transitions need, row-locked until the transaction
+    ends; with `organisation_id`, None unless the campaign is that organisation's."""
     return await conn.fetchrow(
         f"""
         SELECT id, state, kind, organisation_id, channels, scheduled_for FROM campaigns
-        WHERE id = $1 FOR {"SHARE" if share else "UPDATE"}
+        WHERE id = $1 AND ($2::uuid IS NULL OR organisation_id = $2)
+        FOR {"SHARE" if share else "UPDATE"}
         """,
-        campaign_id,
+        campaign_id, organisation_id,
     )
 
 

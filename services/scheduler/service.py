@@ -3,37 +3,31 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from services.scheduler import auth, domain, outbox, repo
+from services.scheduler.adapters.uow import AsyncpgUnitOfWork
+from services.scheduler.campaigns import use_cases
+from services.scheduler.campaigns.aborts import AbortAcks as AbortAcks
+from services.scheduler.campaigns.model import Kind
+from services.scheduler.campaigns.unit_of_work import FanOut
+from services.scheduler.campaigns.use_cases import ListDispatchers as ListDispatchers
 from services.scheduler.fanout import FanoutRunner
 from services.scheduler.recipients_csv import RecipientsCsv
 from services.scheduler.voters import repo as voters_repo
 from shared.auth import Principal
 from shared.db import Conn
-from shared.events import (
-    AbortAcknowledged,
-    ApiTokenIssued,
-    ApiTokenRevoked,
-    CampaignAborted,
-    CampaignCanceled,
-    CampaignCompleted,
-    CampaignScheduled,
-)
+from shared.events import ApiTokenIssued, ApiTokenRevoked, CampaignCompleted
 
-log = logging.getLogger(__name__)
 # Recipients per COPY while a CSV streams in.
 CSV_BATCH_ROWS = 5000
 
 PublishIdentity = Callable[[list[ApiTokenIssued | ApiTokenRevoked]], Awaitable[None]]
-ListDispatchers = Callable[[], Awaitable[set[str]]]
 
 
 async def _locked_state(
@@ -48,31 +42,6 @@ async def _locked_state(
     return state
 
 
-async def _template(conn: Conn, campaign_id: uuid.UUID) -> tuple[Any, Any]:
-    row = await repo.get_campaign(conn, campaign_id)
-    assert row is not None
-    template = domain.TemplateVersion(row["template_id"], row["template_version"],
-                                      row["email_subject"], row["email_body"], row["sms_body"])
-    return row, template
-
-
-async def _ensure_recipients_fit(conn: Conn, campaign_id: uuid.UUID) -> int:
-    """Before anything is sent: recipients exist and each can fill the template.
-
-    Voters of target lists count too; they are checked against the template once copied into
-    recipients (at send-now, in the same transaction; for a schedule, when it fires).
-    """
-    row, template = await _template(conn, campaign_id)
-    recipients = int(row["recipients"]) + await repo.list_voter_count(conn, campaign_id)
-    if recipients == 0:
-        raise domain.Invalid(f"campaign {campaign_id} has no recipients")
-    variables = template.variables(row["channels"])
-    count, ids = await repo.recipients_missing_variables(conn, campaign_id, variables)
-    if count:
-        raise domain.missing_variables_error(count, ids, variables)
-    return recipients
-
-
 async def create_campaign(
     pool: asyncpg.Pool,
     cmd: domain.CreateCampaign,
@@ -81,33 +50,8 @@ async def create_campaign(
 ) -> uuid.UUID:
     """The campaign belongs to the actor's organisation and may use only its senders and
     templates (another organisation's are "not found")."""
-    org = actor.organisation_id
-    async with pool.acquire() as conn, conn.transaction():
-        if cmd.sender is not None:
-            sender = await repo.insert_sender(conn, cmd.sender, org)
-        else:
-            assert cmd.sender_id is not None
-            found = await repo.get_sender(conn, cmd.sender_id, org)
-            if found is None:
-                raise domain.Invalid(f"sender {cmd.sender_id} does not exist")
-            sender = found
-        inline = cmd.inline_template()
-        if inline is not None:
-            template = await repo.insert_template(conn, inline, org)
-        else:
-            assert cmd.template_id is not None
-            latest = await repo.latest_template(conn, cmd.template_id, org)
-            if latest is None:
-                raise domain.Invalid(f"template {cmd.template_id} does not exist")
-            template = latest
-        domain.ensure_fits_channels(cmd.channels, sender, template)
-        campaign_id = await repo.insert_campaign(
-            conn, name=cmd.name, kind=kind or cmd.kind, channels=cmd.channels,
-            sender_id=sender.id, template=template, organisation_id=org,
-        )
-        await repo.audit(conn, campaign_id, "created", actor,
-                         {"channels": cmd.channels, "template_version": template.version})
-    return campaign_id
+    return await use_cases.create_campaign(
+        AsyncpgUnitOfWork(pool), cmd, actor, Kind(kind) if kind is not None else None)
 
 
 async def add_recipients(
@@ -118,11 +62,8 @@ async def add_recipients(
     actor: Principal,
     voter_id: int | None = None,
 ) -> int:
-    rows = [domain.to_row(r, region, voter_id) for r in recipients]
-    async with pool.acquire() as conn, conn.transaction():
-        state = await _locked_state(conn, campaign_id, actor)
-        domain.ensure_can_add_recipients(campaign_id, state)
-        return await repo.copy_recipients(conn, campaign_id, rows)
+    return await use_cases.add_recipients(AsyncpgUnitOfWork(pool), campaign_id, recipients,
+                                          region, actor, voter_id)
 
 
 async def add_recipients_csv(
@@ -163,109 +104,26 @@ async def add_recipients_csv(
                            detected=domain.Detected.model_validate(parser.detected))
 
 
+# The campaign's transitions: the use cases over the asyncpg unit of work.
+
 async def send_now(
-    pool: asyncpg.Pool, fanout: FanoutRunner, campaign_id: uuid.UUID, actor: Principal
+    pool: asyncpg.Pool, fanout: FanOut, campaign_id: uuid.UUID, actor: Principal
 ) -> None:
-    async with pool.acquire() as conn, conn.transaction():
-        domain.ensure_can_send_now(campaign_id, await _locked_state(conn, campaign_id, actor))
-        # The campaign's list voters as they are now: later edits do not change this send-out.
-        await voters_repo.snapshot_lists_into_recipients(conn, campaign_id)
-        await _ensure_recipients_fit(conn, campaign_id)
-        total = await repo.start_sending(conn, campaign_id)
-        await repo.audit(conn, campaign_id, "sent out now", actor, {"total": total})
-    # Committed first, then fanned out: if this process dies now, the scanner resumes it.
-    fanout.kick(campaign_id)
+    await use_cases.send_now(AsyncpgUnitOfWork(pool), fanout, campaign_id, actor)
 
 
 async def schedule(
-    pool: asyncpg.Pool, campaign_id: uuid.UUID, at: Any, actor: Principal
+    pool: asyncpg.Pool, campaign_id: uuid.UUID, at: datetime, actor: Principal
 ) -> None:
-    at = domain.ensure_schedulable_time(at)
-    async with pool.acquire() as conn, conn.transaction():
-        state = await _locked_state(conn, campaign_id, actor)
-        domain.ensure_allowed(campaign_id, state, "schedule")
-        recipients = await _ensure_recipients_fit(conn, campaign_id)
-        await repo.set_scheduled(conn, campaign_id, at)
-        await repo.audit(conn, campaign_id, "scheduled", actor,
-                         {"scheduled_for": at.isoformat(), "recipients": recipients})
-        await outbox.add(conn, [outbox.lifecycle(
-            CampaignScheduled(campaign_id=campaign_id, scheduled_for=at))])
+    await use_cases.schedule(AsyncpgUnitOfWork(pool), campaign_id, at, actor)
 
 
 async def cancel(pool: asyncpg.Pool, campaign_id: uuid.UUID, actor: Principal) -> None:
-    async with pool.acquire() as conn, conn.transaction():
-        state = await _locked_state(conn, campaign_id, actor)
-        domain.ensure_allowed(campaign_id, state, "cancel the schedule")
-        await repo.set_draft(conn, campaign_id)
-        # Canceled before its time, a campaign sends to nobody: SENDs queued so far are void.
-        await repo.clear_presses(conn, campaign_id)
-        await repo.release_senders(conn, [campaign_id])
-        await repo.audit(conn, campaign_id, "canceled", actor, {})
-        await outbox.add(conn, [outbox.lifecycle(CampaignCanceled(campaign_id=campaign_id))])
+    await use_cases.cancel(AsyncpgUnitOfWork(pool), campaign_id, actor)
 
 
-async def fire_due(pool: asyncpg.Pool, fanout: FanoutRunner, limit: int = 50) -> list[uuid.UUID]:
-    """Start every scheduled campaign whose time has come. Safe with many replicas: a due row
-    is locked by the one that claims it, and the state change makes it fire once."""
-    async with pool.acquire() as conn, conn.transaction():
-        due = await repo.claim_due(conn, limit)
-        for campaign in due:
-            campaign_id = campaign["id"]
-            await voters_repo.snapshot_lists_into_recipients(conn, campaign_id)
-            total = await repo.start_sending(conn, campaign_id)
-            await repo.audit(conn, campaign_id, "sent on schedule", "scheduler", {"total": total})
-            if campaign["kind"] == "p2p" and not await repo.pressed_count(conn, campaign_id):
-                # Nobody pressed SEND before the time: nobody is messaged; it is completed.
-                await repo.end_campaign(conn, campaign_id)
-                await repo.release_senders(conn, [campaign_id])
-                await repo.audit(conn, campaign_id, "ended", "scheduler", {"pressed": 0})
-    for campaign in due:
-        fanout.kick(campaign["id"])
-    return [c["id"] for c in due]
-
-
-@dataclass
-class _Wait:
-    # Instances whose answer is awaited: the dispatchers' group members once they are known.
-    expected: set[str] | None = None
-    acks: dict[str, int] = field(default_factory=dict)
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def expect(self, instances: set[str]) -> None:
-        self.expected = set(instances)
-        self._check()
-
-    def acknowledged(self, instance: str, settled: int) -> None:
-        self.acks[instance] = settled
-        self._check()
-
-    def _check(self) -> None:
-        # Done once someone answered and every member known answered: silence is no answer.
-        if self.expected is not None and self.acks and self.expected <= set(self.acks):
-            self.done.set()
-
-
-class AbortAcks:
-    """Collects dispatcher instances' abort acknowledgements for waiting abort requests."""
-
-    def __init__(self) -> None:
-        self._waits: dict[uuid.UUID, _Wait] = {}
-
-    @contextlib.contextmanager
-    def expecting(self, campaign_id: uuid.UUID) -> Any:
-        """Collect the campaign's acknowledgements from now on (before its abort can be
-        published: the relay may publish it as soon as the transaction commits)."""
-        wait = _Wait()
-        self._waits[campaign_id] = wait
-        try:
-            yield wait
-        finally:
-            self._waits.pop(campaign_id, None)
-
-    def acknowledged(self, event: AbortAcknowledged) -> None:
-        wait = self._waits.get(event.campaign_id)
-        if wait is not None:
-            wait.acknowledged(event.instance, event.settled)
+async def fire_due(pool: asyncpg.Pool, fanout: FanOut, limit: int = 50) -> list[uuid.UUID]:
+    return await use_cases.fire_due(AsyncpgUnitOfWork(pool), fanout, limit)
 
 
 async def abort(
@@ -277,74 +135,21 @@ async def abort(
     list_dispatchers: ListDispatchers,
     wait_seconds: float,
 ) -> dict[str, Any]:
-    """Stop a send-out: answer once the dispatchers confirmed that no provider call for the
-    campaign will start any more (or the wait ran out), with how many messages were still
-    pending. Acknowledged only if at least one dispatcher answered and every live member of
-    their group did."""
-    with acks.expecting(campaign_id) as wait:
-        async with pool.acquire() as conn, conn.transaction():
-            state = await _locked_state(conn, campaign_id, actor)
-            domain.ensure_allowed(campaign_id, state, "abort")
-            await repo.set_aborting(conn, campaign_id)
-            outbox_id = await outbox.add(
-                conn, [outbox.lifecycle(CampaignAborted(campaign_id=campaign_id))])
-        # Committed: the relay publishes the abort now, and dispatchers answer it.
-        try:
-            members = await list_dispatchers()
-        except Exception:
-            # Committed already: answer with what the dispatchers say, without the roll call.
-            log.exception("could not list the dispatchers' group members",
-                          extra={"campaign_id": str(campaign_id)})
-            members = set()
-        wait.expect(members)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wait.done.wait(), wait_seconds)
-    async with pool.acquire() as conn, conn.transaction():
-        row = await repo.get_campaign(conn, campaign_id)
-        assert row is not None
-        relayed = not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM outbox WHERE id = $1)",
-                                          outbox_id)
-        result = domain.abort_answer(
-            total=row["total"], members=wait.expected or set(), acks=wait.acks,
-            relayed=relayed, waited_seconds=wait_seconds,
-        )
-        if result["pending"] is not None:
-            await repo.set_abort_pending(conn, campaign_id, result["pending"])
-        await repo.audit(conn, campaign_id, "aborted", actor, result)
-    if not result["acknowledged"]:
-        # `message` would clash with the log record's own.
-        log.error("abort not acknowledged by every dispatcher",
-                  extra={"campaign_id": str(campaign_id), "answer": result})
-    return result
+    return await use_cases.abort(AsyncpgUnitOfWork(pool), campaign_id, actor, acks=acks,
+                                 list_dispatchers=list_dispatchers, wait_seconds=wait_seconds)
 
 
 async def apply_completed(pool: asyncpg.Pool, event: CampaignCompleted) -> None:
-    counts = {"completed": event.completed, "failed": event.failed, "skipped": event.skipped}
-    async with pool.acquire() as conn, conn.transaction():
-        if not await repo.first_time(conn, event.event_id):
-            return
-        state = await repo.lock_campaign_state(conn, event.campaign_id)
-        if state not in ("sending", "aborting", "completed"):
-            return
-        final = domain.state_after_completion(state)
-        await repo.finish(conn, event.campaign_id, final, counts)
-        await repo.release_senders(conn, [event.campaign_id])
-        await repo.audit(conn, event.campaign_id, final, "tracker", counts)
+    await use_cases.apply_completed(AsyncpgUnitOfWork(pool), event)
 
 
 async def send_individually(
-    pool: asyncpg.Pool, fanout: FanoutRunner, cmd: domain.SendIndividually, actor: Principal,
+    pool: asyncpg.Pool, fanout: FanOut, cmd: domain.SendIndividually, actor: Principal,
     region: str, voter_id: int | None = None,
 ) -> uuid.UUID:
     """One recipient, email and/or SMS: a one-recipient campaign, sent out now."""
-    create = domain.CreateCampaign(
-        name=cmd.name or "Individual send", channels=cmd.channels, sender_id=cmd.sender_id,
-        template_id=cmd.template_id,
-    )
-    campaign_id = await create_campaign(pool, create, actor, kind="individual")
-    await add_recipients(pool, campaign_id, [cmd.recipient], region, actor, voter_id)
-    await send_now(pool, fanout, campaign_id, actor)
-    return campaign_id
+    return await use_cases.send_individually(AsyncpgUnitOfWork(pool), fanout, cmd, actor,
+                                             region, voter_id)
 
 
 async def send_to_voter(

@@ -11,6 +11,7 @@ from typing import Annotated, Any, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from services.scheduler.addresses import normalise_email, normalise_phone
+from services.scheduler.campaigns import model
 from services.scheduler.csv_reader import IncrementalCsv
 from services.scheduler.domain import Invalid, InvalidTransition
 from shared.text import INT64_MAX
@@ -23,7 +24,7 @@ COLUMNS = ("external_id", "first_name", "last_name", "email", "phone", "preferre
 # What identifies a voter on upsert, in this order (see voter_match_key in 010_voters.sql).
 IDENTITY = ("external_id", "email", "phone")
 # Campaign states in which a campaign sends nothing more: snapshots may be erased at once.
-FINISHED = frozenset({"completed", "aborted"})
+FINISHED = model.FINISHED
 
 _MAX_LENGTH = {
     "external_id": 200, "first_name": 200, "last_name": 200, "email": 320, "phone": 64,
@@ -171,8 +172,7 @@ class TargetLists(BaseModel):
 
 
 def ensure_can_target_lists(campaign_id: uuid.UUID, state: str) -> None:
-    if state != "draft":
-        raise InvalidTransition(campaign_id, state, "target lists")
+    model.ensure_allowed(campaign_id, state, model.TARGET_LISTS)
 
 
 def ensure_list_unused(list_id: uuid.UUID, unstarted: list[tuple[uuid.UUID, str]]) -> None:

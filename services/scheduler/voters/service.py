@@ -15,10 +15,12 @@ import asyncpg
 
 from services.scheduler import outbox
 from services.scheduler import repo as campaigns_repo
+from services.scheduler.adapters.uow import AsyncpgUnitOfWork
 from services.scheduler.csv_reader import MAX_LISTED_ERRORS
 from services.scheduler.domain import Invalid, NotFound
 from services.scheduler.voters import domain, repo
 from services.scheduler.voters.domain import ImportRow
+from services.scheduler.voters.unit_of_work import VotersUnitOfWork
 from shared.events import ErasedRecipient, RecipientsErased
 
 log = logging.getLogger(__name__)
@@ -54,16 +56,31 @@ async def import_csv(
     list_id: uuid.UUID | None = None,
     batch_rows: int = IMPORT_BATCH_ROWS,
 ) -> ImportResult:
+    """Stream a voter CSV into the directory (and into a list, if given): `import_voters`
+    over the asyncpg unit of work."""
+    return await import_voters(AsyncpgUnitOfWork(pool), body, org=org, region=region,
+                               list_id=list_id, batch_rows=batch_rows)
+
+
+async def import_voters(
+    uow: VotersUnitOfWork,
+    body: AsyncIterator[bytes],
+    *,
+    org: uuid.UUID,
+    region: str,
+    list_id: uuid.UUID | None = None,
+    batch_rows: int = IMPORT_BATCH_ROWS,
+) -> ImportResult:
     """Stream a voter CSV into the directory (and into a list, if given).
 
-    The body is parsed as it arrives and written in batches, each its own transaction, so
+    The body is parsed as it arrives and written in batches, each its own unit of work, so
     memory stays flat and no connection is held while waiting for the client. Good rows are
     kept; bad rows are counted and listed (line and message). A header that cannot be read
     raises `Invalid` before anything is written.
     """
     if list_id is not None:
-        async with pool.acquire() as conn:
-            if await repo.get_list(conn, org, list_id) is None:
+        async with uow:
+            if not await uow.voters.list_exists(org, list_id):
                 raise NotFound(f"list {list_id} not found")
     parser = domain.CsvImport(region)
     result = ImportResult()
@@ -72,19 +89,21 @@ async def import_csv(
     started = time.monotonic()
 
     async def write(rows: list[ImportRow]) -> None:
-        async with pool.acquire() as conn:
-            inserted, updated, lost = await repo.upsert_import_batch(
-                conn, org, rows, columns=parser.columns,
+        async with uow:
+            inserted, updated, lost = await uow.voters.upsert_import_batch(
+                org, rows, columns=parser.columns,
                 merge_attributes=parser.has_attributes, list_id=list_id,
             )
+            await uow.commit()
         result.inserted += inserted
         result.updated += updated
         result.unchanged += len(rows) - len(lost) - inserted - updated
         # Not reported to the parser yet: it may be parsing in its thread right now.
         superseded.extend(lost)
 
-    # One batch is written while the next is parsed: parsing is Python CPU work (~80 µs a row,
-    # mostly phone validation), writing is PostgreSQL's, so the two overlap.
+    # One batch is written while the next is parsed (one write at a time: the unit of work
+    # is not shared): parsing is Python CPU work (~80 µs a row, mostly phone validation),
+    # writing is PostgreSQL's, so the two overlap.
     writing: asyncio.Task[None] | None = None
     try:
         async for chunk in body:

@@ -1,0 +1,1 @@
+"""The scheduler's adapters: implementations of what its use cases need, over asyncpg."""
