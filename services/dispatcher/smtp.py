@@ -29,6 +29,7 @@ from collections import deque
 from dataclasses import dataclass
 from email.header import Header
 from email.utils import formataddr, formatdate, parseaddr
+from functools import lru_cache
 from typing import NamedTuple
 
 from services.dispatcher.providers import (
@@ -71,10 +72,13 @@ class _Wire(asyncio.Protocol):
         self._replies: deque[Reply] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._lost: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # asyncio types the argument as a BaseTransport; a stream connection's can write.
         self.transport = transport  # type: ignore[assignment]
+        # Kept: asking for the running loop is a system call (getpid) per reply.
+        self._loop = asyncio.get_running_loop()
         sock = transport.get_extra_info("socket")
         if sock is not None:
             # Each write waits for its reply: Nagle's algorithm would make it sit out a delayed
@@ -134,7 +138,8 @@ class _Wire(asyncio.Protocol):
         while not self._replies:
             if self.closed:
                 raise SmtpConnectionError(f"connection closed: {self._lost or 'by the server'}")
-            self._waiter = asyncio.get_running_loop().create_future()
+            loop = self._loop or asyncio.get_running_loop()
+            self._waiter = loop.create_future()
             try:
                 await self._waiter
             finally:
@@ -343,8 +348,30 @@ _date = _DateHeader()
 _ENVELOPE_FORBIDDEN = frozenset(" \t<>()[],;:\"\\")
 
 
+# A bare address of these characters (one "@", not at either end) is what `parseaddr` gives
+# back unchanged with no display name: most recipients' addresses, parsed without it.
+_PLAIN_ADDRESS = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.!#$%&'*+/=?^_`{|}~-@")
+
+
 def _address(value: str, field: str) -> tuple[str, str]:
     """(display name, address) of a header value; an address our envelope can carry."""
+    if (value.count("@") == 1 and not value.startswith(("@", ".")) and value[-1] != "@"
+            and ".." not in value and "@." not in value and ".@" not in value
+            and _PLAIN_ADDRESS.issuperset(value)):
+        return "", value
+    if field == "sender":
+        return _sender_address(value)
+    return _parsed_address(value, field)
+
+
+@lru_cache(maxsize=1024)
+def _sender_address(value: str) -> tuple[str, str]:
+    """A campaign's sender, the same for each of its messages: parsed once."""
+    return _parsed_address(value, "sender")
+
+
+def _parsed_address(value: str, field: str) -> tuple[str, str]:
     name, address = parseaddr(value)
     if (not address or "@" not in address or address.startswith("@") or address.endswith("@")
             or any(c in _ENVELOPE_FORBIDDEN for c in address)):
@@ -356,6 +383,12 @@ def _address(value: str, field: str) -> tuple[str, str]:
 def _header_address(name: str, address: str) -> str:
     if not name:
         return address
+    return _named_address(name, address)
+
+
+@lru_cache(maxsize=1024)
+def _named_address(name: str, address: str) -> str:
+    # Senders, mostly: one per campaign.
     return formataddr((name, address), charset="utf-8")
 
 

@@ -371,3 +371,33 @@ async def test_a_refusal_stays_permanent_when_the_server_then_hangs_up_on_rset()
             with pytest.raises(PermanentProviderError, match="5"):
                 await provider.send(_message(n))
         await provider.close()
+
+
+# --- addresses: the plain-address fast path agrees with email.utils.parseaddr ---------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from services.dispatcher import smtp as smtp_module  # noqa: E402
+
+
+def _outcome(value: str, field: str, parse: Any) -> Any:
+    try:
+        return parse(value, field)
+    except PermanentProviderError as exc:
+        return str(exc)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.text(alphabet="ab.@-+_'!x1Z`{|}~=?^#$%&*/ <>\"(),;:\\é", min_size=1, max_size=14),
+       st.sampled_from(["address", "sender"]))
+def test_the_plain_address_fast_path_answers_what_parseaddr_answers(value: str, field: str) -> None:
+    assert (_outcome(value, field, smtp_module._address)
+            == _outcome(value, field, smtp_module._parsed_address))
+
+
+def test_plain_addresses_take_the_fast_path_and_named_ones_are_parsed() -> None:
+    assert smtp_module._address("voter.1+x@example.org", "address") == (
+        "", "voter.1+x@example.org")
+    assert smtp_module._address("Election Office <office@example.org>", "sender") == (
+        "Election Office", "office@example.org")
