@@ -22,6 +22,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import re
 import socket
 import ssl
 import time
@@ -346,6 +347,8 @@ class _DateHeader:
 
 _date = _DateHeader()
 _ENVELOPE_FORBIDDEN = frozenset(" \t<>()[],;:\"\\")
+# One or more characters from "!" to "~" (33 to 126): what a Message-ID's id may hold.
+_PRINTABLE_ASCII = re.compile(r"[!-~]+").fullmatch
 
 
 # A bare address of these characters (one "@", not at either end) is what `parseaddr` gives
@@ -374,7 +377,7 @@ def _sender_address(value: str) -> tuple[str, str]:
 def _parsed_address(value: str, field: str) -> tuple[str, str]:
     name, address = parseaddr(value)
     if (not address or "@" not in address or address.startswith("@") or address.endswith("@")
-            or any(c in _ENVELOPE_FORBIDDEN for c in address)):
+            or not _ENVELOPE_FORBIDDEN.isdisjoint(address)):
         reason = "invalid_address" if field == "address" else "invalid_header"
         raise PermanentProviderError(f"{reason}: not an email address in the {field}")
     return name, address
@@ -404,7 +407,7 @@ def build(message: OutgoingMessage, *, allow_8bit: bool) -> Built:
     Raises PermanentProviderError for a value that cannot go into a header."""
     check_header_safe(message)
     key = message.idempotency_key
-    if not key or any(c in _ENVELOPE_FORBIDDEN or ord(c) < 33 or ord(c) > 126 for c in key):
+    if not _PRINTABLE_ASCII(key) or not _ENVELOPE_FORBIDDEN.isdisjoint(key):
         raise PermanentProviderError("invalid_header: idempotency key not fit for a Message-ID")
     sender_name, sender = _address(message.sender, "sender")
     to_name, to = _address(message.to, "address")

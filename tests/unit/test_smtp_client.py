@@ -184,6 +184,10 @@ def test_a_long_line_is_sent_quoted_printable_within_the_line_limit() -> None:
         ("to", "a@example.org>\r\nRCPT TO:<b@example.org", "invalid_address"),
         ("to", "not an address", "invalid_address"),
         ("idempotency_key", "k>\r\nX: y", "invalid_header"),
+        ("idempotency_key", "k y", "invalid_header"),
+        ("idempotency_key", "k<y", "invalid_header"),
+        ("idempotency_key", "k\x7fy", "invalid_header"),
+        ("idempotency_key", "kéy", "invalid_header"),
     ],
 )
 async def test_a_header_or_envelope_injection_fails_that_message_before_any_connection(
