@@ -16,15 +16,17 @@ after the allowed skew; the nonce is signed and remembered for the skew window
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import re
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 import asyncpg
+from fastapi import HTTPException, Request
 
 TIMESTAMP_HEADER = "X-Sendout-Timestamp"
 NONCE_HEADER = "X-Sendout-Nonce"
@@ -126,3 +128,33 @@ class NonceStore:
         async with self.pool.acquire() as conn:
             await conn.execute("DELETE FROM webhook_nonces WHERE nonce = $1", nonce)
 
+    @contextlib.asynccontextmanager
+    async def claimed(self, nonce: str) -> AsyncIterator[None]:
+        """The block runs with the nonce claimed: HTTP 401 if it was used before; released if
+        the block fails, so the sender's retry is not a replay."""
+        try:
+            await self.claim(nonce)
+        except WebhookRejected as exc:
+            raise HTTPException(401, str(exc)) from exc
+        try:
+            yield
+        except BaseException:
+            await self.release(nonce)
+            raise
+
+
+async def signed_body(
+    request: Request, secret: bytes, *, max_skew_seconds: float
+) -> tuple[bytes, Claimed]:
+    """A webhook request's body (the raw bytes: the signature is over the body exactly as sent)
+    and what its headers claim; HTTP 401 unless it is signed with `secret` for its method and
+    path, and recent. Headers first: an unsigned or stale request is refused before its body
+    is read."""
+    try:
+        check_headers(request.headers, now=time.time(), max_skew_seconds=max_skew_seconds)
+        body = await request.body()
+        claimed = verify(secret, request.method, request.url.path, request.headers, body,
+                         now=time.time(), max_skew_seconds=max_skew_seconds)
+    except WebhookRejected as exc:
+        raise HTTPException(401, str(exc)) from exc
+    return body, claimed

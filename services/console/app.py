@@ -35,6 +35,7 @@ from shared.service import ops_router
 
 HERE = Path(__file__).parent
 SIGN_IN_COOKIE = "sendout_signin"
+TOO_MANY_SIGN_INS = "Too many failed sign-ins. Wait a few minutes and try again."
 STATES = ("draft", "scheduled", "sending", "aborting", "completed", "aborted")
 OPEN_STATES = ("draft", "scheduled", "sending")
 DONE_STATES = ("completed", "aborted")
@@ -270,27 +271,32 @@ def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
     async def sign_in_form(request: Request, next: str | None = None) -> Response:
         return sign_in_page(request, next_path=safe_next(next))
 
+    def sign_in_refusal(request: Request, form: FormData, client: str) -> tuple[str, int] | None:
+        """Why a sign-in is refused before its password is checked (message, status)."""
+        cookie = request.cookies.get(SIGN_IN_COOKIE)
+        if not cookie or not secrets.compare_digest(cookie, str(form.get("csrf") or "")):
+            return "The form expired; please sign in again.", 403
+        if failed_sign_ins.blocked(client):
+            return TOO_MANY_SIGN_INS, 429
+        return None
+
     @app.post("/sign-in")
     async def sign_in(request: Request) -> Response:
         form = await request.form()
         next_path = safe_next(str(form.get("next") or ""))
         login = str(form.get("login") or "").strip()
-        cookie = request.cookies.get(SIGN_IN_COOKIE)
-        if not cookie or not secrets.compare_digest(cookie, str(form.get("csrf") or "")):
-            return sign_in_page(request, next_path=next_path, login=login, status=403,
-                                error="The form expired; please sign in again.")
         client = request.client.host if request.client else "?"
-        too_many = "Too many failed sign-ins. Wait a few minutes and try again."
-        if failed_sign_ins.blocked(client):
-            return sign_in_page(request, next_path=next_path, login=login, error=too_many,
-                                status=429)
-        try:
-            user = await api.sign_in(login, str(form.get("password") or ""))
-        except ApiError as exc:
-            failed_sign_ins.failed(client)
-            message = too_many if exc.status == 429 else "Wrong user name, e-mail or password."
-            return sign_in_page(request, next_path=next_path, login=login, error=message,
-                                status=429 if exc.status == 429 else 401)
+        refusal = sign_in_refusal(request, form, client)
+        if refusal is None:
+            try:
+                user = await api.sign_in(login, str(form.get("password") or ""))
+            except ApiError as exc:
+                failed_sign_ins.failed(client)
+                refusal = (TOO_MANY_SIGN_INS, 429) if exc.status == 429 else (
+                    "Wrong user name, e-mail or password.", 401)
+        if refusal is not None:
+            return sign_in_page(request, next_path=next_path, login=login, error=refusal[0],
+                                status=refusal[1])
         session = store.create(token=user["token"], user_id=user["user_id"], name=user["name"],
                                organisation=user["organisation"])
         response = back(next_path)
@@ -347,23 +353,9 @@ def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
     async def create_campaign(request: Request) -> Response:
         session = current(request)
         form = await form_of(request, session)
-        channels = [c for c in form.getlist("channels") if c in CHANNELS]
-        body = {"name": str(form.get("name") or "").strip(),
-                "kind": "p2p" if form.get("kind") == "p2p" else "mass",
-                "channels": channels, "sender_id": form.get("sender_id") or None,
-                "template_id": form.get("template_id") or None}
-        list_ids = [str(x) for x in form.getlist("list_ids") if x]
+        body, list_ids, errors = campaign_form(form)
         upload = form.get("csv")
         csv_bytes = await upload.read() if isinstance(upload, UploadFile) else b""
-        errors: list[str] = []
-        if not body["name"]:
-            errors.append("Give the campaign a name.")
-        if not channels:
-            errors.append("Choose at least one channel (email or SMS).")
-        if not body["sender_id"]:
-            errors.append("Choose a sender.")
-        if not body["template_id"]:
-            errors.append("Choose a template.")
         if errors:
             return page(request, "campaign_new.html", session, status=422, errors=errors,
                         form=dict(form), **await form_choices(session))
@@ -518,6 +510,44 @@ def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
             "Not every dispatcher answered in time; the counters show what was sent."))
         return back(f"/campaigns/{cid}")
 
+    async def progress_events(
+        request: Request, session: Session, cid: uuid.UUID, p2p: int, state: str
+    ) -> AsyncIterator[bytes]:
+        """The tracker's progress as Server-Sent Events, each time it changes."""
+        last: Any = None
+        quiet = 0.0
+        # A stream ends after a while and the browser reconnects (EventSource does, and
+        # gets the current state first): so a stopping console is not held by open pages.
+        ends = asyncio.get_running_loop().time() + settings.stream_max_seconds
+        yield b"retry: 1000\n\n"
+        while (not await request.is_disconnected()
+               and asyncio.get_running_loop().time() < ends):
+            try:
+                progress = await progress_of(session, str(cid))
+                if p2p and progress is not None:
+                    c = await api.call(session.token, "scheduler", "GET", f"/campaigns/{cid}")
+                    progress["processed"] = c["processed"]
+                    state = c["state"]
+            except (ApiError, SignedOut):
+                break
+            except Exception:  # the tracker restarting: keep the page, try again
+                progress = last
+            if progress is not None and progress != last:
+                last = progress
+                quiet = 0.0
+                shown = {**progress, "state": progress_state(state, progress)}
+                yield f"data: {json.dumps(shown)}\n\n".encode()
+                # Until the tracker is done: its counters may still move after the
+                # scheduler's state is final (an ended peer-to-peer campaign).
+                if progress.get("state") in DONE_STATES:
+                    yield b"event: done\ndata: {}\n\n"
+                    return
+            elif quiet >= 15:
+                quiet = 0.0
+                yield b": keep-alive\n\n"
+            await asyncio.sleep(settings.progress_poll_seconds)
+            quiet += settings.progress_poll_seconds
+
     @app.get("/campaigns/{cid}/events")
     async def events(request: Request, cid: uuid.UUID, p2p: int = 0) -> Response:
         """Server-Sent Events: the tracker's progress, pushed when it changes."""
@@ -525,44 +555,8 @@ def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
         # 404 for another organisation's; the state shown with the progress (a peer-to-peer
         # campaign's is read again on each poll, with its processed count).
         campaign_state = (await call(session, "GET", f"/campaigns/{cid}"))["state"]
-
-        async def stream() -> AsyncIterator[bytes]:
-            state = campaign_state
-            last: Any = None
-            quiet = 0.0
-            # A stream ends after a while and the browser reconnects (EventSource does, and
-            # gets the current state first): so a stopping console is not held by open pages.
-            ends = asyncio.get_running_loop().time() + settings.stream_max_seconds
-            yield b"retry: 1000\n\n"
-            while (not await request.is_disconnected()
-                   and asyncio.get_running_loop().time() < ends):
-                try:
-                    progress = await progress_of(session, str(cid))
-                    if p2p and progress is not None:
-                        c = await api.call(session.token, "scheduler", "GET", f"/campaigns/{cid}")
-                        progress["processed"] = c["processed"]
-                        state = c["state"]
-                except (ApiError, SignedOut):
-                    break
-                except Exception:  # the tracker restarting: keep the page, try again
-                    progress = last
-                if progress is not None and progress != last:
-                    last = progress
-                    quiet = 0.0
-                    shown = {**progress, "state": progress_state(state, progress)}
-                    yield f"data: {json.dumps(shown)}\n\n".encode()
-                    # Until the tracker is done: its counters may still move after the
-                    # scheduler's state is final (an ended peer-to-peer campaign).
-                    if progress.get("state") in DONE_STATES:
-                        yield b"event: done\ndata: {}\n\n"
-                        return
-                elif quiet >= 15:
-                    quiet = 0.0
-                    yield b": keep-alive\n\n"
-                await asyncio.sleep(settings.progress_poll_seconds)
-                quiet += settings.progress_poll_seconds
-
-        return StreamingResponse(stream(), media_type="text/event-stream",
+        stream = progress_events(request, session, cid, p2p, campaign_state)
+        return StreamingResponse(stream, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
     @app.get("/campaigns/{cid}/report.csv")
@@ -841,3 +835,24 @@ def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
 
     app.state.sessions = store
     return app
+
+
+def campaign_form(form: FormData) -> tuple[dict[str, Any], list[str], list[str]]:
+    """The new-campaign form as the scheduler's request body, the lists it targets, and what
+    is missing from it (sentences for the page)."""
+    channels = [c for c in form.getlist("channels") if c in CHANNELS]
+    body = {"name": str(form.get("name") or "").strip(),
+            "kind": "p2p" if form.get("kind") == "p2p" else "mass",
+            "channels": channels, "sender_id": form.get("sender_id") or None,
+            "template_id": form.get("template_id") or None}
+    list_ids = [str(x) for x in form.getlist("list_ids") if x]
+    errors: list[str] = []
+    if not body["name"]:
+        errors.append("Give the campaign a name.")
+    if not channels:
+        errors.append("Choose at least one channel (email or SMS).")
+    if not body["sender_id"]:
+        errors.append("Choose a sender.")
+    if not body["template_id"]:
+        errors.append("Choose a template.")
+    return body, list_ids, errors

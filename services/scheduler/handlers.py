@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -372,17 +371,9 @@ def http_router(deps: Deps, user: Any) -> APIRouter:
         secret = deps.settings.inbound_sms_secret
         if secret is None:
             raise HTTPException(503, "inbound SMS not configured (SENDOUT_INBOUND_SMS_SECRET)")
-        try:
-            # Headers first: an unsigned or stale request is refused before its body is read.
-            webhooks.check_headers(request.headers, now=time.time(),
-                                   max_skew_seconds=INBOUND_SMS_MAX_SKEW_SECONDS)
-            body = await request.body()
-            claimed = webhooks.verify(
-                secret.get_secret_value().encode(), request.method, request.url.path,
-                request.headers, body, now=time.time(),
-                max_skew_seconds=INBOUND_SMS_MAX_SKEW_SECONDS)
-        except webhooks.WebhookRejected as exc:
-            raise HTTPException(401, str(exc)) from exc
+        body, claimed = await webhooks.signed_body(
+            request, secret.get_secret_value().encode(),
+            max_skew_seconds=INBOUND_SMS_MAX_SKEW_SECONDS)
         try:
             msg = domain.InboundSms.model_validate_json(body)
         except ValidationError as exc:
@@ -390,18 +381,11 @@ def http_router(deps: Deps, user: Any) -> APIRouter:
         async with pool.acquire() as conn:
             if not await repo.organisation_exists(conn, organisation_id):
                 raise domain.NotFound(f"organisation {organisation_id} not found")
-        try:
-            await inbound_nonces.claim(claimed.nonce)
-        except webhooks.WebhookRejected as exc:
-            raise HTTPException(401, str(exc)) from exc
-        if not domain.is_stop_message(msg.body):
-            return {"opted_out": False}
-        try:
+        async with inbound_nonces.claimed(claimed.nonce):
+            if not domain.is_stop_message(msg.body):
+                return {"opted_out": False}
             address = await p2p.opt_out(pool, organisation_id, msg.sender, source="inbound_sms",
                                         keyword=msg.body.strip().upper(), region=region)
-        except BaseException:
-            await inbound_nonces.release(claimed.nonce)
-            raise
         return {"opted_out": True, "address": address}
 
     return router

@@ -118,24 +118,11 @@ def http_router(pool: asyncpg.Pool, user: Any, limiter: FailureLimiter | None = 
         if wait > 0:
             raise HTTPException(429, "too many failed sign-ins; try again later",
                                 headers={"Retry-After": str(int(wait) + 1)})
-        async with pool.acquire() as conn:
-            rows = await conn.fetch(
-                """
-                SELECT u.id, u.organisation_id, u.name, u.password_hash, o.name AS organisation
-                FROM users u JOIN organisations o ON o.id = u.organisation_id
-                WHERE u.password_hash IS NOT NULL AND (lower(u.email) = lower($1) OR u.name = $1)
-                ORDER BY u.created_at LIMIT 10
-                """,
-                login,
-            )
-        matches = [r for r in rows if await verify(r["password_hash"], cmd.password)]
-        if not rows:
-            await verify(_DUMMY_HASH, cmd.password)
-        if len(matches) != 1:
+        row = await _user_signing_in(pool, login, cmd.password)
+        if row is None:
             limiter.failed(*keys)
             client_limiter.failed(client_key)
             raise HTTPException(401, "wrong user name, e-mail or password")
-        row = matches[0]
         limiter.succeeded(keys[0])
         principal = Principal(row["id"], row["organisation_id"], row["name"])
         async with pool.acquire() as conn, conn.transaction():
@@ -160,3 +147,21 @@ def http_router(pool: asyncpg.Pool, user: Any, limiter: FailureLimiter | None = 
 
     return router
 
+
+async def _user_signing_in(pool: asyncpg.Pool, login: str, password: str) -> asyncpg.Record | None:
+    """The one user whose user name or e-mail is `login` and whose password this is; None
+    otherwise. A login nobody has still costs one hash check: its answer takes as long."""
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            """
+            SELECT u.id, u.organisation_id, u.name, u.password_hash, o.name AS organisation
+            FROM users u JOIN organisations o ON o.id = u.organisation_id
+            WHERE u.password_hash IS NOT NULL AND (lower(u.email) = lower($1) OR u.name = $1)
+            ORDER BY u.created_at LIMIT 10
+            """,
+            login,
+        )
+    matches = [r for r in rows if await verify(r["password_hash"], password)]
+    if not rows:
+        await verify(_DUMMY_HASH, password)
+    return matches[0] if len(matches) == 1 else None

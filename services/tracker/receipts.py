@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,7 +14,7 @@ from faststream.kafka.annotations import KafkaBroker, KafkaMessage
 from pydantic import SecretStr, ValidationError
 
 from services.tracker import receipts_domain, receipts_service
-from services.tracker.receipts_domain import RECEIPT_BODY, ReceiptRejected
+from services.tracker.receipts_domain import RECEIPT_BODY
 from services.tracker.receipts_service import PublishReceipts
 from shared import topics, webhooks
 from shared.events import RECEIPT, DeliveryReported
@@ -63,32 +62,16 @@ def http_router(
         `receipts_domain`). 202 once they are on Kafka; the progress counts them shortly."""
         if secret is None:
             raise HTTPException(503, "receipts webhook not configured (SENDOUT_RECEIPTS_SECRET)")
-        try:
-            # Headers first: an unsigned or stale request is refused before its body is read.
-            webhooks.check_headers(request.headers, now=time.time(),
-                                   max_skew_seconds=max_skew_seconds)
-            # The raw bytes: the signature is over the body exactly as sent.
-            body = await request.body()
-            claimed = receipts_domain.verify(
-                secret.get_secret_value().encode(), request.method, request.url.path,
-                request.headers, body, now=time.time(), max_skew_seconds=max_skew_seconds)
-        except ReceiptRejected as exc:
-            raise HTTPException(401, str(exc)) from exc
+        body, claimed = await webhooks.signed_body(
+            request, secret.get_secret_value().encode(), max_skew_seconds=max_skew_seconds)
         try:
             parsed = RECEIPT_BODY.validate_json(body)
         except ValidationError as exc:
             raise HTTPException(422, validation_detail(exc.errors())) from exc
-        try:
-            await nonces.claim(claimed.nonce)
-        except ReceiptRejected as exc:
-            raise HTTPException(401, str(exc)) from exc
-        try:
+        async with nonces.claimed(claimed.nonce):
             accepted = await receipts_service.accept(
                 pool, publish, receipts_domain.receipts_of(parsed)
             )
-        except BaseException:
-            await nonces.release(claimed.nonce)  # the provider's retry is not a replay
-            raise
         return {"accepted": accepted}
 
     return router
