@@ -19,6 +19,7 @@ from services.dispatcher.domain import CampaignTemplate, Outcome, template_from_
 from services.dispatcher.metrics import OutcomeCounter
 from services.dispatcher.service import (
     AbortRegistry,
+    BatchLeft,
     BatchSuperseded,
     Dispatcher,
     OptOutRegistry,
@@ -149,6 +150,10 @@ def kafka_router(
                     [request for _, (_, requests) in good for request in requests], publish,
                     spans=spans, contexts=contexts_of(dispatcher, good),
                 )
+            except BatchLeft as exc:
+                # Stopping: whether or not the partitions are still this consumer's, no offset
+                # may commit past the messages this attempt left unclaimed.
+                raise Redeliver(str(exc)) from exc
             except BatchSuperseded as exc:
                 if in_flight.owns(partitions):
                     # Superseded by an attempt of a consumer that no longer owns these

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mappi
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import asyncpg
 import msgspec
@@ -317,6 +317,12 @@ class BatchSuperseded(Exception):
     over; this attempt's outcomes so far are recorded and published, the rest is not its."""
 
 
+class BatchLeft(Exception):
+    """The process is stopping: the batch's calls in flight finished and were recorded, and
+    nothing more of it was claimed. Its records must be redelivered (no offset committed), so
+    that their next owner sends the rest once (it finds these claims and outcomes)."""
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -412,10 +418,15 @@ class Dispatcher:
             recorder.add(req, domain.failed(req, FailReason.IN_DOUBT.value))
         checked = self._stops_version()  # every message is checked while preparing
         calls = await self._prepare_all(fresh, recorder)
-        if await self._call_all(calls, recorder, batch_id=batch_id, checked=checked):
+        stop = await self._call_all(calls, recorder, batch_id=batch_id, checked=checked)
+        if stop == "superseded":
             raise BatchSuperseded(
                 "a later attempt at these records took them over: what this one had not "
                 "claimed is that attempt's to send")
+        if stop == "left":
+            raise BatchLeft(
+                "stopping: the calls in flight are recorded, the rest of the batch is left to "
+                "the partition's next owner")
         return recorder.outcomes
 
     async def _sort_out(
@@ -575,7 +586,7 @@ class Dispatcher:
         *,
         batch_id: uuid.UUID,
         checked: tuple[int, int] = (-1, -1),
-    ) -> bool:
+    ) -> Literal["superseded", "left"] | None:
         """Each message claimed before its provider call, and its result recorded before its
         worker moves on: a worker's step writes its last calls' results and claims its next
         messages, in one transaction shared with every other worker's step waiting at that
@@ -585,9 +596,12 @@ class Dispatcher:
         write, more where they are faster (a no-op provider: up to 64), so that waiting on the
         database is not paid per message.
 
-        True if a later attempt at the batch superseded this one: its claims were refused from
-        then on, and the messages not claimed were left alone (no call, no outcome)."""
-        superseded = False
+        "superseded" if a later attempt at the batch superseded this one: its claims were
+        refused from then on, and the messages not claimed were left alone (no call, no
+        outcome). "left" if the process began stopping (`stopping`) with messages not yet
+        claimed: those are left alone the same way, so a stop waits for the calls in flight
+        only, never for the rest of a long batch."""
+        superseded = left = False
         if calls:
             campaigns = {next(run)[0].campaign_id
                          for _, run in itertools.groupby(calls, _call_campaign)}
@@ -598,10 +612,13 @@ class Dispatcher:
             queue = iter(calls)
 
             async def worker() -> None:
-                nonlocal superseded
+                nonlocal superseded, left
                 async with self._units(per_step):
                     done: list[tuple[Request, Result]] = []
                     while not superseded and (chunk := list(itertools.islice(queue, per_step))):
+                        if self.stopping:
+                            left = True  # this chunk and the rest: never claimed here
+                            break
                         ready: list[tuple[Request, OutgoingMessage]] = []
                         first_at = _WALL()
                         if self._stops_version() == checked:  # nothing to stop for since
@@ -653,7 +670,7 @@ class Dispatcher:
                 if isinstance(result, BaseException):
                     raise result
         await recorder.drain()
-        return superseded
+        return "superseded" if superseded else "left" if left else None
 
     def _note_call(self, took: float) -> None:
         """A provider call's duration, into the estimate that sizes workers' turns: calls the

@@ -158,6 +158,32 @@ async def test_a_batch_taken_over_mid_send_claims_nothing_more_and_no_message_go
     assert {o.recipient_id: o.status for o in outcomes} == {i: "completed" for i in range(1, 5)}
 
 
+async def test_a_stopping_dispatcher_finishes_its_calls_in_flight_and_leaves_the_rest(
+    dispatcher_pool: asyncpg.Pool,
+) -> None:
+    """SIGTERM mid-batch (`stopping`): the call in flight ends and is recorded, nothing more
+    of the batch is claimed, and the batch's next attempt (the partition's next owner) sends
+    the rest, each message once. The stop does not wait for the rest of a long batch."""
+    from services.dispatcher.service import BatchLeft
+
+    cid = await _campaign(dispatcher_pool)
+    spans = _unique_spans()
+    batch = [send_requested(cid, i, f"s{i}@example.org") for i in range(1, 5)]
+    old_provider, new_provider = HeldProvider(), RecordingProvider()
+    old_dispatcher = _dispatcher(dispatcher_pool, old_provider, concurrency=1)
+    old = asyncio.create_task(old_dispatcher.dispatch(batch, spans=spans))
+    await asyncio.wait_for(old_provider.called.wait(), 5)
+    old_dispatcher.stopping = True
+    old_provider.go.set()
+    with pytest.raises(BatchLeft):
+        await asyncio.wait_for(old, 5)
+    assert [c.to for c in old_provider.calls] == ["s1@example.org"]
+    outcomes = await asyncio.wait_for(
+        _dispatcher(dispatcher_pool, new_provider).dispatch(batch, spans=spans), 10)
+    assert sorted(c.to for c in new_provider.calls) == [f"s{i}@example.org" for i in (2, 3, 4)]
+    assert {o.recipient_id: o.status for o in outcomes} == {i: "completed" for i in range(1, 5)}
+
+
 async def test_an_outcome_recorded_elsewhere_during_the_call_stays_and_the_step_goes_on(
     dispatcher_pool: asyncpg.Pool,
 ) -> None:
