@@ -403,7 +403,7 @@ def is_transient(exc: BaseException) -> bool:
         return any(is_transient(e) for e in exc.exceptions)
     if isinstance(exc, _TRANSIENT):
         return True
-    if isinstance(exc, asyncpg.exceptions._base.InternalClientError):
+    if isinstance(exc, asyncpg.exceptions.InternalClientError):
         # A connection left mid-operation by a lost server ("another operation is in
         # progress"): the connection's failure, not the records'.
         return True
@@ -448,11 +448,11 @@ class _Failures:
     the highest count of its partitions' starts. Bounded, oldest forgotten first."""
 
     def __init__(self, limit: int = 10_000) -> None:
-        self._counts: OrderedDict[_Start, _Count] = OrderedDict()
-        self._limit = limit
+        self.counts: OrderedDict[_Start, _Count] = OrderedDict()
+        self.limit = limit
 
     def of(self, starts: Sequence[_Start]) -> _Count:
-        found = [self._counts[s] for s in starts if s in self._counts]
+        found = [self.counts[s] for s in starts if s in self.counts]
         return _Count(max((c.errors for c in found), default=0),
                       max((c.transient for c in found), default=0))
 
@@ -461,15 +461,15 @@ class _Failures:
         new = (_Count(now.errors, now.transient + 1) if transient
                else _Count(now.errors + 1, 0))
         for start in starts:
-            self._counts[start] = new
-            self._counts.move_to_end(start)
-        while len(self._counts) > self._limit:
-            self._counts.popitem(last=False)
+            self.counts[start] = new
+            self.counts.move_to_end(start)
+        while len(self.counts) > self.limit:
+            self.counts.popitem(last=False)
         return new
 
     def forget(self, starts: Sequence[_Start]) -> None:
         for start in starts:
-            self._counts.pop(start, None)
+            self.counts.pop(start, None)
 
 
 _FAILURES = _Failures()
