@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any, Literal, Protocol, TypedDict, TypeVar
+from weakref import WeakSet
 
 import asyncpg
 from aiokafka import AIOKafkaProducer, ConsumerRecord
@@ -23,7 +26,6 @@ from aiokafka.errors import (
     RecordTooLargeError,
     TopicAlreadyExistsError,
 )
-from aiokafka.partitioner import DefaultPartitioner
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.message import KafkaMessage
@@ -44,27 +46,92 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def make_broker(bootstrap_servers: str, client_id: str) -> KafkaBroker:
-    # acks="all": an acknowledged publish survives a broker failover. Not idempotent: after a
-    # broker restart aiokafka's idempotent producer can meet OutOfOrderSequenceNumber, which
-    # ends its sender for good (every later publish of the process fails) — seen in the fault
-    # suite's Kafka restart. Without it a producer retry may write a record twice; every
-    # consumer here counts a key once, and aiokafka keeps one request in flight per broker,
-    # so a partition's order holds.
-    return KafkaBroker(
-        bootstrap_servers,
-        client_id=client_id,
-        acks="all",
-        enable_idempotence=False,
-        linger_ms=5,
-        max_batch_size=256 * 1024,
-        compression_type=None,
-        graceful_timeout=30.0,
-        # Into the service's JSON logs; per-message lines only at DEBUG (one per batch is still
-        # too many at a million recipients).
-        logger=logging.getLogger("faststream"),
-        log_level=logging.DEBUG,
-    )
+# The producer's settings, the broker's and the bulk producer's alike. acks="all": an
+# acknowledged publish survives a broker failover. Not idempotent: after a broker restart
+# aiokafka's idempotent producer can meet OutOfOrderSequenceNumber, which ends its sender for
+# good (every later publish of the process fails) — seen in the fault suite's Kafka restart.
+# Without it a producer retry may write a record twice; every consumer here counts a key once,
+# and aiokafka keeps one request in flight per broker connection, so a partition's order holds.
+class ProducerOptions(TypedDict):
+    acks: Literal["all"]
+    enable_idempotence: bool
+    linger_ms: int
+    max_batch_size: int
+    compression_type: None
+
+
+PRODUCER_OPTIONS: ProducerOptions = {
+    "acks": "all",
+    "enable_idempotence": False,
+    "linger_ms": 5,
+    "max_batch_size": 256 * 1024,
+    "compression_type": None,
+}
+
+
+RUNNING_BROKERS: WeakSet[Broker] = WeakSet()
+"""Brokers whose bulk producer runs: where `publish_raw` looks for a publisher's."""
+
+
+class Broker(KafkaBroker):
+    """A KafkaBroker that also runs a plain aiokafka producer, with the same settings, for
+    `publish_raw`: FastStream 0.7 has no public accessor for the producer behind its
+    publishers. Started before the subscribers (they publish from their first batch) and
+    stopped after them (they publish until their last).
+
+    The in-memory test broker (TestKafkaBroker) replaces `start` and `stop`: no producer runs,
+    and `publish_raw` goes through the publishers.
+    """
+
+    def __init__(self, bootstrap_servers: str, client_id: str) -> None:
+        super().__init__(
+            bootstrap_servers,
+            client_id=client_id,
+            **PRODUCER_OPTIONS,
+            graceful_timeout=30.0,
+            # Into the service's JSON logs; per-message lines only at DEBUG (one per batch is
+            # still too many at a million recipients).
+            logger=logging.getLogger("faststream"),
+            log_level=logging.DEBUG,
+        )
+        self.bulk_servers = bootstrap_servers
+        self.bulk_client_id = client_id
+        self.bulk_producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        if self.bulk_producer is None:
+            producer = AIOKafkaProducer(bootstrap_servers=self.bulk_servers,
+                                        client_id=self.bulk_client_id, **PRODUCER_OPTIONS)
+            await producer.start()
+            self.bulk_producer = producer
+            RUNNING_BROKERS.add(self)
+        try:
+            await super().start()
+        except BaseException:
+            await self.stop_bulk_producer()
+            raise
+
+    async def stop(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_val: BaseException | None = None,
+        exc_tb: TracebackType | None = None,
+    ) -> None:
+        try:
+            await super().stop(exc_type, exc_val, exc_tb)
+        finally:
+            await self.stop_bulk_producer()
+
+    async def stop_bulk_producer(self) -> None:
+        """Send what it holds, then stop it."""
+        producer, self.bulk_producer = self.bulk_producer, None
+        RUNNING_BROKERS.discard(self)
+        if producer is not None:
+            await producer.stop()
+
+
+def make_broker(bootstrap_servers: str, client_id: str) -> Broker:
+    return Broker(bootstrap_servers, client_id)
 
 
 def records_of(message: KafkaMessage) -> Sequence[ConsumerRecord[Any, Any]]:
@@ -146,12 +213,13 @@ def decode_records(
 _JSON_HEADERS = [("content-type", b"application/json")]
 
 
-def _aiokafka_producer(publisher: DefaultPublisher) -> AIOKafkaProducer | None:
-    """The started aiokafka producer behind a FastStream publisher; None in the in-memory test
-    broker (whose producer is a fake)."""
-    fast = getattr(publisher._outer_config, "producer", None)
-    real = getattr(getattr(fast, "_producer", None), "producer", None)
-    return real if isinstance(real, AIOKafkaProducer) else None
+def bulk_producer(publisher: DefaultPublisher) -> AIOKafkaProducer | None:
+    """The running bulk producer of the broker that declared `publisher`; None in the
+    in-memory test broker, or for a broker that is not a `Broker`."""
+    for broker in RUNNING_BROKERS:
+        if broker.bulk_producer is not None and publisher in broker.publishers:
+            return broker.bulk_producer
+    return None
 
 
 class Serialisable(Protocol):
@@ -204,23 +272,22 @@ def murmur2(data: bytes) -> int:
     return h ^ (h >> 15)
 
 
-def _partitioner(
-    producer: AIOKafkaProducer, topic: str
-) -> Callable[[bytes | None, bytes], int]:
-    """The partition the producer would pick for (key, value); keys hashed once per call."""
-    if not isinstance(producer._partitioner, DefaultPartitioner):
-        return lambda key, value: producer._partition(topic, None, key, value, key, value)
-    partitions = list(producer._metadata.partitions_for_topic(topic))
-    count = len(partitions)
+def key_partitioner(partitions: Iterable[int]) -> Callable[[bytes | None], int]:
+    """The partition of a record's key among the topic's `partitions`, as aiokafka's (and
+    Kafka's) default partitioner picks it: murmur2 of the key over the partitions in id order,
+    each key hashed once per call; a record without a key on a partition chosen at random."""
+    ordered = sorted(partitions)
+    count = len(ordered)
     seen: dict[bytes, int] = {}
 
-    def partition_of(key: bytes | None, value: bytes) -> int:
+    def partition_of(key: bytes | None) -> int:
         if key is None:
-            chosen: int = producer._partition(topic, None, key, value, key, value)
-            return chosen
+            # The default partitioner prefers a partition with a leader; which have one is not
+            # public, and a partition without is waited for like any other.
+            return random.choice(ordered)
         partition = seen.get(key)
         if partition is None:
-            partition = seen[key] = partitions[(murmur2(key) & 0x7FFFFFFF) % count]
+            partition = seen[key] = ordered[(murmur2(key) & 0x7FFFFFFF) % count]
         return partition
 
     return partition_of
@@ -233,16 +300,16 @@ async def publish_raw(
     broker acknowledged all of them.
 
     FastStream's per-record publish (command object, middlewares, codec, one future per record)
-    cost more CPU than building the records, so records go to the publisher's own aiokafka
-    producer as one record batch per partition and batch-full; keys pick the partition as the
-    producer's default partitioner would (Kafka's murmur2). The publisher stays declared, so
-    AsyncAPI still documents it.
+    cost more CPU than building the records, so records go to the broker's bulk producer
+    (`Broker`) as one record batch per partition and batch-full, through aiokafka's public
+    `create_batch` / `send_batch`; keys pick the partition as the default partitioner would
+    (Kafka's murmur2). The publisher stays declared, so AsyncAPI still documents it.
     """
     if not items:
         return
     topic = publisher.topic
     headers_of = _trace_headers(topic)
-    producer = _aiokafka_producer(publisher)
+    producer = bulk_producer(publisher)
     if producer is None:
         futures = [await publisher.publish(
                        value, key=key, no_confirm=True,
@@ -250,11 +317,10 @@ async def publish_raw(
                    for key, value in items]
         await asyncio.gather(*(f for f in futures if f is not None))
         return
-    await producer.client._wait_on_metadata(topic)
-    partition_of = _partitioner(producer, topic)
+    partition_of = key_partitioner(await producer.partitions_for(topic))
     by_partition: dict[int, list[tuple[bytes | None, bytes]]] = {}
     for key, value in items:
-        by_partition.setdefault(partition_of(key, value), []).append((key, value))
+        by_partition.setdefault(partition_of(key), []).append((key, value))
     futures = []
     for partition, records in by_partition.items():
         batch = producer.create_batch()
@@ -403,7 +469,7 @@ def is_transient(exc: BaseException) -> bool:
         return any(is_transient(e) for e in exc.exceptions)
     if isinstance(exc, _TRANSIENT):
         return True
-    if isinstance(exc, asyncpg.exceptions._base.InternalClientError):
+    if isinstance(exc, asyncpg.exceptions.InternalClientError):
         # A connection left mid-operation by a lost server ("another operation is in
         # progress"): the connection's failure, not the records'.
         return True
@@ -448,11 +514,11 @@ class _Failures:
     the highest count of its partitions' starts. Bounded, oldest forgotten first."""
 
     def __init__(self, limit: int = 10_000) -> None:
-        self._counts: OrderedDict[_Start, _Count] = OrderedDict()
-        self._limit = limit
+        self.counts: OrderedDict[_Start, _Count] = OrderedDict()
+        self.limit = limit
 
     def of(self, starts: Sequence[_Start]) -> _Count:
-        found = [self._counts[s] for s in starts if s in self._counts]
+        found = [self.counts[s] for s in starts if s in self.counts]
         return _Count(max((c.errors for c in found), default=0),
                       max((c.transient for c in found), default=0))
 
@@ -461,15 +527,15 @@ class _Failures:
         new = (_Count(now.errors, now.transient + 1) if transient
                else _Count(now.errors + 1, 0))
         for start in starts:
-            self._counts[start] = new
-            self._counts.move_to_end(start)
-        while len(self._counts) > self._limit:
-            self._counts.popitem(last=False)
+            self.counts[start] = new
+            self.counts.move_to_end(start)
+        while len(self.counts) > self.limit:
+            self.counts.popitem(last=False)
         return new
 
     def forget(self, starts: Sequence[_Start]) -> None:
         for start in starts:
-            self._counts.pop(start, None)
+            self.counts.pop(start, None)
 
 
 _FAILURES = _Failures()

@@ -51,20 +51,13 @@ def schema_errors(spec: dict[str, Any], schema: dict[str, Any] | bool, value: An
     if "const" in schema and value != schema["const"]:
         errors.append(f"{where}: {value!r} is not {schema['const']!r}")
     if isinstance(value, str):
-        if len(value) < schema.get("minLength", 0):
-            errors.append(f"{where}: shorter than {schema['minLength']}")
-        if "maxLength" in schema and len(value) > schema["maxLength"]:
-            errors.append(f"{where}: longer than {schema['maxLength']}")
+        errors += _bounds(schema, "minLength", "maxLength", len(value), where,
+                          "shorter than {}", "longer than {}")
     if isinstance(value, int | float) and not isinstance(value, bool):
-        if "minimum" in schema and value < schema["minimum"]:
-            errors.append(f"{where}: below {schema['minimum']}")
-        if "maximum" in schema and value > schema["maximum"]:
-            errors.append(f"{where}: above {schema['maximum']}")
+        errors += _bounds(schema, "minimum", "maximum", value, where, "below {}", "above {}")
     if isinstance(value, list):
-        if len(value) < schema.get("minItems", 0):
-            errors.append(f"{where}: fewer than {schema['minItems']} items")
-        if "maxItems" in schema and len(value) > schema["maxItems"]:
-            errors.append(f"{where}: more than {schema['maxItems']} items")
+        errors += _bounds(schema, "minItems", "maxItems", len(value), where,
+                          "fewer than {} items", "more than {} items")
         prefix = schema.get("prefixItems", [])
         for i, item in enumerate(value):
             item_schema = prefix[i] if i < len(prefix) else schema.get("items", {})
@@ -80,6 +73,18 @@ def schema_errors(spec: dict[str, Any], schema: dict[str, Any] | bool, value: An
                 errors += schema_errors(spec, props[name], item, f"{where}.{name}")
             else:
                 errors += schema_errors(spec, extra, item, f"{where}.{name}")
+    return errors
+
+
+def _bounds(schema: dict[str, Any], low: str, high: str, measure: float, where: str,
+            below: str, above: str) -> list[str]:
+    """`measure` (a length, a count of items, a number) against the schema's `low` and `high`
+    keywords, where it has them; `below` / `above` word the error around the bound."""
+    errors: list[str] = []
+    if low in schema and measure < schema[low]:
+        errors.append(f"{where}: {below.format(schema[low])}")
+    if high in schema and measure > schema[high]:
+        errors.append(f"{where}: {above.format(schema[high])}")
     return errors
 
 

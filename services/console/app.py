@@ -123,6 +123,16 @@ def progress_state(campaign_state: str, progress: dict[str, Any] | None) -> str:
     return shown
 
 
+def csv_partly_added(refused: int, added: int) -> str:
+    """What the console says when some rows of an uploaded CSV were refused (listed below it)
+    and the others added."""
+    rows = "1 row of the CSV was" if refused == 1 else f"{refused} rows of the CSV were"
+    others = ("its other recipient was" if added == 1 else
+              "none of its other rows was" if added == 0 else
+              f"its other {added} recipients were")
+    return f"{rows} refused, listed below; {others} added."
+
+
 def user_tz(request: Request) -> str:
     """The browser's time zone (its script sets the cookie), else UTC."""
     name = unquote(request.cookies.get("sendout_tz", "UTC"))
@@ -380,17 +390,18 @@ def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
         except ApiError as exc:
             rows = exc.row_errors
             session.flash("error", "The CSV was not added: " + (
-                f"{len(rows)} row(s) have errors, listed below. Nothing was added."
+                ("1 row has" if len(rows) == 1 else f"{len(rows)} rows have")
+                + " errors, listed below. Nothing was added."
                 if rows else exc.message))
             session.csv_errors = rows
             return
         if added.get("rejected"):
             # The good rows were added; the refused ones are listed by line.
-            session.flash("error", f"{added['rejected']} row(s) of the CSV refused, listed "
-                          f"below; its other {added['added']} recipients were added.")
+            session.flash("error", csv_partly_added(added["rejected"], added["added"]))
             session.csv_errors = added.get("errors", [])
             return
-        session.flash("ok", f"{added['added']} recipients added from the CSV.")
+        session.flash("ok", ("1 recipient" if added["added"] == 1 else
+                             f"{added['added']} recipients") + " added from the CSV.")
 
     @app.post("/campaigns/{cid}/recipients")
     async def add_csv(request: Request, cid: uuid.UUID) -> Response:

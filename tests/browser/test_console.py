@@ -100,7 +100,7 @@ def test_create_campaign_send_out_now_bar_reaches_100_with_exact_counters(ui: Ui
         expect(ui.page.locator("table").first).to_contain_text("more fields than the header")
         expect(ui.page.locator("table td").first).to_have_text("3")
         expect(ui.page.get_by_role("alert")).to_contain_text(
-            "1 row(s) of the CSV refused, listed below; its other 1 recipients were added.")
+            "1 row of the CSV was refused, listed below; its other recipient was added.")
         expect(ui.page.locator("p.meta")).to_contain_text("· 1 recipients")
         ui.a11y()
         ui.shot("campaign-csv-errors")

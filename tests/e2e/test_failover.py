@@ -30,6 +30,7 @@ import pytest
 
 from devtools.processes import Proc, Sendout, free_port
 from tests.e2e.conftest import wait_for_completion
+from tests.e2e.helpers import sms_campaign
 
 pytestmark = pytest.mark.e2e
 
@@ -85,14 +86,7 @@ def _phones(n: int) -> list[str]:
 
 
 def _start(http: httpx.Client, sendout: Sendout, phones: list[str]) -> str:
-    r = http.post(f"{sendout.scheduler}/campaigns", json={
-        "name": "Failover", "channels": ["sms"], "template": "Vote, {{ first_name }}",
-        "sender": {"name": "Office", "sms_sender_id": "Office"}})
-    assert r.status_code == 201, r.text
-    cid = str(r.json()["id"])
-    body = "phone,first_name\n" + "".join(f"{p},V{i}\n" for i, p in enumerate(phones))
-    http.post(f"{sendout.scheduler}/campaigns/{cid}/recipients.csv", content=body.encode(),
-              headers={"content-type": "text/csv"}).raise_for_status()
+    cid = sms_campaign(http, sendout, phones, name="Failover")
     http.post(f"{sendout.scheduler}/campaigns/{cid}/send-now").raise_for_status()
     return cid
 
@@ -120,6 +114,15 @@ def _acceptances(http: httpx.Client, fake: str, phones: list[str]) -> list[tuple
         if len(requests) < 10_000:
             return out
         offset += len(requests)
+
+
+def _all_sent(http: httpx.Client, sendout: Sendout, chain: Chain, cid: str,
+              phones: list[str]) -> tuple[list[tuple[float, str]], list[tuple[float, str]]]:
+    """Once the campaign completed with every message sent: what the primary and what the
+    secondary accepted."""
+    final = wait_for_completion(http, sendout.tracker, cid, timeout=240)
+    assert (final["completed"], final["failed"]) == (len(phones), 0)
+    return _acceptances(http, chain.twilio, phones), _acceptances(http, chain.http, phones)
 
 
 def _outage(http: httpx.Client, chain: Chain, mode: str | None) -> float:
@@ -178,10 +181,7 @@ def test_traffic_returns_to_a_primary_that_recovers(
         _wait_completed(http, sendout, cid, 10 * RATE)
     finally:
         up = _outage(http, chain, None)
-    final = wait_for_completion(http, sendout.tracker, cid, timeout=240)
-    assert (final["completed"], final["failed"]) == (len(phones), 0)
-    primary = _acceptances(http, chain.twilio, phones)
-    secondary = _acceptances(http, chain.http, phones)
+    primary, secondary = _all_sent(http, sendout, chain, cid, phones)
     back = min((at for at, _ in primary), default=float("inf"))
     settled = up + pause + 2  # the pause that began last before recovery is over by then
     after = [(at, "primary") for at, _ in primary if at >= settled] + \
@@ -211,10 +211,7 @@ def test_a_primary_that_stops_answering_keeps_only_the_messages_in_doubt(
         at_up = http.get(f"{sendout.tracker}/campaigns/{cid}/progress").json()
     finally:
         up = _outage(http, chain, None)
-    final = wait_for_completion(http, sendout.tracker, cid, timeout=240)
-    assert (final["completed"], final["failed"]) == (len(phones), 0)
-    primary = _acceptances(http, chain.twilio, phones)
-    secondary = _acceptances(http, chain.http, phones)
+    primary, secondary = _all_sent(http, sendout, chain, cid, phones)
     before = sum(1 for at, _ in primary if at < down)
     remaining = len(phones) - before
     kept = sorted(at for at, _ in primary if at >= down)

@@ -20,20 +20,9 @@ import pytest
 from devtools.processes import Sendout
 from services.tracker.receipts_domain import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from tests.e2e.conftest import wait_for_completion
+from tests.e2e.helpers import sms_campaign
 
 pytestmark = pytest.mark.e2e
-
-
-def _sms_campaign(http: httpx.Client, sendout: Sendout, phones: list[str]) -> str:
-    r = http.post(f"{sendout.scheduler}/campaigns", json={
-        "name": "SMS receipts", "channels": ["sms"], "template": "Vote, {{ first_name }}",
-        "sender": {"name": "Office", "sms_sender_id": "Office"}})
-    assert r.status_code == 201, r.text
-    cid = str(r.json()["id"])
-    body = "phone,first_name\n" + "".join(f"{p},V{i}\n" for i, p in enumerate(phones))
-    http.post(f"{sendout.scheduler}/campaigns/{cid}/recipients.csv", content=body.encode(),
-              headers={"content-type": "text/csv"}).raise_for_status()
-    return cid
 
 
 def _wait_for_receipts(http: httpx.Client, tracker: str, cid: str,
@@ -55,7 +44,7 @@ def test_sms_receipts_split_completed_into_delivered_and_not_delivered_and_the_r
     phones = [f"{series}{i:04d}" for i in range(30)]
     landlines = {p for i, p in enumerate(phones) if i % 3 == 0}
     pattern = "^(" + "|".join(re.escape(p) for p in sorted(landlines)) + ")$"
-    cid = _sms_campaign(http, sendout, phones)
+    cid = sms_campaign(http, sendout, phones, name="SMS receipts")
     http.post(f"{sendout.provider}/config", json={
         "not_delivered_pattern": pattern, "not_delivered_reason": "landline"}
     ).raise_for_status()

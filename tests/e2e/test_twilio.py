@@ -24,6 +24,7 @@ import pytest
 from devtools.processes import Proc, Sendout, free_port
 from shared import twilio
 from tests.e2e.conftest import ADMIN_TOKEN, wait_for_completion
+from tests.e2e.helpers import sms_campaign
 
 pytestmark = pytest.mark.e2e
 
@@ -72,20 +73,8 @@ def twilio_setup(sendout: Sendout) -> Iterator[TwilioSetup]:
         procs.wait_healthy()
 
 
-def _sms_campaign(http: httpx.Client, sendout: Sendout, phones: list[str]) -> str:
-    r = http.post(f"{sendout.scheduler}/campaigns", json={
-        "name": "Twilio", "channels": ["sms"], "template": "Vote, {{ first_name }}",
-        "sender": {"name": "Office", "sms_sender_id": "Office"}})
-    assert r.status_code == 201, r.text
-    cid = str(r.json()["id"])
-    body = "phone,first_name\n" + "".join(f"{p},V{i}\n" for i, p in enumerate(phones))
-    http.post(f"{sendout.scheduler}/campaigns/{cid}/recipients.csv", content=body.encode(),
-              headers={"content-type": "text/csv"}).raise_for_status()
-    return cid
-
-
 def _send(http: httpx.Client, sendout: Sendout, phones: list[str]) -> tuple[str, dict[str, Any]]:
-    cid = _sms_campaign(http, sendout, phones)
+    cid = sms_campaign(http, sendout, phones, name="Twilio")
     http.post(f"{sendout.scheduler}/campaigns/{cid}/send-now").raise_for_status()
     return cid, wait_for_completion(http, sendout.tracker, cid)
 

@@ -15,7 +15,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from services.console import app as console_app
-from services.console.app import local_iso, preview, progress_state, shown_state
+from services.console.app import (
+    csv_partly_added,
+    local_iso,
+    preview,
+    progress_state,
+    shown_state,
+)
 from services.console.sessions import FailedSignIns, SessionStore
 from services.console.settings import ConsoleSettings
 from services.scheduler.passwords import FailureLimiter, hash_password, verify
@@ -278,3 +284,12 @@ def test_peer_to_peer_lists_follow_the_shown_state(
     apis.progress = _progress("completed", 0)
     assert "Polls open" not in client.get("/p2p").text
     assert "Polls open" in client.get("/p2p/completed").text
+
+
+def test_a_partly_refused_csv_is_reported_in_words_for_one_and_for_many() -> None:
+    assert csv_partly_added(1, 1) == (
+        "1 row of the CSV was refused, listed below; its other recipient was added.")
+    assert csv_partly_added(3, 12) == (
+        "3 rows of the CSV were refused, listed below; its other 12 recipients were added.")
+    assert csv_partly_added(2, 0) == (
+        "2 rows of the CSV were refused, listed below; none of its other rows was added.")

@@ -22,7 +22,15 @@ from shared.events import (
     ErasedRecipient,
     RecipientsErased,
 )
-from shared.kafka import decode_records
+from shared.kafka import (
+    bulk_producer,
+    decode_records,
+    key_partitioner,
+    make_broker,
+    publish_raw,
+    raw_body,
+    records_of,
+)
 from tests.factories import send_requested
 
 
@@ -183,3 +191,35 @@ def test_each_services_erasure_consumer_has_its_own_group_and_sql() -> None:
     groups = {sub.group_id for module in (tracker_erasure, dispatcher_erasure)
               for sub in module.kafka_router(pool).subscribers}
     assert groups == {"sendout-tracker-erasures", "sendout-dispatcher-erasures"}
+
+
+def test_a_key_goes_to_the_partition_kafkas_default_partitioner_picks() -> None:
+    import random
+
+    from aiokafka.partitioner import DefaultPartitioner
+
+    rng = random.Random(17)
+    keys = [rng.randbytes(rng.randrange(0, 40)) for _ in range(2_000)]
+    for count in (1, 3, 12, 50):
+        partitions = list(range(count))
+        partition_of = key_partitioner(set(partitions))
+        assert [partition_of(k) for k in keys] == [
+            DefaultPartitioner()(k, partitions, partitions) for k in keys]
+        assert {partition_of(None) for _ in range(200)} <= set(partitions)
+
+
+async def test_publish_raw_goes_through_the_publisher_in_the_memory_broker() -> None:
+    broker = make_broker("localhost:9092", client_id="memory")
+    publisher = broker.publisher("bulk")
+    got: list[tuple[bytes | None, bytes]] = []
+
+    @broker.subscriber("bulk", decoder=raw_body)
+    async def receive(msg: KafkaMessage) -> None:
+        (record,) = records_of(msg)
+        got.append((record.key or None, record.value))  # the fake makes no key b""
+
+    async with TestKafkaBroker(broker):
+        assert bulk_producer(publisher) is None
+        await publish_raw(publisher, [(b"k1", b"one"), (None, b"two"), (b"k1", b"three")])
+
+    assert got == [(b"k1", b"one"), (None, b"two"), (b"k1", b"three")]
