@@ -444,8 +444,10 @@ async def group_instances(admin: AIOKafkaAdminClient, group_id: str) -> set[str]
 # Bounded redelivery ---------------------------------------------------------------------------
 
 class Redeliver(Exception):
-    """Raised by a batch's processing to have the batch redelivered for a reason that is not
-    the records' (counted as transient: never dead-lettered)."""
+    """Raised by a batch's processing to have the batch redelivered, deliberately, for a reason
+    that is not the records' (a stopping consumer leaving the rest of its batch, an attempt
+    taking its batch back): never dead-lettered, not counted as a failure, no pause, and no
+    warning of unavailable infrastructure."""
 
 
 _TRANSIENT: tuple[type[BaseException], ...] = (
@@ -650,6 +652,10 @@ async def _process_bounded(
             [*bad, *(BadRecord(item[0], error_text(exc), attempts) for item, exc in failed)],
             service=service,
         )
+    except Redeliver as exc:
+        REDELIVERIES.labels(service, topic, "deliberate").inc()
+        log.info("batch redelivered: %s", exc, extra={"topic": topic})
+        raise
     except Exception as exc:
         if is_transient(exc):
             failures = _FAILURES.failed(starts, transient=True).transient

@@ -34,7 +34,8 @@ DEAD_LETTERS = Counter(
 REDELIVERIES = Counter(
     "sendout_redeliveries_total",
     "Batches rewound to be processed again, by topic and cause (transient: infrastructure "
-    "unavailable, retried without limit; error: any other, counted towards the DLQ)",
+    "unavailable, retried without limit; error: any other, counted towards the DLQ; "
+    "deliberate: left by a stopping consumer or taken back after a takeover)",
     ["service", "topic", "cause"],
 )
 BATCH_SECONDS = Histogram(

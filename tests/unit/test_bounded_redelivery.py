@@ -4,7 +4,9 @@ stands for FastStream rewinding the batch and delivering it again."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -289,3 +291,24 @@ async def test_bisection_processes_the_parts_that_succeed_in_offset_order() -> N
     order = [n for part in succeeded for n in part]
     assert order == [0, 1, 2, 4, 5, 6, 7, 10, 11, 13, 14, 15]
     assert sorted(json.loads(v)["n"] for v, *_ in broker.published) == [3, 12]
+
+
+async def test_a_deliberate_redelivery_is_neither_a_failure_nor_paused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`Redeliver` (a stopping dispatcher leaving its batch): rewound at once, without the
+    infrastructure warning or its pause, and not counted towards the batch's failures."""
+    slow = Backoff(first_transient=30, first_error=30, cap=30)
+    handler = Handler(outages=3, outage=kafka.Redeliver("stopping"))
+    message, broker = _batch(1, 2), FakeBroker()
+    for _ in range(3):
+        with pytest.raises(kafka.Redeliver):
+            await asyncio.wait_for(
+                process_bounded(message, broker, _decode, handler, service="test",  # type: ignore[arg-type]
+                                max_attempts=1, backoff=slow),
+                timeout=5)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    await process_bounded(message, broker, _decode, handler, service="test",  # type: ignore[arg-type]
+                          max_attempts=1, backoff=slow)
+    assert handler.done == [1, 2] and broker.published == []
+    assert kafka._FAILURES.of(kafka._starts("test", message.raw_message)).errors == 0
