@@ -138,6 +138,8 @@ def kafka_router(
         async def send(good: Sequence[tuple[ConsumerRecord[Any, Any], Any]]) -> None:
             # Outcomes are recorded and acknowledged by Kafka before this returns and the
             # offsets commit.
+            if dispatcher.stopping:  # a batch fetched again after one was left: not begun
+                raise Redeliver("stopping: the batch is left to the partition's next owner")
             spans = spans_of([record for record, _ in good])
             partitions = [p for p, _, _ in spans]
             if not in_flight.owns(partitions):
