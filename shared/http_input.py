@@ -170,17 +170,10 @@ class InputGuard:
             return
         limit = self.limit_for(method, scope["path"])
         headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
-        if declared is not None:
-            try:
-                too_big = int(declared) > limit.max_bytes
-            except ValueError:
-                await JSONResponse({"detail": "Content-Length must be a number"},
-                                   status_code=400)(scope, receive, send)
-                return
-            if too_big:
-                await _too_large(limit.max_bytes)(scope, receive, send)
-                return
+        refusal = _declared_length_refusal(headers.get(b"content-length"), limit)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
         if limit.authenticate_first and self.authenticate and not await self.authenticate(scope):
             await JSONResponse({"detail": "an API token is required: Authorization: Bearer "
                                           "<token> (checked before the body is read)"},
@@ -189,6 +182,17 @@ class InputGuard:
             return
         is_json = headers.get(b"content-type", b"").split(b";")[0].strip() == b"application/json"
         await self.app(scope, _guarded(receive, limit.max_bytes, check_json=is_json), send)
+
+
+def _declared_length_refusal(declared: bytes | None, limit: BodyLimit) -> JSONResponse | None:
+    """The answer to a Content-Length that is no number or over the limit; None: go on."""
+    if declared is None:
+        return None
+    try:
+        too_big = int(declared) > limit.max_bytes
+    except ValueError:
+        return JSONResponse({"detail": "Content-Length must be a number"}, status_code=400)
+    return _too_large(limit.max_bytes) if too_big else None
 
 
 def _guarded(receive: Receive, limit: int, *, check_json: bool) -> Receive:

@@ -95,6 +95,25 @@ def install(
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+def _error_codes(
+    path: str, method: str, op: Mapping[str, Any], conflicts: Predicate, signed: frozenset[str],
+    extra: Mapping[tuple[str, str], Mapping[int, str]],
+) -> dict[int, str]:
+    """The error statuses an operation can answer, each with the schema of its body."""
+    codes: dict[int, str] = {422: "Invalid"}
+    if (op.get("security") or path.startswith("/admin/") or path in signed):
+        codes[401] = "Error"
+    if "{" in path or path.startswith("/admin/"):
+        codes[404] = "Error"
+    if conflicts(method.upper(), path):
+        codes[409] = "Conflict"
+    if method in _BODY_METHODS:
+        codes[413] = "Error"
+    for code in extra.get((method.upper(), path), {}):
+        codes.setdefault(code, "Error")
+    return codes
+
+
 def _complete(
     schema: dict[str, Any], conflicts: Predicate, signed: frozenset[str],
     extra: Mapping[tuple[str, str], Mapping[int, str]],
@@ -109,17 +128,7 @@ def _complete(
 
     for path, operations in schema.get("paths", {}).items():
         for method, op in operations.items():
-            codes: dict[int, str] = {422: "Invalid"}
-            if (op.get("security") or path.startswith("/admin/") or path in signed):
-                codes[401] = "Error"
-            if "{" in path or path.startswith("/admin/"):
-                codes[404] = "Error"
-            if conflicts(method.upper(), path):
-                codes[409] = "Conflict"
-            if method in _BODY_METHODS:
-                codes[413] = "Error"
-            for code in extra.get((method.upper(), path), {}):
-                codes.setdefault(code, "Error")
+            codes = _error_codes(path, method, op, conflicts, signed, extra)
             responses = op.setdefault("responses", {})
             for code, body_name in sorted(codes.items()):
                 words = extra.get((method.upper(), path), {}).get(code, _WORDS[code])

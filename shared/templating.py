@@ -216,13 +216,17 @@ _PERCENT_SPEC = re.compile(
     r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?[hlL]?([diouxXeEfFgGcrsa%])")
 
 
-def _check_percent_format(fmt: str, args: Any) -> None:
+def _check_percent_widths(fmt: str) -> None:
     for width, precision, _conversion in _PERCENT_SPEC.findall(fmt):
         for number in (width, precision):
             if number == "*":
                 raise TemplateProblem("'*' widths in % formatting are not supported")
             if number and (len(number) > 9 or int(number) > _max_chars()):
                 raise TemplateProblem(f"a % format width of {number} is too wide")
+
+
+def _check_percent_format(fmt: str, args: Any) -> None:
+    _check_percent_widths(fmt)
     values = args.values() if isinstance(args, Mapping) else args if isinstance(
         args, tuple) else (args,)
     for value in values:
@@ -326,19 +330,38 @@ def _replaced_length(text: str, old: Any, new: Any, count: Any = -1) -> int:
     return len(text) + hits * (len(new) - len(old))
 
 
-def _check_str_method(text: str, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    if name in ("center", "ljust", "rjust", "zfill"):
-        width = args[0] if args else kwargs.get("width", 0)
-        if isinstance(width, int):
-            _refuse_longer(width, f"{name}()")
-    elif name == "replace" and len(args) >= 2:
+def _check_padding(text: str, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    width = args[0] if args else kwargs.get("width", 0)
+    if isinstance(width, int):
+        _refuse_longer(width, f"{name}()")
+
+
+def _check_replace(text: str, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    if len(args) >= 2:
         _refuse_longer(_replaced_length(text, *args[:3]), "replace()")
-    elif name == "join" and args:
-        items = args[0]
-        if isinstance(items, list | tuple):
-            _charge(len(items))
-            _refuse_longer(sum(len(i) for i in items if isinstance(i, str))
-                           + len(text) * max(len(items) - 1, 0), "join()")
+
+
+def _check_join(text: str, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    if not args:
+        return
+    items = args[0]
+    if isinstance(items, list | tuple):
+        _charge(len(items))
+        _refuse_longer(sum(len(i) for i in items if isinstance(i, str))
+                       + len(text) * max(len(items) - 1, 0), "join()")
+
+
+# The str methods whose result can outgrow the limits, and the check of each.
+_STR_METHOD_CHECKS: dict[str, Callable[[str, str, tuple[Any, ...], dict[str, Any]], None]] = {
+    "center": _check_padding, "ljust": _check_padding, "rjust": _check_padding,
+    "zfill": _check_padding, "replace": _check_replace, "join": _check_join,
+}
+
+
+def _check_str_method(text: str, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    check = _STR_METHOD_CHECKS.get(name)
+    if check is not None:
+        check(text, name, args, kwargs)
 
 
 # --- filters -----------------------------------------------------------------------------------
@@ -347,49 +370,59 @@ def _width(width: Any) -> int:
     return width if isinstance(width, int) else len(str(width))
 
 
+def _filter_text(value: Any, *_: Any, **__: Any) -> None:
+    _text_like(value, "the filter")
+
+
+def _filter_center(value: Any, width: Any = 80) -> None:
+    _filter_text(value)
+    _refuse_longer(_width(width), "center")
+
+
+def _filter_indent(value: Any, width: Any = 4, *_: Any, **__: Any) -> None:
+    _filter_text(value)
+    lines = str(value).count("\n") + 1
+    _refuse_longer(len(str(value)) + lines * _width(width), "indent")
+
+
+def _filter_wordwrap(value: Any, width: int = 79, break_long_words: bool = True,
+                     wrapstring: str | None = None, *_: Any, **__: Any) -> None:
+    _filter_text(value)
+    breaks = len(str(value)) // max(width if isinstance(width, int) else 1, 1) + 1
+    _refuse_longer(len(str(value)) + breaks * len(wrapstring or "\n"), "wordwrap")
+
+
+def _filter_replace(value: Any, old: Any = "", new: Any = "", count: Any = None) -> None:
+    for part in (value, old, new):
+        _filter_text(part)
+    _refuse_longer(_replaced_length(str(value), old, new,
+                                    -1 if count is None else count), "replace")
+
+
+def _filter_format(value: Any, *args: Any, **kwargs: Any) -> None:
+    _filter_text(value)
+    _check_percent_format(str(value), kwargs if kwargs else args)
+
+
+def _filter_counted(value: Any, count: Any = 1, *_: Any, **__: Any) -> None:
+    if isinstance(count, int) and count > MAX_RANGE:
+        raise TemplateProblem(f"a count of {count} is too large")
+
+
+def _filter_total(value: Any, attribute: Any = None, start: Any = 0) -> None:
+    if not isinstance(start, _NUMBERS):
+        raise TemplateProblem("sum() adds numbers only")
+
+
 def _filter_checks() -> dict[str, Callable[..., None]]:
-    def text(value: Any, *_: Any, **__: Any) -> None:
-        _text_like(value, "the filter")
-
-    def center(value: Any, width: Any = 80) -> None:
-        text(value)
-        _refuse_longer(_width(width), "center")
-
-    def indent(value: Any, width: Any = 4, *_: Any, **__: Any) -> None:
-        text(value)
-        lines = str(value).count("\n") + 1
-        _refuse_longer(len(str(value)) + lines * _width(width), "indent")
-
-    def wordwrap(value: Any, width: int = 79, break_long_words: bool = True,
-                 wrapstring: str | None = None, *_: Any, **__: Any) -> None:
-        text(value)
-        breaks = len(str(value)) // max(width if isinstance(width, int) else 1, 1) + 1
-        _refuse_longer(len(str(value)) + breaks * len(wrapstring or "\n"), "wordwrap")
-
-    def replace(value: Any, old: Any = "", new: Any = "", count: Any = None) -> None:
-        for part in (value, old, new):
-            text(part)
-        _refuse_longer(_replaced_length(str(value), old, new,
-                                        -1 if count is None else count), "replace")
-
-    def format_(value: Any, *args: Any, **kwargs: Any) -> None:
-        text(value)
-        _check_percent_format(str(value), kwargs if kwargs else args)
-
-    def counted(value: Any, count: Any = 1, *_: Any, **__: Any) -> None:
-        if isinstance(count, int) and count > MAX_RANGE:
-            raise TemplateProblem(f"a count of {count} is too large")
-
-    def total(value: Any, attribute: Any = None, start: Any = 0) -> None:
-        if not isinstance(start, _NUMBERS):
-            raise TemplateProblem("sum() adds numbers only")
-
+    text = _filter_text
     return {
         "capitalize": text, "e": text, "escape": text, "forceescape": text, "lower": text,
         "safe": text, "string": text, "striptags": text, "title": text, "trim": text,
         "truncate": text, "upper": text, "urlize": text, "wordcount": text,
-        "center": center, "indent": indent, "wordwrap": wordwrap, "replace": replace,
-        "format": format_, "batch": counted, "slice": counted, "sum": total,
+        "center": _filter_center, "indent": _filter_indent, "wordwrap": _filter_wordwrap,
+        "replace": _filter_replace, "format": _filter_format, "batch": _filter_counted,
+        "slice": _filter_counted, "sum": _filter_total,
     }
 
 

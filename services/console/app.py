@@ -143,7 +143,8 @@ def user_tz(request: Request) -> str:
     return name
 
 
-def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
+# complexity: the routes are closures over its settings and clients, counted in it; each is small
+def create_app(settings: ConsoleSettings | None = None) -> FastAPI:  # noqa: C901
     settings = settings or ConsoleSettings()
     store = SessionStore(settings.session_idle_minutes * 60)
     failed_sign_ins = FailedSignIns()
@@ -339,10 +340,7 @@ def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
         rows = await with_shown_states(session, (await call(session, "GET", "/campaigns"))
                                        ["campaigns"])
         counts = {s: sum(1 for c in rows if c["state"] == s) for s in STATES}
-        shown = [c for c in rows if state is None or c["state"] == state]
-        # All states on one page: the most recent of each; a state's tab lists all of them.
-        per_state = None if state else ALL_VIEW_PER_STATE
-        by_state = {s: [c for c in shown if c["state"] == s][:per_state] for s in STATES}
+        by_state = campaigns_by_state(rows, state)
         return page(request, "campaigns.html", session, state=state, counts=counts,
                     by_state=by_state, total=len(rows), states=STATES)
 
@@ -521,6 +519,23 @@ def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
             "Not every dispatcher answered in time; the counters show what was sent."))
         return back(f"/campaigns/{cid}")
 
+    async def poll_progress(
+        session: Session, cid: uuid.UUID, p2p: int, state: str, last: Any
+    ) -> tuple[Any, str]:
+        """The progress now, with a peer-to-peer campaign's processed count and state; the last
+        one while the tracker does not answer. ApiError or SignedOut: the stream ends."""
+        try:
+            progress = await progress_of(session, str(cid))
+            if p2p and progress is not None:
+                c = await api.call(session.token, "scheduler", "GET", f"/campaigns/{cid}")
+                progress["processed"] = c["processed"]
+                state = c["state"]
+        except (ApiError, SignedOut):
+            raise
+        except Exception:  # the tracker restarting: keep the page, try again
+            progress = last
+        return progress, state
+
     async def progress_events(
         request: Request, session: Session, cid: uuid.UUID, p2p: int, state: str
     ) -> AsyncIterator[bytes]:
@@ -534,15 +549,9 @@ def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
         while (not await request.is_disconnected()
                and asyncio.get_running_loop().time() < ends):
             try:
-                progress = await progress_of(session, str(cid))
-                if p2p and progress is not None:
-                    c = await api.call(session.token, "scheduler", "GET", f"/campaigns/{cid}")
-                    progress["processed"] = c["processed"]
-                    state = c["state"]
+                progress, state = await poll_progress(session, cid, p2p, state, last)
             except (ApiError, SignedOut):
                 break
-            except Exception:  # the tracker restarting: keep the page, try again
-                progress = last
             if progress is not None and progress != last:
                 last = progress
                 quiet = 0.0
@@ -848,6 +857,17 @@ def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
     return app
 
 
+def campaigns_by_state(
+    rows: list[dict[str, Any]], state: str | None
+) -> dict[str, list[dict[str, Any]]]:
+    """The campaigns listed under each state: the one `state`'s, or (None) the most recent of
+    every state."""
+    shown = [c for c in rows if state is None or c["state"] == state]
+    # All states on one page: the most recent of each; a state's tab lists all of them.
+    per_state = None if state else ALL_VIEW_PER_STATE
+    return {s: [c for c in shown if c["state"] == s][:per_state] for s in STATES}
+
+
 def campaign_form(form: FormData) -> tuple[dict[str, Any], list[str], list[str]]:
     """The new-campaign form as the scheduler's request body, the lists it targets, and what
     is missing from it (sentences for the page)."""
@@ -857,13 +877,18 @@ def campaign_form(form: FormData) -> tuple[dict[str, Any], list[str], list[str]]
             "channels": channels, "sender_id": form.get("sender_id") or None,
             "template_id": form.get("template_id") or None}
     list_ids = [str(x) for x in form.getlist("list_ids") if x]
+    return body, list_ids, _missing_from(body)
+
+
+def _missing_from(body: dict[str, Any]) -> list[str]:
+    """What the new-campaign form lacks, as sentences for the page."""
     errors: list[str] = []
     if not body["name"]:
         errors.append("Give the campaign a name.")
-    if not channels:
+    if not body["channels"]:
         errors.append("Choose at least one channel (email or SMS).")
     if not body["sender_id"]:
         errors.append("Choose a sender.")
     if not body["template_id"]:
         errors.append("Choose a template.")
-    return body, list_ids, errors
+    return errors

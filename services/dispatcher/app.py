@@ -42,14 +42,18 @@ CHANNEL_PROVIDERS: dict[Channel, frozenset[str]] = {
 }
 
 
-def provider_chain(settings: DispatcherSettings, channel: Channel) -> list[str]:
-    """The providers of a channel, first choice first (one, unless a chain is set)."""
+def _chain_names(settings: DispatcherSettings, channel: Channel) -> list[str]:
+    """The names set for a channel's chain, or its one provider's name."""
     chain = settings.email_providers if channel == "email" else settings.sms_providers
     if chain.strip():
-        names = [n.strip() for n in chain.split(",") if n.strip()]
-    else:
-        single = settings.email_provider if channel == "email" else settings.sms_provider
-        names = [settings.provider or single]
+        return [n.strip() for n in chain.split(",") if n.strip()]
+    single = settings.email_provider if channel == "email" else settings.sms_provider
+    return [settings.provider or single]
+
+
+def provider_chain(settings: DispatcherSettings, channel: Channel) -> list[str]:
+    """The providers of a channel, first choice first (one, unless a chain is set)."""
+    names = _chain_names(settings, channel)
     unknown = [n for n in names if n not in CHANNEL_PROVIDERS[channel]]
     if unknown:
         raise ValueError(f"{channel} providers: {unknown} unknown; one of "

@@ -185,15 +185,11 @@ class FailoverProvider:
                 try:
                     provider_id = await self.members[index].send(message)
                 except RetryableProviderError as exc:
-                    self._health[index].failed(self._clock(), probe=on_probe,
-                                               in_doubt=exc.in_doubt)
+                    in_doubt = self._failed(key, index, exc, on_probe=on_probe, pinned=pinned)
                     if on_probe:
                         probe = None
-                    if exc.in_doubt or pinned:  # it may have the message: stays in doubt
-                        self._pin(key, index)
-                        raise RetryableProviderError(mark(self.names[index], exc),
-                                                     retry_after=exc.retry_after,
-                                                     in_doubt=True) from exc
+                    if in_doubt is not None:
+                        raise in_doubt from exc
                     last, last_name = exc, self.names[index]
                     continue
                 except PermanentProviderError:
@@ -215,11 +211,18 @@ class FailoverProvider:
         finally:
             if probe is not None:  # the trial ended without an answer (cancelled, a bug):
                 self._health[probe].probing = False  # the next message is the trial
-        assert last is not None
-        raise RetryableProviderError(
-            f"every provider of the chain failed; last ({last_name}): {last}"[:500],
-            retry_after=last.retry_after,
-        ) from last
+        raise _chain_failed(last, last_name) from last
+
+    def _failed(self, key: str, index: int, exc: RetryableProviderError, *, on_probe: bool,
+                pinned: bool) -> RetryableProviderError | None:
+        """Record a member's retryable failure; the error that ends the message when the member
+        may have it (None: the next member is tried)."""
+        self._health[index].failed(self._clock(), probe=on_probe, in_doubt=exc.in_doubt)
+        if exc.in_doubt or pinned:  # it may have the message: stays in doubt
+            self._pin(key, index)
+            return RetryableProviderError(mark(self.names[index], exc),
+                                          retry_after=exc.retry_after, in_doubt=True)
+        return None
 
     def _pin(self, key: str, index: int) -> None:
         self._pins[key] = index
@@ -230,3 +233,11 @@ class FailoverProvider:
     async def close(self) -> None:
         """The members are closed by their owner (one provider may serve several chains)."""
         return None
+
+
+def _chain_failed(last: RetryableProviderError | None, last_name: str) -> RetryableProviderError:
+    assert last is not None
+    return RetryableProviderError(
+        f"every provider of the chain failed; last ({last_name}): {last}"[:500],
+        retry_after=last.retry_after,
+    )

@@ -111,7 +111,8 @@ def spans_of(records: Sequence[ConsumerRecord[Any, Any]]) -> list[tuple[int, int
     return [(p, low, high) for p, (low, high) in spans.items()]
 
 
-def kafka_router(
+# complexity: the subscribers are closures over its dependencies, counted in it; each is small
+def kafka_router(  # noqa: C901
     pool: asyncpg.Pool,
     dispatcher: Dispatcher,
     aborts: AbortRegistry,

@@ -114,7 +114,8 @@ def _parse_one(
         raise HttpError(f"malformed response: {exc}") from exc
 
 
-def _parse_from(
+# complexity: the HTTP/1.1 response parser: one pass over the bytes (docs/benchmarks.md)
+def _parse_from(  # noqa: C901
     buffer: bytearray, offset: int, *, at_eof: bool
 ) -> tuple[Response, bool, int] | None:
     end = buffer.find(b"\r\n\r\n", offset)
@@ -204,6 +205,7 @@ class Http11Pool:
             self._slots.put_nowait(None)
         self._loop: asyncio.AbstractEventLoop | None = None
 
+    # complexity: the per-call connection, timer and reuse handling, inline (docs/benchmarks.md)
     async def request(self, data: bytes, within: float | None = None) -> Response:
         """Send one whole request (bytes as built by the caller); its response, within
         `within` seconds (waiting for a connection included), else `TimeoutError`.

@@ -142,6 +142,21 @@ class AdaptiveLimiter:
             self._peak_at = now
         self._count_hung(now)
         self.in_flight -= 1
+        self._end_start(started)
+        latency = now - started
+        if timed_out:
+            measured = False
+        if measured or timed_out:
+            self._timeouts = 0.98 * self._timeouts + (0.02 if timed_out else 0.0)
+        if measured and not overloaded:
+            self._observe(now, latency)
+        self._adapt(now, overloaded=overloaded, measured=measured, timed_out=timed_out,
+                    used=used)
+        self._wake()
+
+    def _end_start(self, started: float) -> None:
+        """A call that started at `started` ended: out of the hung count if it was hung, else
+        noted as ended for `_count_hung`."""
         hung = self._hung_starts.get(started)
         if hung:
             if hung == 1:
@@ -151,13 +166,11 @@ class AdaptiveLimiter:
             self.hung -= 1
         else:
             self._ended[started] = self._ended.get(started, 0) + 1
-        latency = now - started
-        if timed_out:
-            measured = False
-        if measured or timed_out:
-            self._timeouts = 0.98 * self._timeouts + (0.02 if timed_out else 0.0)
-        if measured and not overloaded:
-            self._observe(now, latency)
+
+    def _adapt(self, now: float, *, overloaded: bool, measured: bool, timed_out: bool,
+               used: bool) -> None:
+        """Back off on overload, slowness or many timeouts (at most once per round trip);
+        otherwise grow by one per measured call while the limit is used."""
         # Latency judged on its moving average, with some slack: a busy event loop delays
         # single answers by a few milliseconds without the provider being any slower.
         slow = measured and self._smoothed > self._tolerance * self.baseline + self._slack
@@ -168,7 +181,6 @@ class AdaptiveLimiter:
                 self.limit = max(float(self.minimum), self.limit * self._backoff)
         elif measured and used:
             self.limit = min(float(self.maximum), self.limit + 1.0)
-        self._wake()
 
     def _count_hung(self, now: float) -> None:
         """Move the calls in flight for longer than `hung_after` out of the limit's count."""

@@ -276,14 +276,10 @@ class SmtpProvider:
             if client is not None:
                 client.close()
             client = None
-            if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
-                refused = exc.recipients[0]
-                raise _smtp_error(refused.code, refused.message) from exc
-            if isinstance(exc, aiosmtplib.SMTPResponseException):
-                raise _smtp_error(exc.code, exc.message) from exc
-            if isinstance(exc, (aiosmtplib.SMTPException, OSError, TimeoutError)):
-                raise RetryableProviderError(f"SMTP {type(exc).__name__}: {exc}") from exc
-            raise
+            failure = _smtp_failure(exc)
+            if failure is None:
+                raise
+            raise failure from exc
         finally:
             self._idle.put_nowait(client)
         if errors:
@@ -297,6 +293,18 @@ class SmtpProvider:
             if client is not None and client.is_connected:
                 with contextlib.suppress(aiosmtplib.SMTPException, OSError):
                     await client.quit()
+
+
+def _smtp_failure(exc: BaseException) -> ProviderError | None:
+    """The provider error an SMTP session's exception means; None: not an SMTP failure."""
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
+        refused = exc.recipients[0]
+        return _smtp_error(refused.code, refused.message)
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return _smtp_error(exc.code, exc.message)
+    if isinstance(exc, (aiosmtplib.SMTPException, OSError, TimeoutError)):
+        return RetryableProviderError(f"SMTP {type(exc).__name__}: {exc}")
+    return None
 
 
 def _email(message: OutgoingMessage) -> EmailMessage:

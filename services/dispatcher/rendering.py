@@ -189,7 +189,7 @@ class _Worker:
         process = self._process
         if process is None:
             reason = "the renderer is closed" if self.closed else "no worker could start"
-            return [TemplateProblem(f"rendering failed ({reason})") for _ in job.variables]
+            return _each_failed(job, f"rendering failed ({reason})")
         assert process.stdin is not None and process.stdout is not None
         try:
             data = _frame((job.template, job.variables))
@@ -207,12 +207,11 @@ class _Worker:
             reason = "rendering failed (the worker stopped)"
             log.warning("render worker stopped: %s", type(exc).__name__)
         if self.closed:
-            return [TemplateProblem("rendering failed (the renderer is closed)")
-                    for _ in job.variables]
+            return _each_failed(job, "rendering failed (the renderer is closed)")
         log.warning("render worker replaced: %s for %d messages", reason, len(job.variables))
         self._kill()
         self.replaced += 1  # its successor starts with the next batch
-        return [TemplateProblem(reason) for _ in job.variables]
+        return _each_failed(job, reason)
 
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
@@ -234,6 +233,11 @@ class _Worker:
         for pipe in (process.stdin, process.stdout):
             if pipe is not None:
                 pipe.close()
+
+
+def _each_failed(job: _Job, reason: str) -> list[str | TemplateProblem]:
+    """The same problem for every message of the job."""
+    return [TemplateProblem(reason) for _ in job.variables]
 
 
 _PROJECT_ROOT = str(Path(__file__).resolve().parents[2])

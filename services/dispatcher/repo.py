@@ -120,6 +120,7 @@ async def settled(
     return settled_found
 
 
+# complexity: the per-batch dedupe look-up, its per-row filters inline (docs/benchmarks.md)
 async def seen_before(
     conn: db.Conn, requests: Sequence[Request]
 ) -> tuple[dict[tuple[uuid.UUID, int, str], Outcome], set[Key]]:
@@ -313,6 +314,7 @@ class Step(NamedTuple):
     superseded: bool
 
 
+# complexity: one round trip per step: every outcome's columns built inline (docs/benchmarks.md)
 async def step(
     conn: db.Conn,
     *,

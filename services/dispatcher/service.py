@@ -223,6 +223,7 @@ class GroupCommit(Generic[T]):
         if self._runner is None:
             self._runner = asyncio.create_task(self._run())
 
+    # complexity: the group-commit loop: each waiter's answer or error set inline
     async def _run(self) -> None:
         try:
             while self._pending:
@@ -429,7 +430,8 @@ class Dispatcher:
                 "the partition's next owner")
         return recorder.outcomes
 
-    async def _sort_out(
+    # complexity: a batch's dedupe decision per key, inline per request (docs/benchmarks.md)
+    async def _sort_out(  # noqa: C901
         self, unique: list[Request], spans: Spans, batch_id: uuid.UUID
     ) -> tuple[list[Outcome], list[Request], list[Request]]:
         """Register the attempt (superseding earlier attempts at the same Kafka positions),
@@ -480,6 +482,7 @@ class Dispatcher:
 
     # --- preparing: everything that can be decided without the provider ------------------
 
+    # complexity: the per-message preparation loop, inline for speed (docs/benchmarks.md)
     async def _prepare_all(
         self, requests: list[Request], recorder: Records
     ) -> list[tuple[Request, OutgoingMessage]]:
@@ -516,6 +519,7 @@ class Dispatcher:
                     req.channel, req.address or "", sender, subject, body, req.event_id)))
         return calls
 
+    # complexity: per-message decisions made before the provider, inline per request
     def _settle_early(
         self,
         campaign_id: uuid.UUID,
@@ -579,7 +583,8 @@ class Dispatcher:
 
     # --- provider calls -------------------------------------------------------------------
 
-    async def _call_all(
+    # complexity: the provider-call loop; its per-message worker is counted in it
+    async def _call_all(  # noqa: C901
         self,
         calls: Sequence[tuple[Request, OutgoingMessage]],
         recorder: Recorder,
@@ -611,7 +616,8 @@ class Dispatcher:
             steps: GroupCommit[_Step] = GroupCommit(self._step_writer(batch_id, recorder))
             queue = iter(calls)
 
-            async def worker() -> None:
+            # complexity: the per-message provider call, outcomes inline (docs/benchmarks.md)
+            async def worker() -> None:  # noqa: C901
                 nonlocal superseded, left
                 async with self._units(per_step):
                     done: list[tuple[Request, Result]] = []
@@ -715,6 +721,7 @@ class Dispatcher:
     def _step_writer(
         self, batch_id: uuid.UUID, recorder: Recorder
     ) -> Callable[[list[_Step]], Awaitable[repo.Step]]:
+        # complexity: a step's rows built inline per outcome, one statement per step
         async def write(steps: list[_Step]) -> repo.Step:
             results = [d for s in steps for d in s.done]
             outcomes = [(req, r, r.to_bytes()) for req, r in results if not isinstance(r, Retry)]
@@ -853,6 +860,7 @@ class Dispatcher:
             if not taken and not self.stopping:
                 await asyncio.sleep(idle_seconds)
 
+    # complexity: one round of due retries (claim, settle, record, publish), one pass
     async def run_due_retries(self, publish: Publish, *, limit: int = 1000) -> int:
         """One round: claim the due messages of providers whose breaker lets calls go (and
         those an owner left mid-call or unpublished), settle them, publish their outcomes.
@@ -889,7 +897,8 @@ class Dispatcher:
                 await repo.forget_retries(conn, list(recorded))
         return len(rows)
 
-    async def _settle_due(self, rows: Sequence[asyncpg.Record]) -> list[tuple[Request, Result]]:
+    # complexity: the per-message retry loop and its worker, outcomes handled inline
+    async def _settle_due(self, rows: Sequence[asyncpg.Record]) -> list[tuple[Request, Result]]:  # noqa: C901
         results: list[tuple[Request, Result]] = []
         recorder_items: list[tuple[Request, Result]] = []
         fresh: list[Request] = []

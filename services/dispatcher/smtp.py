@@ -191,6 +191,7 @@ class Session:
     def usable(self) -> bool:
         return not self._wire.closed
 
+    # complexity: the session's opening: greeting, EHLO, STARTTLS, AUTH, each answer checked
     async def connect(self) -> None:
         o = self._options
         loop = asyncio.get_running_loop()

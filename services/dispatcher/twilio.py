@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import base64
 import json
+from typing import Any
 from urllib.parse import urlencode
 
-from services.dispatcher.http11 import Http11Pool, HttpError
+from services.dispatcher.http11 import Http11Pool, HttpError, Response
 from services.dispatcher.limiter import AdaptiveLimiter
 from services.dispatcher.providers import (
     OutgoingMessage,
@@ -106,24 +107,37 @@ class TwilioProvider:
             raise RetryableProviderError(f"twilio {type(exc).__name__}: {exc}",
                                          in_doubt=in_doubt(exc)) from exc
         status = response.status
-        try:
-            parsed = json.loads(response.body) if response.body else {}
-        except ValueError:
-            parsed = {}
-        if not isinstance(parsed, dict):
-            parsed = {}
+        parsed = _json_object(response.body)
         if status in (200, 201):
             sid = parsed.get("sid")
             if not sid:
                 raise RetryableProviderError(f"twilio HTTP {status} without a message sid")
             return str(sid)
-        code = parsed.get("code")
-        text = str(parsed.get("message") or response.body[:300].decode(errors="replace"))
-        reason = f"twilio {code or status}: {text}"[:500]
-        if (status == 429 or status >= 500 or status in (401, 403, 404)
-                or code in RETRYABLE_CODES):
-            raise RetryableProviderError(reason, retry_after=response.retry_after)
-        raise PermanentProviderError(reason)
+        raise _refusal(response, parsed)
 
     async def close(self) -> None:
         await self._pool.close()
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    """The response's JSON object; empty if the body is empty or holds no object."""
+    try:
+        parsed = json.loads(body) if body else {}
+    except ValueError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def _refusal(
+    response: Response, parsed: dict[str, Any]
+) -> RetryableProviderError | PermanentProviderError:
+    """The error of a response that is not an accepted message: retryable when the refusal says
+    nothing about the message itself."""
+    status = response.status
+    code = parsed.get("code")
+    text = str(parsed.get("message") or response.body[:300].decode(errors="replace"))
+    reason = f"twilio {code or status}: {text}"[:500]
+    if (status == 429 or status >= 500 or status in (401, 403, 404)
+            or code in RETRYABLE_CODES):
+        return RetryableProviderError(reason, retry_after=response.retry_after)
+    return PermanentProviderError(reason)

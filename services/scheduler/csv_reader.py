@@ -195,27 +195,37 @@ class IncrementalCsv(Generic[RowT]):
             self.errors.append({"line": line, "error": message})
 
     def _parse(self, text: str, *, final: bool) -> list[RowT]:
+        self._add_lines(self._complete_lines(text, final=final))
+        if self._header is None and self._lines.peek() is not None:
+            self.delimiter = detect_delimiter(self._lines.peek() or "")
+        return self._read_records()
+
+    def _complete_lines(self, text: str, *, final: bool) -> str:
+        """The text up to its last newline (all of it when final), after the tail held back."""
         if final:
             complete = "".join(self._tail) + text
             self._tail = []
             self._lines.final = True
-        else:
-            cut = text.rfind("\n") + 1  # only the new text is searched
-            if cut == 0:
-                self._tail.append(text)
-                complete = ""
-            else:
-                complete = "".join(self._tail) + text[:cut]
-                self._tail = [text[cut:]] if cut < len(text) else []
-        if complete:
-            parts = complete.split("\n")
-            last = parts.pop()  # "" when `complete` ends with a newline
-            self._lines.add(p + "\n" for p in parts)
-            if last:
-                self._lines.add([last])
+            return complete
+        cut = text.rfind("\n") + 1  # only the new text is searched
+        if cut == 0:
+            self._tail.append(text)
+            return ""
+        complete = "".join(self._tail) + text[:cut]
+        self._tail = [text[cut:]] if cut < len(text) else []
+        return complete
+
+    def _add_lines(self, complete: str) -> None:
+        if not complete:
+            return
+        parts = complete.split("\n")
+        last = parts.pop()  # "" when `complete` ends with a newline
+        self._lines.add(p + "\n" for p in parts)
+        if last:
+            self._lines.add([last])
+
+    def _read_records(self) -> list[RowT]:
         out: list[RowT] = []
-        if self._header is None and self._lines.peek() is not None:
-            self.delimiter = detect_delimiter(self._lines.peek() or "")
         reader = csv.reader(self._lines, delimiter=self.delimiter)
         while True:
             try:
@@ -259,6 +269,12 @@ class IncrementalCsv(Generic[RowT]):
 
     def _read_header(self, fields: list[str]) -> None:
         names = [f.strip() for f in fields]
+        self._check_header(names)
+        self._header = names
+        self._known = [(n, i) for i, n in enumerate(names) if n in self.COLUMNS]
+        self._attributes = [(n, i) for i, n in enumerate(names) if n and n not in self.COLUMNS]
+
+    def _check_header(self, names: list[str]) -> None:
         if not any(names):
             raise Invalid("CSV header is empty")
         duplicates = sorted({n for n in names if n and names.count(n) > 1})
@@ -267,9 +283,6 @@ class IncrementalCsv(Generic[RowT]):
         if not set(self.REQUIRED_ONE_OF) & set(names):
             raise Invalid(f"CSV header must name at least one of {list(self.REQUIRED_ONE_OF)} "
                           f"(read as {self.detected['delimiter']}-separated)")
-        self._header = names
-        self._known = [(n, i) for i, n in enumerate(names) if n in self.COLUMNS]
-        self._attributes = [(n, i) for i, n in enumerate(names) if n and n not in self.COLUMNS]
 
     def _split(
         self, fields: list[str], line: int

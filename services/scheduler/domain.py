@@ -403,6 +403,24 @@ def _text(campaign_id: uuid.UUID) -> str:
     return str(campaign_id)
 
 
+def _address_and_skip(
+    channel: Channel, row: Any, opted_out: frozenset[str] | set[str], skip_reason: str | None
+) -> tuple[str | None, str | None]:
+    """A recipient row's address on `channel` and why it is skipped (None: it is sent)."""
+    if channel == "email":
+        address, invalid = row["email"], row["email_invalid"]
+    else:
+        address, invalid = row["phone"], row["phone_invalid"]
+    if skip_reason is None:
+        skip_reason = (
+            "missing_address" if address is None
+            else "invalid_address" if invalid
+            else "opted_out" if address in opted_out
+            else None
+        )
+    return address, skip_reason
+
+
 def send_requested_for(
     *,
     campaign_id: uuid.UUID,
@@ -422,17 +440,7 @@ def send_requested_for(
     comes from our own tables, typed by their columns, and this runs once per recipient of a
     million (pydantic construction and dumping were most of the fan-out's CPU).
     """
-    if channel == "email":
-        address, invalid = row["email"], row["email_invalid"]
-    else:
-        address, invalid = row["phone"], row["phone_invalid"]
-    if skip_reason is None:
-        skip_reason = (
-            "missing_address" if address is None
-            else "invalid_address" if invalid
-            else "opted_out" if address in opted_out
-            else None
-        )
+    address, skip_reason = _address_and_skip(channel, row, opted_out, skip_reason)
     attributes = row["attributes"]
     variables: dict[str, Any] = dict(attributes) if attributes else {}
     for column in RECIPIENT_COLUMNS:

@@ -21,6 +21,7 @@ import asyncpg
 from services.scheduler import domain, repo
 from services.scheduler.campaigns.model import Campaign
 from shared import wire
+from shared.db import Conn
 from shared.events import CampaignStarted, Channel, ChannelTemplate, SenderInfo, TemplateRef
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,63 @@ def campaign_context(row: asyncpg.Record) -> wire.CampaignContext:
     )
 
 
+async def _publish_pages(
+    conn: Conn,
+    campaign_id: uuid.UUID,
+    row: asyncpg.Record,
+    campaign: Campaign,
+    *,
+    publish_requests: PublishRequests,
+    page_size: int,
+) -> int:
+    """Publish the campaign's send requests page by page from its checkpoint, saving the
+    checkpoint after each page; the number of recipients published."""
+    context = campaign_context(row)
+    pressed, skip_reason = campaign.fan_out_selection()
+    after_id: int = row["fanout_after_id"]
+    published = 0
+    while True:
+        page = await repo.recipients_page_where(
+            conn, campaign_id, after_id, page_size, pressed=pressed
+        )
+        if page:
+            await _publish_page(
+                conn, campaign_id, row, context, page, skip_reason, publish_requests
+            )
+            after_id = page[-1]["id"]
+            published += len(page)
+        done = len(page) < page_size
+        await repo.save_fanout_checkpoint(conn, campaign_id, after_id, done)
+        if done:
+            return published
+
+
+async def _publish_page(
+    conn: Conn,
+    campaign_id: uuid.UUID,
+    row: asyncpg.Record,
+    context: wire.CampaignContext,
+    page: list[asyncpg.Record],
+    skip_reason: str | None,
+    publish_requests: PublishRequests,
+) -> None:
+    addresses = [a for r in page for a in (r["email"], r["phone"]) if a]
+    suppressed = await repo.opted_out(conn, row["organisation_id"], addresses)
+    now = datetime.now(UTC)
+    template = context.template
+    await publish_requests(
+        context,
+        [
+            domain.send_requested_for(
+                campaign_id=campaign_id, channel=channel, template=template,
+                row=r, opted_out=suppressed, skip_reason=skip_reason, now=now,
+            )
+            for r in page
+            for channel in row["channels"]
+        ]
+    )
+
+
 async def fan_out(
     pool: asyncpg.Pool,
     campaign_id: uuid.UUID,
@@ -99,36 +157,10 @@ async def fan_out(
                 return True
             # Re-published on resume on purpose: same event id, consumers apply it once.
             await publish_started(started_event(row))
-            context = campaign_context(row)
-            template = context.template
-            pressed, skip_reason = campaign.fan_out_selection()
-            after_id: int = row["fanout_after_id"]
-            published = 0
-            while True:
-                page = await repo.recipients_page_where(
-                    conn, campaign_id, after_id, page_size, pressed=pressed
-                )
-                if page:
-                    addresses = [a for r in page for a in (r["email"], r["phone"]) if a]
-                    suppressed = await repo.opted_out(conn, row["organisation_id"], addresses)
-                    now = datetime.now(UTC)
-                    await publish_requests(
-                        context,
-                        [
-                            domain.send_requested_for(
-                                campaign_id=campaign_id, channel=channel, template=template,
-                                row=r, opted_out=suppressed, skip_reason=skip_reason, now=now,
-                            )
-                            for r in page
-                            for channel in row["channels"]
-                        ]
-                    )
-                    after_id = page[-1]["id"]
-                    published += len(page)
-                done = len(page) < page_size
-                await repo.save_fanout_checkpoint(conn, campaign_id, after_id, done)
-                if done:
-                    break
+            published = await _publish_pages(
+                conn, campaign_id, row, campaign,
+                publish_requests=publish_requests, page_size=page_size,
+            )
             log.info("fan-out finished",
                      extra={"campaign_id": str(campaign_id), "published": published})
             return True

@@ -77,10 +77,8 @@ class Progress:
 
     @property
     def counts(self) -> Counts:
-        totals = [c.total for c in self.channels.values()]
         return Counts(
-            total=sum(t for t in totals if t is not None)
-            if self.started and None not in totals else None,
+            total=self._total,
             completed=sum(c.completed for c in self.channels.values()),
             failed=sum(c.failed for c in self.channels.values()),
             skipped=sum(c.skipped for c in self.channels.values()),
@@ -88,6 +86,14 @@ class Progress:
             not_delivered=sum(c.not_delivered for c in self.channels.values()),
             reasons=sum((c.reasons for c in self.channels.values()), Reasons()),
         )
+
+    @property
+    def _total(self) -> int | None:
+        """Known once started and every channel's total is known."""
+        totals = [c.total for c in self.channels.values()]
+        if not self.started or None in totals:
+            return None
+        return sum(t for t in totals if t is not None)
 
     @property
     def is_done(self) -> bool:

@@ -96,6 +96,7 @@ async def apply_outcomes(
 _STATUS_SLOT = {"completed": 0, "failed": 1, "skipped": 2}
 
 
+# complexity: one pass over a batch's outcomes into one statement's columns, inline per outcome
 async def _count(
     conn: db.Conn, inserted: Sequence[tuple[uuid.UUID, str, str, str | None]]
 ) -> list[uuid.UUID]:

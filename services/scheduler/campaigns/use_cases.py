@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
 
@@ -306,6 +306,31 @@ async def start_sending(
     return campaign.state
 
 
+async def _send_pressed(
+    uow: UnitOfWork,
+    campaign_id: uuid.UUID,
+    campaign: Campaign,
+    recipient: Mapping[str, Any],
+    batch_size: int,
+) -> None:
+    """The pressed recipient's send requests into the outbox, with the press."""
+    context = await uow.campaigns.context(campaign_id)
+    addresses = [a for a in (recipient["email"], recipient["phone"]) if a]
+    assert campaign.organisation_id is not None
+    suppressed = await uow.campaigns.opted_out(campaign.organisation_id, addresses)
+    # With the press: published once it commits (the request's id is stable,
+    # dispatchers dedupe a repeat). The record carries the campaign's templates and
+    # sender, so it goes out without waiting for anything else.
+    requests = [
+        domain.send_requested_for(campaign_id=campaign_id, channel=cast(Channel, channel),
+                                  template=context.template, row=recipient,
+                                  opted_out=suppressed)
+        for channel in campaign.channels
+    ]
+    await uow.add_to_outbox(outbox.send_requests(
+        wire.request_records(requests, batch_size, context)))
+
+
 async def press_send(
     uow: UnitOfWork,
     campaign_id: uuid.UUID,
@@ -331,21 +356,7 @@ async def press_send(
             return {"recipient_id": recipient_id, "status": "queued",
                     "goes_at": campaign.scheduled_for.isoformat()}
         if first:
-            context = await uow.campaigns.context(campaign_id)
-            addresses = [a for a in (recipient["email"], recipient["phone"]) if a]
-            assert campaign.organisation_id is not None
-            suppressed = await uow.campaigns.opted_out(campaign.organisation_id, addresses)
-            # With the press: published once it commits (the request's id is stable,
-            # dispatchers dedupe a repeat). The record carries the campaign's templates and
-            # sender, so it goes out without waiting for anything else.
-            requests = [
-                domain.send_requested_for(campaign_id=campaign_id, channel=cast(Channel, channel),
-                                          template=context.template, row=recipient,
-                                          opted_out=suppressed)
-                for channel in campaign.channels
-            ]
-            await uow.add_to_outbox(outbox.send_requests(
-                wire.request_records(requests, batch_size, context)))
+            await _send_pressed(uow, campaign_id, campaign, recipient, batch_size)
         await uow.commit()
     return {"recipient_id": recipient_id, "status": "sent" if first else "already sent"}
 

@@ -66,13 +66,8 @@ def normalise_language(value: str) -> str:
     return primary.lower() + (f"-{rest}" if rest else "")
 
 
-def voter_fields(
-    values: dict[str, str | None], attributes: dict[str, Any], region: str
-) -> VoterFields:
-    """Validate and normalise; `values` maps COLUMNS to stripped text or None (blank).
-
-    Raises ValueError naming the first problem.
-    """
+def _check_text(values: dict[str, str | None], attributes: dict[str, Any]) -> None:
+    """Raise ValueError on a value too long or holding a NUL character."""
     for name, value in values.items():
         if value is None:
             continue
@@ -83,6 +78,16 @@ def voter_fields(
     # PostgreSQL's jsonb refuses \u0000 anywhere in a document.
     if attributes and "\\u0000" in json.dumps(attributes):
         raise ValueError("attributes contain a NUL character")
+
+
+def voter_fields(
+    values: dict[str, str | None], attributes: dict[str, Any], region: str
+) -> VoterFields:
+    """Validate and normalise; `values` maps COLUMNS to stripped text or None (blank).
+
+    Raises ValueError naming the first problem.
+    """
+    _check_text(values, attributes)
     if not any(values.get(name) for name in IDENTITY):
         raise ValueError("a voter needs an external_id, an email or a phone")
     email, phone, language = values.get("email"), values.get("phone"), values.get(

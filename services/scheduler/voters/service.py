@@ -177,9 +177,9 @@ async def delete_voter(
         campaigns = await repo.lock_campaigns_of_voter(conn, voter_id)
         finished = [c for c, state in campaigns if state in domain.FINISHED]
         running = [c for c, state in campaigns if state not in domain.FINISHED]
+        erase_now, erase_later = (finished, running) if erase else ([], [])
         erased = await repo.release_snapshots(
-            conn, voter_id,
-            erase_now=finished if erase else [], erase_later=running if erase else [],
+            conn, voter_id, erase_now=erase_now, erase_later=erase_later
         )
         await repo.delete_voter(conn, org, voter_id)
         if erased:
@@ -192,8 +192,8 @@ async def delete_voter(
     return {
         "deleted": voter_id,
         "campaigns": len(campaigns),
-        "erased": len(finished) if erase else 0,
-        "erase_when_finished": len(running) if erase else 0,
+        "erased": len(erase_now),
+        "erase_when_finished": len(erase_later),
     }
 
 
