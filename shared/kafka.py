@@ -311,11 +311,7 @@ async def publish_raw(
     headers_of = _trace_headers(topic)
     producer = bulk_producer(publisher)
     if producer is None:
-        futures = [await publisher.publish(
-                       value, key=key, no_confirm=True,
-                       headers={k: v.decode() for k, v in headers_of(key)})
-                   for key, value in items]
-        await asyncio.gather(*(f for f in futures if f is not None))
+        await _publish_one_by_one(publisher, items, headers_of)
         return
     partition_of = key_partitioner(await producer.partitions_for(topic))
     by_partition: dict[int, list[tuple[bytes | None, bytes]]] = {}
@@ -323,17 +319,42 @@ async def publish_raw(
         by_partition.setdefault(partition_of(key), []).append((key, value))
     futures = []
     for partition, records in by_partition.items():
-        batch = producer.create_batch()
-        for key, value in records:
-            headers = headers_of(key)
-            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                futures.append(await producer.send_batch(batch, topic, partition=partition))
-                batch = producer.create_batch()
-                if batch.append(key=key, value=value, timestamp=None,
-                                headers=headers) is None:
-                    raise ValueError(f"record of {len(value)} bytes exceeds the batch size")
-        futures.append(await producer.send_batch(batch, topic, partition=partition))
+        futures.extend(await _send_partition(producer, topic, partition, records, headers_of))
     await asyncio.gather(*futures)
+
+
+async def _publish_one_by_one(
+    publisher: DefaultPublisher,
+    items: Sequence[tuple[bytes | None, bytes]],
+    headers_of: Callable[[bytes | None], list[tuple[str, bytes]]],
+) -> None:
+    """Through the publisher itself (the in-memory test broker, which has no bulk producer)."""
+    futures = [await publisher.publish(
+                   value, key=key, no_confirm=True,
+                   headers={k: v.decode() for k, v in headers_of(key)})
+               for key, value in items]
+    await asyncio.gather(*(f for f in futures if f is not None))
+
+
+async def _send_partition(
+    producer: AIOKafkaProducer,
+    topic: str,
+    partition: int,
+    records: Sequence[tuple[bytes | None, bytes]],
+    headers_of: Callable[[bytes | None], list[tuple[str, bytes]]],
+) -> list[asyncio.Future[Any]]:
+    """One partition's records as record batches, each sent when full; their futures."""
+    futures = []
+    batch = producer.create_batch()
+    for key, value in records:
+        headers = headers_of(key)
+        if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
+            batch = producer.create_batch()
+            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                raise ValueError(f"record of {len(value)} bytes exceeds the batch size")
+    futures.append(await producer.send_batch(batch, topic, partition=partition))
+    return futures
 
 
 def _trace_headers(topic: str) -> Callable[[bytes | None], list[tuple[str, bytes]]]:

@@ -54,11 +54,17 @@ def receipt_of(params: dict[str, str], now: datetime) -> Receipt | None:
     if status == "delivered":
         return Receipt(provider_message_id=sid, status="delivered", at=now)
     if status in NOT_DELIVERED:
-        code = params.get("ErrorCode") or ""
-        text = ERROR_REASONS.get(code) or params.get("ErrorMessage") or status
-        reason = f"{text} (twilio {code})" if code else text
-        return Receipt(provider_message_id=sid, status="not_delivered", reason=reason, at=now)
+        return Receipt(provider_message_id=sid, status="not_delivered",
+                       reason=_not_delivered_reason(params, status), at=now)
     return None
+
+
+def _not_delivered_reason(params: dict[str, str], status: str) -> str:
+    """Twilio's error code in words (ours, else its ErrorMessage, else the status), with the
+    code."""
+    code = params.get("ErrorCode") or ""
+    text = ERROR_REASONS.get(code) or params.get("ErrorMessage") or status
+    return f"{text} (twilio {code})" if code else text
 
 
 def http_router(
