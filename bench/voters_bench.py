@@ -25,7 +25,8 @@ import asyncpg
 
 from services.scheduler import app as scheduler_app
 from services.scheduler import repo as scheduler_repo
-from services.scheduler import service as scheduler_service
+from services.scheduler.adapters.uow import AsyncpgUnitOfWork
+from services.scheduler.campaigns import use_cases as scheduler_use_cases
 from services.scheduler.domain import CreateCampaign
 from services.scheduler.voters import repo as voters_repo
 from services.scheduler.voters import service
@@ -84,8 +85,8 @@ async def _snapshot_seconds(pool: asyncpg.Pool) -> float:
         await voters_repo.insert_list(conn, DEFAULT_ORG, list_id, "everyone")
         await conn.execute("INSERT INTO list_members (list_id, voter_id) SELECT $1, id FROM voters",
                            list_id)
-    campaign_id = await scheduler_service.create_campaign(
-        pool, CreateCampaign(**campaign_payload()),
+    campaign_id = await scheduler_use_cases.create_campaign(
+        AsyncpgUnitOfWork(pool), CreateCampaign(**campaign_payload()),
         actor=Principal(uuid.uuid4(), DEFAULT_ORG, "bench")
     )
     async with pool.acquire() as conn:

@@ -51,7 +51,8 @@ TOPICS: dict[str, tuple[str, Any, str]] = {
     topics.ERASURES: ("RecipientsErased", events.RecipientsErased, "the organisation id"),
 }
 
-# Publishers, as the services' composition roots (services/*/app.py) declare them.
+# Publishers, as the services' composition roots (services/*/app.py; the scheduler's
+# bootstrap.py) declare them.
 PUBLISHERS: dict[str, list[tuple[str, str]]] = {
     "scheduler": [
         (topics.SEND_REQUESTED, "The fan-out: recipients and channels to send, in batches of "

@@ -1,5 +1,5 @@
-"""Peer-to-peer use cases: a user starts sending a campaign, presses SEND per recipient, ends
-the campaign; opt-outs. The rules are the seed's (../shared/seeds/002_*):
+"""Opt-outs, and the rules of peer to peer (the seed's, ../shared/seeds/002_*); its use cases
+(start sending, press SEND, end) are in campaigns/use_cases.py:
 
 - non-scheduled campaign: SEND sends at once;
 - scheduled campaign, before its time: SEND queues; the queued go out when the time comes;
@@ -13,49 +13,17 @@ the campaign; opt-outs. The rules are the seed's (../shared/seeds/002_*):
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 import asyncpg
 
 from services.scheduler import domain, errors, outbox, repo
-from services.scheduler.adapters.uow import AsyncpgUnitOfWork
-from services.scheduler.auth import Principal
-from services.scheduler.campaigns import use_cases
-from services.scheduler.campaigns.unit_of_work import FanOut
 from shared.events import AddressOptedOut
 
-Busy = errors.Busy
 
-
-async def start_sending(
-    pool: asyncpg.Pool, fanout: FanOut, campaign_id: uuid.UUID, principal: Principal
-) -> str:
-    """The user begins sending from this campaign (a draft starts sending now; a scheduled
-    one stays scheduled, and SEND queues until its time)."""
-    return await use_cases.start_sending(AsyncpgUnitOfWork(pool), fanout, campaign_id,
-                                         principal)
-
-
-async def press_send(
-    pool: asyncpg.Pool,
-    campaign_id: uuid.UUID,
-    recipient_id: int,
-    principal: Principal,
-    batch_size: int,
-) -> dict[str, Any]:
-    return await use_cases.press_send(AsyncpgUnitOfWork(pool), campaign_id, recipient_id,
-                                      principal, batch_size)
-
-
-async def end(
-    pool: asyncpg.Pool,
-    fanout: FanOut,
-    campaign_id: uuid.UUID,
-    principal: Principal,
-    cmd: domain.EndCampaign,
-) -> None:
-    """`cmd` was checked on the way in: the typed word END."""
-    await use_cases.end(AsyncpgUnitOfWork(pool), fanout, campaign_id, principal)
+async def ensure_organisation_exists(pool: asyncpg.Pool, organisation_id: uuid.UUID) -> None:
+    async with pool.acquire() as conn:
+        if not await repo.organisation_exists(conn, organisation_id):
+            raise errors.NotFound(f"organisation {organisation_id} not found")
 
 
 async def opt_out(

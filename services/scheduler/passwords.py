@@ -1,7 +1,8 @@
-"""Passwords and sign-in for people: argon2id hashes, `POST /auth/sign-in` → a fresh API token,
-`PUT /auth/password`. Failed sign-ins are rate limited per login (here: whatever the client, so
-guessing one person's password is slow) and per client address (the console adds its own per
-browser address, since here every console user comes from the console's address)."""
+"""Passwords and sign-in for people: argon2id hashes, and limits on failed sign-ins (the routes
+are entrypoints/http/identity.py). Failed sign-ins are rate limited per login (here: whatever
+the client, so guessing one person's password is slow) and per client address (the console
+adds its own per browser address, since here every console user comes from the console's
+address)."""
 
 from __future__ import annotations
 
@@ -10,16 +11,12 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 
 import asyncpg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.scheduler import service
-from shared.auth import Principal
 from shared.db import Conn
 
 MIN_LENGTH = 8
@@ -68,6 +65,10 @@ async def set_password(conn: Conn, user_id: uuid.UUID, password_hash: str,
     )
 
 
+class WrongPassword(Exception):
+    """The current password given to change it is not the user's (403)."""
+
+
 class FailureLimiter:
     """At most `limit` failed sign-ins per key in a sliding `window` (seconds). In memory: each
     scheduler replica counts its own (a limit, not an account lock an attacker could use)."""
@@ -99,56 +100,7 @@ class FailureLimiter:
         self.failures.pop(key, None)
 
 
-def http_router(pool: asyncpg.Pool, user: Any, limiter: FailureLimiter | None = None,
-                client_limiter: FailureLimiter | None = None) -> APIRouter:
-    router = APIRouter(prefix="/auth", tags=["sign-in"])
-    limiter = limiter or FailureLimiter(limit=5, window=300)
-    # Generous: a console in front of the API is one client address for all its users.
-    client_limiter = client_limiter or FailureLimiter(limit=200, window=300)
-
-    @router.post("/sign-in")
-    async def sign_in(cmd: SignIn, request: Request) -> dict[str, Any]:
-        """A person's sign-in (user name or e-mail + password) → a fresh API token for them.
-        The same 401 for an unknown login and a wrong password; 429 after repeated failures."""
-        login = cmd.login.strip()
-        client = request.client.host if request.client else "?"
-        keys = (f"login:{login.lower()}",)
-        client_key = f"client:{client}"
-        wait = max(limiter.retry_after(*keys), client_limiter.retry_after(client_key))
-        if wait > 0:
-            raise HTTPException(429, "too many failed sign-ins; try again later",
-                                headers={"Retry-After": str(int(wait) + 1)})
-        row = await _user_signing_in(pool, login, cmd.password)
-        if row is None:
-            limiter.failed(*keys)
-            client_limiter.failed(client_key)
-            raise HTTPException(401, "wrong user name, e-mail or password")
-        limiter.succeeded(keys[0])
-        principal = Principal(row["id"], row["organisation_id"], row["name"])
-        async with pool.acquire() as conn, conn.transaction():
-            # Announced to the other services through the outbox, with this transaction.
-            token = await service.issue_token(conn, principal)
-        return {"token": token, "user_id": str(row["id"]),
-                "organisation_id": str(row["organisation_id"]),
-                "organisation": row["organisation"], "name": row["name"]}
-
-    @router.put("/password")
-    async def change_password(cmd: ChangePassword, principal: Principal = user) -> dict[str, Any]:
-        """Change the caller's password: the current one is required."""
-        async with pool.acquire() as conn:
-            current = await conn.fetchval(
-                "SELECT password_hash FROM users WHERE id = $1", principal.user_id)
-        if current is not None and not await verify(current, cmd.current_password):
-            raise HTTPException(403, "the current password is wrong")
-        new_hash = await hash_password(cmd.new_password)
-        async with pool.acquire() as conn:
-            await set_password(conn, principal.user_id, new_hash)
-        return {"user_id": str(principal.user_id), "changed": True}
-
-    return router
-
-
-async def _user_signing_in(pool: asyncpg.Pool, login: str, password: str) -> asyncpg.Record | None:
+async def user_signing_in(pool: asyncpg.Pool, login: str, password: str) -> asyncpg.Record | None:
     """The one user whose user name or e-mail is `login` and whose password this is; None
     otherwise. A login nobody has still costs one hash check: its answer takes as long."""
     async with pool.acquire() as conn:

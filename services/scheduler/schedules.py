@@ -12,7 +12,9 @@ import logging
 
 import asyncpg
 
-from services.scheduler import repo, service
+from services.scheduler import repo
+from services.scheduler.adapters.uow import AsyncpgUnitOfWork
+from services.scheduler.campaigns import use_cases
 from services.scheduler.fanout import FanoutRunner
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,7 @@ class ScheduleLoop:
     async def _run(self) -> None:
         while True:
             try:
-                fired = await service.fire_due(self._pool, self._fanout)
+                fired = await use_cases.fire_due(AsyncpgUnitOfWork(self._pool), self._fanout)
                 for campaign_id in fired:
                     log.info("scheduled campaign started", extra={"campaign_id": str(campaign_id)})
                 async with self._pool.acquire() as conn:

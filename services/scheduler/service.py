@@ -1,28 +1,26 @@
-"""Scheduler use cases: each operator command as one function, its dependencies passed in."""
+"""Scheduler commands not yet over a unit of work: the streamed recipients CSV, an individual
+send to a voter, senders and templates, users and their API tokens. Each takes the pool (or
+the caller's connection) and does its work in one transaction. The campaign's transitions are
+services/scheduler/campaigns/use_cases.py."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime
 from typing import Any
 
 import asyncpg
 
-from services.scheduler import auth, domain, outbox, repo
+from services.scheduler import auth, domain, outbox, passwords, repo
 from services.scheduler.adapters.uow import AsyncpgUnitOfWork
 from services.scheduler.campaigns import use_cases
-from services.scheduler.campaigns.aborts import AbortAcks as AbortAcks
-from services.scheduler.campaigns.model import Kind
 from services.scheduler.campaigns.unit_of_work import FanOut
-from services.scheduler.campaigns.use_cases import ListDispatchers as ListDispatchers
-from services.scheduler.fanout import FanoutRunner
 from services.scheduler.recipients_csv import RecipientsCsv
 from services.scheduler.voters import repo as voters_repo
 from shared.auth import Principal
 from shared.db import Conn
-from shared.events import ApiTokenIssued, ApiTokenRevoked, CampaignCompleted
+from shared.events import ApiTokenIssued, ApiTokenRevoked
 
 # Recipients per COPY while a CSV streams in.
 CSV_BATCH_ROWS = 5000
@@ -40,30 +38,6 @@ async def _locked_state(
     if state is None:
         raise domain.NotFound(f"campaign {campaign_id} not found")
     return state
-
-
-async def create_campaign(
-    pool: asyncpg.Pool,
-    cmd: domain.CreateCampaign,
-    actor: Principal,
-    kind: str | None = None,
-) -> uuid.UUID:
-    """The campaign belongs to the actor's organisation and may use only its senders and
-    templates (another organisation's are "not found")."""
-    return await use_cases.create_campaign(
-        AsyncpgUnitOfWork(pool), cmd, actor, Kind(kind) if kind is not None else None)
-
-
-async def add_recipients(
-    pool: asyncpg.Pool,
-    campaign_id: uuid.UUID,
-    recipients: list[domain.Recipient],
-    region: str,
-    actor: Principal,
-    voter_id: int | None = None,
-) -> int:
-    return await use_cases.add_recipients(AsyncpgUnitOfWork(pool), campaign_id, recipients,
-                                          region, actor, voter_id)
 
 
 async def add_recipients_csv(
@@ -104,56 +78,8 @@ async def add_recipients_csv(
                            detected=domain.Detected.model_validate(parser.detected))
 
 
-# The campaign's transitions: the use cases over the asyncpg unit of work.
-
-async def send_now(
-    pool: asyncpg.Pool, fanout: FanOut, campaign_id: uuid.UUID, actor: Principal
-) -> None:
-    await use_cases.send_now(AsyncpgUnitOfWork(pool), fanout, campaign_id, actor)
-
-
-async def schedule(
-    pool: asyncpg.Pool, campaign_id: uuid.UUID, at: datetime, actor: Principal
-) -> None:
-    await use_cases.schedule(AsyncpgUnitOfWork(pool), campaign_id, at, actor)
-
-
-async def cancel(pool: asyncpg.Pool, campaign_id: uuid.UUID, actor: Principal) -> None:
-    await use_cases.cancel(AsyncpgUnitOfWork(pool), campaign_id, actor)
-
-
-async def fire_due(pool: asyncpg.Pool, fanout: FanOut, limit: int = 50) -> list[uuid.UUID]:
-    return await use_cases.fire_due(AsyncpgUnitOfWork(pool), fanout, limit)
-
-
-async def abort(
-    pool: asyncpg.Pool,
-    campaign_id: uuid.UUID,
-    actor: Principal,
-    *,
-    acks: AbortAcks,
-    list_dispatchers: ListDispatchers,
-    wait_seconds: float,
-) -> dict[str, Any]:
-    return await use_cases.abort(AsyncpgUnitOfWork(pool), campaign_id, actor, acks=acks,
-                                 list_dispatchers=list_dispatchers, wait_seconds=wait_seconds)
-
-
-async def apply_completed(pool: asyncpg.Pool, event: CampaignCompleted) -> None:
-    await use_cases.apply_completed(AsyncpgUnitOfWork(pool), event)
-
-
-async def send_individually(
-    pool: asyncpg.Pool, fanout: FanOut, cmd: domain.SendIndividually, actor: Principal,
-    region: str, voter_id: int | None = None,
-) -> uuid.UUID:
-    """One recipient, email and/or SMS: a one-recipient campaign, sent out now."""
-    return await use_cases.send_individually(AsyncpgUnitOfWork(pool), fanout, cmd, actor,
-                                             region, voter_id)
-
-
 async def send_to_voter(
-    pool: asyncpg.Pool, fanout: FanoutRunner, voter_id: int, cmd: domain.SendToVoter,
+    pool: asyncpg.Pool, fanout: FanOut, voter_id: int, cmd: domain.SendToVoter,
     actor: Principal, region: str,
 ) -> uuid.UUID:
     """The "send email / SMS" action of a voter's page: an individual send to the voter."""
@@ -168,7 +94,99 @@ async def send_to_voter(
         recipient=domain.voter_recipient(voter), channels=cmd.channels,
         sender_id=cmd.sender_id, template_id=cmd.template_id, name=f"To {name}",
     )
-    return await send_individually(pool, fanout, individual, actor, region, voter_id)
+    return await use_cases.send_individually(AsyncpgUnitOfWork(pool), fanout, individual,
+                                             actor, region, voter_id)
+
+
+# --- senders and templates ----------------------------------------------------------------------
+
+async def create_sender(
+    pool: asyncpg.Pool, cmd: domain.SenderIn, organisation_id: uuid.UUID
+) -> domain.Sender:
+    async with pool.acquire() as conn:
+        return await repo.insert_sender(conn, cmd, organisation_id)
+
+
+async def create_template(
+    pool: asyncpg.Pool, cmd: domain.TemplateIn, organisation_id: uuid.UUID
+) -> domain.TemplateVersion:
+    async with pool.acquire() as conn, conn.transaction():
+        return await repo.insert_template(conn, cmd, organisation_id)
+
+
+async def edit_template(
+    pool: asyncpg.Pool, template_id: uuid.UUID, cmd: domain.TemplateIn,
+    organisation_id: uuid.UUID,
+) -> domain.TemplateVersion:
+    """Adds a version; campaigns already created keep the version they pinned."""
+    async with pool.acquire() as conn, conn.transaction():
+        if await repo.template_name(conn, template_id, organisation_id) is None:
+            raise domain.NotFound(f"template {template_id} not found")
+        return await repo.add_template_version(conn, template_id, cmd)
+
+
+# --- users (administration) ----------------------------------------------------------------------
+
+async def create_user(pool: asyncpg.Pool, cmd: domain.CreateUser) -> tuple[Principal, str]:
+    """The organisation if new, and the user (or, for an existing user, a further token), with
+    an optional password; the user and their new API token."""
+    password_hash = await passwords.hash_password(cmd.password) if cmd.password else None
+    async with pool.acquire() as conn, conn.transaction():
+        org = await repo.ensure_organisation(conn, cmd.organisation)
+        user = Principal(await repo.upsert_user(conn, org, cmd.name), org, cmd.name)
+        if password_hash:
+            await passwords.set_password(conn, user.user_id, password_hash, cmd.email)
+        token = await issue_token(conn, user)
+    return user, token
+
+
+async def _user_or_404(conn: Conn, user_id: uuid.UUID) -> Principal:
+    user = await repo.get_user(conn, user_id)
+    if user is None:
+        raise domain.NotFound(f"user {user_id} not found")
+    return user
+
+
+async def add_token(pool: asyncpg.Pool, user_id: uuid.UUID) -> tuple[Principal, str]:
+    """A further token for the user (e.g. to rotate: add, switch, then revoke the old)."""
+    async with pool.acquire() as conn, conn.transaction():
+        user = await _user_or_404(conn, user_id)
+        return user, await issue_token(conn, user)
+
+
+async def revoke_all_tokens(pool: asyncpg.Pool, user_id: uuid.UUID) -> tuple[Principal, int]:
+    """Revoke every token of the user, in every service."""
+    async with pool.acquire() as conn, conn.transaction():
+        user = await _user_or_404(conn, user_id)
+        return user, await revoke_tokens(conn, user)
+
+
+async def sign_in(pool: asyncpg.Pool, login: str, password: str) -> dict[str, Any] | None:
+    """A person's sign-in → a fresh API token and who they are; None for an unknown login or
+    a wrong password (told apart by nobody)."""
+    row = await passwords.user_signing_in(pool, login, password)
+    if row is None:
+        return None
+    principal = Principal(row["id"], row["organisation_id"], row["name"])
+    async with pool.acquire() as conn, conn.transaction():
+        # Announced to the other services through the outbox, with this transaction.
+        token = await issue_token(conn, principal)
+    return {"token": token, "user_id": str(row["id"]),
+            "organisation_id": str(row["organisation_id"]),
+            "organisation": row["organisation"], "name": row["name"]}
+
+
+async def change_password(
+    pool: asyncpg.Pool, user_id: uuid.UUID, current_password: str, new_password: str
+) -> None:
+    """The current password is required (`Forbidden` if wrong)."""
+    async with pool.acquire() as conn:
+        current = await conn.fetchval("SELECT password_hash FROM users WHERE id = $1", user_id)
+    if current is not None and not await passwords.verify(current, current_password):
+        raise passwords.WrongPassword("the current password is wrong")
+    new_hash = await passwords.hash_password(new_password)
+    async with pool.acquire() as conn:
+        await passwords.set_password(conn, user_id, new_hash)
 
 
 # --- API tokens ----------------------------------------------------------------------------------

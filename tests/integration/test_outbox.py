@@ -28,6 +28,9 @@ from faststream.kafka import KafkaBroker
 from services.scheduler import app as scheduler_app
 from services.scheduler import auth, domain, fanout, outbox, p2p, service
 from services.scheduler import repo as scheduler_repo
+from services.scheduler.adapters.uow import AsyncpgUnitOfWork
+from services.scheduler.campaigns import use_cases
+from services.scheduler.campaigns.aborts import AbortAcks
 from services.scheduler.outbox_relay import OutboxRelay
 from shared import db, events, topics, wire
 from shared.auth import Principal
@@ -336,10 +339,10 @@ async def _campaign(pool: asyncpg.Pool, actor: Principal, kind: str, n: int = 1)
                                 sender=domain.SenderIn(name="Office", email="o@example.org",
                                                        sms_sender_id="Office"),
                                 template="Hi {{ first_name }}", subject="Vote")
-    cid = await service.create_campaign(pool, cmd, actor)
+    cid = await use_cases.create_campaign(AsyncpgUnitOfWork(pool), cmd, actor)
     recipients = [domain.Recipient(email=f"r{i}@example.org", phone=f"+452010{i:04d}",
                                    first_name=f"R{i}") for i in range(n)]
-    await service.add_recipients(pool, cid, recipients, "DK", actor)
+    await use_cases.add_recipients(AsyncpgUnitOfWork(pool), cid, recipients, "DK", actor)
     return cid
 
 
@@ -349,10 +352,11 @@ async def test_schedule_and_cancel_write_their_events_and_a_refused_one_writes_n
     await _outbox_rows(pool)
     cid = await _campaign(pool, actor, "mass")
     at = datetime.now(UTC) + timedelta(hours=1)
-    await service.schedule(pool, cid, at, actor)
-    await service.cancel(pool, cid, actor)
+    await use_cases.schedule(AsyncpgUnitOfWork(pool), cid, at, actor)
+    await use_cases.cancel(AsyncpgUnitOfWork(pool), cid, actor)
     with pytest.raises(domain.InvalidTransition):
-        await service.cancel(pool, cid, actor)  # a draft now: refused, and nothing written
+        # A draft now: refused, and nothing written.
+        await use_cases.cancel(AsyncpgUnitOfWork(pool), cid, actor)
     rows = await _outbox_rows(pool)
     assert [(r["topic"], r["key"]) for r in rows] == [(topics.CAMPAIGN_LIFECYCLE, cid.bytes)] * 2
     scheduled, canceled = (events.LIFECYCLE.validate_json(r["value"]) for r in rows)
@@ -365,11 +369,13 @@ async def test_a_peer_to_peer_send_is_written_with_the_press_and_carries_the_cam
 ) -> None:
     await _outbox_rows(pool)
     cid = await _campaign(pool, actor, "p2p")
-    await p2p.start_sending(pool, _NoFanout(), cid, actor)  # type: ignore[arg-type]
+    await use_cases.start_sending(AsyncpgUnitOfWork(pool), _NoFanout(), cid, actor)  # type: ignore[arg-type]
     async with pool.acquire() as conn:
         [recipient] = await scheduler_repo.p2p_recipients(conn, cid, 0, 10)
-    answer = await p2p.press_send(pool, cid, recipient["id"], actor, batch_size=100)
-    again = await p2p.press_send(pool, cid, recipient["id"], actor, batch_size=100)
+    answer = await use_cases.press_send(AsyncpgUnitOfWork(pool), cid, recipient["id"], actor,
+                                        batch_size=100)
+    again = await use_cases.press_send(AsyncpgUnitOfWork(pool), cid, recipient["id"], actor,
+                                       batch_size=100)
     assert (answer["status"], again["status"]) == ("sent", "already sent")
     [row] = await _outbox_rows(pool)  # the second press wrote nothing
     assert row["topic"] == topics.SEND_REQUESTED
@@ -388,7 +394,7 @@ async def test_every_record_of_a_fan_out_carries_the_campaign_context(
 ) -> None:
     """What lets a dispatcher send a request that reaches it before the `started` event."""
     cid = await _campaign(pool, actor, "mass", n=5)
-    await service.send_now(pool, _NoFanout(), cid, actor)  # type: ignore[arg-type]
+    await use_cases.send_now(AsyncpgUnitOfWork(pool), _NoFanout(), cid, actor)  # type: ignore[arg-type]
     started: list[events.CampaignStarted] = []
     records: list[tuple[bytes, bytes]] = []
 
@@ -433,7 +439,7 @@ async def test_an_opt_out_and_a_token_are_written_only_if_their_transaction_comm
     assert issued.user_id == actor.user_id
 
 
-async def _fake_dispatcher(kafka: Kafka, acks: service.AbortAcks, instance: str,
+async def _fake_dispatcher(kafka: Kafka, acks: AbortAcks, instance: str,
                            settled: int) -> None:
     """Answers every abort it reads on the (test's) lifecycle topic, as a dispatcher does."""
     while True:
@@ -446,7 +452,7 @@ async def _fake_dispatcher(kafka: Kafka, acks: service.AbortAcks, instance: str,
 
 async def _sending(pool: asyncpg.Pool, actor: Principal) -> uuid.UUID:
     cid = await _campaign(pool, actor, "mass", n=3)
-    await service.send_now(pool, _NoFanout(), cid, actor)  # type: ignore[arg-type]
+    await use_cases.send_now(AsyncpgUnitOfWork(pool), _NoFanout(), cid, actor)  # type: ignore[arg-type]
     return cid
 
 
@@ -458,7 +464,7 @@ async def test_an_abort_is_answered_after_its_relayed_event_reached_the_dispatch
     await _outbox_rows(pool)
     relay = _relay(connect, kafka)
     relay.start()
-    acks = service.AbortAcks()
+    acks = AbortAcks()
     dispatcher = asyncio.create_task(_fake_dispatcher(kafka, acks, "d1", settled=2))
 
     async def list_dispatchers() -> set[str]:
@@ -466,8 +472,8 @@ async def test_an_abort_is_answered_after_its_relayed_event_reached_the_dispatch
 
     try:
         started = time.perf_counter()
-        answer = await service.abort(pool, cid, actor, acks=acks,
-                                     list_dispatchers=list_dispatchers, wait_seconds=1.5)
+        answer = await use_cases.abort(AsyncpgUnitOfWork(pool), cid, actor, acks=acks,
+                                       list_dispatchers=list_dispatchers, wait_seconds=1.5)
         took = time.perf_counter() - started
     finally:
         dispatcher.cancel()
@@ -498,8 +504,8 @@ async def test_an_abort_nobody_answers_is_not_acknowledged_and_says_so(
     async def nobody() -> set[str]:
         return set()
 
-    answer = await service.abort(pool, cid, actor, acks=service.AbortAcks(),
-                                 list_dispatchers=nobody, wait_seconds=0.3)
+    answer = await use_cases.abort(AsyncpgUnitOfWork(pool), cid, actor, acks=AbortAcks(),
+                                   list_dispatchers=nobody, wait_seconds=0.3)
     assert answer["acknowledged"] is False and answer["pending"] is None
     assert (answer["acknowledged_by"], answer["unresponsive"]) == ([], [])
     assert answer["message"].startswith("no dispatcher answered: the abort is recorded")

@@ -15,7 +15,8 @@ import pytest
 from services.scheduler import app as scheduler_app
 from services.scheduler import domain as scheduler_domain
 from services.scheduler import repo as scheduler_repo
-from services.scheduler import service as scheduler_service
+from services.scheduler.adapters.uow import AsyncpgUnitOfWork
+from services.scheduler.campaigns import use_cases
 from services.scheduler.domain import Invalid, InvalidTransition, NotFound
 from services.scheduler.voters import domain, repo, service
 from services.scheduler.voters.service import ImportResult
@@ -64,8 +65,8 @@ async def _voter_ids(pool: asyncpg.Pool, tag: str) -> dict[str, int]:
 
 
 async def _draft_campaign(pool: asyncpg.Pool) -> uuid.UUID:
-    return await scheduler_service.create_campaign(
-        pool, scheduler_domain.CreateCampaign(**campaign_payload()), actor=ACTOR
+    return await use_cases.create_campaign(
+        AsyncpgUnitOfWork(pool), scheduler_domain.CreateCampaign(**campaign_payload()), actor=ACTOR
     )
 
 

@@ -2,8 +2,8 @@
 
 import uuid
 
+from services.scheduler.campaigns.aborts import AbortAcks
 from services.scheduler.domain import abort_answer
-from services.scheduler.service import AbortAcks
 from shared.events import AbortAcknowledged
 
 

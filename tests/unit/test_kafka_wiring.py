@@ -11,7 +11,7 @@ from services.dispatcher import erasure as dispatcher_erasure
 from services.dispatcher import handlers as dispatcher_handlers
 from services.dispatcher.service import AbortRegistry, OptOutRegistry
 from services.scheduler import handlers as scheduler_handlers
-from services.scheduler.service import AbortAcks
+from services.scheduler.campaigns.aborts import AbortAcks
 from services.tracker import erasure as tracker_erasure
 from services.tracker import handlers as tracker_handlers
 from services.tracker import identity, receipts

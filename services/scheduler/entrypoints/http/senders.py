@@ -1,0 +1,24 @@
+"""Senders: who a campaign's messages come from, per organisation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, status
+
+from services.scheduler import domain, service
+from services.scheduler.campaigns import views
+from services.scheduler.entrypoints.http.dependencies import Organisation, Pool
+
+router = APIRouter(tags=["senders"])
+
+
+@router.post("/senders", status_code=status.HTTP_201_CREATED)
+async def create_sender(cmd: domain.SenderIn, org: Organisation, pool: Pool) -> dict[str, Any]:
+    sender = await service.create_sender(pool, cmd, org)
+    return {"id": str(sender.id), **cmd.model_dump()}
+
+
+@router.get("/senders")
+async def list_senders(org: Organisation, pool: Pool) -> dict[str, Any]:
+    return {"senders": await views.senders(pool, org)}
