@@ -81,7 +81,7 @@ def consumers() -> dict[str, list[tuple[str, str | None, str]]]:
     dependencies: nothing runs)."""
     from services.dispatcher import erasure as dispatcher_erasure
     from services.dispatcher import handlers as dispatcher
-    from services.scheduler import handlers as scheduler
+    from services.scheduler.entrypoints import kafka as scheduler
     from services.tracker import erasure as tracker_erasure
     from services.tracker import handlers as tracker
     from services.tracker import identity, receipts

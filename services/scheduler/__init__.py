@@ -3,8 +3,9 @@
 The scheduler takes operators' commands (HTTP), keeps campaigns, recipients, voters and users
 (schema `scheduler`), fans campaigns out into send requests and publishes its events through
 the outbox. Rooms: bootstrap.py (settings → the running scheduler's dependencies), app.py (the
-HTTP app, built without a database), entrypoints/ (HTTP route modules; handlers.py: the Kafka
-subscribers), campaigns/ (the campaign model, its use cases and their unit of work, its read
-views), adapters/ (the asyncpg unit of work), voters/ (the voter directory); the other flat
+HTTP app, built without a database), entrypoints/ (HTTP route modules under http/, the
+Kafka subscribers in kafka.py), campaigns/ (the campaign model, its use cases and their unit
+of work, its read views), adapters/ (the asyncpg unit of work), voters/ (the voter
+directory); the other flat
 modules are yet to move into that shape (../../shared/STYLE.md, "Target shape of a service").
 """

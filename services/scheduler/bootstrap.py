@@ -19,11 +19,12 @@ from aiokafka.admin import AIOKafkaAdminClient
 from fastapi import FastAPI
 from faststream.kafka import KafkaBroker
 
-from services.scheduler import auth, handlers, metrics, repo, service
+from services.scheduler import auth, metrics, repo, service
 from services.scheduler.adapters.uow import AsyncpgUnitOfWork
 from services.scheduler.campaigns.aborts import AbortAcks
 from services.scheduler.campaigns.unit_of_work import FanOut
 from services.scheduler.campaigns.use_cases import ListDispatchers
+from services.scheduler.entrypoints import kafka
 from services.scheduler.fanout import FanoutRunner
 from services.scheduler.outbox_relay import OutboxRelay
 from services.scheduler.passwords import FailureLimiter
@@ -183,7 +184,7 @@ async def running(settings: SchedulerSettings) -> AsyncIterator[Scheduler]:
         broker = make_broker(settings.kafka_bootstrap_servers, client_id="sendout-scheduler")
         pubs = _declare_publishers(broker)
         acks = AbortAcks()
-        broker.include_router(handlers.kafka_router(pool, acks))
+        broker.include_router(kafka.kafka_router(pool, acks))
         relay = _relay(settings, pubs)
 
         async def list_dispatchers() -> set[str]:

@@ -10,8 +10,8 @@ from faststream.kafka.testing import TestKafkaBroker
 from services.dispatcher import erasure as dispatcher_erasure
 from services.dispatcher import handlers as dispatcher_handlers
 from services.dispatcher.service import AbortRegistry, OptOutRegistry
-from services.scheduler import handlers as scheduler_handlers
 from services.scheduler.campaigns.aborts import AbortAcks
+from services.scheduler.entrypoints import kafka as scheduler_handlers
 from services.tracker import erasure as tracker_erasure
 from services.tracker import handlers as tracker_handlers
 from services.tracker import identity, receipts

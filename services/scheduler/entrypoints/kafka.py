@@ -1,4 +1,5 @@
-"""The scheduler's Kafka subscribers (its HTTP routes are entrypoints/http/)."""
+"""The scheduler's Kafka subscribers: decode, then a use case over a unit of work (its HTTP
+routes are entrypoints/http/)."""
 
 from __future__ import annotations
 
