@@ -79,7 +79,7 @@ class SendRequested(Event):
     voter_id: int | None = None
     channel: Channel
     # None when the recipient has no usable address for the channel: the dispatcher reports it
-    # skipped with `skip_reason` (`missing_address`, `invalid_address`) and calls no provider.
+    # skipped with `skip_reason` (a `shared.reasons.SkipReason` value) and calls no provider.
     address: str | None
     skip_reason: str | None = None
     variables: dict[str, Any] = Field(default_factory=dict)
@@ -121,6 +121,7 @@ class _Outcome(Event):
     recipient_id: int
     voter_id: int | None = None  # copied from the SendRequested
     channel: Channel
+    # A `shared.reasons.SkipReason` / `FailReason` value, or a provider's own refusal text.
     reason: str | None = None
     provider_message_id: str | None = None
     # The address the message went (or would have gone) to, for the recipient report.

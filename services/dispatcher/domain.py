@@ -127,7 +127,7 @@ def skipped(req: Request, reason: str) -> MessageSkipped:
         event_id=outcome_id(req.event_id), campaign_id=req.campaign_id,
         occurred_at=datetime.now(UTC),
         recipient_id=req.recipient_id, channel=req.channel, voter_id=req.voter_id,
-        address=req.address, reason=reason,
+        address=req.address, reason=str(reason),
     )
 
 
@@ -136,7 +136,7 @@ def failed(req: Request, reason: str) -> MessageFailed:
         event_id=outcome_id(req.event_id), campaign_id=req.campaign_id,
         occurred_at=datetime.now(UTC),
         recipient_id=req.recipient_id, channel=req.channel, voter_id=req.voter_id,
-        address=req.address, reason=reason[:1000],
+        address=req.address, reason=str(reason)[:1000],
     )
 
 

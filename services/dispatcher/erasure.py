@@ -25,9 +25,10 @@ from shared import erasure as shared_erasure
 from shared import wire
 from shared.db import Conn
 from shared.events import RecipientsErased
+from shared.reasons import SkipReason
 
 SERVICE = "dispatcher"
-ERASED = "erased"  # the skip reason of a retry whose voter was erased
+ERASED = SkipReason.ERASED  # the skip reason of a retry whose voter was erased
 _REQUEST = msgspec.json.Decoder(wire.SendRequested)
 
 

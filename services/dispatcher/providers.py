@@ -17,6 +17,7 @@ import msgspec
 from services.dispatcher.http11 import Http11Pool, HttpError, Response
 from services.dispatcher.limiter import AdaptiveLimiter
 from shared.events import Channel
+from shared.reasons import FailReason
 
 
 class OutgoingMessage:
@@ -94,7 +95,8 @@ def check_header_safe(message: OutgoingMessage) -> None:
     for field, value in (("address", message.to), ("sender", message.sender),
                          ("subject", message.subject or "")):
         if "\r" in value or "\n" in value or "\x00" in value:
-            reason = "invalid_address" if field == "address" else "invalid_header"
+            reason = (FailReason.INVALID_ADDRESS if field == "address"
+                      else FailReason.INVALID_HEADER)
             raise PermanentProviderError(f"{reason}: line break in the {field}")
 
 

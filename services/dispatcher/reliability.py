@@ -22,16 +22,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 
-class FailReason(StrEnum):
-    """Why a message failed without (or despite) a provider's answer; provider refusals carry
-    the provider's own text."""
-
-    TEMPLATE_ERROR = "template_error"
-    INVALID_HEADER = "invalid_header"
-    IN_DOUBT = "in_doubt"
-    SEND_ERROR = "send_error"
-
-
 class KeyAction(StrEnum):
     SEND = "send"          # nothing of it happened before: send it
     REPORT = "report"      # settled before: report the recorded outcome again

@@ -34,7 +34,6 @@ from services.dispatcher.providers import (
 )
 from services.dispatcher.reliability import (
     CircuitBreaker,
-    FailReason,
     KeyAction,
     KeyState,
     RetryPolicy,
@@ -43,6 +42,7 @@ from services.dispatcher.reliability import (
 from shared import wire
 from shared.events import Channel
 from shared.kafka import is_transient
+from shared.reasons import FailReason, SkipReason
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -532,7 +532,7 @@ class Dispatcher:
         (aborted, no address, opted out, campaign not known yet), the rest to `to_render`."""
         if campaign_id in self._aborts:
             for req in reqs:
-                recorder.add(req, domain.skipped(req, "aborted"))
+                recorder.add(req, domain.skipped(req, SkipReason.ABORTED))
             return
         if campaign_id in unknown:
             opted_out: set[str] | frozenset[str] = _NOTHING
@@ -542,7 +542,8 @@ class Dispatcher:
         for req in reqs:
             address = req.address
             if not address:
-                recorder.add(req, domain.skipped(req, req.skip_reason or "missing_address"))
+                recorder.add(req, domain.skipped(
+                    req, req.skip_reason or SkipReason.MISSING_ADDRESS))
             elif campaign_id in unknown:
                 # Its campaign's context has not reached this dispatcher (a request of an
                 # older producer that overtook its `started` event): scheduled, not the
@@ -551,7 +552,7 @@ class Dispatcher:
                 recorder.add(req, Retry(req, 0, now, now + 1.0 + random.random(),
                                         "campaign not known yet"))
             elif address in opted_out:
-                recorder.add(req, domain.skipped(req, "opted_out"))
+                recorder.add(req, domain.skipped(req, SkipReason.OPTED_OUT))
             else:
                 group = by_channel.get(req.channel)
                 if group is None:
@@ -657,7 +658,7 @@ class Dispatcher:
                                     req, message, attempts=0, first_at=first_at,
                                     aborts_seen=aborts_seen)))
                             else:  # its campaign was aborted: the gate refused the claim
-                                recorder.add(req, domain.skipped(req, "aborted"))
+                                recorder.add(req, domain.skipped(req, SkipReason.ABORTED))
                     if done:
                         await steps.submit(_Step(done, []))
 
@@ -758,9 +759,9 @@ class Dispatcher:
         """The last checks before a message is claimed: its outcome if it is not to be sent
         now, else None."""
         if req.campaign_id in self._aborts:
-            return domain.skipped(req, "aborted")
+            return domain.skipped(req, SkipReason.ABORTED)
         if (self._templates[req.campaign_id].organisation_id, req.address) in self._opt_outs:
-            return domain.skipped(req, "opted_out")
+            return domain.skipped(req, SkipReason.OPTED_OUT)
         return None
 
     async def _call(
@@ -784,7 +785,7 @@ class Dispatcher:
         # The last moment to honour an abort.
         if self._aborts.version != aborts_seen and req.campaign_id in self._aborts:
             breaker.cancel_probe()
-            return domain.skipped(req, "aborted")
+            return domain.skipped(req, SkipReason.ABORTED)
         started = time.monotonic()
         try:
             provider_id = await self._providers[req.channel].send(message)

@@ -40,6 +40,7 @@ from services.dispatcher.providers import (
     RetryableProviderError,
     check_header_safe,
 )
+from shared.reasons import FailReason
 
 _MAX_LINE = 998  # RFC 5322: octets per line, CRLF excluded
 _MAX_REPLY_LINE = 4096
@@ -379,7 +380,8 @@ def _parsed_address(value: str, field: str) -> tuple[str, str]:
     name, address = parseaddr(value)
     if (not address or "@" not in address or address.startswith("@") or address.endswith("@")
             or not _ENVELOPE_FORBIDDEN.isdisjoint(address)):
-        reason = "invalid_address" if field == "address" else "invalid_header"
+        reason = (FailReason.INVALID_ADDRESS if field == "address"
+                      else FailReason.INVALID_HEADER)
         raise PermanentProviderError(f"{reason}: not an email address in the {field}")
     return name, address
 

@@ -30,6 +30,7 @@ from services.scheduler.errors import InvalidTransition as InvalidTransition
 from services.scheduler.errors import NotFound as NotFound
 from shared import templating, wire
 from shared.events import Channel
+from shared.reasons import SkipReason
 from shared.templating import TemplateProblem
 from shared.text import check_text
 
@@ -413,9 +414,9 @@ def _address_and_skip(
         address, invalid = row["phone"], row["phone_invalid"]
     if skip_reason is None:
         skip_reason = (
-            "missing_address" if address is None
-            else "invalid_address" if invalid
-            else "opted_out" if address in opted_out
+            SkipReason.MISSING_ADDRESS.value if address is None
+            else SkipReason.INVALID_ADDRESS.value if invalid
+            else SkipReason.OPTED_OUT.value if address in opted_out
             else None
         )
     return address, skip_reason

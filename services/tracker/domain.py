@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.events import CampaignCompleted
+from shared.reasons import SkipReason
 
 # Deterministic so that a completion re-detected after a redelivery has the same event id.
 _COMPLETED_NS = uuid.UUID("3b8f8d7e-4f0a-4b0e-9a55-2f7c2e6d9c01")
@@ -62,7 +63,7 @@ class Counts:
         return {"total": self.total, "pending": self.pending, "completed": self.completed,
                 "failed": self.failed, "skipped": self.skipped,
                 # The seed's "opted out" counter: skipped because the address opted out.
-                "opted_out": skipped.get("opted_out", 0),
+                "opted_out": skipped.get(SkipReason.OPTED_OUT, 0),
                 "delivered": self.delivered, "not_delivered": self.not_delivered,
                 "reasons": {status: self.reasons.of(status) for status in REASON_STATUSES}}
 

@@ -14,6 +14,7 @@ from services.dispatcher.providers import (
     RetryableProviderError,
 )
 from services.dispatcher.service import RateLimiter
+from shared.reasons import FailReason, SkipReason
 from tests.factories import send_requested
 
 
@@ -38,6 +39,15 @@ def test_outcomes_carry_the_request_identity() -> None:
                             (domain.skipped(req, "missing_address"), "skipped")):
         assert (outcome.campaign_id, outcome.recipient_id, outcome.status) == (
             req.campaign_id, 42, status)
+
+
+def test_typed_reasons_go_on_the_wire_as_the_plain_strings_consumers_read() -> None:
+    req = send_requested(recipient_id=7)
+    skipped = domain.skipped(req, SkipReason.OPTED_OUT)
+    failed = domain.failed(req, FailReason.TEMPLATE_ERROR)
+    assert type(skipped.reason) is str and skipped.reason == "opted_out"
+    assert type(failed.reason) is str and failed.reason == "template_error"
+    assert b'"reason":"opted_out"' in skipped.to_bytes()
 
 
 def _message() -> OutgoingMessage:

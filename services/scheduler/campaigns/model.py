@@ -28,6 +28,7 @@ from enum import StrEnum
 
 from services.scheduler.errors import Invalid, InvalidTransition
 from shared.events import CampaignAborted, CampaignCanceled, CampaignScheduled
+from shared.reasons import SkipReason
 
 
 class State(StrEnum):
@@ -260,6 +261,6 @@ class Campaign:
         if not self.is_p2p:
             return None, None
         if self.state is State.COMPLETED:
-            return False, "not_sent"
+            return False, SkipReason.NOT_SENT.value
         # Peer to peer: only those a user pressed SEND for (the rest go out when pressed).
         return True, None
