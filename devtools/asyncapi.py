@@ -51,8 +51,8 @@ TOPICS: dict[str, tuple[str, Any, str]] = {
     topics.ERASURES: ("RecipientsErased", events.RecipientsErased, "the organisation id"),
 }
 
-# Publishers, as the services' composition roots (services/*/app.py; the scheduler's
-# bootstrap.py) declare them.
+# Publishers, as the services' wiring declares them (the scheduler's and the dispatcher's
+# bootstrap.py; the tracker's app.py).
 PUBLISHERS: dict[str, list[tuple[str, str]]] = {
     "scheduler": [
         (topics.SEND_REQUESTED, "The fan-out: recipients and channels to send, in batches of "
@@ -80,7 +80,7 @@ def consumers() -> dict[str, list[tuple[str, str | None, str]]]:
     subscribers, read from its FastStream routers (built with stand-ins for their
     dependencies: nothing runs)."""
     from services.dispatcher import erasure as dispatcher_erasure
-    from services.dispatcher import handlers as dispatcher
+    from services.dispatcher.entrypoints import kafka as dispatcher
     from services.scheduler.entrypoints import kafka as scheduler
     from services.tracker import erasure as tracker_erasure
     from services.tracker import handlers as tracker

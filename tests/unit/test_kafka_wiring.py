@@ -8,7 +8,7 @@ from faststream.kafka.annotations import KafkaMessage
 from faststream.kafka.testing import TestKafkaBroker
 
 from services.dispatcher import erasure as dispatcher_erasure
-from services.dispatcher import handlers as dispatcher_handlers
+from services.dispatcher.entrypoints import kafka as dispatcher_handlers
 from services.dispatcher.service import AbortRegistry, OptOutRegistry
 from services.scheduler.campaigns.aborts import AbortAcks
 from services.scheduler.entrypoints import kafka as scheduler_handlers
