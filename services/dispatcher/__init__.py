@@ -1,5 +1,4 @@
-"""Rule: each (campaign, recipient, channel) is sent at most once: claimed before the provider
-call, its outcome recorded before its offsets commit, and never a connection held across a call.
+"""Rule: each (campaign, recipient, channel) is claimed before its provider call and sent once.
 
 The dispatcher consumes send requests, renders each template (sandboxed), calls the channel's
 provider with bounded concurrency and a rate limit, and publishes outcomes (schema
