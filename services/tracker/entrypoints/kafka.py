@@ -31,7 +31,6 @@ from shared.wire import Outcome, decode_outcomes
 SERVICE = "tracker"
 
 
-# complexity: the subscribers are closures over its dependencies, counted in it; each is small
 def kafka_router(
     pool: asyncpg.Pool, publish_completed: PublishCompleted, max_records: int
 ) -> KafkaRouter:
