@@ -51,8 +51,7 @@ TOPICS: dict[str, tuple[str, Any, str]] = {
     topics.ERASURES: ("RecipientsErased", events.RecipientsErased, "the organisation id"),
 }
 
-# Publishers, as the services' composition roots (services/*/app.py; the scheduler's
-# bootstrap.py) declare them.
+# Publishers, as the services' wiring (services/*/bootstrap.py) declares them.
 PUBLISHERS: dict[str, list[tuple[str, str]]] = {
     "scheduler": [
         (topics.SEND_REQUESTED, "The fan-out: recipients and channels to send, in batches of "
@@ -80,11 +79,10 @@ def consumers() -> dict[str, list[tuple[str, str | None, str]]]:
     subscribers, read from its FastStream routers (built with stand-ins for their
     dependencies: nothing runs)."""
     from services.dispatcher import erasure as dispatcher_erasure
-    from services.dispatcher import handlers as dispatcher
+    from services.dispatcher.entrypoints import kafka as dispatcher
     from services.scheduler.entrypoints import kafka as scheduler
     from services.tracker import erasure as tracker_erasure
-    from services.tracker import handlers as tracker
-    from services.tracker import identity, receipts
+    from services.tracker.entrypoints import kafka as tracker
 
     stub = MagicMock()
     routers = {
@@ -92,8 +90,7 @@ def consumers() -> dict[str, list[tuple[str, str | None, str]]]:
         "dispatcher": [dispatcher.kafka_router(stub, stub, stub, stub, stub, stub,
                                                instance="x", max_records=1),
                        dispatcher_erasure.kafka_router(stub)],
-        "tracker": [tracker.kafka_router(stub, stub, 1), receipts.kafka_router(stub, 1),
-                    identity.kafka_router(stub), tracker_erasure.kafka_router(stub)],
+        "tracker": [tracker.kafka_router(stub, stub, 1), tracker_erasure.kafka_router(stub)],
     }
     found: dict[str, list[tuple[str, str | None, str]]] = {}
     for service, rs in routers.items():

@@ -1,296 +1,37 @@
-"""Dispatcher composition root: settings → pool → migrations → provider → broker → HTTP app."""
+"""The dispatcher's HTTP app: its health and metrics. Built without a database: bootstrap.py
+starts the dispatcher (providers, consumers, loops) in the app's lifespan and puts it on
+`app.state.dispatcher`, where the health checks find it."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from pathlib import Path
-
 from fastapi import FastAPI
 
-from services.dispatcher import erasure, handlers, metrics, repo
-from services.dispatcher.domain import Outcome
-from services.dispatcher.failover import FailoverProvider
-from services.dispatcher.limiter import AdaptiveLimiter
-from services.dispatcher.providers import HttpProvider, NoopProvider, Provider, SmtpProvider
-from services.dispatcher.reliability import CircuitBreaker, RetryPolicy
-from services.dispatcher.rendering import Renderer
-from services.dispatcher.service import (
-    AbortRegistry,
-    Dispatcher,
-    OptOutRegistry,
-    RateLimiter,
-)
+from services.dispatcher import bootstrap
+from services.dispatcher.bootstrap import MIGRATIONS as MIGRATIONS
+from services.dispatcher.bootstrap import RunningDispatcher
 from services.dispatcher.settings import DispatcherSettings
-from services.dispatcher.smtp import LeanSmtpProvider, SmtpOptions
-from services.dispatcher.twilio import TwilioProvider
-from shared import db, topics
-from shared.events import Channel
-from shared.kafka import ensure_topics, instance_client_id, make_broker, publish_encoded
-from shared.observability import HttpMetrics, LagMonitor
-from shared.service import ops_router, standard_checks
-from shared.wire import outcome_records
-
-MIGRATIONS = Path(__file__).parent / "migrations"
-
-
-CHANNEL_PROVIDERS: dict[Channel, frozenset[str]] = {
-    "email": frozenset({"noop", "http", "smtp"}),
-    "sms": frozenset({"noop", "http", "twilio"}),
-}
-
-
-def _chain_names(settings: DispatcherSettings, channel: Channel) -> list[str]:
-    """The names set for a channel's chain, or its one provider's name."""
-    chain = settings.email_providers if channel == "email" else settings.sms_providers
-    if chain.strip():
-        return [n.strip() for n in chain.split(",") if n.strip()]
-    single = settings.email_provider if channel == "email" else settings.sms_provider
-    return [settings.provider or single]
-
-
-def provider_chain(settings: DispatcherSettings, channel: Channel) -> list[str]:
-    """The providers of a channel, first choice first (one, unless a chain is set)."""
-    names = _chain_names(settings, channel)
-    unknown = [n for n in names if n not in CHANNEL_PROVIDERS[channel]]
-    if unknown:
-        raise ValueError(f"{channel} providers: {unknown} unknown; one of "
-                         f"{sorted(CHANNEL_PROVIDERS[channel])}")
-    if len(set(names)) != len(names):
-        raise ValueError(f"{channel} providers: {names} names one twice")
-    return names
-
-
-def provider_names(settings: DispatcherSettings) -> dict[Channel, str]:
-    """The provider label of each channel's metrics: its adapter, or its chain (`twilio,http`)."""
-    return {channel: ",".join(provider_chain(settings, channel))
-            for channel in ("email", "sms")}
-
-
-def build_providers(settings: DispatcherSettings) -> dict[Channel, Provider]:
-    """One provider per channel: an adapter, or a failover chain of them. An adapter named
-    for both channels (`http`) is one instance: one pool of connections, one health. Each
-    adapter is timed and counted under its own name (services/dispatcher/metrics.py)."""
-    built: dict[str, Provider] = {}
-
-    def adapter(name: str) -> Provider:
-        if name not in built:
-            built[name] = metrics.MeteredProvider(_adapter(settings, name), name)
-        return built[name]
-
-    providers: dict[Channel, Provider] = {}
-    for channel in ("email", "sms"):
-        names = provider_chain(settings, channel)
-        if len(names) == 1:
-            providers[channel] = adapter(names[0])
-        else:
-            providers[channel] = FailoverProvider(
-                [(name, adapter(name)) for name in names],
-                errors=settings.failover_errors,
-                window_seconds=settings.failover_window_seconds,
-                pause_seconds=settings.failover_pause_seconds,
-                doubt_errors=settings.failover_doubt_errors,
-            )
-    return providers
-
-
-def adapters_of(providers: dict[Channel, Provider]) -> list[Provider]:
-    """Every adapter once (chains' members included): what to close at the end."""
-    found: dict[int, Provider] = {}
-    for provider in providers.values():
-        members = provider.members if isinstance(provider, FailoverProvider) else [provider]
-        for member in members:
-            found.setdefault(id(member), member)
-    return list(found.values())
-
-
-def _limiter(settings: DispatcherSettings) -> tuple[int, AdaptiveLimiter | None]:
-    """An HTTP provider's cap on calls in flight, and its adaptive limiter if on."""
-    cap = settings.provider_max_concurrency or settings.concurrency
-    if not settings.provider_adaptive_concurrency:
-        return cap, None
-    return cap, AdaptiveLimiter(maximum=cap, initial=settings.provider_initial_concurrency)
-
-
-def _http(settings: DispatcherSettings) -> Provider:
-    cap, limiter = _limiter(settings)
-    return HttpProvider(settings.provider_url, timeout=settings.provider_timeout_seconds,
-                        max_connections=cap, limiter=limiter)
-
-
-def _twilio(settings: DispatcherSettings) -> Provider:
-    token = settings.twilio_auth_token
-    cap, limiter = _limiter(settings)
-    return TwilioProvider(
-        settings.twilio_base_url, settings.twilio_account_sid,
-        token.get_secret_value() if token else "",
-        from_number=settings.twilio_from,
-        messaging_service_sid=settings.twilio_messaging_service_sid,
-        status_callback=settings.twilio_status_callback,
-        timeout=settings.provider_timeout_seconds,
-        max_connections=cap,
-        limiter=limiter,
-    )
-
-
-def _adapter(settings: DispatcherSettings, name: str) -> Provider:
-    return ADAPTERS[name](settings)
-
-
-def build_smtp(settings: DispatcherSettings) -> Provider:
-    if settings.smtp_client == "aiosmtplib":
-        return SmtpProvider(
-            settings.smtp_host, settings.smtp_port, connections=settings.smtp_connections,
-            timeout=settings.provider_timeout_seconds, username=settings.smtp_username,
-            password=settings.smtp_password, starttls=settings.smtp_starttls,
-        )
-    return LeanSmtpProvider(SmtpOptions(
-        settings.smtp_host, settings.smtp_port, timeout=settings.provider_timeout_seconds,
-        username=settings.smtp_username, password=settings.smtp_password,
-        starttls=settings.smtp_starttls, use_tls=settings.smtp_tls,
-        local_hostname=settings.smtp_local_hostname, pipelining=settings.smtp_pipelining,
-    ), connections=settings.smtp_connections)
-
-
-# The provider registry: a name (as the settings use it) → how to build that adapter from the
-# settings. A new provider is its module plus a line here and in CHANNEL_PROVIDERS.
-ADAPTERS: dict[str, Callable[[DispatcherSettings], Provider]] = {
-    "noop": lambda _settings: NoopProvider(),
-    "http": _http,
-    "smtp": build_smtp,
-    "twilio": _twilio,
-}
-
-
-def build_breakers(
-    settings: DispatcherSettings, providers: dict[Channel, Provider]
-) -> dict[Channel, CircuitBreaker]:
-    """One breaker per provider (one serving both channels is one provider's health)."""
-    by_provider: dict[int, CircuitBreaker] = {}
-    return {
-        channel: by_provider.setdefault(id(provider), CircuitBreaker(
-            window_seconds=settings.breaker_window_seconds,
-            min_calls=settings.breaker_min_calls,
-            failure_ratio=settings.breaker_failure_ratio,
-            open_seconds=settings.breaker_open_seconds,
-            max_open_seconds=settings.breaker_max_open_seconds,
-        ))
-        for channel, provider in providers.items()
-    }
-
-
-async def stop_between_rounds(
-    task: asyncio.Task[None], dispatcher: Dispatcher, bound_seconds: float
-) -> None:
-    dispatcher.stopping = True
-    with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-        await asyncio.wait_for(asyncio.shield(task), bound_seconds)
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+from shared.observability import HttpMetrics
+from shared.service import HealthCheck, ops_router
 
 
 def create_app(settings: DispatcherSettings | None = None) -> FastAPI:
     settings = settings or DispatcherSettings()
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = await db.create_pool(
-            settings.database_url, "dispatcher", max_size=settings.db_pool_max,
-            generic_plans=True, session_state=False,
-        )
-        await db.migrate(pool, "dispatcher", MIGRATIONS)
-        providers = build_providers(settings)
-        aborts, opt_outs = AbortRegistry(), OptOutRegistry()
-        async with pool.acquire() as conn:
-            aborts.add(await repo.aborted_campaigns(conn))
-            aborts.add(await repo.aborted_gates(conn))
-            opt_outs.add(await repo.all_opt_outs(conn))
-        # Untrusted templates render in worker processes, with a time and an output limit per
-        # message; text-and-variable templates render inline.
-        renderer = Renderer(time_limit_seconds=settings.render_time_limit_seconds,
-                            max_output_chars=settings.render_max_output_chars,
-                            workers=settings.render_workers,
-                            memory_limit_mb=settings.render_memory_limit_mb)
-        await renderer.start()
-        dispatcher = Dispatcher(
-            pool,
-            providers,
-            aborts=aborts,
-            opt_outs=opt_outs,
-            concurrency=settings.concurrency,
-            rate_limiter=RateLimiter(settings.rate_limit_per_second),
-            instance=settings.instance_id,
-            retry_policy=RetryPolicy(settings.retry_base_seconds, settings.retry_cap_seconds,
-                                     settings.retry_deadline_seconds),
-            breakers=build_breakers(settings, providers),
-            claim_lease_seconds=settings.claim_lease_seconds,
-            resend_in_doubt=settings.resend_in_doubt,
-            publish_at=settings.outcome_publish_at,
-            publish_after=settings.outcome_publish_after_seconds,
-            renderer=renderer,
-        )
-        await ensure_topics(
-            settings.kafka_bootstrap_servers, topics.ALL, settings.kafka_partitions
-        )
-        # The client id names this instance: the scheduler waits for each member's abort
-        # acknowledgement.
-        broker = make_broker(
-            settings.kafka_bootstrap_servers,
-            client_id=instance_client_id("dispatcher", settings.instance_id),
-        )
-        outcomes_pub = broker.publisher(
-            topics.OUTCOMES,
-            description="Sent / failed / skipped, in batches of one campaign's (or one alone), "
-            "keyed by campaign id.",
-        )
-        lifecycle_pub = broker.publisher(
-            topics.CAMPAIGN_LIFECYCLE, description="Abort acknowledgements, keyed by campaign id."
-        )
-        outcome_counter = metrics.OutcomeCounter(provider_names(settings))
-        broker.include_router(
-            handlers.kafka_router(
-                pool, dispatcher, aborts, opt_outs, outcomes_pub, lifecycle_pub,
-                instance=settings.instance_id, max_records=settings.batch_max_records,
-                outcome_batch_size=settings.outcome_batch_size, consumers=settings.consumers,
-                rebalance_seconds=settings.drain_seconds,
-                outcome_counter=outcome_counter,
-            )
-        )
-        broker.include_router(erasure.kafka_router(pool))
-        await broker.start()
-        lag = LagMonitor(broker, interval=settings.metrics_interval_seconds)
-        lag.start()
-
-        async def publish_outcomes(outcomes: list[tuple[Outcome, bytes]]) -> None:
-            outcome_counter.count(outcomes)
-            await publish_encoded(
-                outcomes_pub, outcome_records(outcomes, settings.outcome_batch_size),
-                service="dispatcher",
-            )
-
-        retries = asyncio.create_task(dispatcher.retry_forever(publish_outcomes),
-                                      name="retry-schedule")
-        pruning = asyncio.create_task(
-            dispatcher.prune_forever(settings.claim_retention_hours * 3600), name="prune")
-
-        app.include_router(ops_router(standard_checks(pool, broker)))
-        try:
-            yield
-        finally:
-            # The retry round in progress is settled first (bounded: a call that does not end
-            # is left to its claim, which goes stale and is reported in doubt).
-            await stop_between_rounds(retries, dispatcher, settings.drain_seconds)
-            pruning.cancel()
-            await lag.stop()
-            await broker.stop()
-            await renderer.close()
-            for provider in adapters_of(providers):
-                await provider.close()
-            await pool.close()
-
-    app = FastAPI(title="Sendout dispatcher", lifespan=lifespan)
+    app = FastAPI(title="Sendout dispatcher", lifespan=bootstrap.lifespan(settings))
+    app.state.settings = settings
+    app.include_router(ops_router(_health_checks(app)))
     app.add_middleware(HttpMetrics, service="dispatcher")
     return app
+
+
+def _health_checks(app: FastAPI) -> dict[str, HealthCheck]:
+    """The running dispatcher's checks (the database and the broker answer); before it runs,
+    each fails, so /health answers 503."""
+
+    def deferred(name: str) -> HealthCheck:
+        async def check() -> dict[str, str]:
+            dispatcher: RunningDispatcher = app.state.dispatcher
+            return await dispatcher.checks[name]()
+
+        return check
+
+    return {name: deferred(name) for name in ("database", "kafka")}

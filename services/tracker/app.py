@@ -1,103 +1,45 @@
-"""Tracker composition root: settings → pool → migrations → broker → HTTP app."""
+"""The tracker's HTTP app: its route modules, input guard, OpenAPI completion and metrics.
+Built without a database: bootstrap.py starts the tracker in the app's lifespan and puts it on
+`app.state.tracker`, where the routes' dependencies find it."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from pathlib import Path
+from fastapi import FastAPI
 
-from fastapi import Depends, FastAPI
-
-from services.tracker import (
-    erasure,
-    handlers,
-    identity,
-    metrics,
-    receipts,
-    report,
-    twilio_callbacks,
-    voters,
-)
+from services.tracker import bootstrap
+from services.tracker.bootstrap import MIGRATIONS as MIGRATIONS
+from services.tracker.bootstrap import Tracker
+from services.tracker.entrypoints import http
 from services.tracker.settings import TrackerSettings
-from shared import db, http_input, openapi, topics
-from shared.events import CampaignCompleted, DeliveryReported
-from shared.kafka import ensure_topics, make_broker, publish_all
-from shared.observability import HttpMetrics, LagMonitor
-from shared.pollers import Poller
-from shared.service import ops_router, standard_checks
-
-MIGRATIONS = Path(__file__).parent / "migrations"
+from shared import http_input, openapi
+from shared.observability import HttpMetrics
+from shared.service import HealthCheck, ops_router
 
 
 def create_app(settings: TrackerSettings | None = None) -> FastAPI:
     settings = settings or TrackerSettings()
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = await db.create_pool(
-            settings.database_url, "tracker", max_size=settings.db_pool_max,
-            session_state=False,
-        )
-        await db.migrate(pool, "tracker", MIGRATIONS)
-        await ensure_topics(
-            settings.kafka_bootstrap_servers, topics.ALL, settings.kafka_partitions
-        )
-        broker = make_broker(settings.kafka_bootstrap_servers, client_id="sendout-tracker")
-        lifecycle_pub = broker.publisher(
-            topics.CAMPAIGN_LIFECYCLE, description="Completed campaigns, keyed by campaign id."
-        )
-
-        async def publish_completed(events: list[CampaignCompleted]) -> None:
-            await publish_all(
-                lifecycle_pub, [(e.campaign_id.bytes, e) for e in events], service="tracker"
-            )
-
-        broker.include_router(
-            handlers.kafka_router(pool, publish_completed, settings.batch_max_records)
-        )
-        receipts_pub = broker.publisher(
-            topics.RECEIPTS, description="Delivery receipts from providers, keyed by campaign id."
-        )
-
-        async def publish_receipts(items: list[tuple[bytes, DeliveryReported]]) -> None:
-            await publish_all(receipts_pub, items, service="tracker")
-
-        broker.include_router(receipts.kafka_router(pool, settings.batch_max_records))
-        broker.include_router(identity.kafka_router(pool))
-        broker.include_router(erasure.kafka_router(pool))
-        await broker.start()
-        lag = LagMonitor(broker, interval=settings.metrics_interval_seconds)
-        lag.start()
-        campaigns = Poller("campaigns in flight", metrics.CampaignGauges(pool).update,
-                           settings.metrics_interval_seconds)
-        campaigns.start()
-        user = Depends(identity.require_user(pool))
-        app.include_router(handlers.http_router(pool, user))
-        app.include_router(voters.http_router(pool, user))
-        app.include_router(receipts.http_router(
-            pool, publish_receipts, settings.receipts_secret, settings.receipts_max_skew_seconds
-        ))
-        app.include_router(twilio_callbacks.http_router(
-            pool, publish_receipts, settings.twilio_auth_token, settings.twilio_public_base_url
-        ))
-        app.include_router(report.http_router(pool, user))
-        app.include_router(ops_router(standard_checks(pool, broker)))
-        try:
-            yield
-        finally:
-            await campaigns.stop()
-            await lag.stop()
-            await broker.stop()
-            await pool.close()
-
-    app = FastAPI(title="Sendout tracker", lifespan=lifespan)
+    app = FastAPI(title="Sendout tracker", lifespan=bootstrap.lifespan(settings))
+    app.state.settings = settings
+    for router in http.ROUTERS:
+        app.include_router(router)
+    app.include_router(ops_router(_health_checks(app)))
     # Receipts are the only body the tracker takes: at most 1000 of them, well under 1 MiB.
     http_input.install(app, default_limit=http_input.DEFAULT_BODY_LIMIT)
-    openapi.install(app, signed=frozenset({"/receipts", "/providers/twilio/status"}), extra={
-        ("POST", "/receipts"): {503: "Receipts not configured (SENDOUT_RECEIPTS_SECRET)"},
-        ("POST", "/providers/twilio/status"): {
-            400: "Body is not UTF-8", 503: "Twilio not configured (SENDOUT_TWILIO_AUTH_TOKEN)"},
-    })
+    openapi.install(app, signed=http.SIGNED_PATHS, extra=http.OTHER_ERRORS)
     # Outermost (added last): requests the input guard refuses are measured too.
     app.add_middleware(HttpMetrics, service="tracker", webhooks={"/receipts": "receipts"})
     return app
+
+
+def _health_checks(app: FastAPI) -> dict[str, HealthCheck]:
+    """The running tracker's checks (the database and the broker answer); before it runs,
+    each fails, so /health answers 503."""
+
+    def deferred(name: str) -> HealthCheck:
+        async def check() -> dict[str, str]:
+            tracker: Tracker = app.state.tracker
+            return await tracker.checks[name]()
+
+        return check
+
+    return {name: deferred(name) for name in ("database", "kafka")}

@@ -1,25 +1,18 @@
 """Who may read progress: the API tokens the scheduler issued, learnt from
 `sendout.identity.v1` (the tracker never calls the scheduler), and the organisation each
-campaign belongs to, learnt from its `started` event."""
+campaign belongs to, learnt from its `started` event. The subscriber that keeps the tokens is
+entrypoints/kafka.py's `on_identity`."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
 import asyncpg
-from aiokafka import ConsumerRecord
-from faststream.kafka import KafkaRouter
-from faststream.kafka.annotations import KafkaBroker, KafkaMessage
 
-from shared import topics
-from shared.auth import Principal, bearer
+from shared.auth import LookUp, Principal, bearer
 from shared.db import Conn
-from shared.events import IDENTITY, ApiTokenIssued, ApiTokenRevoked
-from shared.kafka import BATCH_CONSUMER, process_bounded
-
-SERVICE = "tracker"
+from shared.events import ApiTokenIssued, ApiTokenRevoked
 
 
 async def apply(
@@ -49,30 +42,10 @@ async def apply(
     )
 
 
-def kafka_router(pool: asyncpg.Pool) -> KafkaRouter:
-    router = KafkaRouter()
+def look_up(pool: asyncpg.Pool) -> LookUp:
+    """The user a token hash names, while the token is not revoked."""
 
-    @router.subscriber(
-        topics.IDENTITY,
-        group_id="sendout-tracker-identity",
-        max_records=500,
-        description="API tokens issued and revoked by the scheduler.",
-        **BATCH_CONSUMER,
-    )
-    async def on_identity(body: list[bytes], msg: KafkaMessage, broker: KafkaBroker) -> None:
-        async def store(
-            good: Sequence[tuple[ConsumerRecord[Any, Any], ApiTokenIssued | ApiTokenRevoked]],
-        ) -> None:
-            async with pool.acquire() as conn, conn.transaction():
-                await apply(conn, [e for _, e in good])
-
-        await process_bounded(msg, broker, IDENTITY, store, service=SERVICE)
-
-    return router
-
-
-def require_user(pool: asyncpg.Pool) -> Callable[..., Awaitable[Principal]]:
-    async def look_up(token_hash: bytes) -> Principal | None:
+    async def principal(token_hash: bytes) -> Principal | None:
         row = await pool.fetchrow(
             "SELECT user_id, organisation_id, user_name FROM api_tokens "
             "WHERE token_hash = $1 AND revoked_at IS NULL",
@@ -80,7 +53,12 @@ def require_user(pool: asyncpg.Pool) -> Callable[..., Awaitable[Principal]]:
         )
         return Principal(row["user_id"], row["organisation_id"], row["user_name"]) if row else None
 
-    return bearer(look_up)
+    return principal
+
+
+def require_user(pool: asyncpg.Pool) -> Callable[..., Awaitable[Principal]]:
+    """A FastAPI dependency: the caller, or 401 with what is wrong."""
+    return bearer(look_up(pool))
 
 
 async def campaign_is_theirs(

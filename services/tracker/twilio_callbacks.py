@@ -9,21 +9,14 @@ way and change nothing. From here on the receipt goes the way of every receipt (
 
 Twilio's scheme has no timestamp, so a captured callback could be posted again: applying a
 receipt twice changes nothing (the projection sets a message's delivery status once).
+The route is entrypoints/http/twilio_callbacks.py.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime
 
-import asyncpg
-from fastapi import APIRouter, HTTPException, Request
-from pydantic import SecretStr, ValidationError
-
-from services.tracker import receipts_service
 from services.tracker.receipts_domain import Receipt
-from services.tracker.receipts_service import PublishReceipts
-from shared import twilio
 
 PATH = "/providers/twilio/status"
 
@@ -65,27 +58,3 @@ def _not_delivered_reason(params: dict[str, str], status: str) -> str:
     code = params.get("ErrorCode") or ""
     text = ERROR_REASONS.get(code) or params.get("ErrorMessage") or status
     return f"{text} (twilio {code})" if code else text
-
-
-def http_router(
-    pool: asyncpg.Pool,
-    publish: PublishReceipts,
-    auth_token: SecretStr | None,
-    public_base_url: str | None,
-) -> APIRouter:
-    router = APIRouter(tags=["receipts"])
-
-    @router.post(PATH)
-    async def twilio_status(request: Request) -> dict[str, Any]:
-        """Twilio's StatusCallback (`SENDOUT_TWILIO_STATUS_CALLBACK` on the dispatcher points
-        here). 401 without a valid `X-Twilio-Signature`."""
-        pairs = await twilio.signed_form(request, auth_token, public_base_url, "callbacks")
-        try:
-            receipt = receipt_of(dict(pairs), datetime.now(UTC))
-        except (ValueError, ValidationError) as exc:
-            raise HTTPException(422, str(exc)) from exc
-        if receipt is None:
-            return {"accepted": 0}
-        return {"accepted": await receipts_service.accept(pool, publish, [receipt])}
-
-    return router

@@ -170,7 +170,7 @@ async def test_a_request_for_an_unknown_campaign_waits_for_its_template_on_the_s
 async def test_concurrent_migrations_apply_each_file_once(dispatcher_pool: asyncpg.Pool) -> None:
     import asyncio
 
-    from services.dispatcher.app import MIGRATIONS
+    from services.dispatcher.bootstrap import MIGRATIONS
     from shared import db
 
     schema = f"mig_{uuid.uuid4().hex[:8]}"

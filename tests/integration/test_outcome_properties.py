@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.dispatcher import domain, repo
-from services.dispatcher.app import MIGRATIONS
+from services.dispatcher.bootstrap import MIGRATIONS
 from services.dispatcher.providers import (
     OutgoingMessage,
     PermanentProviderError,

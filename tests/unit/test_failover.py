@@ -15,7 +15,12 @@ from devtools import lean_http
 from devtools.fake_provider import Behaviour as HttpBehaviour
 from devtools.fake_provider import ReceiptPoster, create_routes
 from devtools.fake_twilio import Behaviour, create_app
-from services.dispatcher.app import adapters_of, build_providers, provider_chain, provider_names
+from services.dispatcher.bootstrap import (
+    adapters_of,
+    build_providers,
+    provider_chain,
+    provider_names,
+)
 from services.dispatcher.failover import FailoverProvider, mark, pinned_to
 from services.dispatcher.metrics import MeteredProvider
 from services.dispatcher.providers import (

@@ -8,13 +8,12 @@ from faststream.kafka.annotations import KafkaMessage
 from faststream.kafka.testing import TestKafkaBroker
 
 from services.dispatcher import erasure as dispatcher_erasure
-from services.dispatcher import handlers as dispatcher_handlers
+from services.dispatcher.entrypoints import kafka as dispatcher_handlers
 from services.dispatcher.service import AbortRegistry, OptOutRegistry
 from services.scheduler.campaigns.aborts import AbortAcks
 from services.scheduler.entrypoints import kafka as scheduler_handlers
 from services.tracker import erasure as tracker_erasure
-from services.tracker import handlers as tracker_handlers
-from services.tracker import identity, receipts
+from services.tracker.entrypoints import kafka as tracker_handlers
 from shared import erasure, topics
 from shared.events import (
     SEND_REQUESTED,
@@ -58,8 +57,6 @@ def _all_routers() -> list[Any]:
             instance="i", max_records=10,
         ),
         tracker_handlers.kafka_router(pool, None, 10),  # type: ignore[arg-type]
-        receipts.kafka_router(pool, 10),
-        identity.kafka_router(pool),
         tracker_erasure.kafka_router(pool),
         dispatcher_erasure.kafka_router(pool),
     ]

@@ -1,4 +1,5 @@
-"""Dispatcher Kafka subscribers: send requests in, outcomes out; lifecycle → templates."""
+"""The dispatcher's Kafka subscribers: send requests in, outcomes out; lifecycle → templates
+and aborts, opt-outs → who is not messaged (wired by bootstrap.py)."""
 
 from __future__ import annotations
 
