@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import secrets
-
 import asyncpg
 
-from services.scheduler import repo
+from services.scheduler.adapters.repositories import AsyncpgIdentity
+from services.scheduler.identity.model import new_token
 from shared.auth import LookUp, Principal, hash_token
 
 __all__ = ["Principal", "hash_token", "look_up", "new_token"]
 
 
-def new_token() -> str:
-    return "so_" + secrets.token_urlsafe(32)
-
-
 def look_up(pool: asyncpg.Pool) -> LookUp:
     async def principal(token_hash: bytes) -> Principal | None:
         async with pool.acquire() as conn:
-            row = await repo.principal_by_token(conn, token_hash)
-        return Principal(row["user_id"], row["organisation_id"], row["name"]) if row else None
+            return await AsyncpgIdentity(conn).principal_by_token(token_hash)
 
     return principal

@@ -28,6 +28,7 @@ from services.scheduler.errors import DomainError as DomainError
 from services.scheduler.errors import Invalid as Invalid
 from services.scheduler.errors import InvalidTransition as InvalidTransition
 from services.scheduler.errors import NotFound as NotFound
+from services.scheduler.identity.model import CreateUser as CreateUser
 from shared import templating, wire
 from shared.events import Channel
 from shared.templating import TemplateProblem
@@ -501,16 +502,6 @@ class InboundSms(BaseModel):
     sender: str = Field(alias="from", min_length=1, max_length=32)
     to: str | None = None
     body: str = Field(max_length=2_000)
-
-
-class CreateUser(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    organisation: str = Field(min_length=1, max_length=200)
-    name: str = Field(min_length=1, max_length=200)
-    # For people who sign in to the console (POST /auth/sign-in); stored as an argon2id hash.
-    password: str | None = Field(default=None, min_length=8, max_length=1024)
-    email: str | None = Field(default=None, max_length=320)
 
 
 def ensure_p2p(campaign_id: uuid.UUID, kind: str) -> None:

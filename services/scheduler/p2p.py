@@ -17,12 +17,13 @@ import uuid
 import asyncpg
 
 from services.scheduler import domain, errors, outbox, repo
+from services.scheduler.adapters.repositories import AsyncpgIdentity
 from shared.events import AddressOptedOut
 
 
 async def ensure_organisation_exists(pool: asyncpg.Pool, organisation_id: uuid.UUID) -> None:
     async with pool.acquire() as conn:
-        if not await repo.organisation_exists(conn, organisation_id):
+        if not await AsyncpgIdentity(conn).organisation_exists(organisation_id):
             raise errors.NotFound(f"organisation {organisation_id} not found")
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from services.scheduler.adapters.repositories import AsyncpgIdentity
 from services.scheduler.domain import RecipientRow, Sender, SenderIn, TemplateIn, TemplateVersion
 from shared.auth import Principal
 from shared.db import Conn
@@ -409,80 +410,11 @@ async def audit_trail(conn: Conn, campaign_id: uuid.UUID) -> list[dict[str, Any]
              "user_id": str(r["user_id"]) if r["user_id"] else None} for r in rows]
 
 
-# --- organisations, users, tokens --------------------------------------------------------------
-
-async def organisation_exists(conn: Conn, organisation_id: uuid.UUID) -> bool:
-    return bool(await conn.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM organisations WHERE id = $1)", organisation_id))
-
-
-async def ensure_organisation(conn: Conn, name: str) -> uuid.UUID:
-    found: uuid.UUID = await conn.fetchval(
-        """
-        WITH ins AS (
-            INSERT INTO organisations (id, name) VALUES (gen_random_uuid(), $1)
-            ON CONFLICT (name) DO NOTHING RETURNING id
-        )
-        SELECT id FROM ins UNION ALL SELECT id FROM organisations WHERE name = $1 LIMIT 1
-        """,
-        name,
-    )
-    return found
-
+# --- organisations, users, tokens: adapters/repositories.py (AsyncpgIdentity) -----------------
 
 async def upsert_user(conn: Conn, organisation_id: uuid.UUID, name: str) -> uuid.UUID:
-    found: uuid.UUID = await conn.fetchval(
-        """
-        INSERT INTO users (id, organisation_id, name) VALUES (gen_random_uuid(), $1, $2)
-        ON CONFLICT (organisation_id, name) DO UPDATE SET name = excluded.name
-        RETURNING id
-        """,
-        organisation_id, name,
-    )
-    return found
-
-
-async def get_user(conn: Conn, user_id: uuid.UUID) -> Principal | None:
-    row = await conn.fetchrow(
-        "SELECT id, organisation_id, name FROM users WHERE id = $1 FOR UPDATE", user_id
-    )
-    return Principal(row["id"], row["organisation_id"], row["name"]) if row else None
-
-
-async def insert_token(conn: Conn, user_id: uuid.UUID, token_hash: bytes) -> None:
-    await conn.execute("INSERT INTO api_tokens (token_hash, user_id) VALUES ($1, $2)",
-                       token_hash, user_id)
-
-
-async def revoke_tokens(conn: Conn, user_id: uuid.UUID) -> list[bytes]:
-    """Revoke every live token of the user; return their hashes."""
-    rows = await conn.fetch(
-        "UPDATE api_tokens SET revoked_at = now() "
-        "WHERE user_id = $1 AND revoked_at IS NULL RETURNING token_hash",
-        user_id,
-    )
-    return [r["token_hash"] for r in rows]
-
-
-async def all_tokens(conn: Conn) -> list[asyncpg.Record]:
-    """Every token ever issued with its user: what the identity topic must say."""
-    return await conn.fetch(
-        """
-        SELECT t.token_hash, t.revoked_at, u.id AS user_id, u.organisation_id, u.name
-        FROM api_tokens t JOIN users u ON u.id = t.user_id ORDER BY t.created_at
-        """
-    )
-
-
-async def principal_by_token(conn: Conn, token_hash: bytes) -> asyncpg.Record | None:
-    return await conn.fetchrow(
-        """
-        SELECT u.id AS user_id, u.organisation_id, u.name
-        FROM api_tokens t JOIN users u ON u.id = t.user_id
-        WHERE t.token_hash = $1 AND t.revoked_at IS NULL
-        """,
-        token_hash,
-    )
+    """Kept for callers of the old name: AsyncpgIdentity.upsert_user."""
+    return await AsyncpgIdentity(conn).upsert_user(organisation_id, name)
 
 
 # --- peer to peer ------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""An in-memory unit of work for the scheduler's use cases (campaigns, the voter import): no
-network, no database.
+"""An in-memory unit of work for the scheduler's use cases (campaigns, the voter import,
+identity): no network, no database.
 
 It keeps what the asyncpg one stores (services/scheduler/adapters/uow.py), with the same
 transaction semantics: the use case works on a copy, `commit()` makes the copy the stored
@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
@@ -19,6 +19,7 @@ from typing import Any
 from services.scheduler.campaigns.model import Campaign, Kind, State
 from services.scheduler.campaigns.unit_of_work import Actor, OutboxRecord, RecipientsFit
 from services.scheduler.domain import RecipientRow, Sender, SenderIn, TemplateIn, TemplateVersion
+from services.scheduler.identity.model import SigningIn, StoredToken
 from services.scheduler.outbox import check
 from services.scheduler.voters.domain import COLUMNS as VOTER_COLUMNS
 from services.scheduler.voters.domain import ImportRow
@@ -72,6 +73,19 @@ class Store:
     sender_rows: dict[uuid.UUID, tuple[uuid.UUID, Sender]] = field(default_factory=dict)
     templates: dict[uuid.UUID, tuple[uuid.UUID, list[TemplateVersion]]] = field(
         default_factory=dict)
+    # Identity: organisations by name; users by id; API tokens in the order issued.
+    organisations: dict[str, uuid.UUID] = field(default_factory=dict)
+    users: dict[uuid.UUID, StoredUser] = field(default_factory=dict)
+    tokens: list[StoredToken] = field(default_factory=list)
+
+
+@dataclass
+class StoredUser:
+    id: uuid.UUID
+    organisation_id: uuid.UUID
+    name: str
+    email: str | None = None
+    password_hash: str | None = None
 
 
 def recipient(**fields: Any) -> dict[str, Any]:
@@ -313,9 +327,82 @@ class FakeVoters:
         return inserted, updated, superseded
 
 
+class FakeIdentity:
+    def __init__(self, store: Store, now: datetime) -> None:
+        self._s = store
+        self._now = now
+
+    async def organisation_exists(self, organisation_id: uuid.UUID) -> bool:
+        return organisation_id in self._s.organisations.values()
+
+    async def ensure_organisation(self, name: str) -> uuid.UUID:
+        return self._s.organisations.setdefault(name, uuid.uuid4())
+
+    async def upsert_user(self, organisation_id: uuid.UUID, name: str) -> uuid.UUID:
+        for user in self._s.users.values():
+            if (user.organisation_id, user.name) == (organisation_id, name):
+                return user.id
+        user = StoredUser(uuid.uuid4(), organisation_id, name)
+        self._s.users[user.id] = user
+        return user.id
+
+    async def get_user(self, user_id: uuid.UUID) -> Principal | None:
+        user = self._s.users.get(user_id)
+        return Principal(user.id, user.organisation_id, user.name) if user else None
+
+    async def password_hash(self, user_id: uuid.UUID) -> str | None:
+        user = self._s.users.get(user_id)
+        return user.password_hash if user else None
+
+    async def set_password(
+        self, user_id: uuid.UUID, password_hash: str, email: str | None = None
+    ) -> None:
+        user = self._s.users.get(user_id)
+        if user is not None:
+            user.password_hash, user.email = password_hash, email or user.email
+
+    async def signing_in(self, login: str) -> list[SigningIn]:
+        names = {org_id: name for name, org_id in self._s.organisations.items()}
+        return [SigningIn(Principal(u.id, u.organisation_id, u.name), names[u.organisation_id],
+                          u.password_hash)
+                for u in self._s.users.values() if u.password_hash is not None
+                and ((u.email or "").lower() == login.lower() or u.name == login)][:10]
+
+    async def add_token(self, user_id: uuid.UUID, token_hash: bytes) -> None:
+        user = self._s.users[user_id]
+        self._s.tokens.append(StoredToken(token_hash, user.id, user.organisation_id, user.name,
+                                          None))
+
+    async def revoke_tokens(self, user_id: uuid.UUID) -> list[bytes]:
+        revoked = [t for t in self._s.tokens if t.user_id == user_id and t.revoked_at is None]
+        self._s.tokens = [replace(t, revoked_at=self._now) if t in revoked else t
+                          for t in self._s.tokens]
+        return [t.token_hash for t in revoked]
+
+    async def all_tokens(self) -> list[StoredToken]:
+        return list(self._s.tokens)
+
+
+class FakeHasher:
+    """Password hashes without argon2's cost: "hashed:" + the password."""
+
+    dummy_hash = "hashed:not a password of anyone"
+
+    def __init__(self) -> None:
+        self.verified: list[str] = []
+
+    async def hash(self, password: str) -> str:
+        return "hashed:" + password
+
+    async def verify(self, password_hash: str, password: str) -> bool:
+        self.verified.append(password_hash)
+        return password_hash == "hashed:" + password
+
+
 class FakeUnitOfWork:
     campaigns: FakeCampaigns
     voters: FakeVoters
+    identity: FakeIdentity
 
     def __init__(self, store: Store | None = None, now: datetime | None = None) -> None:
         self.store = store or Store()
@@ -328,6 +415,7 @@ class FakeUnitOfWork:
         self._work = copy.deepcopy(self.store)
         self.campaigns = FakeCampaigns(self._work, self.now)
         self.voters = FakeVoters(self._work)
+        self.identity = FakeIdentity(self._work, self.now)
         return self
 
     async def __aexit__(

@@ -1,6 +1,6 @@
 """The use cases' unit of work over asyncpg: one pooled connection, one transaction, the
-campaign and voter repositories and the outbox on it. The SQL itself stays in
-services/scheduler/repo.py and voters/repo.py."""
+repositories (campaigns, voters, identity) and the outbox on it. The SQL itself is in
+adapters/repositories.py, and still in services/scheduler/repo.py and voters/repo.py."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from asyncpg.pool import PoolConnectionProxy
 from asyncpg.transaction import Transaction
 
 from services.scheduler import domain, outbox, repo
+from services.scheduler.adapters.repositories import AsyncpgIdentity
 from services.scheduler.campaigns.model import Campaign, Kind, State
 from services.scheduler.campaigns.unit_of_work import Actor, OutboxRecord, RecipientsFit
 from services.scheduler.domain import RecipientRow, Sender, SenderIn, TemplateIn, TemplateVersion
@@ -192,6 +193,7 @@ class AsyncpgUnitOfWork:
 
     campaigns: AsyncpgCampaigns
     voters: AsyncpgVoters
+    identity: AsyncpgIdentity
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -210,6 +212,7 @@ class AsyncpgUnitOfWork:
         self._conn, self._transaction, self._committed = conn, transaction, False
         self.campaigns = AsyncpgCampaigns(conn)
         self.voters = AsyncpgVoters(conn)
+        self.identity = AsyncpgIdentity(conn)
         return self
 
     async def __aexit__(
