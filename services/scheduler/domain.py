@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import re
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -19,8 +18,13 @@ from pydantic import (
     model_validator,
 )
 
-from services.scheduler.addresses import email_or_invalid, normalise_email, phone_or_invalid
+from services.scheduler.addresses import email_or_invalid, phone_or_invalid
 from services.scheduler.campaigns import model
+from services.scheduler.content.model import Sender as Sender
+from services.scheduler.content.model import SenderIn as SenderIn
+from services.scheduler.content.model import TemplateIn as TemplateIn
+from services.scheduler.content.model import TemplateVersion as TemplateVersion
+from services.scheduler.content.model import template_checked
 
 # Re-exported: the errors' home is errors.py; callers still name them through the domain.
 from services.scheduler.errors import Conflict as Conflict
@@ -29,9 +33,8 @@ from services.scheduler.errors import Invalid as Invalid
 from services.scheduler.errors import InvalidTransition as InvalidTransition
 from services.scheduler.errors import NotFound as NotFound
 from services.scheduler.identity.model import CreateUser as CreateUser
-from shared import templating, wire
+from shared import wire
 from shared.events import Channel
-from shared.templating import TemplateProblem
 from shared.text import check_text
 
 CampaignState = model.State
@@ -114,99 +117,6 @@ def ensure_schedulable_time(at: datetime, now: datetime | None = None) -> dateti
 
 # --- senders and templates ---------------------------------------------------------------------
 
-_SMS_SENDER = re.compile(r"^(?:[A-Za-z0-9 ]{1,11}|\+[1-9]\d{6,14})$")
-
-
-def _template_checked(value: str | None, what: str) -> str | None:
-    """The template text, if it compiles and renders for a sample recipient (shared.templating's
-    check: within a time limit, sizes and work bounded, output only text and numbers); else a
-    ValueError naming the field and the problem, which the API answers with 422."""
-    if value is None:
-        return None
-    if not value.strip():
-        raise ValueError(f"{what} must not be empty")
-    try:
-        templating.check_template(value)
-    except TemplateProblem as problem:
-        raise ValueError(f"{what}: {problem}") from None
-    return value
-
-
-class SenderIn(BaseModel):
-    """Who a message is from: a display name, an email address and/or an SMS sender id."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(min_length=1, max_length=200)
-    email: str | None = Field(default=None, max_length=320)
-    sms_sender_id: str | None = Field(default=None, max_length=16)
-
-    @field_validator("email")
-    @classmethod
-    def email_is_valid(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            return normalise_email(value)
-        except ValueError as exc:
-            raise ValueError(f"sender {exc}") from exc
-
-    @field_validator("sms_sender_id")
-    @classmethod
-    def sms_sender_is_valid(cls, value: str | None) -> str | None:
-        if value is not None and not _SMS_SENDER.match(value):
-            raise ValueError("sms_sender_id must be 1-11 letters/digits or an E.164 number")
-        return value
-
-
-class TemplateIn(BaseModel):
-    """A message template; each channel a campaign uses needs its body."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(min_length=1, max_length=200)
-    email_subject: str | None = Field(default=None, max_length=500)
-    email_body: str | None = Field(default=None, max_length=100_000)
-    sms_body: str | None = Field(default=None, max_length=2_000)
-
-    @field_validator("email_subject", "email_body", "sms_body")
-    @classmethod
-    def renders(cls, value: str | None, info: ValidationInfo) -> str | None:
-        return _template_checked(value, str(info.field_name))
-
-    @model_validator(mode="after")
-    def has_a_body(self) -> TemplateIn:
-        if self.email_body is None and self.sms_body is None:
-            raise ValueError("a template needs an email_body or an sms_body")
-        return self
-
-
-@dataclass(frozen=True)
-class TemplateVersion:
-    template_id: uuid.UUID
-    version: int
-    email_subject: str | None
-    email_body: str | None
-    sms_body: str | None
-
-    def body(self, channel: Channel) -> str | None:
-        return self.email_body if channel == "email" else self.sms_body
-
-    def variables(self, channels: Iterable[Channel]) -> set[str]:
-        texts = [self.body(c) for c in channels]
-        if "email" in channels:
-            texts.append(self.email_subject)
-        return {v for t in texts if t for v in templating.template_variables(t)}
-
-
-@dataclass(frozen=True)
-class Sender:
-    id: uuid.UUID
-    name: str
-    email: str | None
-    sms_sender_id: str | None
-
-
 def ensure_fits_channels(
     channels: list[Channel], sender: Sender, template: TemplateVersion
 ) -> None:
@@ -245,7 +155,7 @@ class CreateCampaign(BaseModel):
     @field_validator("template", "subject")
     @classmethod
     def renders(cls, value: str | None, info: ValidationInfo) -> str | None:
-        return _template_checked(value, str(info.field_name))
+        return template_checked(value, str(info.field_name))
 
     @model_validator(mode="after")
     def one_of_each(self) -> CreateCampaign:

@@ -11,7 +11,7 @@ import asyncpg
 import msgspec
 
 from services.scheduler.adapters.repositories import AsyncpgIdentity
-from services.scheduler.domain import RecipientRow, Sender, SenderIn, TemplateIn, TemplateVersion
+from services.scheduler.domain import RecipientRow, TemplateVersion
 from shared.auth import Principal
 from shared.db import Conn
 
@@ -46,106 +46,6 @@ async def init_connection(conn: Conn) -> None:
         decoder=lambda data: _JSON.decode(memoryview(data)[1:]),
         schema="pg_catalog",
         format="binary",
-    )
-
-
-# --- senders and templates ---------------------------------------------------------------------
-
-async def insert_sender(
-    conn: Conn, sender: SenderIn, organisation_id: uuid.UUID
-) -> Sender:
-    sender_id = uuid.uuid4()
-    await conn.execute(
-        "INSERT INTO senders (id, name, email, sms_sender_id, organisation_id) "
-        "VALUES ($1, $2, $3, $4, $5)",
-        sender_id, sender.name, sender.email, sender.sms_sender_id, organisation_id,
-    )
-    return Sender(sender_id, sender.name, sender.email, sender.sms_sender_id)
-
-
-async def get_sender(
-    conn: Conn, sender_id: uuid.UUID, organisation_id: uuid.UUID
-) -> Sender | None:
-    row = await conn.fetchrow(
-        "SELECT id, name, email, sms_sender_id FROM senders "
-        "WHERE id = $1 AND organisation_id = $2", sender_id, organisation_id,
-    )
-    return Sender(row["id"], row["name"], row["email"], row["sms_sender_id"]) if row else None
-
-
-async def insert_template(
-    conn: Conn, template: TemplateIn, organisation_id: uuid.UUID
-) -> TemplateVersion:
-    template_id = uuid.uuid4()
-    await conn.execute("INSERT INTO templates (id, name, organisation_id) VALUES ($1, $2, $3)",
-                       template_id, template.name, organisation_id)
-    return await add_template_version(conn, template_id, template)
-
-
-async def add_template_version(
-    conn: Conn, template_id: uuid.UUID, template: TemplateIn
-) -> TemplateVersion:
-    row = await conn.fetchrow(
-        """
-        INSERT INTO template_versions (template_id, version, email_subject, email_body, sms_body)
-        SELECT $1, coalesce(max(version), 0) + 1, $2, $3, $4
-        FROM template_versions WHERE template_id = $1
-        RETURNING version
-        """,
-        template_id, template.email_subject, template.email_body, template.sms_body,
-    )
-    assert row is not None  # INSERT ... SELECT of an aggregate: always one row
-    await conn.execute("UPDATE templates SET name = $2 WHERE id = $1", template_id, template.name)
-    return TemplateVersion(template_id, row["version"], template.email_subject,
-                           template.email_body, template.sms_body)
-
-
-async def latest_template(
-    conn: Conn, template_id: uuid.UUID, organisation_id: uuid.UUID
-) -> TemplateVersion | None:
-    row = await conn.fetchrow(
-        """
-        SELECT v.template_id, v.version, v.email_subject, v.email_body, v.sms_body
-        FROM template_versions v JOIN templates t ON t.id = v.template_id
-        WHERE v.template_id = $1 AND t.organisation_id = $2
-        ORDER BY v.version DESC LIMIT 1
-        """,
-        template_id, organisation_id,
-    )
-    return TemplateVersion(**dict(row)) if row else None
-
-
-async def template_name(
-    conn: Conn, template_id: uuid.UUID, organisation_id: uuid.UUID
-) -> str | None:
-    found: str | None = await conn.fetchval(
-        "SELECT name FROM templates WHERE id = $1 AND organisation_id = $2 FOR UPDATE",
-        template_id, organisation_id,
-    )
-    return found
-
-
-async def senders_of(conn: Conn, organisation_id: uuid.UUID) -> list[asyncpg.Record]:
-    return await conn.fetch(
-        "SELECT id, name, email, sms_sender_id FROM senders WHERE organisation_id = $1 "
-        "ORDER BY created_at DESC LIMIT 1000",
-        organisation_id,
-    )
-
-
-async def templates_of(
-    conn: Conn, organisation_id: uuid.UUID
-) -> list[asyncpg.Record]:
-    return await conn.fetch(
-        """
-        SELECT DISTINCT ON (t.id) t.id, t.name, v.version, v.email_subject, v.email_body,
-               v.sms_body
-        FROM templates t JOIN template_versions v ON v.template_id = t.id
-        WHERE t.organisation_id = $1
-        ORDER BY t.id, v.version DESC
-        LIMIT 1000
-        """,
-        organisation_id,
     )
 
 

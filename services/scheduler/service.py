@@ -1,7 +1,7 @@
 """Scheduler commands not yet over a unit of work: the streamed recipients CSV, an individual
-send to a voter, senders and templates. Each takes the pool (or the caller's connection) and
-does its work in one transaction. The campaign's transitions are
-services/scheduler/campaigns/use_cases.py; users and their API tokens, identity/use_cases.py."""
+send to a voter. Each takes the pool (or the caller's connection) and does its work in one
+transaction. The campaign's transitions are services/scheduler/campaigns/use_cases.py; users
+and their API tokens, identity/use_cases.py; senders and templates, content/use_cases.py."""
 
 from __future__ import annotations
 
@@ -94,33 +94,6 @@ async def send_to_voter(
     )
     return await use_cases.send_individually(AsyncpgUnitOfWork(pool), fanout, individual,
                                              actor, region, voter_id)
-
-
-# --- senders and templates ----------------------------------------------------------------------
-
-async def create_sender(
-    pool: asyncpg.Pool, cmd: domain.SenderIn, organisation_id: uuid.UUID
-) -> domain.Sender:
-    async with pool.acquire() as conn:
-        return await repo.insert_sender(conn, cmd, organisation_id)
-
-
-async def create_template(
-    pool: asyncpg.Pool, cmd: domain.TemplateIn, organisation_id: uuid.UUID
-) -> domain.TemplateVersion:
-    async with pool.acquire() as conn, conn.transaction():
-        return await repo.insert_template(conn, cmd, organisation_id)
-
-
-async def edit_template(
-    pool: asyncpg.Pool, template_id: uuid.UUID, cmd: domain.TemplateIn,
-    organisation_id: uuid.UUID,
-) -> domain.TemplateVersion:
-    """Adds a version; campaigns already created keep the version they pinned."""
-    async with pool.acquire() as conn, conn.transaction():
-        if await repo.template_name(conn, template_id, organisation_id) is None:
-            raise domain.NotFound(f"template {template_id} not found")
-        return await repo.add_template_version(conn, template_id, cmd)
 
 
 # --- API tokens: identity/use_cases.py --------------------------------------------------------

@@ -1,5 +1,5 @@
 """An in-memory unit of work for the scheduler's use cases (campaigns, the voter import,
-identity): no network, no database.
+identity, content): no network, no database.
 
 It keeps what the asyncpg one stores (services/scheduler/adapters/uow.py), with the same
 transaction semantics: the use case works on a copy, `commit()` makes the copy the stored
@@ -383,6 +383,30 @@ class FakeIdentity:
         return list(self._s.tokens)
 
 
+class FakeContent:
+    """Senders and templates, in the store the campaigns' fake reads them from."""
+
+    def __init__(self, store: Store, campaigns: FakeCampaigns) -> None:
+        self._s = store
+        self.add_sender = campaigns.add_sender
+        self.sender = campaigns.sender
+        self.add_template = campaigns.add_template
+        self.latest_template = campaigns.latest_template
+
+    async def lock_template(self, template_id: uuid.UUID, organisation_id: uuid.UUID) -> bool:
+        org, _ = self._s.templates.get(template_id, (None, []))
+        return org == organisation_id
+
+    async def add_template_version(
+        self, template_id: uuid.UUID, template: TemplateIn
+    ) -> TemplateVersion:
+        _, versions = self._s.templates[template_id]
+        version = TemplateVersion(template_id, versions[-1].version + 1, template.email_subject,
+                                  template.email_body, template.sms_body)
+        versions.append(version)
+        return version
+
+
 class FakeHasher:
     """Password hashes without argon2's cost: "hashed:" + the password."""
 
@@ -403,6 +427,7 @@ class FakeUnitOfWork:
     campaigns: FakeCampaigns
     voters: FakeVoters
     identity: FakeIdentity
+    content: FakeContent
 
     def __init__(self, store: Store | None = None, now: datetime | None = None) -> None:
         self.store = store or Store()
@@ -416,6 +441,7 @@ class FakeUnitOfWork:
         self.campaigns = FakeCampaigns(self._work, self.now)
         self.voters = FakeVoters(self._work)
         self.identity = FakeIdentity(self._work, self.now)
+        self.content = FakeContent(self._work, self.campaigns)
         return self
 
     async def __aexit__(

@@ -1,4 +1,4 @@
-"""SQL of the rooms that moved into the target shape (identity, ...), as asyncpg repositories
+"""SQL of the rooms that moved into the target shape (identity, content), as asyncpg repositories
 on one connection: the unit of work's (adapters/uow.py), or a caller's. The campaigns' and
 voters' SQL is still services/scheduler/repo.py and voters/repo.py."""
 
@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import uuid
 
+import asyncpg
+
+from services.scheduler.content.model import Sender, SenderIn, TemplateIn, TemplateVersion
 from services.scheduler.identity.model import SigningIn, StoredToken
 from shared.auth import Principal
 from shared.db import Conn
@@ -111,3 +114,95 @@ class AsyncpgIdentity:
             token_hash,
         )
         return Principal(row["user_id"], row["organisation_id"], row["name"]) if row else None
+
+
+class AsyncpgContent:
+    """Senders and templates (with their versions), and their read views."""
+
+    def __init__(self, conn: Conn) -> None:
+        self._conn = conn
+
+    async def add_sender(self, sender: SenderIn, organisation_id: uuid.UUID) -> Sender:
+        sender_id = uuid.uuid4()
+        await self._conn.execute(
+            "INSERT INTO senders (id, name, email, sms_sender_id, organisation_id) "
+            "VALUES ($1, $2, $3, $4, $5)",
+            sender_id, sender.name, sender.email, sender.sms_sender_id, organisation_id,
+        )
+        return Sender(sender_id, sender.name, sender.email, sender.sms_sender_id)
+
+    async def sender(self, sender_id: uuid.UUID, organisation_id: uuid.UUID) -> Sender | None:
+        row = await self._conn.fetchrow(
+            "SELECT id, name, email, sms_sender_id FROM senders "
+            "WHERE id = $1 AND organisation_id = $2", sender_id, organisation_id,
+        )
+        return Sender(row["id"], row["name"], row["email"], row["sms_sender_id"]) if row else None
+
+    async def add_template(
+        self, template: TemplateIn, organisation_id: uuid.UUID
+    ) -> TemplateVersion:
+        template_id = uuid.uuid4()
+        await self._conn.execute(
+            "INSERT INTO templates (id, name, organisation_id) VALUES ($1, $2, $3)",
+            template_id, template.name, organisation_id)
+        return await self.add_template_version(template_id, template)
+
+    async def add_template_version(
+        self, template_id: uuid.UUID, template: TemplateIn
+    ) -> TemplateVersion:
+        row = await self._conn.fetchrow(
+            """
+            INSERT INTO template_versions (template_id, version, email_subject, email_body,
+                                           sms_body)
+            SELECT $1, coalesce(max(version), 0) + 1, $2, $3, $4
+            FROM template_versions WHERE template_id = $1
+            RETURNING version
+            """,
+            template_id, template.email_subject, template.email_body, template.sms_body,
+        )
+        assert row is not None  # INSERT ... SELECT of an aggregate: always one row
+        await self._conn.execute("UPDATE templates SET name = $2 WHERE id = $1",
+                                 template_id, template.name)
+        return TemplateVersion(template_id, row["version"], template.email_subject,
+                               template.email_body, template.sms_body)
+
+    async def latest_template(
+        self, template_id: uuid.UUID, organisation_id: uuid.UUID
+    ) -> TemplateVersion | None:
+        row = await self._conn.fetchrow(
+            """
+            SELECT v.template_id, v.version, v.email_subject, v.email_body, v.sms_body
+            FROM template_versions v JOIN templates t ON t.id = v.template_id
+            WHERE v.template_id = $1 AND t.organisation_id = $2
+            ORDER BY v.version DESC LIMIT 1
+            """,
+            template_id, organisation_id,
+        )
+        return TemplateVersion(**dict(row)) if row else None
+
+    async def lock_template(self, template_id: uuid.UUID, organisation_id: uuid.UUID) -> bool:
+        name: str | None = await self._conn.fetchval(
+            "SELECT name FROM templates WHERE id = $1 AND organisation_id = $2 FOR UPDATE",
+            template_id, organisation_id,
+        )
+        return name is not None
+
+    async def senders_of(self, organisation_id: uuid.UUID) -> list[asyncpg.Record]:
+        return await self._conn.fetch(
+            "SELECT id, name, email, sms_sender_id FROM senders WHERE organisation_id = $1 "
+            "ORDER BY created_at DESC LIMIT 1000",
+            organisation_id,
+        )
+
+    async def templates_of(self, organisation_id: uuid.UUID) -> list[asyncpg.Record]:
+        return await self._conn.fetch(
+            """
+            SELECT DISTINCT ON (t.id) t.id, t.name, v.version, v.email_subject, v.email_body,
+                   v.sms_body
+            FROM templates t JOIN template_versions v ON v.template_id = t.id
+            WHERE t.organisation_id = $1
+            ORDER BY t.id, v.version DESC
+            LIMIT 1000
+            """,
+            organisation_id,
+        )

@@ -1,5 +1,5 @@
 """The use cases' unit of work over asyncpg: one pooled connection, one transaction, the
-repositories (campaigns, voters, identity) and the outbox on it. The SQL itself is in
+repositories (campaigns, voters, identity, content) and the outbox on it. The SQL itself is in
 adapters/repositories.py, and still in services/scheduler/repo.py and voters/repo.py."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from asyncpg.pool import PoolConnectionProxy
 from asyncpg.transaction import Transaction
 
 from services.scheduler import domain, outbox, repo
-from services.scheduler.adapters.repositories import AsyncpgIdentity
+from services.scheduler.adapters.repositories import AsyncpgContent, AsyncpgIdentity
 from services.scheduler.campaigns.model import Campaign, Kind, State
 from services.scheduler.campaigns.unit_of_work import Actor, OutboxRecord, RecipientsFit
 from services.scheduler.domain import RecipientRow, Sender, SenderIn, TemplateIn, TemplateVersion
@@ -39,20 +39,20 @@ class AsyncpgCampaigns:
         self._conn = conn
 
     async def add_sender(self, sender: SenderIn, organisation_id: uuid.UUID) -> Sender:
-        return await repo.insert_sender(self._conn, sender, organisation_id)
+        return await AsyncpgContent(self._conn).add_sender(sender, organisation_id)
 
     async def sender(self, sender_id: uuid.UUID, organisation_id: uuid.UUID) -> Sender | None:
-        return await repo.get_sender(self._conn, sender_id, organisation_id)
+        return await AsyncpgContent(self._conn).sender(sender_id, organisation_id)
 
     async def add_template(
         self, template: TemplateIn, organisation_id: uuid.UUID
     ) -> TemplateVersion:
-        return await repo.insert_template(self._conn, template, organisation_id)
+        return await AsyncpgContent(self._conn).add_template(template, organisation_id)
 
     async def latest_template(
         self, template_id: uuid.UUID, organisation_id: uuid.UUID
     ) -> TemplateVersion | None:
-        return await repo.latest_template(self._conn, template_id, organisation_id)
+        return await AsyncpgContent(self._conn).latest_template(template_id, organisation_id)
 
     async def add(
         self, *, name: str, kind: Kind, channels: Sequence[str], sender_id: uuid.UUID,
@@ -194,6 +194,7 @@ class AsyncpgUnitOfWork:
     campaigns: AsyncpgCampaigns
     voters: AsyncpgVoters
     identity: AsyncpgIdentity
+    content: AsyncpgContent
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -213,6 +214,7 @@ class AsyncpgUnitOfWork:
         self.campaigns = AsyncpgCampaigns(conn)
         self.voters = AsyncpgVoters(conn)
         self.identity = AsyncpgIdentity(conn)
+        self.content = AsyncpgContent(conn)
         return self
 
     async def __aexit__(
