@@ -33,6 +33,11 @@ from services.scheduler.errors import Invalid as Invalid
 from services.scheduler.errors import InvalidTransition as InvalidTransition
 from services.scheduler.errors import NotFound as NotFound
 from services.scheduler.identity.model import CreateUser as CreateUser
+from services.scheduler.opt_outs.model import STOP_WORDS as STOP_WORDS
+from services.scheduler.opt_outs.model import InboundSms as InboundSms
+from services.scheduler.opt_outs.model import OptOut as OptOut
+from services.scheduler.opt_outs.model import is_stop_message as is_stop_message
+from services.scheduler.opt_outs.model import normalise_address as normalise_address
 from shared import wire
 from shared.events import Channel
 from shared.text import check_text
@@ -377,14 +382,6 @@ def send_requested_for(
 
 # --- peer to peer ------------------------------------------------------------------------------
 
-# Replies that opt a recipient out (compared case-insensitively, the whole message trimmed).
-STOP_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"})
-
-
-def is_stop_message(text: str) -> bool:
-    return text.strip().upper() in STOP_WORDS
-
-
 class EndCampaign(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -398,29 +395,6 @@ class EndCampaign(BaseModel):
         return value
 
 
-class OptOut(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    address: str = Field(min_length=1, max_length=320)
-
-
-class InboundSms(BaseModel):
-    """A provider's inbound-SMS callback (the fields every SMS API has in some form)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    sender: str = Field(alias="from", min_length=1, max_length=32)
-    to: str | None = None
-    body: str = Field(max_length=2_000)
-
-
 def ensure_p2p(campaign_id: uuid.UUID, kind: str) -> None:
     if kind != "p2p":
         raise Invalid(f"campaign {campaign_id} is not a peer-to-peer campaign")
-
-
-def normalise_address(address: str, region: str) -> str:
-    """An opt-out's address in the form recipients are stored in (E.164 or normalised email)."""
-    if "@" in address:
-        return email_or_invalid(address)[0] or address
-    return phone_or_invalid(address, region)[0] or address

@@ -1,4 +1,4 @@
-"""Opt-outs, and the rules of peer to peer (the seed's, ../shared/seeds/002_*); its use cases
+"""The rules of peer to peer (the seed's, ../shared/seeds/002_*); its use cases
 (start sending, press SEND, end) are in campaigns/use_cases.py:
 
 - non-scheduled campaign: SEND sends at once;
@@ -16,15 +16,14 @@ import uuid
 
 import asyncpg
 
-from services.scheduler import domain, errors, outbox, repo
-from services.scheduler.adapters.repositories import AsyncpgIdentity
-from shared.events import AddressOptedOut
+from services.scheduler.adapters.uow import AsyncpgUnitOfWork
+from services.scheduler.opt_outs import use_cases
+
+# Kept for callers of the old names: opt-outs are the opt_outs room's (opt_outs/use_cases.py).
 
 
 async def ensure_organisation_exists(pool: asyncpg.Pool, organisation_id: uuid.UUID) -> None:
-    async with pool.acquire() as conn:
-        if not await AsyncpgIdentity(conn).organisation_exists(organisation_id):
-            raise errors.NotFound(f"organisation {organisation_id} not found")
+    await use_cases.ensure_organisation_exists(AsyncpgUnitOfWork(pool), organisation_id)
 
 
 async def opt_out(
@@ -36,17 +35,5 @@ async def opt_out(
     keyword: str | None,
     region: str,
 ) -> str:
-    normalised = domain.normalise_address(address, region)
-    async with pool.acquire() as conn, conn.transaction():
-        await repo.insert_opt_out(conn, organisation_id, normalised, source, keyword)
-        await conn.execute(
-            """
-            UPDATE voters SET opted_out = true, opted_out_at = coalesce(opted_out_at, now())
-            WHERE organisation_id = $1 AND (phone = $2 OR lower(email) = lower($2))
-            """,
-            organisation_id, normalised,
-        )
-        # Dispatchers learn once it commits (a repeated event is harmless).
-        await outbox.add(conn, [outbox.opt_out(
-            AddressOptedOut(organisation_id=organisation_id, address=normalised))])
-    return normalised
+    return await use_cases.opt_out(AsyncpgUnitOfWork(pool), organisation_id, address,
+                                   source=source, keyword=keyword, region=region)

@@ -434,29 +434,6 @@ async def p2p_recipients(
     )
 
 
-async def opted_out(
-    conn: Conn, organisation_id: uuid.UUID, addresses: Sequence[str]
-) -> set[str]:
-    rows = await conn.fetch(
-        "SELECT address FROM opt_outs WHERE organisation_id = $1 AND address = ANY($2::text[])",
-        organisation_id, list(addresses),
-    )
-    return {r["address"] for r in rows}
-
-
-async def insert_opt_out(
-    conn: Conn, organisation_id: uuid.UUID, address: str, source: str,
-    keyword: str | None,
-) -> bool:
-    return bool(await conn.fetchval(
-        """
-        INSERT INTO opt_outs (organisation_id, address, source, keyword) VALUES ($1, $2, $3, $4)
-        ON CONFLICT DO NOTHING RETURNING true
-        """,
-        organisation_id, address, source, keyword,
-    ))
-
-
 async def end_campaign(conn: Conn, campaign_id: uuid.UUID) -> None:
     """Completed; the fan-out runs once more to report everyone nobody pressed SEND for."""
     await conn.execute(

@@ -1,5 +1,5 @@
 """An in-memory unit of work for the scheduler's use cases (campaigns, the voter import,
-identity, content): no network, no database.
+identity, content, opt-outs): no network, no database.
 
 It keeps what the asyncpg one stores (services/scheduler/adapters/uow.py), with the same
 transaction semantics: the use case works on a copy, `commit()` makes the copy the stored
@@ -407,6 +407,25 @@ class FakeContent:
         return version
 
 
+class FakeOptOuts:
+    def __init__(self, store: Store, campaigns: FakeCampaigns) -> None:
+        self._s = store
+        self.opted_out = campaigns.opted_out
+        self.organisation_exists = FakeIdentity(store, datetime.now(UTC)).organisation_exists
+
+    async def add(
+        self, organisation_id: uuid.UUID, address: str, source: str, keyword: str | None
+    ) -> bool:
+        new = (organisation_id, address) not in self._s.opt_outs
+        self._s.opt_outs.add((organisation_id, address))
+        return new
+
+    async def mark_voters(self, organisation_id: uuid.UUID, address: str) -> None:
+        for voter in self._s.voters.get(organisation_id, {}).values():
+            if voter["phone"] == address or (voter["email"] or "").lower() == address.lower():
+                voter["opted_out"] = True
+
+
 class FakeHasher:
     """Password hashes without argon2's cost: "hashed:" + the password."""
 
@@ -428,6 +447,7 @@ class FakeUnitOfWork:
     voters: FakeVoters
     identity: FakeIdentity
     content: FakeContent
+    opt_outs: FakeOptOuts
 
     def __init__(self, store: Store | None = None, now: datetime | None = None) -> None:
         self.store = store or Store()
@@ -442,6 +462,7 @@ class FakeUnitOfWork:
         self.voters = FakeVoters(self._work)
         self.identity = FakeIdentity(self._work, self.now)
         self.content = FakeContent(self._work, self.campaigns)
+        self.opt_outs = FakeOptOuts(self._work, self.campaigns)
         return self
 
     async def __aexit__(

@@ -1,10 +1,12 @@
-"""SQL of the rooms that moved into the target shape (identity, content), as asyncpg repositories
+"""SQL of the rooms that moved into the target shape (identity, content, opt-outs), as asyncpg
+repositories
 on one connection: the unit of work's (adapters/uow.py), or a caller's. The campaigns' and
 voters' SQL is still services/scheduler/repo.py and voters/repo.py."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 
 import asyncpg
 
@@ -206,3 +208,44 @@ class AsyncpgContent:
             """,
             organisation_id,
         )
+
+
+class AsyncpgOptOuts:
+    """Opted-out addresses, per organisation, and the voters they mark."""
+
+    def __init__(self, conn: Conn) -> None:
+        self._conn = conn
+
+    async def organisation_exists(self, organisation_id: uuid.UUID) -> bool:
+        return await AsyncpgIdentity(self._conn).organisation_exists(organisation_id)
+
+    async def add(
+        self, organisation_id: uuid.UUID, address: str, source: str, keyword: str | None
+    ) -> bool:
+        return bool(await self._conn.fetchval(
+            """
+            INSERT INTO opt_outs (organisation_id, address, source, keyword)
+            VALUES ($1, $2, $3, $4)
+            ON CONFLICT DO NOTHING RETURNING true
+            """,
+            organisation_id, address, source, keyword,
+        ))
+
+    async def mark_voters(self, organisation_id: uuid.UUID, address: str) -> None:
+        await self._conn.execute(
+            """
+            UPDATE voters SET opted_out = true, opted_out_at = coalesce(opted_out_at, now())
+            WHERE organisation_id = $1 AND (phone = $2 OR lower(email) = lower($2))
+            """,
+            organisation_id, address,
+        )
+
+    async def opted_out(
+        self, organisation_id: uuid.UUID, addresses: Sequence[str]
+    ) -> set[str]:
+        rows = await self._conn.fetch(
+            "SELECT address FROM opt_outs "
+            "WHERE organisation_id = $1 AND address = ANY($2::text[])",
+            organisation_id, list(addresses),
+        )
+        return {r["address"] for r in rows}

@@ -1,6 +1,7 @@
 """The use cases' unit of work over asyncpg: one pooled connection, one transaction, the
-repositories (campaigns, voters, identity, content) and the outbox on it. The SQL itself is in
-adapters/repositories.py, and still in services/scheduler/repo.py and voters/repo.py."""
+repositories (campaigns, voters, identity, content, opt-outs) and the outbox on it. The SQL
+itself is in adapters/repositories.py, and still in services/scheduler/repo.py and
+voters/repo.py."""
 
 from __future__ import annotations
 
@@ -15,7 +16,11 @@ from asyncpg.pool import PoolConnectionProxy
 from asyncpg.transaction import Transaction
 
 from services.scheduler import domain, outbox, repo
-from services.scheduler.adapters.repositories import AsyncpgContent, AsyncpgIdentity
+from services.scheduler.adapters.repositories import (
+    AsyncpgContent,
+    AsyncpgIdentity,
+    AsyncpgOptOuts,
+)
 from services.scheduler.campaigns.model import Campaign, Kind, State
 from services.scheduler.campaigns.unit_of_work import Actor, OutboxRecord, RecipientsFit
 from services.scheduler.domain import RecipientRow, Sender, SenderIn, TemplateIn, TemplateVersion
@@ -155,7 +160,7 @@ class AsyncpgCampaigns:
     async def opted_out(
         self, organisation_id: uuid.UUID, addresses: Sequence[str]
     ) -> set[str]:
-        return await repo.opted_out(self._conn, organisation_id, addresses)
+        return await AsyncpgOptOuts(self._conn).opted_out(organisation_id, addresses)
 
     async def wait_for_fanout_pass(self, campaign_id: uuid.UUID) -> None:
         await self._conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key(campaign_id))
@@ -195,6 +200,7 @@ class AsyncpgUnitOfWork:
     voters: AsyncpgVoters
     identity: AsyncpgIdentity
     content: AsyncpgContent
+    opt_outs: AsyncpgOptOuts
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -215,6 +221,7 @@ class AsyncpgUnitOfWork:
         self.voters = AsyncpgVoters(conn)
         self.identity = AsyncpgIdentity(conn)
         self.content = AsyncpgContent(conn)
+        self.opt_outs = AsyncpgOptOuts(conn)
         return self
 
     async def __aexit__(

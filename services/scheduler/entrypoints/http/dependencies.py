@@ -16,6 +16,7 @@ from services.scheduler.bootstrap import Scheduler
 from services.scheduler.campaigns.unit_of_work import FanOut, UnitOfWork
 from services.scheduler.content.unit_of_work import UnitOfWork as ContentUnitOfWork
 from services.scheduler.identity.unit_of_work import UnitOfWork as IdentityUnitOfWork
+from services.scheduler.opt_outs.unit_of_work import UnitOfWork as OptOutsUnitOfWork
 from services.scheduler.settings import SchedulerSettings
 from shared.auth import API_TOKEN, Principal, bearer, same_secret, unauthorized
 
@@ -49,6 +50,12 @@ async def identity_unit_of_work(
 async def content_unit_of_work(
     scheduler: Annotated[Scheduler, Depends(running)],
 ) -> ContentUnitOfWork:
+    return scheduler.uow()
+
+
+async def opt_outs_unit_of_work(
+    scheduler: Annotated[Scheduler, Depends(running)],
+) -> OptOutsUnitOfWork:
     return scheduler.uow()
 
 
@@ -89,6 +96,7 @@ Pool = Annotated[asyncpg.Pool, Depends(pool)]
 Uow = Annotated[UnitOfWork, Depends(unit_of_work)]
 IdentityUow = Annotated[IdentityUnitOfWork, Depends(identity_unit_of_work)]
 ContentUow = Annotated[ContentUnitOfWork, Depends(content_unit_of_work)]
+OptOutsUow = Annotated[OptOutsUnitOfWork, Depends(opt_outs_unit_of_work)]
 Fanout = Annotated[FanOut, Depends(fanout)]
 Settings = Annotated[SchedulerSettings, Depends(settings)]
 Region = Annotated[str, Depends(region)]
