@@ -142,6 +142,13 @@ class FakeCampaigns:
             self._s.next_recipient_id += 1
         return len(rows)
 
+    async def voter(
+        self, organisation_id: uuid.UUID, voter_id: int
+    ) -> Mapping[str, Any] | None:
+        found = (v for v in self._s.voters.get(organisation_id, {}).values()
+                 if v.get("id") == voter_id)
+        return next(found, None)
+
     def _c(self, campaign_id: uuid.UUID) -> StoredCampaign:
         return self._s.campaigns[campaign_id]
 

@@ -72,6 +72,13 @@ class AsyncpgCampaigns:
     ) -> int:
         return await repo.copy_recipients(self._conn, campaign_id, rows)
 
+    async def voter(
+        self, organisation_id: uuid.UUID, voter_id: int
+    ) -> Mapping[str, Any] | None:
+        row = await voters_repo.get_voter(self._conn, organisation_id, voter_id)
+        # A Record reads as a mapping; asyncpg's stubs do not say so.
+        return cast("Mapping[str, Any] | None", row)
+
     async def get(
         self, campaign_id: uuid.UUID, organisation_id: uuid.UUID | None = None,
         *, share: bool = False,
