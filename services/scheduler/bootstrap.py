@@ -19,15 +19,16 @@ from aiokafka.admin import AIOKafkaAdminClient
 from fastapi import FastAPI
 from faststream.kafka import KafkaBroker
 
-from services.scheduler import auth, metrics, repo, service
+from services.scheduler import auth, metrics, repo
 from services.scheduler.adapters.uow import AsyncpgUnitOfWork
 from services.scheduler.campaigns.aborts import AbortAcks
 from services.scheduler.campaigns.unit_of_work import FanOut
 from services.scheduler.campaigns.use_cases import ListDispatchers
 from services.scheduler.entrypoints import kafka
 from services.scheduler.fanout import FanoutRunner
+from services.scheduler.identity import use_cases as identity
+from services.scheduler.identity.model import FailureLimiter
 from services.scheduler.outbox_relay import OutboxRelay
-from services.scheduler.passwords import FailureLimiter
 from services.scheduler.schedules import ScheduleLoop
 from services.scheduler.settings import SchedulerSettings
 from shared import db, topics, tracing, webhooks, wire
@@ -194,7 +195,7 @@ async def running(settings: SchedulerSettings) -> AsyncIterator[Scheduler]:
         schedules = ScheduleLoop(pool, fanout, settings.schedule_poll_seconds)
         await broker.start()
         stack.push_async_callback(broker.stop)
-        await service.publish_all_tokens(pool, _identity_publisher(pubs))
+        await identity.publish_all_tokens(AsyncpgUnitOfWork(pool), _identity_publisher(pubs))
         for loop in (
             relay, fanout, schedules,
             LagMonitor(broker, interval=settings.metrics_interval_seconds),

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import re
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -19,8 +18,13 @@ from pydantic import (
     model_validator,
 )
 
-from services.scheduler.addresses import email_or_invalid, normalise_email, phone_or_invalid
+from services.scheduler.addresses import email_or_invalid, phone_or_invalid
 from services.scheduler.campaigns import model
+from services.scheduler.content.model import Sender as Sender
+from services.scheduler.content.model import SenderIn as SenderIn
+from services.scheduler.content.model import TemplateIn as TemplateIn
+from services.scheduler.content.model import TemplateVersion as TemplateVersion
+from services.scheduler.content.model import template_checked
 
 # Re-exported: the errors' home is errors.py; callers still name them through the domain.
 from services.scheduler.errors import Conflict as Conflict
@@ -28,10 +32,15 @@ from services.scheduler.errors import DomainError as DomainError
 from services.scheduler.errors import Invalid as Invalid
 from services.scheduler.errors import InvalidTransition as InvalidTransition
 from services.scheduler.errors import NotFound as NotFound
-from shared import templating, wire
+from services.scheduler.identity.model import CreateUser as CreateUser
+from services.scheduler.opt_outs.model import STOP_WORDS as STOP_WORDS
+from services.scheduler.opt_outs.model import InboundSms as InboundSms
+from services.scheduler.opt_outs.model import OptOut as OptOut
+from services.scheduler.opt_outs.model import is_stop_message as is_stop_message
+from services.scheduler.opt_outs.model import normalise_address as normalise_address
+from shared import wire
 from shared.events import Channel
 from shared.reasons import SkipReason
-from shared.templating import TemplateProblem
 from shared.text import check_text
 
 CampaignState = model.State
@@ -114,99 +123,6 @@ def ensure_schedulable_time(at: datetime, now: datetime | None = None) -> dateti
 
 # --- senders and templates ---------------------------------------------------------------------
 
-_SMS_SENDER = re.compile(r"^(?:[A-Za-z0-9 ]{1,11}|\+[1-9]\d{6,14})$")
-
-
-def _template_checked(value: str | None, what: str) -> str | None:
-    """The template text, if it compiles and renders for a sample recipient (shared.templating's
-    check: within a time limit, sizes and work bounded, output only text and numbers); else a
-    ValueError naming the field and the problem, which the API answers with 422."""
-    if value is None:
-        return None
-    if not value.strip():
-        raise ValueError(f"{what} must not be empty")
-    try:
-        templating.check_template(value)
-    except TemplateProblem as problem:
-        raise ValueError(f"{what}: {problem}") from None
-    return value
-
-
-class SenderIn(BaseModel):
-    """Who a message is from: a display name, an email address and/or an SMS sender id."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(min_length=1, max_length=200)
-    email: str | None = Field(default=None, max_length=320)
-    sms_sender_id: str | None = Field(default=None, max_length=16)
-
-    @field_validator("email")
-    @classmethod
-    def email_is_valid(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            return normalise_email(value)
-        except ValueError as exc:
-            raise ValueError(f"sender {exc}") from exc
-
-    @field_validator("sms_sender_id")
-    @classmethod
-    def sms_sender_is_valid(cls, value: str | None) -> str | None:
-        if value is not None and not _SMS_SENDER.match(value):
-            raise ValueError("sms_sender_id must be 1-11 letters/digits or an E.164 number")
-        return value
-
-
-class TemplateIn(BaseModel):
-    """A message template; each channel a campaign uses needs its body."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(min_length=1, max_length=200)
-    email_subject: str | None = Field(default=None, max_length=500)
-    email_body: str | None = Field(default=None, max_length=100_000)
-    sms_body: str | None = Field(default=None, max_length=2_000)
-
-    @field_validator("email_subject", "email_body", "sms_body")
-    @classmethod
-    def renders(cls, value: str | None, info: ValidationInfo) -> str | None:
-        return _template_checked(value, str(info.field_name))
-
-    @model_validator(mode="after")
-    def has_a_body(self) -> TemplateIn:
-        if self.email_body is None and self.sms_body is None:
-            raise ValueError("a template needs an email_body or an sms_body")
-        return self
-
-
-@dataclass(frozen=True)
-class TemplateVersion:
-    template_id: uuid.UUID
-    version: int
-    email_subject: str | None
-    email_body: str | None
-    sms_body: str | None
-
-    def body(self, channel: Channel) -> str | None:
-        return self.email_body if channel == "email" else self.sms_body
-
-    def variables(self, channels: Iterable[Channel]) -> set[str]:
-        texts = [self.body(c) for c in channels]
-        if "email" in channels:
-            texts.append(self.email_subject)
-        return {v for t in texts if t for v in templating.template_variables(t)}
-
-
-@dataclass(frozen=True)
-class Sender:
-    id: uuid.UUID
-    name: str
-    email: str | None
-    sms_sender_id: str | None
-
-
 def ensure_fits_channels(
     channels: list[Channel], sender: Sender, template: TemplateVersion
 ) -> None:
@@ -245,7 +161,7 @@ class CreateCampaign(BaseModel):
     @field_validator("template", "subject")
     @classmethod
     def renders(cls, value: str | None, info: ValidationInfo) -> str | None:
-        return _template_checked(value, str(info.field_name))
+        return template_checked(value, str(info.field_name))
 
     @model_validator(mode="after")
     def one_of_each(self) -> CreateCampaign:
@@ -467,14 +383,6 @@ def send_requested_for(
 
 # --- peer to peer ------------------------------------------------------------------------------
 
-# Replies that opt a recipient out (compared case-insensitively, the whole message trimmed).
-STOP_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"})
-
-
-def is_stop_message(text: str) -> bool:
-    return text.strip().upper() in STOP_WORDS
-
-
 class EndCampaign(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -488,39 +396,6 @@ class EndCampaign(BaseModel):
         return value
 
 
-class OptOut(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    address: str = Field(min_length=1, max_length=320)
-
-
-class InboundSms(BaseModel):
-    """A provider's inbound-SMS callback (the fields every SMS API has in some form)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    sender: str = Field(alias="from", min_length=1, max_length=32)
-    to: str | None = None
-    body: str = Field(max_length=2_000)
-
-
-class CreateUser(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    organisation: str = Field(min_length=1, max_length=200)
-    name: str = Field(min_length=1, max_length=200)
-    # For people who sign in to the console (POST /auth/sign-in); stored as an argon2id hash.
-    password: str | None = Field(default=None, min_length=8, max_length=1024)
-    email: str | None = Field(default=None, max_length=320)
-
-
 def ensure_p2p(campaign_id: uuid.UUID, kind: str) -> None:
     if kind != "p2p":
         raise Invalid(f"campaign {campaign_id} is not a peer-to-peer campaign")
-
-
-def normalise_address(address: str, region: str) -> str:
-    """An opt-out's address in the form recipients are stored in (E.164 or normalised email)."""
-    if "@" in address:
-        return email_or_invalid(address)[0] or address
-    return phone_or_invalid(address, region)[0] or address

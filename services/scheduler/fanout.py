@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 import asyncpg
 
 from services.scheduler import domain, repo
+from services.scheduler.adapters.repositories import AsyncpgOptOuts
 from services.scheduler.campaigns.model import Campaign
 from shared import wire
 from shared.db import Conn
@@ -118,7 +119,7 @@ async def _publish_page(
     publish_requests: PublishRequests,
 ) -> None:
     addresses = [a for r in page for a in (r["email"], r["phone"]) if a]
-    suppressed = await repo.opted_out(conn, row["organisation_id"], addresses)
+    suppressed = await AsyncpgOptOuts(conn).opted_out(row["organisation_id"], addresses)
     now = datetime.now(UTC)
     template = context.template
     await publish_requests(

@@ -10,7 +10,8 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from services.scheduler.domain import RecipientRow, Sender, SenderIn, TemplateIn, TemplateVersion
+from services.scheduler.adapters.repositories import AsyncpgIdentity
+from services.scheduler.domain import RecipientRow, TemplateVersion
 from shared.auth import Principal
 from shared.db import Conn
 
@@ -45,106 +46,6 @@ async def init_connection(conn: Conn) -> None:
         decoder=lambda data: _JSON.decode(memoryview(data)[1:]),
         schema="pg_catalog",
         format="binary",
-    )
-
-
-# --- senders and templates ---------------------------------------------------------------------
-
-async def insert_sender(
-    conn: Conn, sender: SenderIn, organisation_id: uuid.UUID
-) -> Sender:
-    sender_id = uuid.uuid4()
-    await conn.execute(
-        "INSERT INTO senders (id, name, email, sms_sender_id, organisation_id) "
-        "VALUES ($1, $2, $3, $4, $5)",
-        sender_id, sender.name, sender.email, sender.sms_sender_id, organisation_id,
-    )
-    return Sender(sender_id, sender.name, sender.email, sender.sms_sender_id)
-
-
-async def get_sender(
-    conn: Conn, sender_id: uuid.UUID, organisation_id: uuid.UUID
-) -> Sender | None:
-    row = await conn.fetchrow(
-        "SELECT id, name, email, sms_sender_id FROM senders "
-        "WHERE id = $1 AND organisation_id = $2", sender_id, organisation_id,
-    )
-    return Sender(row["id"], row["name"], row["email"], row["sms_sender_id"]) if row else None
-
-
-async def insert_template(
-    conn: Conn, template: TemplateIn, organisation_id: uuid.UUID
-) -> TemplateVersion:
-    template_id = uuid.uuid4()
-    await conn.execute("INSERT INTO templates (id, name, organisation_id) VALUES ($1, $2, $3)",
-                       template_id, template.name, organisation_id)
-    return await add_template_version(conn, template_id, template)
-
-
-async def add_template_version(
-    conn: Conn, template_id: uuid.UUID, template: TemplateIn
-) -> TemplateVersion:
-    row = await conn.fetchrow(
-        """
-        INSERT INTO template_versions (template_id, version, email_subject, email_body, sms_body)
-        SELECT $1, coalesce(max(version), 0) + 1, $2, $3, $4
-        FROM template_versions WHERE template_id = $1
-        RETURNING version
-        """,
-        template_id, template.email_subject, template.email_body, template.sms_body,
-    )
-    assert row is not None  # INSERT ... SELECT of an aggregate: always one row
-    await conn.execute("UPDATE templates SET name = $2 WHERE id = $1", template_id, template.name)
-    return TemplateVersion(template_id, row["version"], template.email_subject,
-                           template.email_body, template.sms_body)
-
-
-async def latest_template(
-    conn: Conn, template_id: uuid.UUID, organisation_id: uuid.UUID
-) -> TemplateVersion | None:
-    row = await conn.fetchrow(
-        """
-        SELECT v.template_id, v.version, v.email_subject, v.email_body, v.sms_body
-        FROM template_versions v JOIN templates t ON t.id = v.template_id
-        WHERE v.template_id = $1 AND t.organisation_id = $2
-        ORDER BY v.version DESC LIMIT 1
-        """,
-        template_id, organisation_id,
-    )
-    return TemplateVersion(**dict(row)) if row else None
-
-
-async def template_name(
-    conn: Conn, template_id: uuid.UUID, organisation_id: uuid.UUID
-) -> str | None:
-    found: str | None = await conn.fetchval(
-        "SELECT name FROM templates WHERE id = $1 AND organisation_id = $2 FOR UPDATE",
-        template_id, organisation_id,
-    )
-    return found
-
-
-async def senders_of(conn: Conn, organisation_id: uuid.UUID) -> list[asyncpg.Record]:
-    return await conn.fetch(
-        "SELECT id, name, email, sms_sender_id FROM senders WHERE organisation_id = $1 "
-        "ORDER BY created_at DESC LIMIT 1000",
-        organisation_id,
-    )
-
-
-async def templates_of(
-    conn: Conn, organisation_id: uuid.UUID
-) -> list[asyncpg.Record]:
-    return await conn.fetch(
-        """
-        SELECT DISTINCT ON (t.id) t.id, t.name, v.version, v.email_subject, v.email_body,
-               v.sms_body
-        FROM templates t JOIN template_versions v ON v.template_id = t.id
-        WHERE t.organisation_id = $1
-        ORDER BY t.id, v.version DESC
-        LIMIT 1000
-        """,
-        organisation_id,
     )
 
 
@@ -409,80 +310,11 @@ async def audit_trail(conn: Conn, campaign_id: uuid.UUID) -> list[dict[str, Any]
              "user_id": str(r["user_id"]) if r["user_id"] else None} for r in rows]
 
 
-# --- organisations, users, tokens --------------------------------------------------------------
-
-async def organisation_exists(conn: Conn, organisation_id: uuid.UUID) -> bool:
-    return bool(await conn.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM organisations WHERE id = $1)", organisation_id))
-
-
-async def ensure_organisation(conn: Conn, name: str) -> uuid.UUID:
-    found: uuid.UUID = await conn.fetchval(
-        """
-        WITH ins AS (
-            INSERT INTO organisations (id, name) VALUES (gen_random_uuid(), $1)
-            ON CONFLICT (name) DO NOTHING RETURNING id
-        )
-        SELECT id FROM ins UNION ALL SELECT id FROM organisations WHERE name = $1 LIMIT 1
-        """,
-        name,
-    )
-    return found
-
+# --- organisations, users, tokens: adapters/repositories.py (AsyncpgIdentity) -----------------
 
 async def upsert_user(conn: Conn, organisation_id: uuid.UUID, name: str) -> uuid.UUID:
-    found: uuid.UUID = await conn.fetchval(
-        """
-        INSERT INTO users (id, organisation_id, name) VALUES (gen_random_uuid(), $1, $2)
-        ON CONFLICT (organisation_id, name) DO UPDATE SET name = excluded.name
-        RETURNING id
-        """,
-        organisation_id, name,
-    )
-    return found
-
-
-async def get_user(conn: Conn, user_id: uuid.UUID) -> Principal | None:
-    row = await conn.fetchrow(
-        "SELECT id, organisation_id, name FROM users WHERE id = $1 FOR UPDATE", user_id
-    )
-    return Principal(row["id"], row["organisation_id"], row["name"]) if row else None
-
-
-async def insert_token(conn: Conn, user_id: uuid.UUID, token_hash: bytes) -> None:
-    await conn.execute("INSERT INTO api_tokens (token_hash, user_id) VALUES ($1, $2)",
-                       token_hash, user_id)
-
-
-async def revoke_tokens(conn: Conn, user_id: uuid.UUID) -> list[bytes]:
-    """Revoke every live token of the user; return their hashes."""
-    rows = await conn.fetch(
-        "UPDATE api_tokens SET revoked_at = now() "
-        "WHERE user_id = $1 AND revoked_at IS NULL RETURNING token_hash",
-        user_id,
-    )
-    return [r["token_hash"] for r in rows]
-
-
-async def all_tokens(conn: Conn) -> list[asyncpg.Record]:
-    """Every token ever issued with its user: what the identity topic must say."""
-    return await conn.fetch(
-        """
-        SELECT t.token_hash, t.revoked_at, u.id AS user_id, u.organisation_id, u.name
-        FROM api_tokens t JOIN users u ON u.id = t.user_id ORDER BY t.created_at
-        """
-    )
-
-
-async def principal_by_token(conn: Conn, token_hash: bytes) -> asyncpg.Record | None:
-    return await conn.fetchrow(
-        """
-        SELECT u.id AS user_id, u.organisation_id, u.name
-        FROM api_tokens t JOIN users u ON u.id = t.user_id
-        WHERE t.token_hash = $1 AND t.revoked_at IS NULL
-        """,
-        token_hash,
-    )
+    """Kept for callers of the old name: AsyncpgIdentity.upsert_user."""
+    return await AsyncpgIdentity(conn).upsert_user(organisation_id, name)
 
 
 # --- peer to peer ------------------------------------------------------------------------------
@@ -600,29 +432,6 @@ async def p2p_recipients(
         """,
         campaign_id, after_id, limit,
     )
-
-
-async def opted_out(
-    conn: Conn, organisation_id: uuid.UUID, addresses: Sequence[str]
-) -> set[str]:
-    rows = await conn.fetch(
-        "SELECT address FROM opt_outs WHERE organisation_id = $1 AND address = ANY($2::text[])",
-        organisation_id, list(addresses),
-    )
-    return {r["address"] for r in rows}
-
-
-async def insert_opt_out(
-    conn: Conn, organisation_id: uuid.UUID, address: str, source: str,
-    keyword: str | None,
-) -> bool:
-    return bool(await conn.fetchval(
-        """
-        INSERT INTO opt_outs (organisation_id, address, source, keyword) VALUES ($1, $2, $3, $4)
-        ON CONFLICT DO NOTHING RETURNING true
-        """,
-        organisation_id, address, source, keyword,
-    ))
 
 
 async def end_campaign(conn: Conn, campaign_id: uuid.UUID) -> None:

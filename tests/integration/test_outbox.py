@@ -26,11 +26,12 @@ from aiokafka import AIOKafkaConsumer
 from faststream.kafka import KafkaBroker
 
 from services.scheduler import app as scheduler_app
-from services.scheduler import auth, domain, fanout, outbox, p2p, service
+from services.scheduler import auth, domain, fanout, outbox
 from services.scheduler import repo as scheduler_repo
 from services.scheduler.adapters.uow import AsyncpgUnitOfWork
 from services.scheduler.campaigns import use_cases
 from services.scheduler.campaigns.aborts import AbortAcks
+from services.scheduler.opt_outs import use_cases as opt_outs
 from services.scheduler.outbox_relay import OutboxRelay
 from shared import db, events, topics, wire
 from shared.auth import Principal
@@ -422,12 +423,13 @@ async def test_an_opt_out_and_a_token_are_written_only_if_their_transaction_comm
     await _outbox_rows(pool)
     with pytest.raises(RuntimeError):
         async with pool.acquire() as conn, conn.transaction():
-            await service.issue_token(conn, actor)
+            await auth.issue_token(conn, actor)
             raise RuntimeError("rolled back")
     assert await _outbox_rows(pool) == []
-    await p2p.opt_out(pool, ORG, "+4520999999", source="api", keyword=None, region="DK")
+    await opt_outs.opt_out(AsyncpgUnitOfWork(pool), ORG, "+4520999999", source="api",
+                           keyword=None, region="DK")
     async with pool.acquire() as conn, conn.transaction():
-        token = await service.issue_token(conn, actor)
+        token = await auth.issue_token(conn, actor)
     rows = await _outbox_rows(pool)
     assert [r["topic"] for r in rows] == [topics.OPT_OUTS, topics.IDENTITY]
     opted = events.OPTED_OUT.validate_json(rows[0]["value"])

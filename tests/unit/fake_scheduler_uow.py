@@ -1,5 +1,5 @@
-"""An in-memory unit of work for the scheduler's use cases (campaigns, the voter import): no
-network, no database.
+"""An in-memory unit of work for the scheduler's use cases (campaigns, the voter import,
+identity, content, opt-outs): no network, no database.
 
 It keeps what the asyncpg one stores (services/scheduler/adapters/uow.py), with the same
 transaction semantics: the use case works on a copy, `commit()` makes the copy the stored
@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
@@ -19,6 +19,7 @@ from typing import Any
 from services.scheduler.campaigns.model import Campaign, Kind, State
 from services.scheduler.campaigns.unit_of_work import Actor, OutboxRecord, RecipientsFit
 from services.scheduler.domain import RecipientRow, Sender, SenderIn, TemplateIn, TemplateVersion
+from services.scheduler.identity.model import SigningIn, StoredToken
 from services.scheduler.outbox import check
 from services.scheduler.voters.domain import COLUMNS as VOTER_COLUMNS
 from services.scheduler.voters.domain import ImportRow
@@ -72,6 +73,19 @@ class Store:
     sender_rows: dict[uuid.UUID, tuple[uuid.UUID, Sender]] = field(default_factory=dict)
     templates: dict[uuid.UUID, tuple[uuid.UUID, list[TemplateVersion]]] = field(
         default_factory=dict)
+    # Identity: organisations by name; users by id; API tokens in the order issued.
+    organisations: dict[str, uuid.UUID] = field(default_factory=dict)
+    users: dict[uuid.UUID, StoredUser] = field(default_factory=dict)
+    tokens: list[StoredToken] = field(default_factory=list)
+
+
+@dataclass
+class StoredUser:
+    id: uuid.UUID
+    organisation_id: uuid.UUID
+    name: str
+    email: str | None = None
+    password_hash: str | None = None
 
 
 def recipient(**fields: Any) -> dict[str, Any]:
@@ -127,6 +141,13 @@ class FakeCampaigns:
             c.recipients.append(recipient(id=self._s.next_recipient_id, **vars(row)))
             self._s.next_recipient_id += 1
         return len(rows)
+
+    async def voter(
+        self, organisation_id: uuid.UUID, voter_id: int
+    ) -> Mapping[str, Any] | None:
+        found = (v for v in self._s.voters.get(organisation_id, {}).values()
+                 if v.get("id") == voter_id)
+        return next(found, None)
 
     def _c(self, campaign_id: uuid.UUID) -> StoredCampaign:
         return self._s.campaigns[campaign_id]
@@ -313,9 +334,127 @@ class FakeVoters:
         return inserted, updated, superseded
 
 
+class FakeIdentity:
+    def __init__(self, store: Store, now: datetime) -> None:
+        self._s = store
+        self._now = now
+
+    async def organisation_exists(self, organisation_id: uuid.UUID) -> bool:
+        return organisation_id in self._s.organisations.values()
+
+    async def ensure_organisation(self, name: str) -> uuid.UUID:
+        return self._s.organisations.setdefault(name, uuid.uuid4())
+
+    async def upsert_user(self, organisation_id: uuid.UUID, name: str) -> uuid.UUID:
+        for user in self._s.users.values():
+            if (user.organisation_id, user.name) == (organisation_id, name):
+                return user.id
+        user = StoredUser(uuid.uuid4(), organisation_id, name)
+        self._s.users[user.id] = user
+        return user.id
+
+    async def get_user(self, user_id: uuid.UUID) -> Principal | None:
+        user = self._s.users.get(user_id)
+        return Principal(user.id, user.organisation_id, user.name) if user else None
+
+    async def password_hash(self, user_id: uuid.UUID) -> str | None:
+        user = self._s.users.get(user_id)
+        return user.password_hash if user else None
+
+    async def set_password(
+        self, user_id: uuid.UUID, password_hash: str, email: str | None = None
+    ) -> None:
+        user = self._s.users.get(user_id)
+        if user is not None:
+            user.password_hash, user.email = password_hash, email or user.email
+
+    async def signing_in(self, login: str) -> list[SigningIn]:
+        names = {org_id: name for name, org_id in self._s.organisations.items()}
+        return [SigningIn(Principal(u.id, u.organisation_id, u.name), names[u.organisation_id],
+                          u.password_hash)
+                for u in self._s.users.values() if u.password_hash is not None
+                and ((u.email or "").lower() == login.lower() or u.name == login)][:10]
+
+    async def add_token(self, user_id: uuid.UUID, token_hash: bytes) -> None:
+        user = self._s.users[user_id]
+        self._s.tokens.append(StoredToken(token_hash, user.id, user.organisation_id, user.name,
+                                          None))
+
+    async def revoke_tokens(self, user_id: uuid.UUID) -> list[bytes]:
+        revoked = [t for t in self._s.tokens if t.user_id == user_id and t.revoked_at is None]
+        self._s.tokens = [replace(t, revoked_at=self._now) if t in revoked else t
+                          for t in self._s.tokens]
+        return [t.token_hash for t in revoked]
+
+    async def all_tokens(self) -> list[StoredToken]:
+        return list(self._s.tokens)
+
+
+class FakeContent:
+    """Senders and templates, in the store the campaigns' fake reads them from."""
+
+    def __init__(self, store: Store, campaigns: FakeCampaigns) -> None:
+        self._s = store
+        self.add_sender = campaigns.add_sender
+        self.sender = campaigns.sender
+        self.add_template = campaigns.add_template
+        self.latest_template = campaigns.latest_template
+
+    async def lock_template(self, template_id: uuid.UUID, organisation_id: uuid.UUID) -> bool:
+        org, _ = self._s.templates.get(template_id, (None, []))
+        return org == organisation_id
+
+    async def add_template_version(
+        self, template_id: uuid.UUID, template: TemplateIn
+    ) -> TemplateVersion:
+        _, versions = self._s.templates[template_id]
+        version = TemplateVersion(template_id, versions[-1].version + 1, template.email_subject,
+                                  template.email_body, template.sms_body)
+        versions.append(version)
+        return version
+
+
+class FakeOptOuts:
+    def __init__(self, store: Store, campaigns: FakeCampaigns) -> None:
+        self._s = store
+        self.opted_out = campaigns.opted_out
+        self.organisation_exists = FakeIdentity(store, datetime.now(UTC)).organisation_exists
+
+    async def add(
+        self, organisation_id: uuid.UUID, address: str, source: str, keyword: str | None
+    ) -> bool:
+        new = (organisation_id, address) not in self._s.opt_outs
+        self._s.opt_outs.add((organisation_id, address))
+        return new
+
+    async def mark_voters(self, organisation_id: uuid.UUID, address: str) -> None:
+        for voter in self._s.voters.get(organisation_id, {}).values():
+            if voter["phone"] == address or (voter["email"] or "").lower() == address.lower():
+                voter["opted_out"] = True
+
+
+class FakeHasher:
+    """Password hashes without argon2's cost: "hashed:" + the password."""
+
+    dummy_hash = "hashed:not a password of anyone"
+
+    def __init__(self) -> None:
+        self.verified: list[str] = []
+
+    async def hash(self, password: str) -> str:
+        return "hashed:" + password
+
+    async def verify(self, password_hash: str, password: str) -> bool:
+        self.verified.append(password_hash)
+        return password_hash == "hashed:" + password
+
+
 class FakeUnitOfWork:
     campaigns: FakeCampaigns
     voters: FakeVoters
+    identity: FakeIdentity
+    content: FakeContent
+    opt_outs: FakeOptOuts
 
     def __init__(self, store: Store | None = None, now: datetime | None = None) -> None:
         self.store = store or Store()
@@ -328,6 +467,9 @@ class FakeUnitOfWork:
         self._work = copy.deepcopy(self.store)
         self.campaigns = FakeCampaigns(self._work, self.now)
         self.voters = FakeVoters(self._work)
+        self.identity = FakeIdentity(self._work, self.now)
+        self.content = FakeContent(self._work, self.campaigns)
+        self.opt_outs = FakeOptOuts(self._work, self.campaigns)
         return self
 
     async def __aexit__(

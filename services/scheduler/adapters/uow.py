@@ -1,6 +1,7 @@
 """The use cases' unit of work over asyncpg: one pooled connection, one transaction, the
-campaign and voter repositories and the outbox on it. The SQL itself stays in
-services/scheduler/repo.py and voters/repo.py."""
+repositories (campaigns, voters, identity, content, opt-outs) and the outbox on it. The SQL
+itself is in adapters/repositories.py, and still in services/scheduler/repo.py and
+voters/repo.py."""
 
 from __future__ import annotations
 
@@ -15,6 +16,11 @@ from asyncpg.pool import PoolConnectionProxy
 from asyncpg.transaction import Transaction
 
 from services.scheduler import domain, outbox, repo
+from services.scheduler.adapters.repositories import (
+    AsyncpgContent,
+    AsyncpgIdentity,
+    AsyncpgOptOuts,
+)
 from services.scheduler.campaigns.model import Campaign, Kind, State
 from services.scheduler.campaigns.unit_of_work import Actor, OutboxRecord, RecipientsFit
 from services.scheduler.domain import RecipientRow, Sender, SenderIn, TemplateIn, TemplateVersion
@@ -38,20 +44,20 @@ class AsyncpgCampaigns:
         self._conn = conn
 
     async def add_sender(self, sender: SenderIn, organisation_id: uuid.UUID) -> Sender:
-        return await repo.insert_sender(self._conn, sender, organisation_id)
+        return await AsyncpgContent(self._conn).add_sender(sender, organisation_id)
 
     async def sender(self, sender_id: uuid.UUID, organisation_id: uuid.UUID) -> Sender | None:
-        return await repo.get_sender(self._conn, sender_id, organisation_id)
+        return await AsyncpgContent(self._conn).sender(sender_id, organisation_id)
 
     async def add_template(
         self, template: TemplateIn, organisation_id: uuid.UUID
     ) -> TemplateVersion:
-        return await repo.insert_template(self._conn, template, organisation_id)
+        return await AsyncpgContent(self._conn).add_template(template, organisation_id)
 
     async def latest_template(
         self, template_id: uuid.UUID, organisation_id: uuid.UUID
     ) -> TemplateVersion | None:
-        return await repo.latest_template(self._conn, template_id, organisation_id)
+        return await AsyncpgContent(self._conn).latest_template(template_id, organisation_id)
 
     async def add(
         self, *, name: str, kind: Kind, channels: Sequence[str], sender_id: uuid.UUID,
@@ -65,6 +71,13 @@ class AsyncpgCampaigns:
         self, campaign_id: uuid.UUID, rows: Sequence[RecipientRow]
     ) -> int:
         return await repo.copy_recipients(self._conn, campaign_id, rows)
+
+    async def voter(
+        self, organisation_id: uuid.UUID, voter_id: int
+    ) -> Mapping[str, Any] | None:
+        row = await voters_repo.get_voter(self._conn, organisation_id, voter_id)
+        # A Record reads as a mapping; asyncpg's stubs do not say so.
+        return cast("Mapping[str, Any] | None", row)
 
     async def get(
         self, campaign_id: uuid.UUID, organisation_id: uuid.UUID | None = None,
@@ -154,7 +167,7 @@ class AsyncpgCampaigns:
     async def opted_out(
         self, organisation_id: uuid.UUID, addresses: Sequence[str]
     ) -> set[str]:
-        return await repo.opted_out(self._conn, organisation_id, addresses)
+        return await AsyncpgOptOuts(self._conn).opted_out(organisation_id, addresses)
 
     async def wait_for_fanout_pass(self, campaign_id: uuid.UUID) -> None:
         await self._conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key(campaign_id))
@@ -192,6 +205,9 @@ class AsyncpgUnitOfWork:
 
     campaigns: AsyncpgCampaigns
     voters: AsyncpgVoters
+    identity: AsyncpgIdentity
+    content: AsyncpgContent
+    opt_outs: AsyncpgOptOuts
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -210,6 +226,9 @@ class AsyncpgUnitOfWork:
         self._conn, self._transaction, self._committed = conn, transaction, False
         self.campaigns = AsyncpgCampaigns(conn)
         self.voters = AsyncpgVoters(conn)
+        self.identity = AsyncpgIdentity(conn)
+        self.content = AsyncpgContent(conn)
+        self.opt_outs = AsyncpgOptOuts(conn)
         return self
 
     async def __aexit__(

@@ -17,6 +17,17 @@ Each transition checks the current state (`InvalidTransition`, HTTP 409, if it d
 apply), moves the campaign and returns the events it causes: lifecycle events for the outbox
 (`CampaignScheduled`, `CampaignCanceled`, `CampaignAborted`) and what the use case has to
 carry out (`SendingStarted`, `Ended`, `FanOutDue`, `Finished`).
+
+The rules of peer to peer (the seed's, ../shared/seeds/002_*), carried out by the use cases
+(start sending, press SEND, end):
+
+- non-scheduled campaign: SEND sends at once;
+- scheduled campaign, before its time: SEND queues; the queued go out when the time comes;
+- after the time: SEND sends at once; recipients nobody pressed SEND for are never messaged;
+- one user sends one campaign at a time (the database's primary key decides, not a check);
+- End Campaign needs the typed word END; the campaign is completed; those already SENT still
+  go (a scheduled campaign ended before its time sends to nobody);
+- opted-out recipients are never messaged.
 """
 
 from __future__ import annotations

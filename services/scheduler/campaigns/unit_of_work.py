@@ -62,6 +62,12 @@ class CampaignRepository(Protocol):
         self, campaign_id: uuid.UUID, rows: Sequence[RecipientRow]
     ) -> int: ...
 
+    async def voter(
+        self, organisation_id: uuid.UUID, voter_id: int
+    ) -> Mapping[str, Any] | None:
+        """The organisation's voter (None: another's, or none), as the voters table holds it
+        (opted_out, first_name, last_name, email, phone, preferred_language, attributes)."""
+
     async def get(
         self, campaign_id: uuid.UUID, organisation_id: uuid.UUID | None = None,
         *, share: bool = False,

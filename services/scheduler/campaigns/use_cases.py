@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
 
@@ -29,6 +29,7 @@ from services.scheduler.campaigns.model import (
 )
 from services.scheduler.campaigns.unit_of_work import FanOut, UnitOfWork
 from services.scheduler.errors import Busy, Conflict, Invalid, NotFound
+from services.scheduler.recipients_csv import RecipientsCsv
 from shared import wire
 from shared.auth import Principal
 from shared.events import (
@@ -42,6 +43,8 @@ from shared.events import (
 log = logging.getLogger(__name__)
 
 ListDispatchers = Callable[[], Awaitable[set[str]]]
+# Recipients per COPY while a CSV streams in.
+CSV_BATCH_ROWS = 5000
 
 
 async def _campaign(
@@ -133,6 +136,65 @@ async def add_recipients(
         added = await uow.campaigns.add_recipients(campaign_id, rows)
         await uow.commit()
     return added
+
+
+async def add_recipients_csv(
+    uow: UnitOfWork,
+    campaign_id: uuid.UUID,
+    body: AsyncIterator[bytes],
+    region: str,
+    actor: Principal,
+    batch_rows: int = CSV_BATCH_ROWS,
+) -> domain.CsvAdded:
+    """Stream a recipients CSV into a draft campaign: parsed as it arrives (off the event
+    loop) and copied in batches, so memory stays flat whatever the file's size. Good rows are
+    kept, bad rows refused and listed by line, as voters.csv does. One unit of work (the
+    campaign stays locked while the file arrives, so it cannot start with half a file): the
+    rows are added once the whole file was read, or none if the upload breaks off. A header
+    that cannot be read, or a file without one good row, raises `Invalid` (nothing added)."""
+    parser = RecipientsCsv(region)
+    added = 0
+    async with uow:
+        campaign = await _campaign(uow, campaign_id, actor)
+        campaign.ensure_recipients_can_change()
+        pending: list[domain.RecipientRow] = []
+        async for chunk in body:
+            pending += await asyncio.to_thread(parser.feed, chunk)
+            if len(pending) >= batch_rows:
+                added += await uow.campaigns.add_recipients(campaign_id, pending)
+                pending = []
+        pending += await asyncio.to_thread(parser.close)
+        added += await uow.campaigns.add_recipients(campaign_id, pending) if pending else 0
+        if not added:
+            raise Invalid(
+                f"no recipients added: {parser.rejected} rows refused (read as "
+                f"{parser.detected['encoding']}, {parser.detected['delimiter']}-separated)"
+                if parser.rejected else "CSV has a header but no recipients",
+                parser.errors)
+        await uow.commit()
+    return domain.CsvAdded(added=added, rejected=parser.rejected,
+                           errors=[domain.RowError.model_validate(e) for e in parser.errors],
+                           detected=domain.Detected.model_validate(parser.detected))
+
+
+async def send_to_voter(
+    uow: UnitOfWork, fanout: FanOut, voter_id: int, cmd: domain.SendToVoter,
+    actor: Principal, region: str,
+) -> uuid.UUID:
+    """The "send email / SMS" action of a voter's page: an individual send to the voter
+    (not to one who opted out)."""
+    async with uow:
+        voter = await uow.campaigns.voter(actor.organisation_id, voter_id)
+    if voter is None:
+        raise NotFound(f"voter {voter_id} not found")
+    if voter["opted_out"]:
+        raise Invalid(f"voter {voter_id} opted out of messages; nothing was sent")
+    name = " ".join(n for n in (voter["first_name"], voter["last_name"]) if n) or str(voter_id)
+    individual = domain.SendIndividually(
+        recipient=domain.voter_recipient(voter), channels=cmd.channels,
+        sender_id=cmd.sender_id, template_id=cmd.template_id, name=f"To {name}",
+    )
+    return await send_individually(uow, fanout, individual, actor, region, voter_id)
 
 
 async def send_individually(

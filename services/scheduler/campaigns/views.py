@@ -1,6 +1,6 @@
-"""What the API shows of campaigns, senders and templates: reads straight from the scheduler's
-tables, shaped as the answers' JSON (the read side; changes go through the use cases). A
-campaign of another organisation is "not found"."""
+"""What the API shows of campaigns: reads straight from the scheduler's tables, shaped as the
+answers' JSON (the read side; changes go through the use cases). A campaign of another
+organisation is "not found". Senders and templates: content/views.py."""
 
 from __future__ import annotations
 
@@ -87,16 +87,3 @@ async def p2p_recipients(
              "sent": r["pressed_at"] is not None} for r in rows],
         "next_after": rows[-1]["id"] if len(rows) == limit else None,
     }
-
-
-async def senders(pool: asyncpg.Pool, organisation_id: uuid.UUID) -> list[dict[str, Any]]:
-    async with pool.acquire() as conn:
-        rows = await repo.senders_of(conn, organisation_id)
-    return [{**dict(r), "id": str(r["id"])} for r in rows]
-
-
-async def templates(pool: asyncpg.Pool, organisation_id: uuid.UUID) -> list[dict[str, Any]]:
-    """The organisation's templates, each at its latest version."""
-    async with pool.acquire() as conn:
-        rows = await repo.templates_of(conn, organisation_id)
-    return [{**dict(r), "id": str(r["id"])} for r in rows]

@@ -10,7 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, status
 
-from services.scheduler import domain, service
+from services.scheduler import domain
 from services.scheduler.campaigns import use_cases, views
 from services.scheduler.entrypoints.http.dependencies import (
     Caller,
@@ -51,7 +51,8 @@ async def add_recipients(
 @router.post("/campaigns/{campaign_id}/recipients.csv", status_code=status.HTTP_201_CREATED,
              openapi_extra=_CSV_BODY)
 async def upload_recipients_csv(
-    campaign_id: uuid.UUID, request: Request, principal: Caller, pool: Pool, region: Region
+    campaign_id: uuid.UUID, request: Request, principal: Caller, uow: Uow, pool: Pool,
+    region: Region,
 ) -> domain.CsvAdded:
     """Body: CSV with a header (email, phone, first_name, last_name, any attribute...).
     Streamed (at most 200 MiB), parsed as it arrives. Good rows are added; a row with an
@@ -61,8 +62,8 @@ async def upload_recipients_csv(
     semicolon, tab) are detected and said in `detected`."""
     # 404 before reading a body meant for nobody.
     await views.campaign(pool, campaign_id, principal.organisation_id)
-    return await service.add_recipients_csv(
-        pool, campaign_id, request.stream(), region, principal)
+    return await use_cases.add_recipients_csv(
+        uow, campaign_id, request.stream(), region, principal)
 
 
 @router.post("/campaigns/{campaign_id}/send-now", status_code=202)

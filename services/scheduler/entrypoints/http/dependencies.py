@@ -14,6 +14,9 @@ from fastapi.security import HTTPAuthorizationCredentials
 
 from services.scheduler.bootstrap import Scheduler
 from services.scheduler.campaigns.unit_of_work import FanOut, UnitOfWork
+from services.scheduler.content.unit_of_work import UnitOfWork as ContentUnitOfWork
+from services.scheduler.identity.unit_of_work import UnitOfWork as IdentityUnitOfWork
+from services.scheduler.opt_outs.unit_of_work import UnitOfWork as OptOutsUnitOfWork
 from services.scheduler.settings import SchedulerSettings
 from shared.auth import API_TOKEN, Principal, bearer, same_secret, unauthorized
 
@@ -35,6 +38,24 @@ async def pool(scheduler: Annotated[Scheduler, Depends(running)]) -> asyncpg.Poo
 
 
 async def unit_of_work(scheduler: Annotated[Scheduler, Depends(running)]) -> UnitOfWork:
+    return scheduler.uow()
+
+
+async def identity_unit_of_work(
+    scheduler: Annotated[Scheduler, Depends(running)],
+) -> IdentityUnitOfWork:
+    return scheduler.uow()
+
+
+async def content_unit_of_work(
+    scheduler: Annotated[Scheduler, Depends(running)],
+) -> ContentUnitOfWork:
+    return scheduler.uow()
+
+
+async def opt_outs_unit_of_work(
+    scheduler: Annotated[Scheduler, Depends(running)],
+) -> OptOutsUnitOfWork:
     return scheduler.uow()
 
 
@@ -73,6 +94,9 @@ async def admin(
 
 Pool = Annotated[asyncpg.Pool, Depends(pool)]
 Uow = Annotated[UnitOfWork, Depends(unit_of_work)]
+IdentityUow = Annotated[IdentityUnitOfWork, Depends(identity_unit_of_work)]
+ContentUow = Annotated[ContentUnitOfWork, Depends(content_unit_of_work)]
+OptOutsUow = Annotated[OptOutsUnitOfWork, Depends(opt_outs_unit_of_work)]
 Fanout = Annotated[FanOut, Depends(fanout)]
 Settings = Annotated[SchedulerSettings, Depends(settings)]
 Region = Annotated[str, Depends(region)]

@@ -8,9 +8,9 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 
-from services.scheduler import domain, service
-from services.scheduler.entrypoints.http.dependencies import ADMIN, Caller, Pool, Running
-from services.scheduler.passwords import ChangePassword, SignIn, WrongPassword
+from services.scheduler.entrypoints.http.dependencies import ADMIN, Caller, IdentityUow, Running
+from services.scheduler.identity import use_cases
+from services.scheduler.identity.model import ChangePassword, CreateUser, SignIn, WrongPassword
 from shared.auth import Principal
 
 admin = APIRouter(tags=["admin"], dependencies=ADMIN)
@@ -23,25 +23,25 @@ def user_view(user: Principal, **extra: Any) -> dict[str, Any]:
 
 
 @admin.post("/admin/users", status_code=201)
-async def create_user(cmd: domain.CreateUser, pool: Pool) -> dict[str, Any]:
+async def create_user(cmd: CreateUser, uow: IdentityUow) -> dict[str, Any]:
     """Creates the organisation if new, and the user (or, for an existing user, a further
     token); the API token is shown only here. An optional password (and e-mail) lets the
     user sign in to the console."""
-    user, token = await service.create_user(pool, cmd)
+    user, token = await use_cases.create_user(uow, cmd)
     return user_view(user, token=token)
 
 
 @admin.post("/admin/users/{user_id}/tokens", status_code=201)
-async def add_token(user_id: uuid.UUID, pool: Pool) -> dict[str, Any]:
+async def add_token(user_id: uuid.UUID, uow: IdentityUow) -> dict[str, Any]:
     """A further token for the user (e.g. to rotate: add, switch, then revoke the old)."""
-    user, token = await service.add_token(pool, user_id)
+    user, token = await use_cases.add_token(uow, user_id)
     return user_view(user, token=token)
 
 
 @admin.delete("/admin/users/{user_id}/tokens")
-async def revoke_tokens(user_id: uuid.UUID, pool: Pool) -> dict[str, Any]:
+async def revoke_tokens(user_id: uuid.UUID, uow: IdentityUow) -> dict[str, Any]:
     """Revoke every token of the user, in every service."""
-    user, revoked = await service.revoke_all_tokens(pool, user_id)
+    user, revoked = await use_cases.revoke_all_tokens(uow, user_id)
     return user_view(user, revoked=revoked)
 
 
@@ -57,7 +57,7 @@ async def sign_in(cmd: SignIn, request: Request, scheduler: Running) -> dict[str
     if wait > 0:
         raise HTTPException(429, "too many failed sign-ins; try again later",
                             headers={"Retry-After": str(int(wait) + 1)})
-    signed_in = await service.sign_in(scheduler.pool, login, cmd.password)
+    signed_in = await use_cases.sign_in(scheduler.uow(), login, cmd.password)
     if signed_in is None:
         limiter.failed(login_key)
         clients.failed(client_key)
@@ -67,11 +67,13 @@ async def sign_in(cmd: SignIn, request: Request, scheduler: Running) -> dict[str
 
 
 @auth.put("/password")
-async def change_password(cmd: ChangePassword, principal: Caller, pool: Pool) -> dict[str, Any]:
+async def change_password(
+    cmd: ChangePassword, principal: Caller, uow: IdentityUow
+) -> dict[str, Any]:
     """Change the caller's password: the current one is required."""
     try:
-        await service.change_password(pool, principal.user_id, cmd.current_password,
-                                      cmd.new_password)
+        await use_cases.change_password(uow, principal.user_id, cmd.current_password,
+                                        cmd.new_password)
     except WrongPassword as wrong:
         raise HTTPException(403, str(wrong)) from wrong
     return {"user_id": str(principal.user_id), "changed": True}

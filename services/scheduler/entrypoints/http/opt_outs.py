@@ -17,9 +17,10 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request, Response
 from pydantic import ValidationError
 
-from services.scheduler import domain, p2p
 from services.scheduler.bootstrap import INBOUND_SMS_MAX_SKEW_SECONDS
-from services.scheduler.entrypoints.http.dependencies import Caller, Pool, Region, Running
+from services.scheduler.entrypoints.http.dependencies import Caller, OptOutsUow, Region, Running
+from services.scheduler.opt_outs import use_cases
+from services.scheduler.opt_outs.model import InboundSms, OptOut, is_stop_message
 from shared import twilio, webhooks
 from shared.http_input import validation_detail
 
@@ -29,16 +30,16 @@ EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 
 @router.post("/opt-outs", status_code=201)
 async def add_opt_out(
-    cmd: domain.OptOut, principal: Caller, pool: Pool, region: Region
+    cmd: OptOut, principal: Caller, uow: OptOutsUow, region: Region
 ) -> dict[str, Any]:
-    address = await p2p.opt_out(pool, principal.organisation_id, cmd.address, source="api",
-                                keyword=None, region=region)
+    address = await use_cases.opt_out(uow, principal.organisation_id, cmd.address,
+                                      source="api", keyword=None, region=region)
     return {"address": address, "opted_out": True}
 
 
 async def _signed_inbound_sms(
     request: Request, scheduler: Running
-) -> tuple[domain.InboundSms, webhooks.Claimed]:
+) -> tuple[InboundSms, webhooks.Claimed]:
     """The callback's message, its signature checked (503 when no secret is configured)."""
     secret = scheduler.settings.inbound_sms_secret
     if secret is None:
@@ -47,7 +48,7 @@ async def _signed_inbound_sms(
         request, secret.get_secret_value().encode(),
         max_skew_seconds=INBOUND_SMS_MAX_SKEW_SECONDS)
     try:
-        return domain.InboundSms.model_validate_json(body), claimed
+        return InboundSms.model_validate_json(body), claimed
     except ValidationError as exc:
         raise HTTPException(422, validation_detail(exc.errors())) from exc
 
@@ -61,12 +62,12 @@ async def inbound_sms(
     is accepted once): STOP and its synonyms opt the sender out. 404 for an organisation
     that does not exist."""
     msg, claimed = await _signed_inbound_sms(request, scheduler)
-    await p2p.ensure_organisation_exists(scheduler.pool, organisation_id)
+    await use_cases.ensure_organisation_exists(scheduler.uow(), organisation_id)
     async with scheduler.inbound_nonces.claimed(claimed.nonce):
-        if not domain.is_stop_message(msg.body):
+        if not is_stop_message(msg.body):
             return {"opted_out": False}
-        address = await p2p.opt_out(
-            scheduler.pool, organisation_id, msg.sender, source="inbound_sms",
+        address = await use_cases.opt_out(
+            scheduler.uow(), organisation_id, msg.sender, source="inbound_sms",
             keyword=msg.body.strip().upper(), region=scheduler.settings.default_phone_region)
     return {"opted_out": True, "address": address}
 
@@ -84,8 +85,8 @@ async def twilio_inbound(
     sender, text = params.get("From", ""), params.get("Body", "")
     if not sender:
         raise HTTPException(422, "From is required")
-    if params.get("OptOutType") == "STOP" or domain.is_stop_message(text):
-        await p2p.opt_out(scheduler.pool, organisation_id, sender, source="inbound_sms",
-                          keyword=text.strip().upper()[:50] or "STOP",
-                          region=config.default_phone_region)
+    if params.get("OptOutType") == "STOP" or is_stop_message(text):
+        await use_cases.opt_out(scheduler.uow(), organisation_id, sender, source="inbound_sms",
+                                keyword=text.strip().upper()[:50] or "STOP",
+                                region=config.default_phone_region)
     return Response(EMPTY_TWIML, media_type="application/xml")

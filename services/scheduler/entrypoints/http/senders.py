@@ -6,16 +6,16 @@ from typing import Any
 
 from fastapi import APIRouter, status
 
-from services.scheduler import domain, service
-from services.scheduler.campaigns import views
-from services.scheduler.entrypoints.http.dependencies import Organisation, Pool
+from services.scheduler.content import use_cases, views
+from services.scheduler.content.model import SenderIn
+from services.scheduler.entrypoints.http.dependencies import ContentUow, Organisation, Pool
 
 router = APIRouter(tags=["senders"])
 
 
 @router.post("/senders", status_code=status.HTTP_201_CREATED)
-async def create_sender(cmd: domain.SenderIn, org: Organisation, pool: Pool) -> dict[str, Any]:
-    sender = await service.create_sender(pool, cmd, org)
+async def create_sender(cmd: SenderIn, org: Organisation, uow: ContentUow) -> dict[str, Any]:
+    sender = await use_cases.create_sender(uow, cmd, org)
     return {"id": str(sender.id), **cmd.model_dump()}
 
 

@@ -7,18 +7,18 @@ from typing import Any
 
 from fastapi import APIRouter, status
 
-from services.scheduler import domain, service
-from services.scheduler.campaigns import views
-from services.scheduler.entrypoints.http.dependencies import Organisation, Pool
+from services.scheduler.content import use_cases, views
+from services.scheduler.content.model import TemplateIn
+from services.scheduler.entrypoints.http.dependencies import ContentUow, Organisation, Pool
 
 router = APIRouter(tags=["templates"])
 
 
 @router.post("/templates", status_code=status.HTTP_201_CREATED)
 async def create_template(
-    cmd: domain.TemplateIn, org: Organisation, pool: Pool
+    cmd: TemplateIn, org: Organisation, uow: ContentUow
 ) -> dict[str, Any]:
-    version = await service.create_template(pool, cmd, org)
+    version = await use_cases.create_template(uow, cmd, org)
     return {"id": str(version.template_id), "version": version.version, **cmd.model_dump()}
 
 
@@ -30,8 +30,8 @@ async def list_templates(org: Organisation, pool: Pool) -> dict[str, Any]:
 
 @router.put("/templates/{template_id}")
 async def edit_template(
-    template_id: uuid.UUID, cmd: domain.TemplateIn, org: Organisation, pool: Pool
+    template_id: uuid.UUID, cmd: TemplateIn, org: Organisation, uow: ContentUow
 ) -> dict[str, Any]:
     """Adds a version; campaigns already created keep the version they pinned."""
-    version = await service.edit_template(pool, template_id, cmd, org)
+    version = await use_cases.edit_template(uow, template_id, cmd, org)
     return {"id": str(template_id), "version": version.version, **cmd.model_dump()}

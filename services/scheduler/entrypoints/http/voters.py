@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request, Response, status
 
 from services.scheduler import domain as campaigns_domain
-from services.scheduler import service as campaigns_service
+from services.scheduler.campaigns import use_cases as campaign_use_cases
 from services.scheduler.campaigns import views as campaign_views
 from services.scheduler.entrypoints.http.dependencies import (
     Caller,
@@ -17,6 +17,7 @@ from services.scheduler.entrypoints.http.dependencies import (
     Organisation,
     Pool,
     Region,
+    Uow,
 )
 from services.scheduler.voters import domain, service
 from services.scheduler.voters.views import (
@@ -37,13 +38,13 @@ _CSV_BODY = {"requestBody": {"content": {"text/csv": {"schema": {"type": "string
 
 @router.post("/voters/{voter_id}/send", status_code=202)
 async def send_to_voter(
-    voter_id: BigId, cmd: campaigns_domain.SendToVoter, principal: Caller, fanout: Fanout,
-    pool: Pool, region: Region,
+    voter_id: BigId, cmd: campaigns_domain.SendToVoter, principal: Caller, uow: Uow,
+    fanout: Fanout, pool: Pool, region: Region,
 ) -> dict[str, Any]:
     """The voter's page action "send email / SMS": an individual send with the chosen
     sender and template, rendered with the voter's attributes."""
-    campaign_id = await campaigns_service.send_to_voter(pool, fanout, voter_id, cmd, principal,
-                                                        region)
+    campaign_id = await campaign_use_cases.send_to_voter(uow, fanout, voter_id, cmd, principal,
+                                                         region)
     return await campaign_views.campaign(pool, campaign_id, principal.organisation_id)
 
 
