@@ -5,7 +5,9 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, TypeVar
 
 import asyncpg
 import uvicorn
@@ -16,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from shared.settings import CommonSettings
 
 HealthCheck = Callable[[], Awaitable[dict[str, str]]]
+S = TypeVar("S")
 
 
 def ops_router(checks: dict[str, HealthCheck]) -> APIRouter:
@@ -40,6 +43,41 @@ def ops_router(checks: dict[str, HealthCheck]) -> APIRouter:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return router
+
+
+def deferred_checks(
+    app: FastAPI, attribute: str, names: tuple[str, ...] = ("database", "kafka")
+) -> dict[str, HealthCheck]:
+    """Checks that ask the running service on `app.state.<attribute>` (its `checks`); before
+    it runs, each fails, so /health answers 503. The app is built without a database."""
+
+    def deferred(name: str) -> HealthCheck:
+        async def check() -> dict[str, str]:
+            running = getattr(app.state, attribute)
+            result: dict[str, str] = await running.checks[name]()
+            return result
+
+        return check
+
+    return {name: deferred(name) for name in names}
+
+
+def serving_lifespan(
+    running: Callable[[S], AbstractAsyncContextManager[Any]], settings: S, attribute: str
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """An app's lifespan: the service that `running(settings)` starts, on
+    `app.state.<attribute>` while the app serves."""
+
+    @asynccontextmanager
+    async def serve(app: FastAPI) -> AsyncIterator[None]:
+        async with running(settings) as service:
+            setattr(app.state, attribute, service)
+            try:
+                yield
+            finally:
+                delattr(app.state, attribute)
+
+    return serve
 
 
 def run(app: FastAPI, settings: CommonSettings) -> None:

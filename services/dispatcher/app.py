@@ -8,30 +8,16 @@ from fastapi import FastAPI
 
 from services.dispatcher import bootstrap
 from services.dispatcher.bootstrap import MIGRATIONS as MIGRATIONS
-from services.dispatcher.bootstrap import RunningDispatcher
 from services.dispatcher.settings import DispatcherSettings
 from shared.observability import HttpMetrics
-from shared.service import HealthCheck, ops_router
+from shared.service import deferred_checks, ops_router
 
 
 def create_app(settings: DispatcherSettings | None = None) -> FastAPI:
     settings = settings or DispatcherSettings()
     app = FastAPI(title="Sendout dispatcher", lifespan=bootstrap.lifespan(settings))
     app.state.settings = settings
-    app.include_router(ops_router(_health_checks(app)))
+    app.include_router(ops_router(deferred_checks(app, "dispatcher")))
     app.add_middleware(HttpMetrics, service="dispatcher")
     return app
 
-
-def _health_checks(app: FastAPI) -> dict[str, HealthCheck]:
-    """The running dispatcher's checks (the database and the broker answer); before it runs,
-    each fails, so /health answers 503."""
-
-    def deferred(name: str) -> HealthCheck:
-        async def check() -> dict[str, str]:
-            dispatcher: RunningDispatcher = app.state.dispatcher
-            return await dispatcher.checks[name]()
-
-        return check
-
-    return {name: deferred(name) for name in ("database", "kafka")}

@@ -11,10 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 from fastapi import FastAPI
@@ -42,7 +41,7 @@ from shared import db, topics
 from shared.events import Channel
 from shared.kafka import ensure_topics, instance_client_id, make_broker, publish_encoded
 from shared.observability import LagMonitor
-from shared.service import HealthCheck, standard_checks
+from shared.service import HealthCheck, serving_lifespan, standard_checks
 from shared.wire import outcome_records
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -341,16 +340,8 @@ async def running(settings: DispatcherSettings) -> AsyncIterator[RunningDispatch
                                 checks=standard_checks(pool, broker))
 
 
-def lifespan(settings: DispatcherSettings) -> Callable[[FastAPI], Any]:
+def lifespan(
+    settings: DispatcherSettings,
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     """The app's lifespan: the running dispatcher on `app.state.dispatcher` while it serves."""
-
-    @asynccontextmanager
-    async def serve(app: FastAPI) -> AsyncIterator[None]:
-        async with running(settings) as dispatcher:
-            app.state.dispatcher = dispatcher
-            try:
-                yield
-            finally:
-                del app.state.dispatcher
-
-    return serve
+    return serving_lifespan(running, settings, "dispatcher")

@@ -8,13 +8,12 @@ from fastapi import FastAPI
 
 from services.scheduler import bootstrap, domain
 from services.scheduler.bootstrap import MIGRATIONS as MIGRATIONS
-from services.scheduler.bootstrap import Scheduler
 from services.scheduler.entrypoints import http
 from services.scheduler.settings import SchedulerSettings
 from shared import http_errors, http_input, openapi
 from shared.auth import LookUp, scope_bearer
 from shared.observability import HttpMetrics
-from shared.service import HealthCheck, ops_router
+from shared.service import deferred_checks, ops_router
 
 
 def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
@@ -23,7 +22,7 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
     app.state.settings = settings
     for router in http.ROUTERS:
         app.include_router(router)
-    app.include_router(ops_router(_health_checks(app)))
+    app.include_router(ops_router(deferred_checks(app, "scheduler")))
 
     def look_up() -> LookUp | None:
         scheduler = getattr(app.state, "scheduler", None)
@@ -40,16 +39,3 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
                        webhooks={"/organisations/{organisation_id}/inbound-sms": "inbound_sms"})
     return app
 
-
-def _health_checks(app: FastAPI) -> dict[str, HealthCheck]:
-    """The running scheduler's checks (the database and the broker answer); before it runs,
-    each fails, so /health answers 503."""
-
-    def deferred(name: str) -> HealthCheck:
-        async def check() -> dict[str, str]:
-            scheduler: Scheduler = app.state.scheduler
-            return await scheduler.checks[name]()
-
-        return check
-
-    return {name: deferred(name) for name in ("database", "kafka")}

@@ -9,7 +9,7 @@ OpenAPI document exist without a database.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ from shared.kafka import (
 from shared.metrics import FANOUT_MESSAGES
 from shared.observability import LagMonitor
 from shared.pollers import Poller
-from shared.service import HealthCheck, standard_checks
+from shared.service import HealthCheck, serving_lifespan, standard_checks
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 DISPATCHER_GROUP = "sendout-dispatcher"
@@ -212,16 +212,6 @@ async def running(settings: SchedulerSettings) -> AsyncIterator[Scheduler]:
         )
 
 
-def lifespan(settings: SchedulerSettings) -> Callable[[FastAPI], Any]:
+def lifespan(settings: SchedulerSettings) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     """The app's lifespan: the running scheduler on `app.state.scheduler` while it serves."""
-
-    @asynccontextmanager
-    async def serve(app: FastAPI) -> AsyncIterator[None]:
-        async with running(settings) as scheduler:
-            app.state.scheduler = scheduler
-            try:
-                yield
-            finally:
-                del app.state.scheduler
-
-    return serve
+    return serving_lifespan(running, settings, "scheduler")

@@ -8,12 +8,11 @@ from fastapi import FastAPI
 
 from services.tracker import bootstrap
 from services.tracker.bootstrap import MIGRATIONS as MIGRATIONS
-from services.tracker.bootstrap import Tracker
 from services.tracker.entrypoints import http
 from services.tracker.settings import TrackerSettings
 from shared import http_input, openapi
 from shared.observability import HttpMetrics
-from shared.service import HealthCheck, ops_router
+from shared.service import deferred_checks, ops_router
 
 
 def create_app(settings: TrackerSettings | None = None) -> FastAPI:
@@ -22,7 +21,7 @@ def create_app(settings: TrackerSettings | None = None) -> FastAPI:
     app.state.settings = settings
     for router in http.ROUTERS:
         app.include_router(router)
-    app.include_router(ops_router(_health_checks(app)))
+    app.include_router(ops_router(deferred_checks(app, "tracker")))
     # Receipts are the only body the tracker takes: at most 1000 of them, well under 1 MiB.
     http_input.install(app, default_limit=http_input.DEFAULT_BODY_LIMIT)
     openapi.install(app, signed=http.SIGNED_PATHS, extra=http.OTHER_ERRORS)
@@ -30,16 +29,3 @@ def create_app(settings: TrackerSettings | None = None) -> FastAPI:
     app.add_middleware(HttpMetrics, service="tracker", webhooks={"/receipts": "receipts"})
     return app
 
-
-def _health_checks(app: FastAPI) -> dict[str, HealthCheck]:
-    """The running tracker's checks (the database and the broker answer); before it runs,
-    each fails, so /health answers 503."""
-
-    def deferred(name: str) -> HealthCheck:
-        async def check() -> dict[str, str]:
-            tracker: Tracker = app.state.tracker
-            return await tracker.checks[name]()
-
-        return check
-
-    return {name: deferred(name) for name in ("database", "kafka")}

@@ -9,10 +9,9 @@ OpenAPI document exist without a database.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 from fastapi import FastAPI
@@ -30,7 +29,7 @@ from shared.events import CampaignCompleted, DeliveryReported
 from shared.kafka import ensure_topics, make_broker, publish_all
 from shared.observability import LagMonitor
 from shared.pollers import Poller
-from shared.service import HealthCheck, standard_checks
+from shared.service import HealthCheck, serving_lifespan, standard_checks
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SERVICE = "tracker"
@@ -119,16 +118,6 @@ async def running(settings: TrackerSettings) -> AsyncIterator[Tracker]:
         )
 
 
-def lifespan(settings: TrackerSettings) -> Callable[[FastAPI], Any]:
+def lifespan(settings: TrackerSettings) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     """The app's lifespan: the running tracker on `app.state.tracker` while it serves."""
-
-    @asynccontextmanager
-    async def serve(app: FastAPI) -> AsyncIterator[None]:
-        async with running(settings) as tracker:
-            app.state.tracker = tracker
-            try:
-                yield
-            finally:
-                del app.state.tracker
-
-    return serve
+    return serving_lifespan(running, settings, "tracker")
