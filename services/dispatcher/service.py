@@ -15,6 +15,7 @@ import operator
 import random
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
@@ -266,11 +267,11 @@ class Recorder:
         publish_at: int = 500,
         publish_after: float = 0.05,
     ) -> None:
-        self._write = write
         self._publish = publish
         self._publish_at = publish_at
         self._publish_after = publish_after
-        self._commit: GroupCommit[tuple[Request, Result]] = GroupCommit(self._write_group)
+        self._commit: GroupCommit[tuple[Request, Result]] = GroupCommit(
+            _reporting_to(weakref.ref(self), write))
         self._publishing: list[asyncio.Task[None]] = []
         self._unpublished: list[tuple[Outcome, bytes]] = []
         self._flush: asyncio.TimerHandle | None = None
@@ -306,8 +307,25 @@ class Recorder:
             tasks, self._publishing = self._publishing, []
             await asyncio.gather(*tasks)
 
-    async def _write_group(self, group: list[tuple[Request, Result]]) -> None:
-        self.written(await self._write(group))
+
+
+def _reporting_to(
+    recorder: weakref.ref[Recorder],
+    write: Callable[[list[tuple[Request, Result]]], Awaitable[list[tuple[Outcome, bytes]]]],
+) -> Callable[[list[tuple[Request, Result]]], Awaitable[None]]:
+    """A recorder's group write, which hands what it wrote to the recorder. It must not hold
+    the recorder itself: a bound method would make a cycle (recorder → group commit → method →
+    recorder), and every batch's outcomes would stay in memory until the cyclic garbage
+    collector found them — at full speed, a collection every second or so walking 120,000
+    young objects and freeing 20,000 (80 to 100 ms each: a tenth of the dispatcher's CPU)."""
+
+    async def write_group(group: list[tuple[Request, Result]]) -> None:
+        written = await write(group)
+        owner = recorder()
+        if owner is not None:
+            owner.written(written)
+
+    return write_group
 
 
 _REQUEST = msgspec.json.Decoder(wire.SendRequested)
