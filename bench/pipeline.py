@@ -262,8 +262,26 @@ def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
+async def rival_campaign(http: httpx.AsyncClient, sendout: Sendout, database_url: str,
+                         channel: str, n: int, *, delay: float) -> dict[str, Any]:
+    """A small campaign sent `delay` seconds after the big one was: how long it takes (send-now
+    to nothing pending) while the big one's requests are queued ahead of it."""
+    await asyncio.sleep(delay)
+    cid = await create_campaign(http, sendout.scheduler, channel)
+    await copy_recipients(database_url, cid, n)
+    t0 = time.monotonic()
+    (await http.post(f"{sendout.scheduler}/campaigns/{cid}/send-now")).raise_for_status()
+    while True:
+        r = await http.get(f"{sendout.tracker}/campaigns/{cid}/progress")
+        if r.status_code == 200 and r.json()["total"] and r.json()["pending"] == 0:
+            break
+        await asyncio.sleep(0.05)
+    return {"recipients": n, "sent_after_seconds": delay,
+            "seconds": round(time.monotonic() - t0, 2)}
+
+
 async def run_campaign(sendout: Sendout, database_url: str, n: int, channel: str,
-                       abort_after: int | None = None) -> dict[str, Any]:
+                       abort_after: int | None = None, rival: int = 0) -> dict[str, Any]:
     pids = service_pids(sendout)
     async with httpx.AsyncClient(timeout=120, headers=sendout.auth) as http:
         cid = await create_campaign(http, sendout.scheduler, channel)
@@ -275,6 +293,8 @@ async def run_campaign(sendout: Sendout, database_url: str, n: int, channel: str
         t0 = time.monotonic()
         wall0 = time.time()
         (await http.post(f"{sendout.scheduler}/campaigns/{cid}/send-now")).raise_for_status()
+        rival_task = asyncio.create_task(rival_campaign(
+            http, sendout, database_url, channel, rival, delay=3.0)) if rival else None
         fanout_s: float | None = None
         abort_answer: float | None = None
         last: dict[str, Any] = {}
@@ -338,6 +358,8 @@ async def run_campaign(sendout: Sendout, database_url: str, n: int, channel: str
         }
         if abort_answer is not None:
             result["abort"] = await abort_figures(http, sendout, abort_answer)
+        if rival_task is not None:
+            result["rival"] = await rival_task
         return result
 
 
@@ -405,6 +427,9 @@ def table(result: dict[str, Any]) -> str:
         if "abort" in c:
             rows.append(("abort answer → last provider call",
                          f"{c['abort']['last_call_after_answer_seconds']} s"))
+        if "rival" in c:
+            rows.append((f"rival of {c['rival']['recipients']:,}: alone / sent 3 s in",
+                         f"{result['rival_alone']['seconds']} s / {c['rival']['seconds']} s"))
     if "schedule_lag" in result:
         s = result["schedule_lag"]
         rows.append((f"schedule lag ({s['campaigns']} due together) p50 / p99",
@@ -468,9 +493,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         if args.recipients:
             # SMS goes to the fake HTTP provider when one runs (email would go to the SMTP sink).
             channel = "sms" if http_provider else "email"
+            if args.rival:
+                async with httpx.AsyncClient(timeout=120, headers=sendout.auth) as http:
+                    result["rival_alone"] = await rival_campaign(
+                        http, sendout, database_url, channel, args.rival, delay=0.0)
             result["campaign"] = await run_campaign(
                 sendout, database_url, args.recipients, channel,
-                abort_after=args.recipients // 20 if args.abort else None)
+                abort_after=args.recipients // 20 if args.abort else None, rival=args.rival)
     finally:
         sendout.processes.stop()
         if sink is not None:
@@ -497,6 +526,9 @@ def main() -> None:
                         help="abort after 5%% of the recipients have an outcome (http provider)")
     parser.add_argument("--no-receipts", action="store_true",
                         help="the fake HTTP provider posts no delivery receipts")
+    parser.add_argument("--rival", type=int, default=0, metavar="RECIPIENTS",
+                        help="also send a campaign of this many recipients 3 s into the big "
+                        "one (and once alone before it): its time to complete")
     parser.add_argument("--label", default="")
     args = parser.parse_args()
     import uvloop
