@@ -28,7 +28,7 @@ import time
 import uvloop
 
 from services.dispatcher.providers import OutgoingMessage, Provider, SmtpProvider
-from services.dispatcher.smtp import LeanSmtpProvider, SmtpOptions
+from services.dispatcher.providers.smtp import LeanSmtpProvider, SmtpOptions
 
 
 def _free_port() -> int:

@@ -25,13 +25,14 @@ from typing import Any, Generic, Literal, Protocol, TypeVar
 import asyncpg
 import msgspec
 
-from services.dispatcher import domain, failover, repo
+from services.dispatcher import domain, repo
 from services.dispatcher.domain import CampaignTemplate, Outcome, Request
 from services.dispatcher.providers import (
     OutgoingMessage,
     PermanentProviderError,
     Provider,
     RetryableProviderError,
+    failover,
 )
 from services.dispatcher.reliability import (
     CircuitBreaker,

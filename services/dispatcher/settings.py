@@ -19,10 +19,10 @@ class DispatcherSettings(CommonSettings):
     # Which adapter sends each channel. `http`: a JSON messaging API (the fake provider in tests
     # and the demo); `smtp`: an SMTP server (email only); `noop`: accept, send nothing.
     email_provider: Literal["noop", "http", "smtp"] = "noop"
-    # `twilio`: a Twilio-compatible Messages API (services/dispatcher/twilio.py).
+    # `twilio`: a Twilio-compatible Messages API (services/dispatcher/providers/twilio.py).
     sms_provider: Literal["noop", "http", "twilio"] = "noop"
     # Failover: a chain of providers per channel, first choice first (e.g. `twilio,http`);
-    # set, it replaces the single provider above. See services/dispatcher/failover.py.
+    # set, it replaces the single provider above. See services/dispatcher/providers/failover.py.
     email_providers: str = ""
     sms_providers: str = ""
     # A provider of a chain that failed retryably this many times within the window is
@@ -59,7 +59,7 @@ class DispatcherSettings(CommonSettings):
     # Sessions kept open per dispatcher process. Ten keep smtp-sink on the loopback busy with
     # PIPELINING (two round trips a message); a distant server wants more.
     smtp_connections: int = 10
-    # `lean`: services/dispatcher/smtp.py (pipelining, message bytes built once);
+    # `lean`: services/dispatcher/providers/smtp.py (pipelining, message bytes built once);
     # `aiosmtplib`: the previous client, one round trip per command.
     smtp_client: Literal["lean", "aiosmtplib"] = "lean"
     # Off: one command per round trip even where the server offers PIPELINING.

@@ -3,7 +3,7 @@ process (or after a restart): its retry must go to that provider alone, on real 
 
 The chain marks the reason stored with the retry (`in doubt at a: …`); the dispatcher's retry
 round is to pass the name back (`OutgoingMessage.pinned_to`). It does not yet
-(services/dispatcher/failover.py names the lines of service.py to change): the test is
+(services/dispatcher/providers/failover.py names the lines of service.py to change): the test is
 expected to fail until then, and fails loudly (strict) once it passes."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import asyncpg
 import pytest
 
 from services.dispatcher import repo
-from services.dispatcher.failover import FailoverProvider, pinned_to
 from services.dispatcher.providers import OutgoingMessage, RetryableProviderError
+from services.dispatcher.providers.failover import FailoverProvider, pinned_to
 from services.dispatcher.reliability import RetryPolicy
 from services.dispatcher.service import AbortRegistry, Dispatcher, RateLimiter
 from tests.factories import send_requested

@@ -17,9 +17,9 @@ import selectors
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from services.dispatcher.http11 import Response
 from services.dispatcher.limiter import AdaptiveLimiter
 from services.dispatcher.providers import limited_request
+from services.dispatcher.providers.http11 import Response
 
 
 class _JumpingSelector(selectors.DefaultSelector):

@@ -15,13 +15,6 @@ from devtools import lean_http
 from devtools.fake_provider import Behaviour as HttpBehaviour
 from devtools.fake_provider import ReceiptPoster, create_routes
 from devtools.fake_twilio import Behaviour, create_app
-from services.dispatcher.bootstrap import (
-    adapters_of,
-    build_providers,
-    provider_chain,
-    provider_names,
-)
-from services.dispatcher.failover import FailoverProvider, mark, pinned_to
 from services.dispatcher.metrics import MeteredProvider
 from services.dispatcher.providers import (
     HttpProvider,
@@ -30,8 +23,15 @@ from services.dispatcher.providers import (
     PermanentProviderError,
     RetryableProviderError,
 )
+from services.dispatcher.providers.failover import FailoverProvider, mark, pinned_to
+from services.dispatcher.providers.registry import (
+    adapters_of,
+    build_providers,
+    provider_chain,
+    provider_names,
+)
+from services.dispatcher.providers.twilio import TwilioProvider
 from services.dispatcher.settings import DispatcherSettings
-from services.dispatcher.twilio import TwilioProvider
 
 
 class Scripted:

@@ -8,8 +8,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from services.dispatcher.http11 import Http11Pool, HttpError, Response, _parse
 from services.dispatcher.providers import HttpProvider, OutgoingMessage
+from services.dispatcher.providers.http11 import Http11Pool, HttpError, Response, _parse
 
 
 def _whole(raw: bytes, *, at_eof: bool = False) -> tuple[Response, bool, int] | None:

@@ -26,7 +26,7 @@ from services.dispatcher.providers import (
     PermanentProviderError,
     RetryableProviderError,
 )
-from services.dispatcher.smtp import LeanSmtpProvider, SmtpOptions, build
+from services.dispatcher.providers.smtp import LeanSmtpProvider, SmtpOptions, build
 
 SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
 
@@ -382,7 +382,7 @@ async def test_a_refusal_stays_permanent_when_the_server_then_hangs_up_on_rset()
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from services.dispatcher import smtp as smtp_module  # noqa: E402
+from services.dispatcher.providers import smtp as smtp_module  # noqa: E402
 
 
 def _outcome(value: str, field: str, parse: Any) -> Any:

@@ -23,7 +23,7 @@ from services.dispatcher.providers import (
     PermanentProviderError,
     RetryableProviderError,
 )
-from services.dispatcher.twilio import TwilioProvider
+from services.dispatcher.providers.twilio import TwilioProvider
 from services.tracker.twilio_callbacks import receipt_of
 from shared import twilio
 

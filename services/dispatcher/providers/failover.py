@@ -53,7 +53,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 
-from services.dispatcher.providers import (
+from services.dispatcher.providers.base import (
     OutgoingMessage,
     PermanentProviderError,
     Provider,

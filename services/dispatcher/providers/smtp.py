@@ -33,7 +33,7 @@ from email.utils import formataddr, formatdate, parseaddr
 from functools import lru_cache
 from typing import NamedTuple
 
-from services.dispatcher.providers import (
+from services.dispatcher.providers.base import (
     OutgoingMessage,
     PermanentProviderError,
     ProviderError,

@@ -25,15 +25,14 @@ import json
 from typing import Any
 from urllib.parse import urlencode
 
-from services.dispatcher.http11 import Http11Pool, HttpError, Response
 from services.dispatcher.limiter import AdaptiveLimiter
-from services.dispatcher.providers import (
+from services.dispatcher.providers.base import (
     OutgoingMessage,
     PermanentProviderError,
     RetryableProviderError,
-    in_doubt,
-    limited_request,
 )
+from services.dispatcher.providers.http import in_doubt, limited_request
+from services.dispatcher.providers.http11 import Http11Pool, HttpError, Response
 
 # Twilio error codes that say nothing about the message itself.
 RETRYABLE_CODES = frozenset({
