@@ -17,7 +17,7 @@ class OutgoingMessage:
     after a crash. Given as the request's event id, it is formatted only when a provider
     reads it (most calls of a fast provider never do; formatting a UUID costs more than the
     rest of building the message). `pinned_to`: for a retry of a message left in doubt with
-    one provider of a failover chain, that provider's name (services/dispatcher/providers/failover.py,
+    one provider of a failover chain, that provider's name (failover.py in this package,
     `pinned_to`), so that no other is asked."""
 
     __slots__ = ("_key", "body", "channel", "pinned_to", "sender", "subject", "to")
@@ -69,7 +69,7 @@ class RetryableProviderError(ProviderError):
     """Worth trying again later (429, 5xx, timeout, connection reset); `retry_after`: the
     provider's own Retry-After, in seconds, when it gave one. `in_doubt`: the provider may
     have accepted the message all the same (a timeout or a connection lost after the request
-    went out), so it must not be handed to another provider (services/dispatcher/providers/failover.py);
+    went out), so it must not be handed to another provider (failover.py in this package);
     a definite refusal (an answer, a connection refused) is not in doubt."""
 
     def __init__(
